@@ -1,0 +1,186 @@
+//! Development mode: one command runs everything on loopback.
+//!
+//! The broker is `tansu` (a Kafka-compatible broker from crates.io) run as a
+//! managed child with in-memory storage: it starts with this process and is
+//! killed with it. `--kafka-brokers` skips it and uses an existing cluster.
+
+use std::{path::PathBuf, process::Stdio, time::Duration};
+
+use herald_gateway::GatewayConfig;
+use herald_producer::ProducerConfig;
+use herald_runtime::KafkaArgs;
+use herald_schemas::Family;
+use tokio::process::{Child, Command};
+
+use crate::token::{TokenArgs, mint};
+
+/// Development mode settings.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DevArgs {
+    /// Use this Kafka cluster instead of starting a broker.
+    #[arg(long, env = "HERALD_KAFKA_BROKERS")]
+    pub kafka_brokers: Option<String>,
+    /// Port of the managed broker.
+    #[arg(long, default_value_t = 19092)]
+    pub broker_port: u16,
+    /// Path of the tansu binary (default: on PATH or in ~/.cargo/bin).
+    #[arg(long, env = "HERALD_TANSU_BIN")]
+    pub tansu_bin: Option<PathBuf>,
+    /// Partitions per topic.
+    #[arg(long, default_value_t = 3)]
+    pub partitions: i32,
+    /// Gateway WebSocket address.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub gateway_listen: String,
+    /// Gateway ops address.
+    #[arg(long, default_value = "127.0.0.1:9091")]
+    pub gateway_ops_listen: String,
+    /// Producer API address.
+    #[arg(long, default_value = "127.0.0.1:8081")]
+    pub producer_listen: String,
+    /// Producer ops address.
+    #[arg(long, default_value = "127.0.0.1:9094")]
+    pub producer_ops_listen: String,
+    /// JWT secret of the development gateway.
+    #[arg(
+        long,
+        env = "HERALD_JWT_SECRET",
+        default_value = "herald-development-secret-do-not-use",
+        hide_env_values = true
+    )]
+    pub jwt_secret: String,
+}
+
+/// Find the tansu binary.
+pub fn find_tansu(explicit: Option<&PathBuf>) -> Option<PathBuf> {
+    if let Some(p) = explicit {
+        return p.exists().then(|| p.clone());
+    }
+    let mut candidates: Vec<PathBuf> = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).map(|d| d.join("tansu")).collect())
+        .unwrap_or_default();
+    if let Some(home) = std::env::var_os("HOME") {
+        candidates.push(PathBuf::from(home).join(".cargo/bin/tansu"));
+    }
+    candidates.into_iter().find(|p| p.is_file())
+}
+
+fn spawn_broker(bin: &PathBuf, port: u16) -> anyhow::Result<Child> {
+    let url = format!("tcp://127.0.0.1:{port}");
+    Ok(Command::new(bin)
+        .args([
+            "broker",
+            "--listener-url",
+            &url,
+            "--advertised-listener-url",
+            &url,
+        ])
+        .args(["--storage-engine", "memory://tansu/"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()?)
+}
+
+/// Run development mode until Ctrl-C.
+pub async fn run(args: DevArgs) -> anyhow::Result<()> {
+    herald_runtime::telemetry::init(
+        herald_runtime::telemetry::LogFormat::Text,
+        "info,librdkafka=warn",
+    );
+    let mut _broker = None;
+    let brokers = match &args.kafka_brokers {
+        Some(b) => b.clone(),
+        None => {
+            let bin = find_tansu(args.tansu_bin.as_ref()).ok_or_else(|| {
+                anyhow::anyhow!(
+                    "the tansu broker is not installed: run `cargo install tansu --locked --features dynostore` \
+                     (scripts/dev.sh does it for you), or pass --kafka-brokers host:port"
+                )
+            })?;
+            _broker = Some(spawn_broker(&bin, args.broker_port)?);
+            format!("127.0.0.1:{}", args.broker_port)
+        }
+    };
+    let kafka = KafkaArgs::for_brokers(&brokers);
+    let topics: Vec<String> = Family::ALL
+        .iter()
+        .map(|f| f.topic(&kafka.topic_prefix))
+        .collect();
+    let mut attempt = 0;
+    loop {
+        match herald_runtime::kafka::ensure_topics(&kafka, &topics, &[], args.partitions).await {
+            Ok(()) => break,
+            Err(e) if attempt < 40 => {
+                attempt += 1;
+                tracing::debug!(error = %e, "broker not up yet");
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            Err(e) => anyhow::bail!("cannot create topics on {brokers}: {e}"),
+        }
+    }
+
+    let shutdown = herald_runtime::shutdown::on_signal();
+    let producer = herald_producer::start(
+        ProducerConfig::from_args([
+            "herald-producer",
+            "--kafka-brokers",
+            &brokers,
+            "--listen",
+            &args.producer_listen,
+            "--ops-listen",
+            &args.producer_ops_listen,
+        ])
+        .unwrap_or_else(|e| e.exit()),
+        shutdown.clone(),
+    )
+    .await?;
+    let gateway = herald_gateway::start(
+        GatewayConfig::from_args([
+            "herald-gateway",
+            "--kafka-brokers",
+            &brokers,
+            "--listen",
+            &args.gateway_listen,
+            "--ops-listen",
+            &args.gateway_ops_listen,
+            "--jwt-secret",
+            &args.jwt_secret,
+        ])
+        .unwrap_or_else(|e| e.exit()),
+        shutdown.clone(),
+    )
+    .await?;
+    let token = mint(&TokenArgs {
+        secret: args.jwt_secret.clone(),
+        account: "1".into(),
+        sub: "1".into(),
+        role: "agent".into(),
+        ttl_secs: 7 * 24 * 3600,
+    })?;
+    println!(
+        "\nHerald development mode is running.\n\
+         \n  Kafka broker      {brokers}{managed}\
+         \n  Producer API      http://{p}/v1/events\
+         \n  STOMP (Airy)      ws://{g}/ws.communication\
+         \n  Gateway metrics   http://{gops}/metrics   (/healthz, /readyz)\
+         \n  Producer metrics  http://{pops}/metrics\
+         \n\nDevelopment token (account 1, user 1, agent; valid 7 days):\n\n  {token}\n\
+         \nPublish an event:\n\
+         \n  curl -s http://{p}/v1/events -H 'content-type: application/json' -d \
+         '{{\"type\":\"tag.updated\",\"account_id\":\"1\",\"payload\":{{\"id\":\"t1\",\"name\":\"vip\",\"color\":\"tag-red\"}}}}'\n\
+         \nPress Ctrl-C to stop.\n",
+        managed = if _broker.is_some() {
+            " (managed tansu, in-memory)"
+        } else {
+            ""
+        },
+        p = producer.addr,
+        g = gateway.ws_addr,
+        gops = gateway.ops_addr,
+        pops = producer.ops_addr,
+    );
+    gateway.stopped().await;
+    producer.stopped().await;
+    Ok(())
+}

@@ -1,0 +1,406 @@
+//! Credentials: who a connection is and what it may receive.
+//!
+//! A credential resolves to an [`Identity`] — account, principal kind, id and
+//! role. Signed tokens (JWT: HS256 with a shared secret, RS256/ES256 with a
+//! public key) are verified statelessly on every pod. Nothing a client sends
+//! after authenticating can widen what its identity is entitled to.
+
+use std::sync::Arc;
+
+use herald_schemas::Audience;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde::Deserialize;
+
+/// Whether a principal is staff of the account or one of its contacts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PrincipalKind {
+    /// An agent or administrator of the account.
+    User,
+    /// An end customer of the account.
+    Contact,
+}
+
+/// An authenticated identity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// The account whose events this identity may receive.
+    pub account_id: Arc<str>,
+    /// User or contact.
+    pub kind: PrincipalKind,
+    /// The user's or contact's id.
+    pub id: String,
+    /// `agent`, `admin`, or `contact`.
+    pub role: String,
+}
+
+impl Identity {
+    /// Whether an event with this `audience` (inside the identity's account)
+    /// may reach this identity.
+    ///
+    /// Users: no audience, or one naming neither users nor roles, means the
+    /// whole staff of the account; otherwise the user's id or role must be
+    /// listed. Contacts receive only events whose audience names them.
+    pub fn entitled(&self, audience: Option<&Audience>) -> bool {
+        match (self.kind, audience) {
+            (PrincipalKind::User, None) => true,
+            (PrincipalKind::User, Some(a)) => {
+                (a.users.is_empty() && a.roles.is_empty())
+                    || a.users.contains(&self.id)
+                    || a.roles.contains(&self.role)
+            }
+            (PrincipalKind::Contact, None) => false,
+            (PrincipalKind::Contact, Some(a)) => a.contacts.contains(&self.id),
+        }
+    }
+}
+
+/// Why a credential was refused; `as_label` is the bounded metrics label.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    /// No credential was presented.
+    #[error("no credential presented")]
+    Missing,
+    /// The token has expired.
+    #[error("token expired")]
+    Expired,
+    /// The signature does not verify with any configured key.
+    #[error("invalid token signature")]
+    BadSignature,
+    /// The token is not a well-formed JWT.
+    #[error("malformed token")]
+    Malformed,
+    /// A claim is missing or has a wrong value.
+    #[error("invalid token claims: {0}")]
+    Claims(String),
+    /// The server has no key to verify tokens with.
+    #[error("token authentication is not configured")]
+    NotConfigured,
+}
+
+impl AuthError {
+    /// Bounded label for the `reason` of the auth failure metric.
+    pub fn as_label(&self) -> &'static str {
+        match self {
+            AuthError::Missing => "missing",
+            AuthError::Expired => "expired",
+            AuthError::BadSignature => "bad_signature",
+            AuthError::Malformed => "malformed",
+            AuthError::Claims(_) => "claims",
+            AuthError::NotConfigured => "not_configured",
+        }
+    }
+}
+
+/// The claims Herald reads from a JWT.
+#[derive(Debug, Deserialize)]
+struct Claims {
+    sub: Option<serde_json::Value>,
+    account_id: Option<serde_json::Value>,
+    role: Option<String>,
+}
+
+fn id_string(v: &serde_json::Value) -> Option<String> {
+    match v {
+        serde_json::Value::String(s) if !s.is_empty() => Some(s.clone()),
+        serde_json::Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+/// Verifies JWTs against the configured keys.
+#[derive(Clone)]
+pub struct JwtVerifier {
+    keys: Vec<(DecodingKey, Validation)>,
+}
+
+impl std::fmt::Debug for JwtVerifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print key material.
+        f.debug_struct("JwtVerifier")
+            .field("keys", &self.keys.len())
+            .finish()
+    }
+}
+
+/// A JWT key setting that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    /// The public key file could not be read.
+    #[error("cannot read JWT public key {path}: {reason}")]
+    Read { path: String, reason: String },
+    /// The public key file is not a PEM RSA or EC public key.
+    #[error("JWT public key {path} is not a PEM RSA or EC (P-256) public key")]
+    Parse { path: String },
+    /// The shared secret is too short to be safe.
+    #[error("JWT secret must be at least 16 bytes")]
+    ShortSecret,
+}
+
+impl JwtVerifier {
+    /// Build from an HS256 secret and/or PEM public key files (RS256 or ES256).
+    pub fn new(
+        secret: Option<&str>,
+        public_key_files: &[String],
+        audience: Option<&str>,
+        issuer: Option<&str>,
+    ) -> Result<Self, KeyError> {
+        let validation = |alg: Algorithm| {
+            let mut v = Validation::new(alg);
+            v.leeway = 30;
+            v.validate_nbf = true;
+            v.set_required_spec_claims(&["exp"]);
+            match audience {
+                Some(aud) => v.set_audience(&[aud]),
+                None => v.validate_aud = false,
+            }
+            if let Some(iss) = issuer {
+                v.set_issuer(&[iss]);
+            }
+            v
+        };
+        let mut keys = Vec::new();
+        if let Some(secret) = secret {
+            if secret.len() < 16 {
+                return Err(KeyError::ShortSecret);
+            }
+            keys.push((
+                DecodingKey::from_secret(secret.as_bytes()),
+                validation(Algorithm::HS256),
+            ));
+        }
+        for path in public_key_files {
+            let pem = std::fs::read(path).map_err(|e| KeyError::Read {
+                path: path.clone(),
+                reason: e.to_string(),
+            })?;
+            if let Ok(k) = DecodingKey::from_rsa_pem(&pem) {
+                keys.push((k, validation(Algorithm::RS256)));
+            } else if let Ok(k) = DecodingKey::from_ec_pem(&pem) {
+                keys.push((k, validation(Algorithm::ES256)));
+            } else {
+                return Err(KeyError::Parse { path: path.clone() });
+            }
+        }
+        Ok(JwtVerifier { keys })
+    }
+
+    /// Whether any key is configured.
+    pub fn is_configured(&self) -> bool {
+        !self.keys.is_empty()
+    }
+
+    /// Verify a token (a leading `Bearer ` is stripped) and return its identity.
+    pub fn verify(&self, token: &str) -> Result<Identity, AuthError> {
+        let token = strip_bearer(token);
+        if token.is_empty() {
+            return Err(AuthError::Missing);
+        }
+        if self.keys.is_empty() {
+            return Err(AuthError::NotConfigured);
+        }
+        let header = jsonwebtoken::decode_header(token).map_err(|_| AuthError::Malformed)?;
+        let mut last = AuthError::BadSignature;
+        for (key, validation) in self
+            .keys
+            .iter()
+            .filter(|(_, v)| v.algorithms.contains(&header.alg))
+        {
+            match jsonwebtoken::decode::<Claims>(token, key, validation) {
+                Ok(data) => return identity_from(data.claims),
+                Err(e) => {
+                    use jsonwebtoken::errors::ErrorKind as K;
+                    last = match e.kind() {
+                        K::ExpiredSignature => return Err(AuthError::Expired),
+                        K::InvalidSignature => AuthError::BadSignature,
+                        K::ImmatureSignature => {
+                            return Err(AuthError::Claims("token not yet valid".into()));
+                        }
+                        K::InvalidAudience => {
+                            return Err(AuthError::Claims("wrong audience".into()));
+                        }
+                        K::InvalidIssuer => return Err(AuthError::Claims("wrong issuer".into())),
+                        K::MissingRequiredClaim(c) => {
+                            return Err(AuthError::Claims(format!("missing {c}")));
+                        }
+                        K::Json(_) => {
+                            return Err(AuthError::Claims(
+                                "claims are not a JSON object of the expected shape".into(),
+                            ));
+                        }
+                        _ => AuthError::Malformed,
+                    };
+                }
+            }
+        }
+        Err(last)
+    }
+}
+
+fn identity_from(claims: Claims) -> Result<Identity, AuthError> {
+    let account_id = claims
+        .account_id
+        .as_ref()
+        .and_then(id_string)
+        .ok_or_else(|| AuthError::Claims("missing account_id".into()))?;
+    let id = claims
+        .sub
+        .as_ref()
+        .and_then(id_string)
+        .ok_or_else(|| AuthError::Claims("missing sub".into()))?;
+    let role = claims.role.unwrap_or_else(|| "agent".to_owned());
+    let kind = match role.as_str() {
+        "agent" | "admin" | "administrator" => PrincipalKind::User,
+        "contact" => PrincipalKind::Contact,
+        other => return Err(AuthError::Claims(format!("unknown role `{other}`"))),
+    };
+    Ok(Identity {
+        account_id: account_id.into(),
+        kind,
+        id,
+        role,
+    })
+}
+
+/// Strip an optional, case-insensitive `Bearer ` prefix and surrounding spaces.
+pub fn strip_bearer(value: &str) -> &str {
+    let v = value.trim();
+    if v.eq_ignore_ascii_case("bearer") {
+        return "";
+    }
+    match v.get(..7) {
+        Some(p) if p.eq_ignore_ascii_case("bearer ") => v[7..].trim(),
+        _ => v,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jsonwebtoken::{EncodingKey, Header, encode};
+    use serde_json::json;
+
+    const SECRET: &str = "test-secret-of-32-bytes-length!!";
+
+    fn now() -> i64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64
+    }
+
+    fn token(claims: serde_json::Value, secret: &str) -> String {
+        encode(
+            &Header::default(),
+            &claims,
+            &EncodingKey::from_secret(secret.as_bytes()),
+        )
+        .unwrap()
+    }
+
+    fn verifier() -> JwtVerifier {
+        JwtVerifier::new(Some(SECRET), &[], None, None).unwrap()
+    }
+
+    #[test]
+    fn valid_token_yields_identity() {
+        let t = token(
+            json!({"sub": 7, "account_id": 42, "role": "admin", "exp": now() + 60}),
+            SECRET,
+        );
+        let id = verifier().verify(&format!("Bearer {t}")).unwrap();
+        assert_eq!(&*id.account_id, "42");
+        assert_eq!(id.id, "7");
+        assert_eq!(id.kind, PrincipalKind::User);
+    }
+
+    #[test]
+    fn refusals_name_their_reason() {
+        let v = verifier();
+        assert_eq!(v.verify(""), Err(AuthError::Missing));
+        assert_eq!(v.verify("Bearer "), Err(AuthError::Missing));
+        assert_eq!(v.verify("not.a.jwt"), Err(AuthError::Malformed));
+        let expired = token(
+            json!({"sub": "1", "account_id": "1", "exp": now() - 3600}),
+            SECRET,
+        );
+        assert_eq!(v.verify(&expired), Err(AuthError::Expired));
+        let forged = token(
+            json!({"sub": "1", "account_id": "1", "exp": now() + 60}),
+            "another-secret-of-enough-length",
+        );
+        assert_eq!(v.verify(&forged), Err(AuthError::BadSignature));
+        let no_account = token(json!({"sub": "1", "exp": now() + 60}), SECRET);
+        assert!(matches!(v.verify(&no_account), Err(AuthError::Claims(_))));
+        let no_exp = token(json!({"sub": "1", "account_id": "1"}), SECRET);
+        assert!(matches!(v.verify(&no_exp), Err(AuthError::Claims(_))));
+        let bad_role = token(
+            json!({"sub": "1", "account_id": "1", "role": "root", "exp": now() + 60}),
+            SECRET,
+        );
+        assert!(matches!(v.verify(&bad_role), Err(AuthError::Claims(_))));
+    }
+
+    #[test]
+    fn audience_and_issuer_are_checked_when_configured() {
+        let v = JwtVerifier::new(Some(SECRET), &[], Some("herald"), Some("backend")).unwrap();
+        let good = token(
+            json!({"sub": "1", "account_id": "1", "aud": "herald", "iss": "backend", "exp": now() + 60}),
+            SECRET,
+        );
+        assert!(v.verify(&good).is_ok());
+        let wrong = token(
+            json!({"sub": "1", "account_id": "1", "aud": "other", "iss": "backend", "exp": now() + 60}),
+            SECRET,
+        );
+        assert!(matches!(v.verify(&wrong), Err(AuthError::Claims(_))));
+    }
+
+    #[test]
+    fn short_secrets_are_refused() {
+        assert!(JwtVerifier::new(Some("short"), &[], None, None).is_err());
+    }
+
+    #[test]
+    fn entitlement_rules() {
+        let agent = Identity {
+            account_id: "1".into(),
+            kind: PrincipalKind::User,
+            id: "7".into(),
+            role: "agent".into(),
+        };
+        let contact = Identity {
+            account_id: "1".into(),
+            kind: PrincipalKind::Contact,
+            id: "c9".into(),
+            role: "contact".into(),
+        };
+        let none = None;
+        let only_contacts = Audience {
+            contacts: vec!["c9".into()],
+            ..Default::default()
+        };
+        let other_user = Audience {
+            users: vec!["8".into()],
+            ..Default::default()
+        };
+        let admins = Audience {
+            roles: vec!["admin".into()],
+            ..Default::default()
+        };
+        assert!(agent.entitled(none));
+        assert!(agent.entitled(Some(&only_contacts)));
+        assert!(!agent.entitled(Some(&other_user)));
+        assert!(!agent.entitled(Some(&admins)));
+        assert!(!contact.entitled(none));
+        assert!(contact.entitled(Some(&only_contacts)));
+        assert!(!contact.entitled(Some(&other_user)));
+    }
+
+    #[test]
+    fn bearer_prefix_is_optional() {
+        assert_eq!(strip_bearer("Bearer abc"), "abc");
+        assert_eq!(strip_bearer("bearer  abc "), "abc");
+        assert_eq!(strip_bearer("abc"), "abc");
+        assert_eq!(strip_bearer("Bear"), "Bear");
+    }
+}

@@ -1,0 +1,243 @@
+//! Gateway configuration: flags, `HERALD_*` environment variables and an
+//! optional TOML file (`--config`), checked before anything starts.
+
+use std::{net::SocketAddr, time::Duration};
+
+use clap::Parser;
+use herald_runtime::{KafkaArgs, telemetry::LogFormat};
+use herald_schemas::Family;
+
+use crate::stomp::{StompConfig, codec::Limits};
+
+/// Families a gateway serves by default: everything but client writes.
+pub const DEFAULT_FAMILIES: &str =
+    "message,unread-count,channel,metadata,tag,conversation,contact,presence,notification,account";
+
+/// Herald gateway: pushes Kafka events to WebSocket clients.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "herald-gateway", version, about)]
+pub struct GatewayConfig {
+    /// TOML file with settings (keys are the flag names, e.g. `listen`, `kafka-brokers`).
+    #[arg(long, env = "HERALD_CONFIG")]
+    pub config: Option<String>,
+    /// Address of the WebSocket listener.
+    #[arg(long, env = "HERALD_LISTEN", default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+    /// Address of the operations listener (`/healthz`, `/readyz`, `/metrics`).
+    #[arg(long, env = "HERALD_OPS_LISTEN", default_value = "0.0.0.0:9091")]
+    pub ops_listen: SocketAddr,
+    /// Kafka connection.
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+    /// Event families (topic suffixes) this gateway serves, comma-separated.
+    #[arg(long, env = "HERALD_FAMILIES", default_value = DEFAULT_FAMILIES, value_delimiter = ',')]
+    pub families: Vec<String>,
+    /// How often to look for new topics and partitions, seconds.
+    #[arg(long, env = "HERALD_METADATA_REFRESH_SECS", default_value_t = 10)]
+    pub metadata_refresh_secs: u64,
+    /// HS256 shared secret for JWTs (at least 16 bytes).
+    #[arg(long, env = "HERALD_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+    /// PEM public key files (RSA for RS256, EC P-256 for ES256); repeatable, comma-separated in the environment.
+    #[arg(long, env = "HERALD_JWT_PUBLIC_KEY_FILE", value_delimiter = ',')]
+    pub jwt_public_key_file: Vec<String>,
+    /// Required JWT `aud` claim, if set.
+    #[arg(long, env = "HERALD_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+    /// Required JWT `iss` claim, if set.
+    #[arg(long, env = "HERALD_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+    /// STOMP heart-beat the server offers to send, ms (0 disables).
+    #[arg(long, env = "HERALD_STOMP_HEARTBEAT_SEND_MS", default_value_t = 10_000)]
+    pub stomp_heartbeat_send_ms: u64,
+    /// STOMP heart-beat the server asks clients for, ms (0 disables).
+    #[arg(long, env = "HERALD_STOMP_HEARTBEAT_RECV_MS", default_value_t = 10_000)]
+    pub stomp_heartbeat_recv_ms: u64,
+    /// Time allowed from the WebSocket upgrade to the STOMP CONNECT frame, ms.
+    #[arg(long, env = "HERALD_CONNECT_TIMEOUT_MS", default_value_t = 10_000)]
+    pub connect_timeout_ms: u64,
+    /// Longest silence allowed from a client without heart-beats, seconds.
+    #[arg(long, env = "HERALD_IDLE_TIMEOUT_SECS", default_value_t = 600)]
+    pub idle_timeout_secs: u64,
+    /// Most subscriptions per connection.
+    #[arg(long, env = "HERALD_MAX_SUBSCRIPTIONS", default_value_t = 64)]
+    pub max_subscriptions: usize,
+    /// Largest frame a client may send, bytes.
+    #[arg(long, env = "HERALD_MAX_FRAME_BYTES", default_value_t = 64 * 1024)]
+    pub max_frame_bytes: usize,
+    /// Most headers in one STOMP frame.
+    #[arg(long, env = "HERALD_MAX_HEADERS", default_value_t = 64)]
+    pub max_headers: usize,
+    /// Longest STOMP header line, bytes.
+    #[arg(long, env = "HERALD_MAX_HEADER_BYTES", default_value_t = 8 * 1024)]
+    pub max_header_bytes: usize,
+    /// Frames queued per connection before the client counts as too slow and is disconnected.
+    #[arg(long, env = "HERALD_OUTBOUND_QUEUE", default_value_t = 1024)]
+    pub outbound_queue: usize,
+    /// Seconds allowed for closing client connections on shutdown.
+    #[arg(long, env = "HERALD_DRAIN_SECS", default_value_t = 10)]
+    pub drain_secs: u64,
+    /// Log format.
+    #[arg(long, env = "HERALD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// A setting that makes no sense.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// Unknown event family.
+    #[error("unknown event family `{0}` in --families (known: {known})", known = DEFAULT_FAMILIES)]
+    UnknownFamily(String),
+    /// No families.
+    #[error("--families must name at least one event family")]
+    NoFamilies,
+    /// No way to verify credentials.
+    #[error("no JWT key configured: set HERALD_JWT_SECRET or HERALD_JWT_PUBLIC_KEY_FILE")]
+    NoAuth,
+    /// A number out of range.
+    #[error("{0}")]
+    OutOfRange(String),
+    /// A key could not be loaded.
+    #[error(transparent)]
+    Key(#[from] crate::auth::KeyError),
+    /// Bad Kafka settings.
+    #[error(transparent)]
+    Kafka(#[from] herald_runtime::kafka::KafkaConfigError),
+}
+
+impl GatewayConfig {
+    /// Parse the real command line, environment and configuration file.
+    pub fn load() -> Result<Self, herald_runtime::config_file::ParseError> {
+        herald_runtime::config_file::parse(std::env::args().collect())
+    }
+
+    /// Parse from explicit arguments (first one is the program name).
+    pub fn from_args<I: IntoIterator<Item = S>, S: Into<String>>(
+        args: I,
+    ) -> Result<Self, herald_runtime::config_file::ParseError> {
+        herald_runtime::config_file::parse(args.into_iter().map(Into::into).collect())
+    }
+
+    /// The topics to read, checked.
+    pub fn topics(&self) -> Result<Vec<String>, ConfigError> {
+        let mut topics = Vec::new();
+        for f in self
+            .families
+            .iter()
+            .map(|f| f.trim())
+            .filter(|f| !f.is_empty())
+        {
+            let family =
+                Family::from_suffix(f).ok_or_else(|| ConfigError::UnknownFamily(f.to_owned()))?;
+            let topic = family.topic(&self.kafka.topic_prefix);
+            if !topics.contains(&topic) {
+                topics.push(topic);
+            }
+        }
+        if topics.is_empty() {
+            return Err(ConfigError::NoFamilies);
+        }
+        Ok(topics)
+    }
+
+    /// The STOMP endpoint settings, checked.
+    pub fn stomp(&self) -> Result<StompConfig, ConfigError> {
+        if self.max_frame_bytes < 1024 {
+            return Err(ConfigError::OutOfRange(
+                "--max-frame-bytes must be at least 1024".into(),
+            ));
+        }
+        if self.outbound_queue == 0 || self.max_subscriptions == 0 || self.max_headers == 0 {
+            return Err(ConfigError::OutOfRange(
+                "--outbound-queue, --max-subscriptions and --max-headers must be positive".into(),
+            ));
+        }
+        if self.connect_timeout_ms == 0 || self.idle_timeout_secs == 0 {
+            return Err(ConfigError::OutOfRange("timeouts must be positive".into()));
+        }
+        Ok(StompConfig {
+            heartbeat_send_ms: self.stomp_heartbeat_send_ms,
+            heartbeat_recv_ms: self.stomp_heartbeat_recv_ms,
+            connect_timeout: Duration::from_millis(self.connect_timeout_ms),
+            idle_timeout: Duration::from_secs(self.idle_timeout_secs),
+            max_subscriptions: self.max_subscriptions,
+            limits: Limits {
+                max_frame_bytes: self.max_frame_bytes,
+                max_headers: self.max_headers,
+                max_header_bytes: self.max_header_bytes,
+            },
+            outbound_queue: self.outbound_queue,
+        })
+    }
+
+    /// Check everything that can be checked without I/O on the network.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.topics()?;
+        self.stomp()?;
+        self.kafka.client_config()?;
+        if self.jwt_secret.is_none() && self.jwt_public_key_file.is_empty() {
+            return Err(ConfigError::NoAuth);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(extra: &[&str]) -> GatewayConfig {
+        let mut args = vec!["herald-gateway", "--jwt-secret", "0123456789abcdef0123"];
+        args.extend_from_slice(extra);
+        GatewayConfig::from_args(args).unwrap()
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let c = parse(&[]);
+        c.validate().unwrap();
+        assert_eq!(c.topics().unwrap().len(), 10);
+        assert!(
+            c.topics()
+                .unwrap()
+                .contains(&"herald.unread-count".to_owned())
+        );
+    }
+
+    #[test]
+    fn bad_values_are_refused_with_a_reason() {
+        let err = parse(&["--families", "message,bogus"])
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("bogus"), "{err}");
+        let err = parse(&["--max-frame-bytes", "10"])
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("max-frame-bytes"), "{err}");
+        assert!(GatewayConfig::from_args(["herald-gateway", "--listen", "nonsense"]).is_err());
+        let no_auth = GatewayConfig::from_args(["herald-gateway"]).unwrap();
+        assert!(matches!(no_auth.validate(), Err(ConfigError::NoAuth)));
+    }
+
+    #[test]
+    fn config_file_supplies_defaults_below_flags() {
+        let dir = std::env::temp_dir().join(format!("herald-gw-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("gw.toml");
+        std::fs::write(&path, "outbound-queue = 7\nmax-subscriptions = 3\n").unwrap();
+        let p = path.to_str().unwrap();
+        let c = parse(&["--config", p, "--max-subscriptions", "5"]);
+        assert_eq!(c.outbound_queue, 7);
+        assert_eq!(c.max_subscriptions, 5);
+        std::fs::write(&path, "no-such-setting = 1\n").unwrap();
+        let err = GatewayConfig::from_args(["herald-gateway", "--config", p])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("no-such-setting") || err.contains("NO_SUCH_SETTING"),
+            "{err}"
+        );
+    }
+}

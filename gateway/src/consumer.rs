@@ -1,0 +1,299 @@
+//! The Kafka side of a gateway pod: every partition of every served topic is
+//! *assigned* (no consumer group, so pods never take partitions from each
+//! other), starting at the end offset read at startup; partitions and topics
+//! that appear later are assigned from their beginning so nothing produced
+//! to them is missed. Records are routed by their `account_id`/`type`
+//! headers first and parsed only when this pod has a recipient.
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use herald_runtime::KafkaArgs;
+use herald_schemas::Envelope;
+use prometheus::IntCounter;
+use rdkafka::{
+    Message, Offset, TopicPartitionList,
+    consumer::{Consumer, StreamConsumer},
+    message::{BorrowedMessage, Headers},
+};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    metrics::Metrics,
+    router::{FrameCache, RoutedEvent, Router},
+};
+
+/// What the consumer needs to know.
+#[derive(Debug, Clone)]
+pub struct ConsumerSettings {
+    /// Kafka connection settings.
+    pub kafka: KafkaArgs,
+    /// Full names of the topics to read.
+    pub topics: Vec<String>,
+    /// How often to look for new topics and partitions.
+    pub metadata_refresh: Duration,
+}
+
+/// A consumer that cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum ConsumerError {
+    /// Bad Kafka settings.
+    #[error(transparent)]
+    Config(#[from] herald_runtime::kafka::KafkaConfigError),
+    /// librdkafka refused the configuration.
+    #[error("cannot create Kafka consumer: {0}")]
+    Create(#[from] rdkafka::error::KafkaError),
+}
+
+/// Create the consumer (fails fast on bad settings).
+pub fn create(settings: &ConsumerSettings) -> Result<Arc<StreamConsumer>, ConsumerError> {
+    let mut cfg = settings.kafka.client_config()?;
+    cfg.set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("enable.partition.eof", "false")
+        .set("fetch.wait.max.ms", "50")
+        .set("client.id", "herald-gateway")
+        // No consumer group is joined (partitions are assigned, never
+        // subscribed), but librdkafka's incremental assignment needs a group
+        // handle; a unique id keeps pods from ever sharing offsets.
+        .set(
+            "group.id",
+            format!("herald-gateway-{}", uuid::Uuid::new_v4().simple()),
+        );
+    Ok(Arc::new(cfg.create()?))
+}
+
+/// Keep the assignment complete until `shutdown`: discover topics and
+/// partitions, assign the new ones, and keep `ready` true while every served
+/// topic is assigned and the broker answers.
+pub async fn maintain_assignment(
+    consumer: Arc<StreamConsumer>,
+    settings: ConsumerSettings,
+    ready: Arc<AtomicBool>,
+    shutdown: CancellationToken,
+) {
+    let mut assigned: HashSet<(String, i32)> = HashSet::new();
+    let mut first_round = true;
+    loop {
+        let c = consumer.clone();
+        let topics = settings.topics.clone();
+        let known = assigned.clone();
+        let from_end = first_round;
+        let outcome =
+            tokio::task::spawn_blocking(move || discover(c.as_ref(), &topics, &known, from_end))
+                .await;
+        match outcome {
+            Ok(Ok(found)) => {
+                let mut complete = found.missing.is_empty();
+                if !found.new.is_empty() {
+                    let mut tpl = TopicPartitionList::new();
+                    for (topic, partition, offset) in &found.new {
+                        if let Err(e) = tpl.add_partition_offset(topic, *partition, *offset) {
+                            tracing::warn!(error = %e, topic, partition, "cannot add partition to assignment");
+                        }
+                    }
+                    match consumer.incremental_assign(&tpl) {
+                        Ok(()) => {
+                            for (topic, partition, offset) in found.new {
+                                tracing::info!(topic, partition, ?offset, "assigned partition");
+                                assigned.insert((topic, partition));
+                            }
+                        }
+                        Err(e) => {
+                            complete = false;
+                            tracing::warn!(error = %e, "cannot assign partitions; retrying");
+                        }
+                    }
+                }
+                if !found.missing.is_empty() {
+                    tracing::warn!(missing = ?found.missing, "served topics do not exist yet; not ready");
+                }
+                // Whatever appears after the first successful look is new:
+                // it is read from its beginning so none of it is missed.
+                first_round = false;
+                ready.store(complete, Ordering::Release);
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "Kafka metadata unavailable; not ready");
+                ready.store(false, Ordering::Release);
+            }
+            Err(e) => tracing::error!(error = %e, "metadata task failed"),
+        }
+        let wait = if ready.load(Ordering::Acquire) {
+            settings.metadata_refresh
+        } else {
+            Duration::from_millis(500)
+        };
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+struct Discovery {
+    new: Vec<(String, i32, Offset)>,
+    missing: Vec<String>,
+}
+
+/// Blocking metadata walk: partitions not yet assigned, with their start offset.
+fn discover(
+    consumer: &StreamConsumer,
+    topics: &[String],
+    assigned: &HashSet<(String, i32)>,
+    from_end: bool,
+) -> Result<Discovery, rdkafka::error::KafkaError> {
+    let timeout = Duration::from_secs(5);
+    let metadata = consumer.fetch_metadata(None, timeout)?;
+    let mut new = Vec::new();
+    let mut missing = Vec::new();
+    for topic in topics {
+        let Some(md) = metadata
+            .topics()
+            .iter()
+            .find(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty())
+        else {
+            missing.push(topic.clone());
+            continue;
+        };
+        for p in md.partitions() {
+            if assigned.contains(&(topic.clone(), p.id())) {
+                continue;
+            }
+            let offset = if from_end {
+                // An explicit end offset (rather than Offset::End) means a
+                // record produced after this point is never skipped, even if
+                // the fetcher starts later.
+                let (_, high) = consumer.fetch_watermarks(topic, p.id(), timeout)?;
+                Offset::Offset(high)
+            } else {
+                Offset::Beginning
+            };
+            new.push((topic.clone(), p.id(), offset));
+        }
+    }
+    Ok(Discovery { new, missing })
+}
+
+/// Read records until `shutdown`, routing each to the router.
+pub async fn consume(
+    consumer: Arc<StreamConsumer>,
+    router: Arc<Router>,
+    metrics: Metrics,
+    shutdown: CancellationToken,
+) {
+    let mut cache = FrameCache::default();
+    let mut counters = TopicCounters {
+        metrics: metrics.clone(),
+        consumed: HashMap::new(),
+    };
+    let mut last_error_log: Option<Instant> = None;
+    loop {
+        let msg = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            m = consumer.recv() => m,
+        };
+        match msg {
+            Ok(msg) => handle(&msg, &router, &metrics, &mut counters, &mut cache),
+            Err(e) => {
+                if last_error_log.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
+                    tracing::warn!(error = %e, "Kafka consumer error");
+                    last_error_log = Some(Instant::now());
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+struct TopicCounters {
+    metrics: Metrics,
+    consumed: HashMap<String, IntCounter>,
+}
+
+impl TopicCounters {
+    fn consumed(&mut self, topic: &str) {
+        if let Some(c) = self.consumed.get(topic) {
+            c.inc();
+            return;
+        }
+        let c = self.metrics.records_consumed.with_label_values(&[topic]);
+        c.inc();
+        self.consumed.insert(topic.to_owned(), c);
+    }
+
+    fn skipped(&self, topic: &str, reason: &'static str) {
+        self.metrics
+            .records_skipped
+            .with_label_values(&[topic, reason])
+            .inc();
+    }
+}
+
+fn header<'a>(msg: &'a BorrowedMessage<'_>, name: &str) -> Option<&'a str> {
+    let headers = msg.headers()?;
+    headers
+        .iter()
+        .find(|h| h.key == name)
+        .and_then(|h| h.value)
+        .and_then(|v| std::str::from_utf8(v).ok())
+}
+
+fn handle(
+    msg: &BorrowedMessage<'_>,
+    router: &Router,
+    metrics: &Metrics,
+    counters: &mut TopicCounters,
+    cache: &mut FrameCache,
+) {
+    let received = Instant::now();
+    let topic = msg.topic();
+    counters.consumed(topic);
+    let header_account = header(msg, "account_id");
+    if let Some(account) = header_account
+        && !router.has_account(account)
+    {
+        return;
+    }
+    let Some(payload) = msg.payload() else {
+        counters.skipped(topic, "empty");
+        return;
+    };
+    let envelope = match Envelope::decode(payload) {
+        Ok(e) => e,
+        Err(e) => {
+            counters.skipped(topic, "invalid_envelope");
+            tracing::debug!(topic, partition = msg.partition(), offset = msg.offset(), error = %e, "skipping invalid record");
+            return;
+        }
+    };
+    if header_account.is_some_and(|a| a != envelope.account_id) {
+        counters.skipped(topic, "account_mismatch");
+        return;
+    }
+    if header(msg, "type").is_some_and(|t| t != envelope.event_type) {
+        counters.skipped(topic, "type_mismatch");
+        return;
+    }
+    if header_account.is_none() && !router.has_account(&envelope.account_id) {
+        return;
+    }
+    let event = RoutedEvent {
+        topic: Arc::from(topic),
+        partition: msg.partition(),
+        offset: msg.offset(),
+        envelope,
+        kafka_timestamp_ms: msg.timestamp().to_millis(),
+        received,
+    };
+    router.dispatch(&event, cache);
+    metrics
+        .dispatch_latency
+        .observe(received.elapsed().as_secs_f64());
+}

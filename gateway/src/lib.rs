@@ -1,0 +1,21 @@
+//! The Herald gateway: reads every partition of the served Kafka topics and
+//! pushes each event, once decoded, to the WebSocket clients entitled to it.
+//!
+//! - [`consumer`] — Kafka assignment and the record loop
+//! - [`router`] — account -> recipients index, shared frame encoding
+//! - [`connection`] — bounded outbound queues, writers, slow-client cut-off
+//! - [`stomp`] — the Airy-style STOMP endpoint
+//! - [`auth`] — credentials and entitlement
+//! - [`metrics`], [`config`], [`server`] — operations and wiring
+
+pub mod auth;
+pub mod config;
+pub mod connection;
+pub mod consumer;
+pub mod metrics;
+pub mod router;
+pub mod server;
+pub mod stomp;
+
+pub use config::GatewayConfig;
+pub use server::{GatewayHandle, start};

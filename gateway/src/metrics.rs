@@ -1,0 +1,132 @@
+//! The gateway's Prometheus metrics, in one place. Label sets are bounded:
+//! protocol, topic, and fixed reason names — never ids or tokens.
+
+use prometheus::{Histogram, HistogramOpts, IntCounterVec, IntGaugeVec, Opts, Registry};
+
+/// Every gateway metric.
+#[derive(Clone)]
+pub struct Metrics {
+    /// Registry served at `/metrics`.
+    pub registry: Registry,
+    /// Open connections by protocol.
+    pub connections: IntGaugeVec,
+    /// Live subscriptions by protocol.
+    pub subscriptions: IntGaugeVec,
+    /// Records read from Kafka by topic.
+    pub records_consumed: IntCounterVec,
+    /// Records skipped by topic and reason (`invalid_envelope`, `account_mismatch`, ...).
+    pub records_skipped: IntCounterVec,
+    /// Frames written to clients by protocol.
+    pub frames_sent: IntCounterVec,
+    /// Frames dropped because the recipient was too slow, by protocol.
+    pub frames_dropped: IntCounterVec,
+    /// Clients disconnected for falling behind, by protocol.
+    pub slow_disconnects: IntCounterVec,
+    /// Refused credentials by protocol and reason.
+    pub auth_failures: IntCounterVec,
+    /// Protocol errors sent to clients by protocol.
+    pub protocol_errors: IntCounterVec,
+    /// Seconds from the Kafka record timestamp to the frame written to the socket.
+    pub delivery_latency: Histogram,
+    /// Seconds from a record's arrival in the gateway to its frames being queued.
+    pub dispatch_latency: Histogram,
+}
+
+impl Metrics {
+    /// Create and register every metric in a fresh registry.
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let gauge = |name: &str, help: &str, labels: &[&str]| {
+            let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("unique metric");
+            g
+        };
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("unique metric");
+            c
+        };
+        let histogram = |name: &str, help: &str, buckets: Vec<f64>| {
+            let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))
+                .expect("valid metric");
+            registry
+                .register(Box::new(h.clone()))
+                .expect("unique metric");
+            h
+        };
+        let latency_buckets = vec![
+            0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+        ];
+        let dispatch_buckets = vec![
+            0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.05,
+        ];
+        Metrics {
+            connections: gauge(
+                "herald_connections",
+                "Open client connections",
+                &["protocol"],
+            ),
+            subscriptions: gauge(
+                "herald_subscriptions",
+                "Live client subscriptions",
+                &["protocol"],
+            ),
+            records_consumed: counter(
+                "herald_records_consumed_total",
+                "Records read from Kafka",
+                &["topic"],
+            ),
+            records_skipped: counter(
+                "herald_records_skipped_total",
+                "Records skipped, by reason",
+                &["topic", "reason"],
+            ),
+            frames_sent: counter(
+                "herald_frames_sent_total",
+                "Frames written to clients",
+                &["protocol"],
+            ),
+            frames_dropped: counter(
+                "herald_frames_dropped_total",
+                "Frames dropped because the client was too slow",
+                &["protocol"],
+            ),
+            slow_disconnects: counter(
+                "herald_slow_client_disconnects_total",
+                "Clients disconnected for falling behind",
+                &["protocol"],
+            ),
+            auth_failures: counter(
+                "herald_auth_failures_total",
+                "Refused credentials, by reason",
+                &["protocol", "reason"],
+            ),
+            protocol_errors: counter(
+                "herald_protocol_errors_total",
+                "Protocol errors answered to clients",
+                &["protocol"],
+            ),
+            delivery_latency: histogram(
+                "herald_delivery_latency_seconds",
+                "Kafka record timestamp to frame written to the socket",
+                latency_buckets,
+            ),
+            dispatch_latency: histogram(
+                "herald_dispatch_latency_seconds",
+                "Record received by the gateway to frames queued for every recipient",
+                dispatch_buckets,
+            ),
+            registry,
+        }
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,187 @@
+//! The router: an index from account to this pod's live recipients.
+//!
+//! A record is decoded once by the consumer and handed to [`Router::dispatch`],
+//! which offers it to every recipient of the record's account that is entitled
+//! to it. Recipients encode frames through a per-dispatch [`FrameCache`], so
+//! every distinct frame is encoded once and its bytes shared by everyone who
+//! gets an identical frame.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, RwLock},
+    time::Instant,
+};
+
+use axum::extract::ws::Utf8Bytes;
+use herald_schemas::Envelope;
+
+use crate::auth::Identity;
+
+/// A decoded record ready to be delivered.
+#[derive(Debug)]
+pub struct RoutedEvent {
+    /// Kafka topic the record came from.
+    pub topic: Arc<str>,
+    /// Partition of the record.
+    pub partition: i32,
+    /// Offset of the record.
+    pub offset: i64,
+    /// The decoded envelope.
+    pub envelope: Envelope,
+    /// The record's Kafka timestamp (ms since the epoch), if it has one.
+    pub kafka_timestamp_ms: Option<i64>,
+    /// When the gateway received the record.
+    pub received: Instant,
+}
+
+impl RoutedEvent {
+    /// The record's position as `topic:partition:offset`, unique per event.
+    pub fn position(&self) -> String {
+        format!("{}:{}:{}", self.topic, self.partition, self.offset)
+    }
+
+    /// The event time in ms since the epoch: `occurred_at` when it parses,
+    /// else the Kafka timestamp, else now.
+    pub fn timestamp_ms(&self) -> i64 {
+        self.envelope
+            .occurred_at
+            .as_deref()
+            .and_then(|t| {
+                time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok()
+            })
+            .map(|t| (t.unix_timestamp_nanos() / 1_000_000) as i64)
+            .or(self.kafka_timestamp_ms)
+            .unwrap_or_else(now_ms)
+    }
+}
+
+/// Milliseconds since the epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Frames and bodies encoded for one event, shared between its recipients.
+#[derive(Default)]
+pub struct FrameCache {
+    entries: Vec<(String, Utf8Bytes)>,
+}
+
+impl FrameCache {
+    /// The cached text for `key`, if any.
+    pub fn get(&self, key: &str) -> Option<Utf8Bytes> {
+        self.entries
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.clone())
+    }
+
+    /// The cached text for `key`, encoding it with `make` the first time.
+    pub fn get_or_insert_with(&mut self, key: &str, make: impl FnOnce() -> String) -> Utf8Bytes {
+        if let Some(v) = self.get(key) {
+            return v;
+        }
+        let v = Utf8Bytes::from(make());
+        self.entries.push((key.to_owned(), v.clone()));
+        v
+    }
+
+    /// Forget everything (reused between events).
+    pub fn clear(&mut self) {
+        self.entries.clear();
+    }
+}
+
+/// Something that can receive events: one client connection of one protocol.
+pub trait Recipient: Send + Sync {
+    /// Who the connection is; the router checks entitlement with it.
+    fn identity(&self) -> &Identity;
+    /// Queue the frames this recipient's subscriptions produce for `event`.
+    /// Must not block: a recipient whose queue is full marks itself slow.
+    fn offer(&self, event: &RoutedEvent, cache: &mut FrameCache);
+}
+
+/// One account's connections on this pod, by connection id.
+type AccountConnections = HashMap<u64, Arc<dyn Recipient>>;
+
+/// Account -> connection id -> recipient.
+#[derive(Default)]
+pub struct Router {
+    accounts: RwLock<HashMap<Arc<str>, AccountConnections>>,
+}
+
+impl Router {
+    /// An empty router.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Register a connection under its identity's account.
+    pub fn insert(&self, conn_id: u64, recipient: Arc<dyn Recipient>) {
+        let account = recipient.identity().account_id.clone();
+        if let Ok(mut map) = self.accounts.write() {
+            map.entry(account).or_default().insert(conn_id, recipient);
+        }
+    }
+
+    /// Remove a connection.
+    pub fn remove(&self, account: &str, conn_id: u64) {
+        if let Ok(mut map) = self.accounts.write()
+            && let Some(conns) = map.get_mut(account)
+        {
+            conns.remove(&conn_id);
+            if conns.is_empty() {
+                map.remove(account);
+            }
+        }
+    }
+
+    /// Whether any connection of `account` is on this pod (lets the consumer
+    /// skip parsing records nobody here can receive).
+    pub fn has_account(&self, account: &str) -> bool {
+        self.accounts
+            .read()
+            .map(|m| m.contains_key(account))
+            .unwrap_or(false)
+    }
+
+    /// Number of registered connections.
+    pub fn len(&self) -> usize {
+        self.accounts
+            .read()
+            .map(|m| m.values().map(HashMap::len).sum())
+            .unwrap_or(0)
+    }
+
+    /// Whether no connection is registered.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Offer `event` to every entitled recipient of its account. Returns the
+    /// number of recipients it was offered to.
+    pub fn dispatch(&self, event: &RoutedEvent, cache: &mut FrameCache) -> usize {
+        cache.clear();
+        let Ok(map) = self.accounts.read() else {
+            return 0;
+        };
+        let Some(conns) = map.get(event.envelope.account_id.as_str()) else {
+            return 0;
+        };
+        let audience = event.envelope.audience.as_ref();
+        let mut offered = 0;
+        for recipient in conns.values() {
+            let identity = recipient.identity();
+            // Defence in depth: the index is keyed by account, and the
+            // identity must agree before anything is offered.
+            if *identity.account_id != *event.envelope.account_id || !identity.entitled(audience) {
+                continue;
+            }
+            recipient.offer(event, cache);
+            offered += 1;
+        }
+        offered
+    }
+}

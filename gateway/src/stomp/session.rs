@@ -1,0 +1,603 @@
+//! One STOMP connection: CONNECT/authentication, heart-beats, subscriptions,
+//! receipts, errors — the bytes PROTOCOLS.md section 2 pins down.
+
+use std::{
+    ops::ControlFlow,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use axum::extract::ws::{Message, Utf8Bytes, WebSocket};
+use futures_util::{Stream, StreamExt};
+use tokio_util::sync::CancellationToken;
+
+use super::codec::{self, Command, Decoded, Frame, Limits, Version};
+use super::destination::Destination;
+use crate::{
+    auth::Identity,
+    connection::{self, ConnTx, Outbound},
+    router::{FrameCache, Recipient, RoutedEvent},
+    server::Context,
+};
+
+const PROTOCOL: &str = "stomp";
+
+/// STOMP endpoint settings.
+#[derive(Debug, Clone)]
+pub struct StompConfig {
+    /// Heart-beat interval the server offers to send, ms (0 = none).
+    pub heartbeat_send_ms: u64,
+    /// Heart-beat interval the server wants from clients, ms (0 = none).
+    pub heartbeat_recv_ms: u64,
+    /// Time allowed between the upgrade and the CONNECT frame.
+    pub connect_timeout: Duration,
+    /// Longest a connection without negotiated heart-beats may stay silent.
+    pub idle_timeout: Duration,
+    /// Most subscriptions one connection may hold.
+    pub max_subscriptions: usize,
+    /// Frame and header size limits.
+    pub limits: Limits,
+    /// Frames a connection may have queued before it counts as slow.
+    pub outbound_queue: usize,
+}
+
+/// The acknowledgement mode of a subscription.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AckMode {
+    Auto,
+    Client,
+    ClientIndividual,
+}
+
+impl AckMode {
+    fn parse(s: Option<&str>) -> Option<AckMode> {
+        match s {
+            None | Some("auto") => Some(AckMode::Auto),
+            Some("client") => Some(AckMode::Client),
+            Some("client-individual") => Some(AckMode::ClientIndividual),
+            Some(_) => None,
+        }
+    }
+}
+
+struct Subscription {
+    id: String,
+    destination: Destination,
+    ack: AckMode,
+    /// Key of this subscription's MESSAGE frame in the per-event cache:
+    /// connections with the same version, destination, ack mode and
+    /// subscription id share one encoded frame.
+    cache_key: String,
+}
+
+/// A connected STOMP client as the router sees it.
+struct StompRecipient {
+    identity: Identity,
+    version: Version,
+    subscriptions: Mutex<Vec<Subscription>>,
+    conn: ConnTx,
+}
+
+impl Recipient for StompRecipient {
+    fn identity(&self) -> &Identity {
+        &self.identity
+    }
+
+    fn offer(&self, event: &RoutedEvent, cache: &mut FrameCache) {
+        let Ok(subs) = self.subscriptions.lock() else {
+            return;
+        };
+        for sub in subs
+            .iter()
+            .filter(|s| s.destination.accepts(&event.envelope.event_type))
+        {
+            let frame = match cache.get(&sub.cache_key) {
+                Some(frame) => frame,
+                None => {
+                    let body = cache.get_or_insert_with(sub.destination.body_key(), || {
+                        sub.destination.body(event)
+                    });
+                    let position = event.position();
+                    let mut headers = vec![
+                        ("subscription", sub.id.as_str()),
+                        ("message-id", position.as_str()),
+                        ("destination", sub.destination.as_str()),
+                        ("content-type", "application/json"),
+                    ];
+                    if sub.ack != AckMode::Auto {
+                        headers.push(("ack", position.as_str()));
+                    }
+                    let text = codec::encode_message_text(&headers, body.as_str(), self.version);
+                    cache.get_or_insert_with(&sub.cache_key, || text)
+                }
+            };
+            if !self.conn.push(frame, event.kafka_timestamp_ms) {
+                break;
+            }
+        }
+    }
+}
+
+/// Serve one upgraded WebSocket as a STOMP session. `upgrade_auth` is the
+/// upgrade request's `Authorization` header; `max_version` is bounded by the
+/// negotiated subprotocol.
+pub async fn serve(
+    socket: WebSocket,
+    ctx: Arc<Context>,
+    upgrade_auth: Option<String>,
+    max_version: Version,
+) {
+    let (sink, mut stream) = socket.split();
+    run(sink, &mut stream, ctx, upgrade_auth, max_version).await;
+}
+
+/// Drive a session over any message sink/stream (tests use channels).
+pub async fn run<S, R>(
+    sink: S,
+    stream: &mut R,
+    ctx: Arc<Context>,
+    upgrade_auth: Option<String>,
+    max_version: Version,
+) where
+    S: futures_util::Sink<Message> + Unpin + Send + 'static,
+    R: Stream<Item = Result<Message, axum::Error>> + Unpin,
+{
+    let metrics = ctx.metrics.clone();
+    metrics.connections.with_label_values(&[PROTOCOL]).inc();
+    let conn_id = connection::next_conn_id();
+    let (tx, writer) = connection::channel(ctx.stomp.outbound_queue, PROTOCOL, metrics.clone());
+    let done = CancellationToken::new();
+    let slow_frame = error_frame(
+        "slow consumer disconnected",
+        None,
+        "the client did not read its frames fast enough",
+        None,
+    );
+    let writer_task = tokio::spawn(writer.run(sink, Some(slow_frame), done.clone()));
+
+    let mut session = Session {
+        conn_id,
+        read_timeout: ctx.stomp.connect_timeout,
+        ctx,
+        tx,
+        upgrade_auth,
+        max_version,
+        version: None,
+        recipient: None,
+        done: done.clone(),
+    };
+    session.read_loop(stream).await;
+    session.close();
+    drop(session);
+    // The writer ends once the queue is drained and closed; do not let a
+    // client that stopped reading hold the task forever.
+    let mut writer_task = writer_task;
+    if tokio::time::timeout(Duration::from_secs(5), &mut writer_task)
+        .await
+        .is_err()
+    {
+        writer_task.abort();
+    }
+    metrics.connections.with_label_values(&[PROTOCOL]).dec();
+}
+
+struct Session {
+    conn_id: u64,
+    ctx: Arc<Context>,
+    tx: ConnTx,
+    upgrade_auth: Option<String>,
+    max_version: Version,
+    /// Negotiated version, once CONNECTED was sent.
+    version: Option<Version>,
+    recipient: Option<Arc<StompRecipient>>,
+    read_timeout: Duration,
+    done: CancellationToken,
+}
+
+impl Session {
+    async fn read_loop<R>(&mut self, stream: &mut R)
+    where
+        R: Stream<Item = Result<Message, axum::Error>> + Unpin,
+    {
+        let shutdown = self.ctx.shutdown.clone();
+        loop {
+            let next = tokio::select! {
+                biased;
+                _ = self.done.cancelled() => return,
+                _ = shutdown.cancelled() => {
+                    self.fail(1012, "server restart", "server restart: reconnect", "the gateway is shutting down; reconnect", None).await;
+                    return;
+                }
+                r = tokio::time::timeout(self.read_timeout, stream.next()) => r,
+            };
+            let msg = match next {
+                Err(_) if self.version.is_none() => {
+                    self.protocol_error(
+                        "CONNECT timeout",
+                        "no CONNECT frame arrived in time",
+                        None,
+                    )
+                    .await;
+                    return;
+                }
+                Err(_) => {
+                    self.protocol_error(
+                        "heart-beat timeout",
+                        "the client sent nothing within the heart-beat window",
+                        None,
+                    )
+                    .await;
+                    return;
+                }
+                Ok(None) | Ok(Some(Err(_))) => return,
+                Ok(Some(Ok(m))) => m,
+            };
+            let bytes: &[u8] = match &msg {
+                Message::Text(t) => t.as_bytes(),
+                Message::Binary(b) => b,
+                Message::Close(_) => return,
+                Message::Ping(_) | Message::Pong(_) => continue,
+            };
+            let version = self.version.unwrap_or(Version::V1_2);
+            let items = match codec::decode_message(bytes, version, &self.ctx.stomp.limits) {
+                Ok(items) => items,
+                Err(e) => {
+                    self.protocol_error(&e.to_string(), "the frame could not be parsed", None)
+                        .await;
+                    return;
+                }
+            };
+            for item in items {
+                if let Decoded::Frame(frame) = item
+                    && self.handle(frame).await.is_break()
+                {
+                    return;
+                }
+            }
+        }
+    }
+
+    async fn handle(&mut self, frame: Frame) -> ControlFlow<()> {
+        let receipt = frame.header("receipt").map(str::to_owned);
+        let result = match (self.version.is_some(), frame.command) {
+            (false, Command::Connect | Command::Stomp) => return self.connect(&frame).await,
+            (false, Command::Disconnect) => return ControlFlow::Break(()),
+            (false, other) => Err(format!("expected CONNECT, got {}", other.as_str())),
+            (true, Command::Connect | Command::Stomp) => Err("already connected".to_owned()),
+            (true, Command::Subscribe) => self.subscribe(&frame),
+            (true, Command::Unsubscribe) => self.unsubscribe(&frame),
+            (
+                true,
+                Command::Ack | Command::Nack | Command::Begin | Command::Commit | Command::Abort,
+            ) => Ok(()),
+            (true, Command::Send) => {
+                Err("SEND is not supported: Herald destinations are read-only".to_owned())
+            }
+            (true, Command::Disconnect) => {
+                if let Some(r) = &receipt {
+                    self.emit(Outbound::Text {
+                        text: receipt_frame(r, self.version),
+                        kafka_ts_ms: None,
+                    })
+                    .await;
+                }
+                self.emit(Outbound::Close {
+                    code: 1000,
+                    reason: "disconnect",
+                })
+                .await;
+                return ControlFlow::Break(());
+            }
+            (true, other) => Err(format!("unexpected {} frame from a client", other.as_str())),
+        };
+        match result {
+            Ok(()) => {
+                if let Some(r) = &receipt {
+                    self.emit(Outbound::Text {
+                        text: receipt_frame(r, self.version),
+                        kafka_ts_ms: None,
+                    })
+                    .await;
+                }
+                ControlFlow::Continue(())
+            }
+            Err(message) => {
+                self.protocol_error(&message, "", receipt.as_deref()).await;
+                ControlFlow::Break(())
+            }
+        }
+    }
+
+    async fn connect(&mut self, frame: &Frame) -> ControlFlow<()> {
+        let Some(version) = codec::negotiate_version(frame.header("accept-version"))
+            .map(|v| v.min(self.max_version))
+        else {
+            let text = error_frame_with(
+                "Supported protocol versions are 1.0 1.1 1.2",
+                &[("version", "1.2,1.1,1.0")],
+                "",
+                None,
+            );
+            self.emit(Outbound::Text {
+                text,
+                kafka_ts_ms: None,
+            })
+            .await;
+            self.emit(Outbound::Close {
+                code: 1002,
+                reason: "unsupported version",
+            })
+            .await;
+            self.ctx
+                .metrics
+                .protocol_errors
+                .with_label_values(&[PROTOCOL])
+                .inc();
+            return ControlFlow::Break(());
+        };
+        let credential = self
+            .upgrade_auth
+            .clone()
+            .or_else(|| frame.header("Authorization").map(str::to_owned))
+            .or_else(|| frame.header("authorization").map(str::to_owned))
+            .or_else(|| frame.header("passcode").map(str::to_owned))
+            .unwrap_or_default();
+        let identity = match self.ctx.verifier.verify(&credential) {
+            Ok(identity) => identity,
+            Err(e) => {
+                self.ctx
+                    .metrics
+                    .auth_failures
+                    .with_label_values(&[PROTOCOL, e.as_label()])
+                    .inc();
+                tracing::debug!(conn = self.conn_id, reason = %e, "STOMP authentication refused");
+                self.fail(
+                    1008,
+                    "unauthorized",
+                    &format!("401 Unauthorized: {e}"),
+                    "",
+                    frame.header("receipt"),
+                )
+                .await;
+                return ControlFlow::Break(());
+            }
+        };
+        let (cx, cy) = match frame
+            .header("heart-beat")
+            .map(codec::parse_heart_beat)
+            .transpose()
+        {
+            Ok(hb) => hb.unwrap_or((0, 0)),
+            Err(e) => {
+                self.protocol_error(&e.to_string(), "", None).await;
+                return ControlFlow::Break(());
+            }
+        };
+        let (sx, sy) = (
+            self.ctx.stomp.heartbeat_send_ms,
+            self.ctx.stomp.heartbeat_recv_ms,
+        );
+        let session_id = format!(
+            "herald-{:x}-{}",
+            self.conn_id,
+            uuid::Uuid::new_v4().simple()
+        );
+        let heart_beat = format!("{sx},{sy}");
+        let server = concat!("herald/", env!("CARGO_PKG_VERSION"));
+        let connected = Frame::new(Command::Connected)
+            .with_header("version", version.as_str())
+            .with_header("heart-beat", heart_beat)
+            .with_header("server", server)
+            .with_header("session", session_id);
+        let text = frame_text(&connected, version);
+        if !self
+            .emit(Outbound::Text {
+                text,
+                kafka_ts_ms: None,
+            })
+            .await
+        {
+            return ControlFlow::Break(());
+        }
+        if version != Version::V1_0 && sx > 0 && cy > 0 {
+            let every = Duration::from_millis(sx.max(cy));
+            self.emit(Outbound::HeartBeat {
+                every,
+                frame: Utf8Bytes::from_static("\n"),
+            })
+            .await;
+        }
+        self.read_timeout = if version != Version::V1_0 && cx > 0 && sy > 0 {
+            // Tolerate about twice the agreed interval, as the spec suggests.
+            Duration::from_millis(cx.max(sy).saturating_mul(2))
+        } else {
+            self.ctx.stomp.idle_timeout
+        };
+        self.version = Some(version);
+        let recipient = Arc::new(StompRecipient {
+            identity,
+            version,
+            subscriptions: Mutex::new(Vec::new()),
+            conn: self.tx.clone(),
+        });
+        self.ctx.router.insert(self.conn_id, recipient.clone());
+        self.recipient = Some(recipient);
+        ControlFlow::Continue(())
+    }
+
+    fn subscribe(&mut self, frame: &Frame) -> Result<(), String> {
+        let (Some(recipient), Some(version)) = (&self.recipient, self.version) else {
+            return Err("not connected".into());
+        };
+        let destination_name = frame
+            .header("destination")
+            .ok_or("SUBSCRIBE requires a destination header")?;
+        let id = match (frame.header("id"), version) {
+            (Some(id), _) => id.to_owned(),
+            (None, Version::V1_0) => destination_name.to_owned(),
+            (None, _) => return Err("SUBSCRIBE requires an id header".into()),
+        };
+        let destination = Destination::parse(destination_name)
+            .ok_or_else(|| format!("Unknown destination {destination_name}"))?;
+        let ack = AckMode::parse(frame.header("ack"))
+            .ok_or("ack must be auto, client or client-individual")?;
+        let mut subs = recipient
+            .subscriptions
+            .lock()
+            .map_err(|_| "internal error")?;
+        if subs.iter().any(|s| s.id == id) {
+            return Err(format!("subscription id {id} is already in use"));
+        }
+        if subs.len() >= self.ctx.stomp.max_subscriptions {
+            return Err(format!(
+                "too many subscriptions (limit {})",
+                self.ctx.stomp.max_subscriptions
+            ));
+        }
+        let cache_key = format!(
+            "stomp:{}:{}:{:?}:{id}",
+            version.as_str(),
+            destination.as_str(),
+            ack
+        );
+        subs.push(Subscription {
+            id,
+            destination,
+            ack,
+            cache_key,
+        });
+        self.ctx
+            .metrics
+            .subscriptions
+            .with_label_values(&[PROTOCOL])
+            .inc();
+        Ok(())
+    }
+
+    fn unsubscribe(&mut self, frame: &Frame) -> Result<(), String> {
+        let Some(recipient) = &self.recipient else {
+            return Err("not connected".into());
+        };
+        let id = frame
+            .header("id")
+            .or_else(|| {
+                frame
+                    .header("destination")
+                    .filter(|_| self.version == Some(Version::V1_0))
+            })
+            .ok_or("UNSUBSCRIBE requires an id header")?;
+        let mut subs = recipient
+            .subscriptions
+            .lock()
+            .map_err(|_| "internal error")?;
+        let before = subs.len();
+        subs.retain(|s| s.id != id);
+        let removed = before - subs.len();
+        self.ctx
+            .metrics
+            .subscriptions
+            .with_label_values(&[PROTOCOL])
+            .sub(removed as i64);
+        Ok(())
+    }
+
+    /// Queue a control item unless the connection is already finished.
+    async fn emit(&self, item: Outbound) -> bool {
+        tokio::select! {
+            biased;
+            _ = self.done.cancelled() => false,
+            ok = self.tx.send(item) => ok,
+        }
+    }
+
+    async fn protocol_error(&self, message: &str, detail: &str, receipt: Option<&str>) {
+        self.ctx
+            .metrics
+            .protocol_errors
+            .with_label_values(&[PROTOCOL])
+            .inc();
+        tracing::debug!(conn = self.conn_id, message, "STOMP protocol error");
+        self.fail(1002, "protocol error", message, detail, receipt)
+            .await;
+    }
+
+    /// Send an ERROR frame and close the socket.
+    async fn fail(
+        &self,
+        code: u16,
+        reason: &'static str,
+        message: &str,
+        detail: &str,
+        receipt: Option<&str>,
+    ) {
+        let text = error_frame(message, receipt, detail, self.version);
+        self.emit(Outbound::Text {
+            text,
+            kafka_ts_ms: None,
+        })
+        .await;
+        self.emit(Outbound::Close { code, reason }).await;
+    }
+
+    /// Unregister from the router and release the subscription gauge.
+    fn close(&mut self) {
+        if let Some(recipient) = self.recipient.take() {
+            self.ctx
+                .router
+                .remove(&recipient.identity.account_id, self.conn_id);
+            let n = recipient.subscriptions.lock().map(|s| s.len()).unwrap_or(0);
+            self.ctx
+                .metrics
+                .subscriptions
+                .with_label_values(&[PROTOCOL])
+                .sub(n as i64);
+        }
+    }
+}
+
+fn frame_text(frame: &Frame, version: Version) -> Utf8Bytes {
+    let bytes = codec::encode(frame, version);
+    Utf8Bytes::from(String::from_utf8_lossy(&bytes).into_owned())
+}
+
+fn receipt_frame(receipt: &str, version: Option<Version>) -> Utf8Bytes {
+    frame_text(
+        &Frame::new(Command::Receipt).with_header("receipt-id", receipt),
+        version.unwrap_or(Version::V1_2),
+    )
+}
+
+/// An ERROR frame. Before CONNECTED was sent the client does not unescape
+/// headers yet, so the frame is then written unescaped (1.0 rules) with line
+/// breaks flattened.
+fn error_frame(
+    message: &str,
+    receipt: Option<&str>,
+    detail: &str,
+    version: Option<Version>,
+) -> Utf8Bytes {
+    let mut extra = Vec::new();
+    if let Some(r) = receipt {
+        extra.push(("receipt-id", r));
+    }
+    error_frame_with(message, &extra, detail, version)
+}
+
+fn error_frame_with(
+    message: &str,
+    extra: &[(&str, &str)],
+    detail: &str,
+    version: Option<Version>,
+) -> Utf8Bytes {
+    let flat = |s: &str| s.replace(['\r', '\n'], " ");
+    let mut frame = Frame::new(Command::Error).with_header("message", flat(message));
+    for (k, v) in extra {
+        frame = frame.with_header(*k, flat(v));
+    }
+    let body = if detail.is_empty() { message } else { detail };
+    frame = frame
+        .with_header("content-type", "text/plain")
+        .with_header("content-length", body.len().to_string())
+        .with_body(body.as_bytes().to_vec());
+    frame_text(&frame, version.unwrap_or(Version::V1_0))
+}

@@ -1,0 +1,188 @@
+//! Kafka client settings shared by the gateway and the producer, including
+//! the security settings (SASL PLAIN/SCRAM, TLS) passed through to librdkafka.
+
+use rdkafka::ClientConfig;
+
+/// Kafka connection settings.
+#[derive(Debug, Clone, clap::Args)]
+pub struct KafkaArgs {
+    /// Kafka bootstrap servers, comma-separated `host:port` list.
+    #[arg(
+        long = "kafka-brokers",
+        env = "HERALD_KAFKA_BROKERS",
+        default_value = "127.0.0.1:9092"
+    )]
+    pub brokers: String,
+    /// Prefix of every Herald topic name (`herald.` gives `herald.message`, ...).
+    #[arg(
+        long = "topic-prefix",
+        env = "HERALD_TOPIC_PREFIX",
+        default_value = "herald."
+    )]
+    pub topic_prefix: String,
+    /// Kafka `security.protocol`: plaintext, ssl, sasl_plaintext or sasl_ssl.
+    #[arg(long = "kafka-security-protocol", env = "HERALD_KAFKA_SECURITY_PROTOCOL", default_value = "plaintext",
+          value_parser = ["plaintext", "ssl", "sasl_plaintext", "sasl_ssl"])]
+    pub security_protocol: String,
+    /// SASL mechanism: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512.
+    #[arg(long = "kafka-sasl-mechanism", env = "HERALD_KAFKA_SASL_MECHANISM",
+          value_parser = ["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"])]
+    pub sasl_mechanism: Option<String>,
+    /// SASL user name.
+    #[arg(long = "kafka-sasl-username", env = "HERALD_KAFKA_SASL_USERNAME")]
+    pub sasl_username: Option<String>,
+    /// SASL password (never logged).
+    #[arg(
+        long = "kafka-sasl-password",
+        env = "HERALD_KAFKA_SASL_PASSWORD",
+        hide_env_values = true
+    )]
+    pub sasl_password: Option<String>,
+    /// PEM file of the CA certificates that sign the brokers' certificates.
+    #[arg(long = "kafka-ssl-ca-location", env = "HERALD_KAFKA_SSL_CA_LOCATION")]
+    pub ssl_ca_location: Option<String>,
+    /// Extra librdkafka properties, `key=value`, repeatable (comma-separated in the environment).
+    #[arg(
+        long = "kafka-property",
+        env = "HERALD_KAFKA_PROPERTY",
+        value_delimiter = ','
+    )]
+    pub properties: Vec<String>,
+}
+
+/// An invalid Kafka setting.
+#[derive(Debug, thiserror::Error)]
+pub enum KafkaConfigError {
+    /// A `--kafka-property` is not `key=value`.
+    #[error("kafka property `{0}` must be key=value")]
+    BadProperty(String),
+    /// SASL chosen without complete credentials.
+    #[error(
+        "security protocol {0} needs --kafka-sasl-mechanism, --kafka-sasl-username and --kafka-sasl-password"
+    )]
+    IncompleteSasl(String),
+    /// No brokers.
+    #[error("--kafka-brokers must name at least one host:port")]
+    NoBrokers,
+}
+
+impl KafkaArgs {
+    /// Settings pointing at `brokers` with every other value at its default.
+    pub fn for_brokers(brokers: &str) -> Self {
+        KafkaArgs {
+            brokers: brokers.to_owned(),
+            topic_prefix: "herald.".to_owned(),
+            security_protocol: "plaintext".to_owned(),
+            sasl_mechanism: None,
+            sasl_username: None,
+            sasl_password: None,
+            ssl_ca_location: None,
+            properties: Vec::new(),
+        }
+    }
+
+    /// Check the settings and build the librdkafka client configuration.
+    pub fn client_config(&self) -> Result<ClientConfig, KafkaConfigError> {
+        if self.brokers.split(',').all(|b| b.trim().is_empty()) {
+            return Err(KafkaConfigError::NoBrokers);
+        }
+        let mut cfg = ClientConfig::new();
+        cfg.set("bootstrap.servers", &self.brokers)
+            .set("security.protocol", &self.security_protocol)
+            .set("client.id", "herald");
+        if self.security_protocol.starts_with("sasl") {
+            match (
+                &self.sasl_mechanism,
+                &self.sasl_username,
+                &self.sasl_password,
+            ) {
+                (Some(m), Some(u), Some(p)) => {
+                    cfg.set("sasl.mechanism", m)
+                        .set("sasl.username", u)
+                        .set("sasl.password", p);
+                }
+                _ => {
+                    return Err(KafkaConfigError::IncompleteSasl(
+                        self.security_protocol.clone(),
+                    ));
+                }
+            }
+        }
+        if let Some(ca) = &self.ssl_ca_location {
+            cfg.set("ssl.ca.location", ca);
+        }
+        for prop in &self.properties {
+            let (k, v) = prop
+                .split_once('=')
+                .filter(|(k, _)| !k.trim().is_empty())
+                .ok_or_else(|| KafkaConfigError::BadProperty(prop.clone()))?;
+            cfg.set(k.trim(), v.trim());
+        }
+        Ok(cfg)
+    }
+}
+
+/// Create `topics` with `partitions` partitions each (replication 1 unless
+/// the broker decides otherwise); topics that already exist are fine.
+/// `compacted` topics get `cleanup.policy=compact`.
+pub async fn ensure_topics(
+    args: &KafkaArgs,
+    topics: &[String],
+    compacted: &[String],
+    partitions: i32,
+) -> anyhow::Result<()> {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    use rdkafka::types::RDKafkaErrorCode;
+
+    let admin: AdminClient<DefaultClientContext> = args.client_config()?.create()?;
+    let new: Vec<NewTopic<'_>> = topics
+        .iter()
+        .map(|t| {
+            let topic = NewTopic::new(t, partitions, TopicReplication::Fixed(1));
+            if compacted.contains(t) {
+                topic.set("cleanup.policy", "compact")
+            } else {
+                topic
+            }
+        })
+        .collect();
+    let opts = AdminOptions::new().operation_timeout(Some(std::time::Duration::from_secs(10)));
+    for result in admin.create_topics(new.iter(), &opts).await? {
+        match result {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, code)) => anyhow::bail!("cannot create topic {topic}: {code}"),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sasl_requires_credentials() {
+        let mut k = KafkaArgs::for_brokers("a:1");
+        k.security_protocol = "sasl_ssl".into();
+        assert!(matches!(
+            k.client_config(),
+            Err(KafkaConfigError::IncompleteSasl(_))
+        ));
+        k.sasl_mechanism = Some("SCRAM-SHA-512".into());
+        k.sasl_username = Some("u".into());
+        k.sasl_password = Some("p".into());
+        let cfg = k.client_config().unwrap();
+        assert_eq!(cfg.get("sasl.mechanism"), Some("SCRAM-SHA-512"));
+    }
+
+    #[test]
+    fn properties_must_be_pairs() {
+        let mut k = KafkaArgs::for_brokers("a:1");
+        k.properties = vec!["linger.ms=5".into()];
+        assert_eq!(k.client_config().unwrap().get("linger.ms"), Some("5"));
+        k.properties = vec!["nonsense".into()];
+        assert!(k.client_config().is_err());
+        assert!(KafkaArgs::for_brokers(" ").client_config().is_err());
+    }
+}

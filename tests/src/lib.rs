@@ -1,0 +1,351 @@
+//! Test harness for Herald's cross-service tests.
+//!
+//! [`Broker`] gives each test a real Kafka-protocol broker: the cluster named
+//! by `HERALD_TEST_KAFKA=host:port` when set, otherwise a `tansu` broker
+//! (in-memory storage) started on a free loopback port and killed when the
+//! test ends. `scripts/test.sh` installs tansu when it is missing. There is
+//! no silent skip: without a broker the harness fails with instructions.
+//!
+//! [`Stack`] adds the producer and the gateway, in-process, on free ports,
+//! with a per-test topic prefix so tests sharing a cluster never interfere.
+
+pub mod stomp;
+
+use std::{
+    net::SocketAddr,
+    path::PathBuf,
+    process::Stdio,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use herald_gateway::{GatewayConfig, GatewayHandle};
+use herald_producer::{ProducerConfig, ProducerHandle};
+use herald_runtime::KafkaArgs;
+use herald_schemas::Family;
+use jsonwebtoken::{EncodingKey, Header, encode};
+use serde_json::{Value, json};
+use tokio::process::{Child, Command};
+use tokio_util::sync::CancellationToken;
+
+/// Shared secret of every test gateway.
+pub const JWT_SECRET: &str = "herald-test-secret-0123456789abcdef";
+
+/// A real broker for one test.
+pub struct Broker {
+    /// `host:port` bootstrap address.
+    pub bootstrap: String,
+    child: Option<Child>,
+}
+
+impl Broker {
+    /// The external cluster, or a fresh tansu broker.
+    pub async fn start() -> anyhow::Result<Broker> {
+        if let Ok(addr) = std::env::var("HERALD_TEST_KAFKA")
+            && !addr.trim().is_empty()
+        {
+            return Ok(Broker {
+                bootstrap: addr,
+                child: None,
+            });
+        }
+        let bin = tansu_path().context(
+            "no test broker: install tansu (`cargo install tansu --locked --features dynostore`, \
+             which scripts/test.sh does) or set HERALD_TEST_KAFKA=host:port",
+        )?;
+        // A port can be taken between probing and binding; retry a few times.
+        let mut last_err = None;
+        for _ in 0..5 {
+            let port = free_port()?;
+            let url = format!("tcp://127.0.0.1:{port}");
+            let child = Command::new(&bin)
+                .args([
+                    "broker",
+                    "--listener-url",
+                    &url,
+                    "--advertised-listener-url",
+                    &url,
+                ])
+                .args(["--storage-engine", "memory://tansu/"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .kill_on_drop(true)
+                .spawn()
+                .with_context(|| format!("cannot run {}", bin.display()))?;
+            let mut broker = Broker {
+                bootstrap: format!("127.0.0.1:{port}"),
+                child: Some(child),
+            };
+            match broker.wait_listening(Duration::from_secs(20)).await {
+                Ok(()) => return Ok(broker),
+                Err(e) => last_err = Some(e),
+            }
+        }
+        Err(last_err.unwrap_or_else(|| anyhow::anyhow!("broker did not start")))
+    }
+
+    async fn wait_listening(&mut self, within: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(child) = &mut self.child
+                && let Some(status) = child.try_wait()?
+            {
+                bail!("tansu exited early with {status}");
+            }
+            if tokio::net::TcpStream::connect(&self.bootstrap)
+                .await
+                .is_ok()
+            {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("tansu did not listen on {} in time", self.bootstrap);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Kill the managed broker (simulates an outage).
+    pub async fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill().await;
+        }
+    }
+}
+
+/// Where the tansu binary is, if installed.
+pub fn tansu_path() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("HERALD_TANSU_BIN") {
+        return Some(PathBuf::from(p));
+    }
+    let mut candidates: Vec<PathBuf> = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).map(|d| d.join("tansu")).collect())
+        .unwrap_or_default();
+    if let Some(home) = std::env::var_os("HOME") {
+        candidates.push(PathBuf::from(home).join(".cargo/bin/tansu"));
+    }
+    candidates.into_iter().find(|p| p.is_file())
+}
+
+/// A loopback port free right now.
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// Mint a test token.
+pub fn token(account: &str, sub: &str, role: &str) -> String {
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+        + 3600;
+    encode(
+        &Header::default(),
+        &json!({"sub": sub, "account_id": account, "role": role, "exp": exp}),
+        &EncodingKey::from_secret(JWT_SECRET.as_bytes()),
+    )
+    .expect("encodable claims")
+}
+
+/// Broker + producer + gateway for one test.
+pub struct Stack {
+    /// The broker.
+    pub broker: Broker,
+    /// Topic prefix of this test.
+    pub prefix: String,
+    /// The producer.
+    pub producer: ProducerHandle,
+    /// The gateway.
+    pub gateway: GatewayHandle,
+    /// HTTP client.
+    pub http: reqwest::Client,
+    shutdown: CancellationToken,
+}
+
+/// Options for [`Stack::start_with`].
+#[derive(Debug, Clone, Default)]
+pub struct StackOptions {
+    /// Extra gateway flags.
+    pub gateway_args: Vec<String>,
+}
+
+impl Stack {
+    /// Start everything with defaults.
+    pub async fn start() -> anyhow::Result<Stack> {
+        Self::start_with(StackOptions::default()).await
+    }
+
+    /// Start everything.
+    pub async fn start_with(opts: StackOptions) -> anyhow::Result<Stack> {
+        init_logging();
+        let broker = Broker::start().await?;
+        let prefix = format!("t{}.", &uuid::Uuid::new_v4().simple().to_string()[..10]);
+        let mut kafka = KafkaArgs::for_brokers(&broker.bootstrap);
+        kafka.topic_prefix = prefix.clone();
+        let topics: Vec<String> = Family::ALL.iter().map(|f| f.topic(&prefix)).collect();
+        retry(Duration::from_secs(20), || {
+            herald_runtime::kafka::ensure_topics(&kafka, &topics, &[], 2)
+        })
+        .await?;
+
+        let shutdown = CancellationToken::new();
+        let producer = herald_producer::start(
+            ProducerConfig::from_args([
+                "herald-producer",
+                "--kafka-brokers",
+                &broker.bootstrap,
+                "--topic-prefix",
+                &prefix,
+                "--listen",
+                "127.0.0.1:0",
+                "--ops-listen",
+                "127.0.0.1:0",
+            ])
+            .map_err(|e| anyhow::anyhow!("{e}"))?,
+            shutdown.clone(),
+        )
+        .await?;
+        let mut args: Vec<String> = [
+            "herald-gateway",
+            "--kafka-brokers",
+            &broker.bootstrap,
+            "--topic-prefix",
+            &prefix,
+            "--listen",
+            "127.0.0.1:0",
+            "--ops-listen",
+            "127.0.0.1:0",
+            "--jwt-secret",
+            JWT_SECRET,
+            "--metadata-refresh-secs",
+            "2",
+        ]
+        .into_iter()
+        .map(String::from)
+        .collect();
+        args.extend(opts.gateway_args);
+        let gateway = herald_gateway::start(
+            GatewayConfig::from_args(args).map_err(|e| anyhow::anyhow!("{e}"))?,
+            shutdown.clone(),
+        )
+        .await?;
+        let stack = Stack {
+            broker,
+            prefix,
+            producer,
+            gateway,
+            http: reqwest::Client::new(),
+            shutdown,
+        };
+        stack.wait_ready(stack.gateway.ops_addr).await?;
+        stack.wait_ready(stack.producer.ops_addr).await?;
+        Ok(stack)
+    }
+
+    async fn wait_ready(&self, ops: SocketAddr) -> anyhow::Result<()> {
+        let url = format!("http://{ops}/readyz");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(r) = self.http.get(&url).send().await
+                && r.status().is_success()
+            {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("{url} did not become ready");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// WebSocket URL of a gateway path.
+    pub fn ws_url(&self, path: &str) -> String {
+        format!("ws://{}{}", self.gateway.ws_addr, path)
+    }
+
+    /// Producer events URL.
+    pub fn events_url(&self) -> String {
+        format!("http://{}/v1/events", self.producer.addr)
+    }
+
+    /// POST events; returns status and JSON body.
+    pub async fn post_events(&self, body: &Value) -> anyhow::Result<(u16, Value)> {
+        let r = self.http.post(self.events_url()).json(body).send().await?;
+        let status = r.status().as_u16();
+        let body = r.json::<Value>().await.unwrap_or(Value::Null);
+        Ok((status, body))
+    }
+
+    /// POST events and require a 200.
+    pub async fn publish(&self, body: &Value) -> anyhow::Result<Value> {
+        let (status, body) = self.post_events(body).await?;
+        if status != 200 {
+            bail!("publish failed with {status}: {body}");
+        }
+        Ok(body)
+    }
+
+    /// The gateway's metrics text.
+    pub async fn gateway_metrics(&self) -> anyhow::Result<String> {
+        Ok(self
+            .http
+            .get(format!("http://{}/metrics", self.gateway.ops_addr))
+            .send()
+            .await?
+            .text()
+            .await?)
+    }
+
+    /// Stop producer and gateway.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        self.gateway.stopped().await;
+        self.producer.stopped().await;
+    }
+}
+
+/// Retry an async operation until it succeeds or `within` passes.
+pub async fn retry<F, Fut, T>(within: Duration, mut op: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<T>>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        match op().await {
+            Ok(v) => return Ok(v),
+            Err(e) if Instant::now() > deadline => return Err(e),
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+}
+
+/// Log to the test output when `RUST_LOG` is set.
+pub fn init_logging() {
+    if std::env::var_os("RUST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt().with_test_writer().try_init();
+    }
+}
+
+/// An Airy `/events`-style `message.created` event.
+pub fn airy_message(account: &str, n: u64) -> Value {
+    json!({
+        "type": "message.created",
+        "account_id": account,
+        "payload": {
+            "conversation_id": format!("conv-{account}"),
+            "channel_id": "chan-1",
+            "message": {
+                "id": format!("m-{account}-{n}"),
+                "content": {"text": format!("hello {n}")},
+                "delivery_state": "delivered",
+                "from_contact": true,
+                "sent_at": "2026-11-25T10:00:00.000Z",
+                "source": "facebook",
+                "sender": {"id": "github:1"}
+            }
+        }
+    })
+}
