@@ -110,6 +110,7 @@ pub(crate) static EVENTS: &[EventSpec] = &[
     event!("contact.created", Contact, chatwoot::Contact),
     event!("contact.updated", Contact, chatwoot::Contact),
     event!("presence.update", Presence, chatwoot::PresenceUpdate),
+    event!("presence.heartbeat", Presence, chatwoot::PresenceHeartbeat),
     event!("notification_created", Notification, chatwoot::Notification),
     // Pulse-style NotificationsChannel (ActionCable), seed 000: account.
     event!("removed_account", Account, pulse::AccountIdContent),
@@ -405,5 +406,28 @@ mod tests {
         ] {
             assert!(!is_rfc3339(bad), "{bad}");
         }
+    }
+}
+
+#[cfg(test)]
+mod vocabulary_tests {
+    use super::*;
+
+    #[test]
+    fn pulse_operations_and_room_events_are_catalogued() {
+        for op in crate::pulse::OPERATIONS {
+            assert!(family_of(op).is_some(), "{op} missing from the catalogue");
+        }
+        for ev in crate::chatwoot::ROOM_EVENTS
+            .iter()
+            .chain(crate::chatwoot::CONTACT_EVENTS.iter())
+        {
+            assert!(family_of(ev).is_some(), "{ev} missing from the catalogue");
+        }
+        assert!(
+            crate::chatwoot::CONTACT_EVENTS
+                .iter()
+                .all(|e| crate::chatwoot::ROOM_EVENTS.contains(e))
+        );
     }
 }

@@ -125,6 +125,46 @@ pub struct PresenceUpdate {
     pub contacts: Option<BTreeMap<String, String>>,
 }
 
+/// Every RoomChannel event type (seed 004), in the seed's order.
+pub const ROOM_EVENTS: [&str; 14] = [
+    "conversation.created",
+    "conversation.read",
+    "message.created",
+    "message.updated",
+    "conversation.status_changed",
+    "conversation.typing_on",
+    "conversation.typing_off",
+    "assignee.changed",
+    "team.changed",
+    "conversation.contact_changed",
+    "contact.created",
+    "contact.updated",
+    "presence.update",
+    "notification_created",
+];
+
+/// The RoomChannel events a contact token may receive (PROTOCOLS.md 1a).
+pub const CONTACT_EVENTS: [&str; 7] = [
+    "conversation.created",
+    "conversation.status_changed",
+    "message.created",
+    "message.updated",
+    "conversation.typing_on",
+    "conversation.typing_off",
+    "presence.update",
+];
+
+/// A presence heartbeat written by a gateway pod when a client sends
+/// `update_presence` (type `presence.heartbeat`, family presence). Every pod
+/// reads them to keep the online table; they are never delivered to clients.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct PresenceHeartbeat {
+    /// `user` or `contact`.
+    pub kind: String,
+    /// The user's or contact's id.
+    pub id: String,
+}
+
 /// A notification: the data of `notification_created`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Notification {

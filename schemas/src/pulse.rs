@@ -14,6 +14,63 @@ use serde_json::Value;
 
 use crate::scalar::{LongLike, StringOrInteger, string_or_integer};
 
+/// Every Pulse operation (PROTOCOLS.md 1b): the event types delivered on the
+/// `NotificationsChannel`. The catalogue has a row for each (tested).
+pub const OPERATIONS: [&str; 47] = [
+    "removed_account",
+    "updated_account",
+    "cleaned_account",
+    "added_message",
+    "update_message_type",
+    "updated_message",
+    "removed_message",
+    "cleanup_messages",
+    "cleanup_conversation_messages",
+    "added_contact",
+    "updated_contact",
+    "removed_contact",
+    "removed_contact_by_id",
+    "added_conversation",
+    "update_conversation_snippet",
+    "update_conversation_title",
+    "updated_conversation",
+    "removed_conversation",
+    "read_conversation",
+    "seen_conversation",
+    "archive_conversation",
+    "seen_conversations",
+    "added_draft",
+    "replaced_drafts",
+    "removed_drafts",
+    "added_blacklist",
+    "removed_blacklist",
+    "added_scheduled_message",
+    "updated_scheduled_message",
+    "removed_scheduled_message",
+    "added_folder",
+    "add_conversation_to_folder",
+    "remove_conversation_from_folder",
+    "updated_folder",
+    "removed_folder",
+    "added_template",
+    "updated_template",
+    "removed_template",
+    "added_auto_reply",
+    "updated_auto_reply",
+    "removed_auto_reply",
+    "update_setting",
+    "dismissed_notification",
+    "update_subscription",
+    "update_primary_device",
+    "feature_flag",
+    "forward_to_phone",
+];
+
+/// Whether `event_type` is a Pulse operation.
+pub fn is_operation(event_type: &str) -> bool {
+    OPERATIONS.contains(&event_type)
+}
+
 /// The content of operations that carry nothing but a numeric `id`:
 /// `removed_message`, `removed_conversation`, `seen_conversation`,
 /// `removed_blacklist`, `removed_scheduled_message`,

@@ -36,6 +36,7 @@ const FAMILIES: &[(&str, Family)] = &[
     ("contact.created", Family::Contact),
     ("contact.updated", Family::Contact),
     ("presence.update", Family::Presence),
+    ("presence.heartbeat", Family::Presence),
     ("notification_created", Family::Notification),
     // Pulse: account
     ("removed_account", Family::Account),
@@ -198,6 +199,7 @@ const SAMPLES: &[(&str, &str)] = &[
         r#"{"account_id":1,"users":{"7":"online","8":"busy"},"contacts":{"9":"offline"}}"#,
     ),
     ("presence.update", r#"{"account_id":"1","users":{}}"#),
+    ("presence.heartbeat", r#"{"kind":"user","id":"7"}"#),
     (
         "notification_created",
         r#"{"id":3,"notification_type":"conversation_assignment","primary_actor":{"id":5},"read_at":null,"created_at":1763805600}"#,
