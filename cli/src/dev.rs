@@ -103,13 +103,23 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         }
     };
     let kafka = KafkaArgs::for_brokers(&brokers);
-    let topics: Vec<String> = Family::ALL
+    let mut topics: Vec<String> = Family::ALL
         .iter()
         .map(|f| f.topic(&kafka.topic_prefix))
         .collect();
+    // The identities table is compacted: the latest record per token is the truth.
+    let identities = herald_schemas::identities_topic(&kafka.topic_prefix);
+    topics.push(identities.clone());
     let mut attempt = 0;
     loop {
-        match herald_runtime::kafka::ensure_topics(&kafka, &topics, &[], args.partitions).await {
+        match herald_runtime::kafka::ensure_topics(
+            &kafka,
+            &topics,
+            std::slice::from_ref(&identities),
+            args.partitions,
+        )
+        .await
+        {
             Ok(()) => break,
             Err(e) if attempt < 40 => {
                 attempt += 1;
@@ -163,6 +173,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
          \n  Kafka broker      {brokers}{managed}\
          \n  Producer API      http://{p}/v1/events\
          \n  STOMP (Airy)      ws://{g}/ws.communication\
+         \n  ActionCable       ws://{g}/cable (RoomChannel), ws://{g}/stream?account_id=1&token=<token> (NotificationsChannel)\
          \n  Gateway metrics   http://{gops}/metrics   (/healthz, /readyz)\
          \n  Producer metrics  http://{pops}/metrics\
          \n\nDevelopment token (account 1, user 1, agent; valid 7 days):\n\n  {token}\n\

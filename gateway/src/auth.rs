@@ -31,6 +31,12 @@ pub struct Identity {
     pub id: String,
     /// `agent`, `admin`, or `contact`.
     pub role: String,
+    /// When the credential stops being valid (unix seconds); live
+    /// connections are closed then.
+    pub expires_at: Option<i64>,
+    /// For opaque tokens: the identities-table key, so a revocation can
+    /// find the connections that used it.
+    pub token_key: Option<String>,
 }
 
 impl Identity {
@@ -72,6 +78,9 @@ pub enum AuthError {
     /// A claim is missing or has a wrong value.
     #[error("invalid token claims: {0}")]
     Claims(String),
+    /// An opaque token that is not (or no longer) in the identities table.
+    #[error("unknown or revoked token")]
+    UnknownToken,
     /// The server has no key to verify tokens with.
     #[error("token authentication is not configured")]
     NotConfigured,
@@ -87,6 +96,7 @@ impl AuthError {
             AuthError::Malformed => "malformed",
             AuthError::Claims(_) => "claims",
             AuthError::NotConfigured => "not_configured",
+            AuthError::UnknownToken => "unknown_token",
         }
     }
 }
@@ -94,6 +104,7 @@ impl AuthError {
 /// The claims Herald reads from a JWT.
 #[derive(Debug, Deserialize)]
 struct Claims {
+    exp: Option<i64>,
     sub: Option<serde_json::Value>,
     account_id: Option<serde_json::Value>,
     role: Option<String>,
@@ -258,7 +269,44 @@ fn identity_from(claims: Claims) -> Result<Identity, AuthError> {
         kind,
         id,
         role,
+        expires_at: claims.exp,
+        token_key: None,
     })
+}
+
+/// Whether a credential has the shape of a JWT (three base64url parts).
+pub fn looks_like_jwt(token: &str) -> bool {
+    let mut parts = token.split('.');
+    let all_b64 = |p: &str| {
+        !p.is_empty()
+            && p.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    };
+    matches!((parts.next(), parts.next(), parts.next(), parts.next()), (Some(a), Some(b), Some(c), None) if all_b64(a) && all_b64(b) && all_b64(c))
+}
+
+/// Resolves any credential: JWTs are verified with the configured keys,
+/// anything else is looked up in the identities table.
+#[derive(Clone)]
+pub struct Authenticator {
+    /// JWT verification.
+    pub jwt: JwtVerifier,
+    /// Opaque tokens.
+    pub identities: Arc<crate::identities::IdentityTable>,
+}
+
+impl Authenticator {
+    /// Resolve a credential (a leading `Bearer ` is ignored).
+    pub fn resolve(&self, credential: &str) -> Result<Identity, AuthError> {
+        let token = strip_bearer(credential);
+        if token.is_empty() {
+            return Err(AuthError::Missing);
+        }
+        if looks_like_jwt(token) {
+            return self.jwt.verify(token);
+        }
+        self.identities.resolve(token)
+    }
 }
 
 /// Strip an optional, case-insensitive `Bearer ` prefix and surrounding spaces.
@@ -367,12 +415,16 @@ mod tests {
             kind: PrincipalKind::User,
             id: "7".into(),
             role: "agent".into(),
+            expires_at: None,
+            token_key: None,
         };
         let contact = Identity {
             account_id: "1".into(),
             kind: PrincipalKind::Contact,
             id: "c9".into(),
             role: "contact".into(),
+            expires_at: None,
+            token_key: None,
         };
         let none = None;
         let only_contacts = Audience {

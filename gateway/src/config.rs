@@ -77,6 +77,24 @@ pub struct GatewayConfig {
     /// Seconds allowed for closing client connections on shutdown.
     #[arg(long, env = "HERALD_DRAIN_SECS", default_value_t = 10)]
     pub drain_secs: u64,
+    /// Interval of ActionCable `ping` frames, ms (Rails: 3000).
+    #[arg(long, env = "HERALD_CABLE_PING_INTERVAL_MS", default_value_t = 3000)]
+    pub cable_ping_interval_ms: u64,
+    /// Pulse legacy mode: accept `/stream?account_id=` with no credential.
+    /// Anyone who knows an account id then reads its events; only for
+    /// trusted networks. Logged as a warning at startup.
+    #[arg(
+        long,
+        env = "HERALD_STREAM_LEGACY_ACCOUNT_AUTH",
+        default_value_t = false
+    )]
+    pub stream_legacy_account_auth: bool,
+    /// How long a presence heartbeat keeps someone online, seconds.
+    #[arg(long, env = "HERALD_PRESENCE_WINDOW_SECS", default_value_t = 60)]
+    pub presence_window_secs: u64,
+    /// Read the identities topic (opaque tokens). Readiness waits for it.
+    #[arg(long, env = "HERALD_IDENTITIES", default_value_t = true, action = clap::ArgAction::Set)]
+    pub identities: bool,
     /// Log format.
     #[arg(long, env = "HERALD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -92,7 +110,9 @@ pub enum ConfigError {
     #[error("--families must name at least one event family")]
     NoFamilies,
     /// No way to verify credentials.
-    #[error("no JWT key configured: set HERALD_JWT_SECRET or HERALD_JWT_PUBLIC_KEY_FILE")]
+    #[error(
+        "no credentials can be verified: set HERALD_JWT_SECRET or HERALD_JWT_PUBLIC_KEY_FILE, or enable --identities"
+    )]
     NoAuth,
     /// A number out of range.
     #[error("{0}")]
@@ -140,6 +160,23 @@ impl GatewayConfig {
         Ok(topics)
     }
 
+    /// The ActionCable endpoint settings.
+    pub fn cable(&self) -> Result<crate::cable::CableConfig, ConfigError> {
+        if self.cable_ping_interval_ms == 0 || self.presence_window_secs == 0 {
+            return Err(ConfigError::OutOfRange(
+                "--cable-ping-interval-ms and --presence-window-secs must be positive".into(),
+            ));
+        }
+        Ok(crate::cable::CableConfig {
+            ping_interval: Duration::from_millis(self.cable_ping_interval_ms),
+            stream_legacy_account_auth: self.stream_legacy_account_auth,
+            max_subscriptions: self.max_subscriptions,
+            outbound_queue: self.outbound_queue,
+            max_message_bytes: self.max_frame_bytes,
+            presence_topic: Family::Presence.topic(&self.kafka.topic_prefix),
+        })
+    }
+
     /// The STOMP endpoint settings, checked.
     pub fn stomp(&self) -> Result<StompConfig, ConfigError> {
         if self.max_frame_bytes < 1024 {
@@ -174,8 +211,9 @@ impl GatewayConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.topics()?;
         self.stomp()?;
+        self.cable()?;
         self.kafka.client_config()?;
-        if self.jwt_secret.is_none() && self.jwt_public_key_file.is_empty() {
+        if self.jwt_secret.is_none() && self.jwt_public_key_file.is_empty() && !self.identities {
             return Err(ConfigError::NoAuth);
         }
         Ok(())
@@ -217,7 +255,8 @@ mod tests {
             .to_string();
         assert!(err.contains("max-frame-bytes"), "{err}");
         assert!(GatewayConfig::from_args(["herald-gateway", "--listen", "nonsense"]).is_err());
-        let no_auth = GatewayConfig::from_args(["herald-gateway"]).unwrap();
+        let no_auth =
+            GatewayConfig::from_args(["herald-gateway", "--identities", "false"]).unwrap();
         assert!(matches!(no_auth.validate(), Err(ConfigError::NoAuth)));
     }
 

@@ -22,12 +22,12 @@ pub enum Outbound {
         /// Kafka timestamp of the event it carries.
         kafka_ts_ms: Option<i64>,
     },
-    /// Start (or change) sending `frame` whenever the socket was idle for `every`.
+    /// Start (or change) the connection's heart-beat.
     HeartBeat {
-        /// Idle interval.
+        /// Interval.
         every: Duration,
-        /// The heart-beat frame.
-        frame: Utf8Bytes,
+        /// What to send.
+        kind: HeartBeatKind,
     },
     /// Close the socket with this code and reason after writing what is queued before it.
     Close {
@@ -36,6 +36,16 @@ pub enum Outbound {
         /// Close reason.
         reason: &'static str,
     },
+}
+
+/// What a connection's heart-beat sends.
+#[derive(Debug, Clone)]
+pub enum HeartBeatKind {
+    /// This frame, only when nothing else was written in the interval (STOMP EOL).
+    WhenIdle(Utf8Bytes),
+    /// An ActionCable `ping` with the current unix time, every interval,
+    /// strictly increasing.
+    CablePing,
 }
 
 /// The sending side of a connection, used by the router (non-blocking) and
@@ -126,7 +136,8 @@ impl Writer {
     ) where
         S: Sink<Message> + Unpin,
     {
-        let mut heartbeat: Option<(tokio::time::Interval, Utf8Bytes)> = None;
+        let mut heartbeat: Option<(tokio::time::Interval, HeartBeatKind)> = None;
+        let mut last_ping = 0i64;
         let mut wrote_since_tick = false;
         let mut batch: Vec<Outbound> = Vec::with_capacity(MAX_BATCH);
         let slow = self.slow.clone();
@@ -148,12 +159,20 @@ impl Writer {
                     }
                 }
                 _ = tick(&mut heartbeat) => {
-                    let step = match &heartbeat {
-                        Some((_, frame)) if !wrote_since_tick => match sink.send(Message::Text(frame.clone())).await {
+                    let frame = match &heartbeat {
+                        Some((_, HeartBeatKind::WhenIdle(frame))) if !wrote_since_tick => Some(frame.clone()),
+                        Some((_, HeartBeatKind::CablePing)) => {
+                            last_ping = (now_ms() / 1000).max(last_ping + 1);
+                            Some(Utf8Bytes::from(format!(r#"{{"type":"ping","message":{last_ping}}}"#)))
+                        }
+                        _ => None,
+                    };
+                    let step = match frame {
+                        Some(frame) => match sink.send(Message::Text(frame)).await {
                             Ok(()) => Step::Continue,
                             Err(_) => Step::Stop,
                         },
-                        _ => Step::Continue,
+                        None => Step::Continue,
                     };
                     wrote_since_tick = false;
                     step
@@ -187,7 +206,7 @@ impl Writer {
         &self,
         sink: &mut S,
         batch: &mut Vec<Outbound>,
-        heartbeat: &mut Option<(tokio::time::Interval, Utf8Bytes)>,
+        heartbeat: &mut Option<(tokio::time::Interval, HeartBeatKind)>,
     ) -> Step
     where
         S: Sink<Message> + Unpin,
@@ -206,11 +225,11 @@ impl Writer {
                         timestamps.push(ts);
                     }
                 }
-                Outbound::HeartBeat { every, frame } => {
+                Outbound::HeartBeat { every, kind } => {
                     let mut iv =
                         tokio::time::interval_at(tokio::time::Instant::now() + every, every);
                     iv.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                    *heartbeat = Some((iv, frame));
+                    *heartbeat = Some((iv, kind));
                 }
                 Outbound::Close { code, reason } => {
                     closing = Some(CloseFrame {
@@ -251,7 +270,7 @@ enum Step {
     Slow,
 }
 
-async fn tick(heartbeat: &mut Option<(tokio::time::Interval, Utf8Bytes)>) {
+async fn tick(heartbeat: &mut Option<(tokio::time::Interval, HeartBeatKind)>) {
     match heartbeat {
         Some((iv, _)) => {
             iv.tick().await;

@@ -25,7 +25,9 @@ use rdkafka::{
 use tokio_util::sync::CancellationToken;
 
 use crate::{
+    auth::PrincipalKind,
     metrics::Metrics,
+    presence::PresenceTable,
     router::{FrameCache, RoutedEvent, Router},
 };
 
@@ -186,6 +188,7 @@ pub async fn consume(
     consumer: Arc<StreamConsumer>,
     router: Arc<Router>,
     metrics: Metrics,
+    presence: Arc<PresenceTable>,
     shutdown: CancellationToken,
 ) {
     let mut cache = FrameCache::default();
@@ -200,7 +203,14 @@ pub async fn consume(
             m = consumer.recv() => m,
         };
         match msg {
-            Ok(msg) => handle(&msg, &router, &metrics, &mut counters, &mut cache),
+            Ok(msg) => handle(
+                &msg,
+                &router,
+                &metrics,
+                &presence,
+                &mut counters,
+                &mut cache,
+            ),
             Err(e) => {
                 if last_error_log.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
                     tracing::warn!(error = %e, "Kafka consumer error");
@@ -249,12 +259,18 @@ fn handle(
     msg: &BorrowedMessage<'_>,
     router: &Router,
     metrics: &Metrics,
+    presence: &PresenceTable,
     counters: &mut TopicCounters,
     cache: &mut FrameCache,
 ) {
     let received = Instant::now();
     let topic = msg.topic();
     counters.consumed(topic);
+    if header(msg, "type") == Some("presence.heartbeat") {
+        // Every pod keeps the whole online table, subscribers here or not.
+        record_heartbeat(msg, presence, counters);
+        return;
+    }
     let header_account = header(msg, "account_id");
     if let Some(account) = header_account
         && !router.has_account(account)
@@ -284,16 +300,43 @@ fn handle(
     if header_account.is_none() && !router.has_account(&envelope.account_id) {
         return;
     }
-    let event = RoutedEvent {
-        topic: Arc::from(topic),
-        partition: msg.partition(),
-        offset: msg.offset(),
+    let mut event = RoutedEvent::new(
+        Arc::from(topic),
+        msg.partition(),
+        msg.offset(),
         envelope,
-        kafka_timestamp_ms: msg.timestamp().to_millis(),
-        received,
-    };
+        msg.timestamp().to_millis(),
+    );
+    event.received = received;
     router.dispatch(&event, cache);
     metrics
         .dispatch_latency
         .observe(received.elapsed().as_secs_f64());
+}
+
+fn record_heartbeat(msg: &BorrowedMessage<'_>, presence: &PresenceTable, counters: &TopicCounters) {
+    let topic = msg.topic();
+    let Some(envelope) = msg.payload().and_then(|p| Envelope::decode(p).ok()) else {
+        counters.skipped(topic, "invalid_envelope");
+        return;
+    };
+    let Ok(beat) =
+        serde_json::from_str::<herald_schemas::chatwoot::PresenceHeartbeat>(envelope.payload.get())
+    else {
+        counters.skipped(topic, "invalid_payload");
+        return;
+    };
+    let kind = match beat.kind.as_str() {
+        "user" => PrincipalKind::User,
+        "contact" => PrincipalKind::Contact,
+        _ => {
+            counters.skipped(topic, "invalid_payload");
+            return;
+        }
+    };
+    let at = msg
+        .timestamp()
+        .to_millis()
+        .unwrap_or_else(crate::router::now_ms);
+    presence.beat(&envelope.account_id, kind, &beat.id, at);
 }

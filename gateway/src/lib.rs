@@ -5,14 +5,19 @@
 //! - [`router`] — account -> recipients index, shared frame encoding
 //! - [`connection`] — bounded outbound queues, writers, slow-client cut-off
 //! - [`stomp`] — the Airy-style STOMP endpoint
+//! - [`cable`] — ActionCable: RoomChannel (`/cable`) and NotificationsChannel (`/stream`)
+//! - [`identities`], [`presence`] — the opaque-token table and the online table, both fed by Kafka
 //! - [`auth`] — credentials and entitlement
 //! - [`metrics`], [`config`], [`server`] — operations and wiring
 
 pub mod auth;
+pub mod cable;
 pub mod config;
 pub mod connection;
 pub mod consumer;
+pub mod identities;
 pub mod metrics;
+pub mod presence;
 pub mod router;
 pub mod server;
 pub mod stomp;

@@ -32,9 +32,37 @@ pub struct RoutedEvent {
     pub kafka_timestamp_ms: Option<i64>,
     /// When the gateway received the record.
     pub received: Instant,
+    /// The payload parsed once, on first use, for recipients that look inside it.
+    pub parsed: std::sync::OnceLock<Option<serde_json::Value>>,
 }
 
 impl RoutedEvent {
+    /// Wrap a decoded envelope.
+    pub fn new(
+        topic: Arc<str>,
+        partition: i32,
+        offset: i64,
+        envelope: Envelope,
+        kafka_timestamp_ms: Option<i64>,
+    ) -> Self {
+        RoutedEvent {
+            topic,
+            partition,
+            offset,
+            envelope,
+            kafka_timestamp_ms,
+            received: Instant::now(),
+            parsed: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// The payload as a JSON value (parsed at most once per event).
+    pub fn payload_json(&self) -> Option<&serde_json::Value> {
+        self.parsed
+            .get_or_init(|| serde_json::from_str(self.envelope.payload.get()).ok())
+            .as_ref()
+    }
+
     /// The record's position as `topic:partition:offset`, unique per event.
     pub fn position(&self) -> String {
         format!("{}:{}:{}", self.topic, self.partition, self.offset)

@@ -5,20 +5,27 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use axum::{
     Router as HttpRouter,
-    extract::{State, WebSocketUpgrade},
+    extract::{Query, State, WebSocketUpgrade},
     http::HeaderMap,
     response::Response,
     routing::get,
 };
 use herald_runtime::{OpsServer, Readiness};
+use rdkafka::{
+    message::{Header, OwnedHeaders},
+    producer::{FutureProducer, FutureRecord},
+};
 use tokio::{net::TcpListener, task::JoinHandle};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
-    auth::JwtVerifier,
+    auth::{Authenticator, Identity, JwtVerifier, PrincipalKind},
+    cable::{self, CableConfig, Endpoint},
     config::GatewayConfig,
     consumer::{self, ConsumerSettings},
+    identities::{self, IdentityTable},
     metrics::Metrics,
+    presence::PresenceTable,
     router::Router,
     stomp::{self, StompConfig, codec::Version},
 };
@@ -29,12 +36,60 @@ pub struct Context {
     pub router: Arc<Router>,
     /// Metrics.
     pub metrics: Metrics,
-    /// JWT verification.
-    pub verifier: JwtVerifier,
+    /// Credential resolution (JWTs and opaque tokens).
+    pub auth: Authenticator,
     /// STOMP settings.
     pub stomp: StompConfig,
+    /// ActionCable settings.
+    pub cable: CableConfig,
+    /// Who is online, per account.
+    pub presence: Arc<PresenceTable>,
+    /// Producer for records the gateway writes (presence heartbeats).
+    pub producer: FutureProducer,
     /// Cancelled when the pod drains.
     pub shutdown: CancellationToken,
+}
+
+impl Context {
+    /// Write a presence heartbeat for `identity` to the presence topic, in
+    /// the background (a lost heartbeat is repaired by the next one).
+    pub fn publish_presence(&self, identity: &Identity, at_ms: i64) {
+        let kind = match identity.kind {
+            PrincipalKind::User => "user",
+            PrincipalKind::Contact => "contact",
+        };
+        let envelope = serde_json::json!({
+            "id": uuid::Uuid::now_v7().to_string(),
+            "type": "presence.heartbeat",
+            "account_id": &*identity.account_id,
+            "occurred_at": time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(at_ms) * 1_000_000)
+                .ok()
+                .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok()),
+            "payload": {"kind": kind, "id": &identity.id},
+        })
+        .to_string();
+        let producer = self.producer.clone();
+        let topic = self.cable.presence_topic.clone();
+        let account = identity.account_id.to_string();
+        tokio::spawn(async move {
+            let headers = OwnedHeaders::new()
+                .insert(Header {
+                    key: "type",
+                    value: Some("presence.heartbeat"),
+                })
+                .insert(Header {
+                    key: "account_id",
+                    value: Some(account.as_str()),
+                });
+            let record = FutureRecord::to(&topic)
+                .key(account.as_bytes())
+                .payload(&envelope)
+                .headers(headers);
+            if let Err((e, _)) = producer.send(record, Duration::from_secs(5)).await {
+                tracing::warn!(error = %e, "cannot publish presence heartbeat");
+            }
+        });
+    }
 }
 
 /// A running gateway.
@@ -78,6 +133,23 @@ pub async fn start(
     let router = Arc::new(Router::new());
     let readiness = Readiness::default();
     let kafka_ready = readiness.condition("kafka");
+    let identities = Arc::new(IdentityTable::new());
+    let presence = Arc::new(PresenceTable::new(Duration::from_secs(
+        config.presence_window_secs,
+    )));
+    if config.stream_legacy_account_auth {
+        tracing::warn!(
+            "legacy /stream mode is ON: a bare account_id query parameter grants that account's events \
+             to anyone who knows it; use only on a trusted network"
+        );
+    }
+    let producer: FutureProducer = {
+        let mut cfg = config.kafka.client_config()?;
+        cfg.set("acks", "all")
+            .set("linger.ms", "5")
+            .set("client.id", "herald-gateway");
+        cfg.create()?
+    };
 
     let settings = ConsumerSettings {
         kafka: config.kafka.clone(),
@@ -86,6 +158,10 @@ pub async fn start(
     };
     let kafka = consumer::create(&settings)?;
 
+    let identities_ready = readiness.condition("identities");
+    if !config.identities {
+        identities_ready.store(true, std::sync::atomic::Ordering::Release);
+    }
     let ops_addr = OpsServer {
         registry: metrics.registry.clone(),
         readiness,
@@ -101,8 +177,14 @@ pub async fn start(
     let context = Arc::new(Context {
         router: router.clone(),
         metrics: metrics.clone(),
-        verifier,
+        auth: Authenticator {
+            jwt: verifier,
+            identities: identities.clone(),
+        },
         stomp: config.stomp()?,
+        cable: config.cable()?,
+        presence: presence.clone(),
+        producer,
         shutdown: shutdown.clone(),
     });
     let consumer_stop = CancellationToken::new();
@@ -116,12 +198,25 @@ pub async fn start(
         kafka,
         router,
         metrics,
+        presence,
         consumer_stop.clone(),
     ));
+    if config.identities {
+        tokio::spawn(identities::follow(
+            identities,
+            config.kafka.clone(),
+            herald_schemas::identities_topic(&config.kafka.topic_prefix),
+            identities_ready,
+            consumer_stop.clone(),
+        ));
+    }
 
     let tracker = TaskTracker::new();
     let app = HttpRouter::new()
         .route("/ws.communication", get(stomp_upgrade))
+        .route("/cable", get(room_upgrade))
+        .route("/stream", get(stream_upgrade))
+        .route("/api/v1/stream", get(stream_upgrade))
         .with_state(AppState {
             context: context.clone(),
             tracker: tracker.clone(),
@@ -186,6 +281,44 @@ async fn stomp_upgrade(
                 .and_then(Version::from_subprotocol)
                 .unwrap_or(Version::V1_2);
             stomp::serve(socket, state.context, auth, max_version).await;
+            drop(token);
+        })
+}
+
+/// `/cable`: RoomChannel. The connection is anonymous; each subscribe
+/// identifier carries its `pubsub_token`.
+async fn room_upgrade(ws: WebSocketUpgrade, State(state): State<AppState>) -> Response {
+    cable_upgrade(ws, state, Endpoint::Room)
+}
+
+/// `/stream?account_id=..&token=..` (or `Authorization`): NotificationsChannel.
+async fn stream_upgrade(
+    ws: WebSocketUpgrade,
+    headers: HeaderMap,
+    Query(query): Query<std::collections::HashMap<String, String>>,
+    State(state): State<AppState>,
+) -> Response {
+    let credential = query.get("token").cloned().or_else(|| {
+        headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    });
+    let endpoint = Endpoint::Stream {
+        account_id: query.get("account_id").cloned(),
+        credential,
+    };
+    cable_upgrade(ws, state, endpoint)
+}
+
+fn cable_upgrade(ws: WebSocketUpgrade, state: AppState, endpoint: Endpoint) -> Response {
+    let limit = state.context.cable.max_message_bytes;
+    let token = state.tracker.token();
+    ws.protocols(cable::protocol::SUBPROTOCOLS)
+        .max_message_size(limit)
+        .max_frame_size(limit)
+        .on_upgrade(move |socket| async move {
+            cable::serve(socket, state.context, endpoint).await;
             drop(token);
         })
 }

@@ -9,6 +9,7 @@
 //! [`Stack`] adds the producer and the gateway, in-process, on free ports,
 //! with a per-test topic prefix so tests sharing a cluster never interfere.
 
+pub mod cable;
 pub mod stomp;
 
 use std::{
@@ -184,9 +185,16 @@ impl Stack {
         let prefix = format!("t{}.", &uuid::Uuid::new_v4().simple().to_string()[..10]);
         let mut kafka = KafkaArgs::for_brokers(&broker.bootstrap);
         kafka.topic_prefix = prefix.clone();
-        let topics: Vec<String> = Family::ALL.iter().map(|f| f.topic(&prefix)).collect();
+        let mut topics: Vec<String> = Family::ALL.iter().map(|f| f.topic(&prefix)).collect();
+        let identities = herald_schemas::identities_topic(&prefix);
+        topics.push(identities.clone());
         retry(Duration::from_secs(20), || {
-            herald_runtime::kafka::ensure_topics(&kafka, &topics, &[], 2)
+            herald_runtime::kafka::ensure_topics(
+                &kafka,
+                &topics,
+                std::slice::from_ref(&identities),
+                2,
+            )
         })
         .await?;
 
@@ -298,12 +306,145 @@ impl Stack {
             .await?)
     }
 
+    /// Gateway arguments for another pod of this stack (ports chosen by the OS).
+    pub fn gateway_args(&self) -> Vec<String> {
+        [
+            "--kafka-brokers",
+            &self.broker.bootstrap,
+            "--topic-prefix",
+            &self.prefix,
+            "--listen",
+            "127.0.0.1:0",
+            "--ops-listen",
+            "127.0.0.1:0",
+            "--jwt-secret",
+            JWT_SECRET,
+            "--metadata-refresh-secs",
+            "2",
+        ]
+        .into_iter()
+        .map(String::from)
+        .collect()
+    }
+
+    /// Write an identity for an opaque token straight to the identities topic.
+    pub async fn put_identity(&self, token: &str, record: &Value) -> anyhow::Result<()> {
+        self.write_identity(token, Some(record.to_string())).await
+    }
+
+    /// Revoke an opaque token (tombstone).
+    pub async fn revoke_identity(&self, token: &str) -> anyhow::Result<()> {
+        self.write_identity(token, None).await
+    }
+
+    async fn write_identity(&self, token: &str, value: Option<String>) -> anyhow::Result<()> {
+        use rdkafka::producer::{FutureProducer, FutureRecord};
+        let producer: FutureProducer = KafkaArgs::for_brokers(&self.broker.bootstrap)
+            .client_config()?
+            .create()?;
+        let topic = herald_schemas::identities_topic(&self.prefix);
+        let key = herald_schemas::token_key(token);
+        let mut record: FutureRecord<'_, String, String> = FutureRecord::to(&topic).key(&key);
+        if let Some(v) = &value {
+            record = record.payload(v);
+        }
+        producer
+            .send(record, Duration::from_secs(10))
+            .await
+            .map_err(|(e, _)| anyhow::anyhow!("{e}"))?;
+        Ok(())
+    }
+
     /// Stop producer and gateway.
     pub async fn stop(self) {
         self.shutdown.cancel();
         self.gateway.stopped().await;
         self.producer.stopped().await;
     }
+}
+
+/// A second gateway pod as a separate OS process (the `herald-gateway`
+/// binary built next to the test executable); killed on drop.
+pub struct GatewayProcess {
+    /// The child.
+    pub child: Child,
+    /// WebSocket address.
+    pub ws_addr: SocketAddr,
+    /// Ops address.
+    pub ops_addr: SocketAddr,
+}
+
+impl GatewayProcess {
+    /// Start `herald-gateway` with `args` on free ports and wait for `/readyz`.
+    pub async fn start(args: Vec<String>) -> anyhow::Result<GatewayProcess> {
+        Self::start_on(args, free_port()?).await
+    }
+
+    /// Start on a given WebSocket port (to restart a pod in place).
+    pub async fn start_on(mut args: Vec<String>, ws: u16) -> anyhow::Result<GatewayProcess> {
+        let bin = bin_path("herald-gateway")?;
+        let ops = free_port()?;
+        for (flag, port) in [("--listen", ws), ("--ops-listen", ops)] {
+            if let Some(i) = args.iter().position(|a| a == flag) {
+                args[i + 1] = format!("127.0.0.1:{port}");
+            }
+        }
+        let child = Command::new(&bin)
+            .args(&args)
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("cannot run {}", bin.display()))?;
+        let p = GatewayProcess {
+            child,
+            ws_addr: format!("127.0.0.1:{ws}").parse()?,
+            ops_addr: format!("127.0.0.1:{ops}").parse()?,
+        };
+        let http = reqwest::Client::new();
+        let url = format!("http://{}/readyz", p.ops_addr);
+        retry(Duration::from_secs(30), || async {
+            let r = http.get(&url).send().await?;
+            anyhow::ensure!(r.status().is_success(), "not ready");
+            Ok(())
+        })
+        .await?;
+        Ok(p)
+    }
+
+    /// Send SIGTERM (graceful drain).
+    pub async fn terminate(&mut self) -> anyhow::Result<()> {
+        let pid = self.child.id().context("gateway already exited")?;
+        let status = Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .await?;
+        anyhow::ensure!(status.success(), "kill -TERM failed");
+        Ok(())
+    }
+
+    /// WebSocket URL of a path on this pod.
+    pub fn ws_url(&self, path: &str) -> String {
+        format!("ws://{}{}", self.ws_addr, path)
+    }
+}
+
+/// Path of a workspace binary next to the running test executable.
+pub fn bin_path(name: &str) -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let dir = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .context("test executable has no target dir")?;
+    let path = dir.join(name);
+    anyhow::ensure!(
+        path.is_file(),
+        "{} is not built (run the suite with `cargo nextest run --workspace`)",
+        path.display()
+    );
+    Ok(path)
 }
 
 /// Retry an async operation until it succeeds or `within` passes.

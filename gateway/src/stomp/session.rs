@@ -15,7 +15,7 @@ use super::codec::{self, Command, Decoded, Frame, Limits, Version};
 use super::destination::Destination;
 use crate::{
     auth::Identity,
-    connection::{self, ConnTx, Outbound},
+    connection::{self, ConnTx, HeartBeatKind, Outbound},
     router::{FrameCache, Recipient, RoutedEvent},
     server::Context,
 };
@@ -165,6 +165,7 @@ pub async fn run<S, R>(
         version: None,
         recipient: None,
         done: done.clone(),
+        revoked: CancellationToken::new(),
     };
     session.read_loop(stream).await;
     session.close();
@@ -192,6 +193,8 @@ struct Session {
     recipient: Option<Arc<StompRecipient>>,
     read_timeout: Duration,
     done: CancellationToken,
+    /// Cancelled when the opaque token in use is revoked or changed.
+    revoked: CancellationToken,
 }
 
 impl Session {
@@ -206,6 +209,16 @@ impl Session {
                 _ = self.done.cancelled() => return,
                 _ = shutdown.cancelled() => {
                     self.fail(1012, "server restart", "server restart: reconnect", "the gateway is shutting down; reconnect", None).await;
+                    return;
+                }
+                _ = self.revoked.cancelled() => {
+                    self.ctx.metrics.auth_failures.with_label_values(&[PROTOCOL, "revoked"]).inc();
+                    self.fail(1008, "unauthorized", "401 Unauthorized: credential revoked", "", None).await;
+                    return;
+                }
+                _ = expiry(self.recipient.as_ref().and_then(|r| r.identity.expires_at)) => {
+                    self.ctx.metrics.auth_failures.with_label_values(&[PROTOCOL, "expired"]).inc();
+                    self.fail(1008, "unauthorized", "401 Unauthorized: token expired", "", None).await;
                     return;
                 }
                 r = tokio::time::timeout(self.read_timeout, stream.next()) => r,
@@ -342,7 +355,7 @@ impl Session {
             .or_else(|| frame.header("authorization").map(str::to_owned))
             .or_else(|| frame.header("passcode").map(str::to_owned))
             .unwrap_or_default();
-        let identity = match self.ctx.verifier.verify(&credential) {
+        let identity = match self.ctx.auth.resolve(&credential) {
             Ok(identity) => identity,
             Err(e) => {
                 self.ctx
@@ -403,7 +416,7 @@ impl Session {
             let every = Duration::from_millis(sx.max(cy));
             self.emit(Outbound::HeartBeat {
                 every,
-                frame: Utf8Bytes::from_static("\n"),
+                kind: HeartBeatKind::WhenIdle(Utf8Bytes::from_static("\n")),
             })
             .await;
         }
@@ -414,6 +427,9 @@ impl Session {
             self.ctx.stomp.idle_timeout
         };
         self.version = Some(version);
+        if let Some(key) = &identity.token_key {
+            self.revoked = self.ctx.auth.identities.watch(key, self.conn_id);
+        }
         let recipient = Arc::new(StompRecipient {
             identity,
             version,
@@ -542,6 +558,9 @@ impl Session {
     /// Unregister from the router and release the subscription gauge.
     fn close(&mut self) {
         if let Some(recipient) = self.recipient.take() {
+            if let Some(key) = &recipient.identity.token_key {
+                self.ctx.auth.identities.unwatch(key, self.conn_id);
+            }
             self.ctx
                 .router
                 .remove(&recipient.identity.account_id, self.conn_id);
@@ -552,6 +571,17 @@ impl Session {
                 .with_label_values(&[PROTOCOL])
                 .sub(n as i64);
         }
+    }
+}
+
+/// Resolves when a credential expiring at `at` (unix seconds) has expired.
+async fn expiry(at: Option<i64>) {
+    match at {
+        Some(at) => {
+            let wait = (at * 1000 - crate::router::now_ms()).max(0) as u64;
+            tokio::time::sleep(Duration::from_millis(wait)).await;
+        }
+        None => std::future::pending().await,
     }
 }
 

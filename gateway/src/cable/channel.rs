@@ -1,0 +1,160 @@
+//! What each ActionCable subscription receives, and how it is rendered.
+//!
+//! RoomChannel (seed 004): users get every RoomChannel event of their account
+//! (narrowed by audience); contacts only the contact events, never private
+//! messages or notes; typing events never go back to the typist. Bodies are
+//! `{"event","data"}`. NotificationsChannel (seed 000): every Pulse
+//! operation, `{"operation","content"}`, `content` always an object.
+
+use herald_schemas::{chatwoot, pulse};
+
+use super::protocol;
+use crate::{
+    auth::{Identity, PrincipalKind},
+    connection::ConnTx,
+    router::{FrameCache, Recipient, RoutedEvent},
+};
+
+/// Which channel a subscription is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChannelKind {
+    /// Chatwoot-style RoomChannel.
+    Room,
+    /// Pulse-style NotificationsChannel.
+    Notifications,
+}
+
+/// One confirmed subscription, registered in the router.
+pub struct CableRecipient {
+    /// Who subscribed.
+    pub identity: Identity,
+    /// Which channel.
+    pub channel: ChannelKind,
+    /// The identifier as a JSON string literal, ready to splice into frames.
+    pub identifier_json: String,
+    /// Cache key of this subscription's frame when identical identifiers
+    /// share it (NotificationsChannel identifiers carry no token).
+    pub shared_key: Option<String>,
+    /// The connection's queue.
+    pub conn: ConnTx,
+}
+
+/// Whether the payload marks a private note (`private`/`is_private`).
+fn is_private(event: &RoutedEvent) -> bool {
+    event.payload_json().is_some_and(|p| {
+        ["private", "is_private"]
+            .iter()
+            .any(|k| p.get(*k).and_then(serde_json::Value::as_bool) == Some(true))
+    })
+}
+
+/// Whether `identity` is the one typing in a typing event.
+fn is_typist(event: &RoutedEvent, identity: &Identity) -> bool {
+    let Some(user) = event.payload_json().and_then(|p| p.get("user")) else {
+        return false;
+    };
+    let id_matches = match user.get("id") {
+        Some(serde_json::Value::String(s)) => *s == identity.id,
+        Some(serde_json::Value::Number(n)) => n.to_string() == identity.id,
+        _ => false,
+    };
+    let kind_matches = match user.get("type").and_then(serde_json::Value::as_str) {
+        Some("contact") => identity.kind == PrincipalKind::Contact,
+        Some(_) => identity.kind == PrincipalKind::User,
+        None => true,
+    };
+    id_matches && kind_matches
+}
+
+/// Whether a RoomChannel subscription of `identity` gets `event`.
+pub fn room_accepts(identity: &Identity, event: &RoutedEvent) -> bool {
+    let ty = event.envelope.event_type.as_str();
+    if !chatwoot::ROOM_EVENTS.contains(&ty) {
+        return false;
+    }
+    if identity.kind == PrincipalKind::Contact
+        && (!chatwoot::CONTACT_EVENTS.contains(&ty) || is_private(event))
+    {
+        return false;
+    }
+    if ty.starts_with("conversation.typing_") && is_typist(event, identity) {
+        return false;
+    }
+    true
+}
+
+/// The RoomChannel message body of `event` for `identity`.
+fn room_body(
+    identity: &Identity,
+    event: &RoutedEvent,
+    cache: &mut FrameCache,
+) -> axum::extract::ws::Utf8Bytes {
+    let ty = event.envelope.event_type.as_str();
+    if ty == "presence.update" && identity.kind == PrincipalKind::Contact {
+        // Contacts never see other contacts' presence.
+        return cache.get_or_insert_with("room-body:presence-contact", || {
+            let mut data = event.payload_json().cloned().unwrap_or_default();
+            if let Some(obj) = data.as_object_mut() {
+                obj.remove("contacts");
+            }
+            format!(
+                r#"{{"event":{},"data":{}}}"#,
+                protocol::json_string(ty),
+                data
+            )
+        });
+    }
+    cache.get_or_insert_with("room-body", || {
+        format!(
+            r#"{{"event":{},"data":{}}}"#,
+            protocol::json_string(ty),
+            event.envelope.payload.get()
+        )
+    })
+}
+
+impl Recipient for CableRecipient {
+    fn identity(&self) -> &Identity {
+        &self.identity
+    }
+
+    fn offer(&self, event: &RoutedEvent, cache: &mut FrameCache) {
+        let frame = match self.channel {
+            ChannelKind::Room => {
+                if !room_accepts(&self.identity, event) {
+                    return;
+                }
+                let body = room_body(&self.identity, event, cache);
+                // Room identifiers embed the client's token: frames are per
+                // subscription, only the body is shared.
+                axum::extract::ws::Utf8Bytes::from(protocol::broadcast(
+                    &self.identifier_json,
+                    body.as_str(),
+                ))
+            }
+            ChannelKind::Notifications => {
+                let ty = event.envelope.event_type.as_str();
+                if !pulse::is_operation(ty)
+                    || !event
+                        .payload_json()
+                        .is_some_and(serde_json::Value::is_object)
+                {
+                    return;
+                }
+                let make = || {
+                    let body = format!(
+                        r#"{{"operation":{},"content":{}}}"#,
+                        protocol::json_string(ty),
+                        event.envelope.payload.get()
+                    );
+                    protocol::broadcast(&self.identifier_json, &body)
+                };
+                match &self.shared_key {
+                    Some(key) => cache.get_or_insert_with(key, make),
+                    None => axum::extract::ws::Utf8Bytes::from(make()),
+                }
+            }
+        };
+        self.conn.push(frame, event.kafka_timestamp_ms);
+    }
+}

@@ -1,0 +1,482 @@
+//! One ActionCable connection (Rails semantics): `welcome` at once, `ping`
+//! every 3 s, subscribe/unsubscribe/message commands processed in order
+//! (including those sent before `welcome` arrived), `disconnect` frames with
+//! an explicit `reconnect`, malformed input logged and ignored as Rails does.
+
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use axum::extract::ws::{Message, Utf8Bytes, WebSocket};
+use futures_util::{Stream, StreamExt};
+use tokio_util::sync::CancellationToken;
+
+use super::{
+    channel::{CableRecipient, ChannelKind},
+    protocol::{self, Command, DisconnectReason},
+};
+use crate::{
+    auth::{AuthError, Identity, PrincipalKind},
+    connection::{self, ConnTx, HeartBeatKind, Outbound},
+    router::now_ms,
+    server::Context,
+};
+
+const PROTOCOL: &str = "actioncable";
+
+/// ActionCable endpoint settings.
+#[derive(Debug, Clone)]
+pub struct CableConfig {
+    /// Interval of `ping` frames (Rails: 3 s).
+    pub ping_interval: Duration,
+    /// Pulse legacy mode: `/stream?account_id=` without a credential.
+    pub stream_legacy_account_auth: bool,
+    /// Most subscriptions per connection.
+    pub max_subscriptions: usize,
+    /// Frames queued before a client counts as slow.
+    pub outbound_queue: usize,
+    /// Largest client message, bytes.
+    pub max_message_bytes: usize,
+    /// Topic that presence heartbeats are written to.
+    pub presence_topic: String,
+}
+
+/// Which endpoint the connection came in on.
+#[derive(Debug, Clone)]
+pub enum Endpoint {
+    /// `/cable`: RoomChannel; credentials travel in each subscribe identifier.
+    Room,
+    /// `/stream`: NotificationsChannel; the connection itself authenticates.
+    Stream {
+        /// The `account_id` query parameter.
+        account_id: Option<String>,
+        /// `token` query parameter or `Authorization` header.
+        credential: Option<String>,
+    },
+}
+
+/// Serve one upgraded WebSocket.
+pub async fn serve(socket: WebSocket, ctx: Arc<Context>, endpoint: Endpoint) {
+    let (sink, mut stream) = socket.split();
+    run(sink, &mut stream, ctx, endpoint).await;
+}
+
+/// Drive a connection over any sink/stream.
+pub async fn run<S, R>(sink: S, stream: &mut R, ctx: Arc<Context>, endpoint: Endpoint)
+where
+    S: futures_util::Sink<Message> + Unpin + Send + 'static,
+    R: Stream<Item = Result<Message, axum::Error>> + Unpin,
+{
+    let metrics = ctx.metrics.clone();
+    metrics.connections.with_label_values(&[PROTOCOL]).inc();
+    let conn_id = connection::next_conn_id();
+    let (tx, writer) = connection::channel(ctx.cable.outbound_queue, PROTOCOL, metrics.clone());
+    let done = CancellationToken::new();
+    let slow = Utf8Bytes::from(protocol::disconnect(DisconnectReason::Remote));
+    let writer_task = tokio::spawn(writer.run(sink, Some(slow), done.clone()));
+
+    let mut session = CableSession {
+        conn_id,
+        ctx: ctx.clone(),
+        tx,
+        done: done.clone(),
+        conn_identity: None,
+        room: matches!(endpoint, Endpoint::Room),
+        subscriptions: HashMap::new(),
+        revoked: CancellationToken::new(),
+        expires_at: None,
+    };
+    if session.open(&endpoint).await {
+        session.read_loop(stream).await;
+    }
+    session.close();
+    drop(session);
+    let mut writer_task = writer_task;
+    if tokio::time::timeout(Duration::from_secs(5), &mut writer_task)
+        .await
+        .is_err()
+    {
+        writer_task.abort();
+    }
+    metrics.connections.with_label_values(&[PROTOCOL]).dec();
+}
+
+struct Subscription {
+    router_id: u64,
+    recipient: Arc<CableRecipient>,
+}
+
+struct CableSession {
+    conn_id: u64,
+    ctx: Arc<Context>,
+    tx: ConnTx,
+    done: CancellationToken,
+    /// `/stream`: the connection's identity.
+    conn_identity: Option<Identity>,
+    room: bool,
+    subscriptions: HashMap<String, Subscription>,
+    /// Cancelled when a credential in use is revoked or changed.
+    revoked: CancellationToken,
+    /// Earliest expiry of a credential in use (unix seconds).
+    expires_at: Option<i64>,
+}
+
+impl CableSession {
+    /// Authenticate (for `/stream`), then `welcome` and pings. False when the
+    /// connection was refused.
+    async fn open(&mut self, endpoint: &Endpoint) -> bool {
+        if let Endpoint::Stream {
+            account_id,
+            credential,
+        } = endpoint
+        {
+            match self.authenticate_stream(account_id.as_deref(), credential.as_deref()) {
+                Ok(identity) => {
+                    self.track_credential(&identity);
+                    self.conn_identity = Some(identity);
+                }
+                Err(e) => {
+                    self.ctx
+                        .metrics
+                        .auth_failures
+                        .with_label_values(&[PROTOCOL, e.as_label()])
+                        .inc();
+                    tracing::debug!(conn = self.conn_id, reason = %e, "ActionCable connection refused");
+                    self.disconnect(DisconnectReason::Unauthorized).await;
+                    return false;
+                }
+            }
+        }
+        self.emit_text(protocol::welcome().to_owned()).await;
+        self.emit(Outbound::HeartBeat {
+            every: self.ctx.cable.ping_interval,
+            kind: HeartBeatKind::CablePing,
+        })
+        .await
+    }
+
+    fn authenticate_stream(
+        &self,
+        account_id: Option<&str>,
+        credential: Option<&str>,
+    ) -> Result<Identity, AuthError> {
+        let account_id = account_id
+            .filter(|a| !a.is_empty())
+            .ok_or(AuthError::Claims("account_id is required".into()))?;
+        match credential.filter(|c| !c.trim().is_empty()) {
+            Some(c) => {
+                let identity = self.ctx.auth.resolve(c)?;
+                if *identity.account_id != *account_id {
+                    return Err(AuthError::Claims(
+                        "credential belongs to another account".into(),
+                    ));
+                }
+                Ok(identity)
+            }
+            None if self.ctx.cable.stream_legacy_account_auth => Ok(Identity {
+                account_id: account_id.into(),
+                kind: PrincipalKind::User,
+                id: format!("legacy:{account_id}"),
+                role: "agent".into(),
+                expires_at: None,
+                token_key: None,
+            }),
+            None => Err(AuthError::Missing),
+        }
+    }
+
+    /// Close the connection when this credential expires or is revoked.
+    fn track_credential(&mut self, identity: &Identity) {
+        if let Some(exp) = identity.expires_at {
+            self.expires_at = Some(self.expires_at.map_or(exp, |e| e.min(exp)));
+        }
+        if let Some(key) = &identity.token_key {
+            let watch = self.ctx.auth.identities.watch(key, self.conn_id);
+            let revoked = self.revoked.clone();
+            let done = self.done.clone();
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = watch.cancelled() => revoked.cancel(),
+                    _ = done.cancelled() => {}
+                }
+            });
+        }
+    }
+
+    async fn read_loop<R>(&mut self, stream: &mut R)
+    where
+        R: Stream<Item = Result<Message, axum::Error>> + Unpin,
+    {
+        let shutdown = self.ctx.shutdown.clone();
+        loop {
+            let expiry = async {
+                match self.expires_at {
+                    Some(exp) => {
+                        let wait = (exp * 1000 - now_ms()).max(0) as u64;
+                        tokio::time::sleep(Duration::from_millis(wait)).await
+                    }
+                    None => std::future::pending().await,
+                }
+            };
+            let msg = tokio::select! {
+                biased;
+                _ = self.done.cancelled() => return,
+                _ = shutdown.cancelled() => {
+                    self.disconnect(DisconnectReason::ServerRestart).await;
+                    return;
+                }
+                _ = self.revoked.cancelled() => {
+                    self.ctx.metrics.auth_failures.with_label_values(&[PROTOCOL, "revoked"]).inc();
+                    self.disconnect(DisconnectReason::Unauthorized).await;
+                    return;
+                }
+                _ = expiry => {
+                    self.ctx.metrics.auth_failures.with_label_values(&[PROTOCOL, "expired"]).inc();
+                    self.disconnect(DisconnectReason::Unauthorized).await;
+                    return;
+                }
+                m = stream.next() => m,
+            };
+            let text = match msg {
+                None | Some(Err(_)) => return,
+                Some(Ok(Message::Text(t))) => t.to_string(),
+                Some(Ok(Message::Binary(b))) => String::from_utf8_lossy(&b).into_owned(),
+                Some(Ok(Message::Close(_))) => return,
+                Some(Ok(_)) => continue,
+            };
+            if text.len() > self.ctx.cable.max_message_bytes {
+                tracing::debug!(
+                    conn = self.conn_id,
+                    "ActionCable message over the size limit"
+                );
+                self.disconnect(DisconnectReason::InvalidRequest).await;
+                return;
+            }
+            self.handle(&text).await;
+        }
+    }
+
+    async fn handle(&mut self, text: &str) {
+        let command = match protocol::parse_command(text) {
+            Ok(c) => c,
+            Err(e) => {
+                // Rails logs these and keeps the connection.
+                self.ctx
+                    .metrics
+                    .protocol_errors
+                    .with_label_values(&[PROTOCOL])
+                    .inc();
+                tracing::debug!(conn = self.conn_id, error = %e, "ignoring ActionCable frame");
+                return;
+            }
+        };
+        match command {
+            Command::Subscribe { identifier } => self.subscribe(identifier).await,
+            Command::Unsubscribe { identifier } => {
+                if let Some(sub) = self.subscriptions.remove(&identifier) {
+                    self.unregister(&sub);
+                } else {
+                    tracing::debug!(conn = self.conn_id, "unsubscribe from unknown identifier");
+                }
+            }
+            Command::Message { identifier, data } => self.message(&identifier, &data).await,
+        }
+    }
+
+    async fn subscribe(&mut self, identifier: String) {
+        if self.subscriptions.contains_key(&identifier) {
+            tracing::debug!(conn = self.conn_id, "duplicate subscribe ignored");
+            return;
+        }
+        let identifier_json = protocol::json_string(&identifier);
+        let decision = self.admit(&identifier);
+        let (channel, identity) = match decision {
+            Ok(ok) => ok,
+            Err(reason) => {
+                tracing::debug!(conn = self.conn_id, reason, "subscription rejected");
+                self.emit_text(protocol::reject(&identifier_json)).await;
+                return;
+            }
+        };
+        if self.subscriptions.len() >= self.ctx.cable.max_subscriptions {
+            tracing::debug!(conn = self.conn_id, "subscription limit reached");
+            self.emit_text(protocol::reject(&identifier_json)).await;
+            return;
+        }
+        if self.room {
+            self.track_credential(&identity);
+        }
+        let shared_key =
+            (channel == ChannelKind::Notifications).then(|| format!("cable:{identifier}"));
+        let recipient = Arc::new(CableRecipient {
+            identity,
+            channel,
+            identifier_json: identifier_json.clone(),
+            shared_key,
+            conn: self.tx.clone(),
+        });
+        // Confirm before registering so no broadcast can precede the confirmation.
+        self.emit_text(protocol::confirm(&identifier_json)).await;
+        let router_id = connection::next_conn_id();
+        self.ctx.router.insert(router_id, recipient.clone());
+        self.ctx
+            .metrics
+            .subscriptions
+            .with_label_values(&[PROTOCOL])
+            .inc();
+        self.subscriptions.insert(
+            identifier,
+            Subscription {
+                router_id,
+                recipient,
+            },
+        );
+    }
+
+    /// Decide a subscription: its channel and identity, or why it is rejected.
+    fn admit(&self, identifier: &str) -> Result<(ChannelKind, Identity), &'static str> {
+        let params =
+            protocol::parse_identifier(identifier).ok_or("identifier is not a JSON object")?;
+        let channel = params
+            .get("channel")
+            .and_then(|c| c.as_str())
+            .unwrap_or_default();
+        match (self.room, channel) {
+            (true, "RoomChannel") => {
+                let token = params
+                    .get("pubsub_token")
+                    .and_then(|t| t.as_str())
+                    .ok_or("no pubsub_token")?;
+                let identity = self.ctx.auth.resolve(token).map_err(|e| {
+                    self.ctx
+                        .metrics
+                        .auth_failures
+                        .with_label_values(&[PROTOCOL, e.as_label()])
+                        .inc();
+                    "credential refused"
+                })?;
+                let as_id = |v: &serde_json::Value| match v {
+                    serde_json::Value::String(s) => Some(s.clone()),
+                    serde_json::Value::Number(n) => Some(n.to_string()),
+                    _ => None,
+                };
+                if let Some(account) = params.get("account_id").filter(|v| !v.is_null())
+                    && as_id(account).as_deref() != Some(&*identity.account_id)
+                {
+                    return Err("account_id does not match the token");
+                }
+                match (
+                    identity.kind,
+                    params.get("user_id").filter(|v| !v.is_null()),
+                ) {
+                    (PrincipalKind::User, Some(user))
+                        if as_id(user).as_deref() != Some(identity.id.as_str()) =>
+                    {
+                        Err("user_id does not match the token")
+                    }
+                    (PrincipalKind::Contact, Some(_)) => Err("contact tokens carry no user_id"),
+                    _ => Ok((ChannelKind::Room, identity)),
+                }
+            }
+            (false, "NotificationsChannel") => {
+                let identity = self
+                    .conn_identity
+                    .clone()
+                    .ok_or("connection not authenticated")?;
+                Ok((ChannelKind::Notifications, identity))
+            }
+            _ => Err("unknown channel for this endpoint"),
+        }
+    }
+
+    async fn message(&mut self, identifier: &str, data: &str) {
+        let Some(sub) = self.subscriptions.get(identifier) else {
+            tracing::debug!(
+                conn = self.conn_id,
+                "message for unknown identifier ignored"
+            );
+            return;
+        };
+        let action = protocol::parse_action(data);
+        match (sub.recipient.channel, action.as_deref()) {
+            (ChannelKind::Room, Some("update_presence")) => {
+                let identity = sub.recipient.identity.clone();
+                let identifier_json = sub.recipient.identifier_json.clone();
+                self.update_presence(&identity, &identifier_json).await;
+            }
+            _ => tracing::debug!(conn = self.conn_id, ?action, "unable to process action"),
+        }
+    }
+
+    /// Record the heartbeat locally and on the presence topic, then answer
+    /// this subscription with the account's presence (as Chatwoot does).
+    async fn update_presence(&self, identity: &Identity, identifier_json: &str) {
+        let now = now_ms();
+        self.ctx
+            .presence
+            .beat(&identity.account_id, identity.kind, &identity.id, now);
+        self.ctx.publish_presence(identity, now);
+        let data = self
+            .ctx
+            .presence
+            .snapshot(&identity.account_id, identity.kind == PrincipalKind::User);
+        let body = format!(r#"{{"event":"presence.update","data":{data}}}"#);
+        self.emit_text(protocol::broadcast(identifier_json, &body))
+            .await;
+    }
+
+    fn unregister(&self, sub: &Subscription) {
+        self.ctx
+            .router
+            .remove(&sub.recipient.identity.account_id, sub.router_id);
+        self.ctx
+            .metrics
+            .subscriptions
+            .with_label_values(&[PROTOCOL])
+            .dec();
+    }
+
+    fn close(&mut self) {
+        for (_, sub) in std::mem::take(&mut self.subscriptions) {
+            self.unregister(&sub);
+            if let Some(key) = &sub.recipient.identity.token_key {
+                self.ctx.auth.identities.unwatch(key, self.conn_id);
+            }
+        }
+        if let Some(key) = self
+            .conn_identity
+            .as_ref()
+            .and_then(|i| i.token_key.as_ref())
+        {
+            self.ctx.auth.identities.unwatch(key, self.conn_id);
+        }
+    }
+
+    async fn disconnect(&self, reason: DisconnectReason) {
+        self.emit_text(protocol::disconnect(reason)).await;
+        let code = match reason {
+            DisconnectReason::ServerRestart => 1012,
+            DisconnectReason::Unauthorized => 1008,
+            _ => 1000,
+        };
+        self.emit(Outbound::Close {
+            code,
+            reason: reason.as_str(),
+        })
+        .await;
+    }
+
+    async fn emit_text(&self, text: String) -> bool {
+        self.emit(Outbound::Text {
+            text: Utf8Bytes::from(text),
+            kafka_ts_ms: None,
+        })
+        .await
+    }
+
+    async fn emit(&self, item: Outbound) -> bool {
+        tokio::select! {
+            biased;
+            _ = self.done.cancelled() => false,
+            ok = self.tx.send(item) => ok,
+        }
+    }
+}

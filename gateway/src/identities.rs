@@ -1,0 +1,336 @@
+//! The opaque-token table: every pod reads the compacted identities topic
+//! from its beginning, keeps token key -> identity in memory, and follows it
+//! live. A tombstone or a changed identity cancels the live connections that
+//! authenticated with that token.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc, Mutex, RwLock,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use herald_runtime::KafkaArgs;
+use herald_schemas::{IdentityKind, IdentityRecord, token_key};
+use rdkafka::{
+    Message, Offset, TopicPartitionList,
+    consumer::{Consumer, StreamConsumer},
+};
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::{AuthError, Identity, PrincipalKind};
+
+/// Watchers of one token: (connection id, cancellation).
+type Watchers = Vec<(u64, CancellationToken)>;
+
+/// Token key -> identity, plus the live connections using each token.
+#[derive(Default)]
+pub struct IdentityTable {
+    entries: RwLock<HashMap<String, IdentityRecord>>,
+    watchers: Mutex<HashMap<String, Watchers>>,
+}
+
+impl IdentityTable {
+    /// An empty table.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Number of known tokens.
+    pub fn len(&self) -> usize {
+        self.entries.read().map(|m| m.len()).unwrap_or(0)
+    }
+
+    /// Whether the table is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Resolve an opaque token.
+    pub fn resolve(&self, token: &str) -> Result<Identity, AuthError> {
+        let key = token_key(token);
+        let record = self
+            .entries
+            .read()
+            .ok()
+            .and_then(|m| m.get(&key).cloned())
+            .ok_or(AuthError::UnknownToken)?;
+        let expires_at = match &record.expires_at {
+            Some(t) => Some(
+                time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
+                    .map_err(|_| AuthError::Claims("identity has an invalid expires_at".into()))?
+                    .unix_timestamp(),
+            ),
+            None => None,
+        };
+        if expires_at.is_some_and(|e| e <= crate::router::now_ms() / 1000) {
+            return Err(AuthError::Expired);
+        }
+        Ok(Identity {
+            account_id: record.account_id.as_str().into(),
+            kind: match record.kind {
+                IdentityKind::User => PrincipalKind::User,
+                IdentityKind::Contact => PrincipalKind::Contact,
+            },
+            id: record.id,
+            role: record.role,
+            expires_at,
+            token_key: Some(key),
+        })
+    }
+
+    /// Register a live connection using token `key`; the returned token is
+    /// cancelled when the identity is revoked or changed.
+    pub fn watch(&self, key: &str, conn_id: u64) -> CancellationToken {
+        let token = CancellationToken::new();
+        if let Ok(mut w) = self.watchers.lock() {
+            w.entry(key.to_owned())
+                .or_default()
+                .push((conn_id, token.clone()));
+        }
+        token
+    }
+
+    /// Forget a connection registered with [`watch`](Self::watch).
+    pub fn unwatch(&self, key: &str, conn_id: u64) {
+        if let Ok(mut w) = self.watchers.lock()
+            && let Some(list) = w.get_mut(key)
+        {
+            list.retain(|(id, _)| *id != conn_id);
+            if list.is_empty() {
+                w.remove(key);
+            }
+        }
+    }
+
+    /// Apply one record of the topic: `None` is a tombstone. Returns the
+    /// number of live connections cancelled. An unparsable value is refused
+    /// (and the previous identity, if any, is revoked: fail closed).
+    pub fn apply(&self, key: &str, value: Option<&[u8]>) -> Result<usize, String> {
+        let parsed = value.map(serde_json::from_slice::<IdentityRecord>);
+        let (new, err) = match parsed {
+            None => (None, None),
+            Some(Ok(r)) => (Some(r), None),
+            Some(Err(e)) => (None, Some(e.to_string())),
+        };
+        let changed = {
+            let Ok(mut entries) = self.entries.write() else {
+                return Ok(0);
+            };
+            let old = match &new {
+                Some(r) => entries.insert(key.to_owned(), r.clone()),
+                None => entries.remove(key),
+            };
+            old.is_some() && old != new
+        };
+        let cancelled = if changed {
+            self.revoke_watchers(key)
+        } else {
+            0
+        };
+        match err {
+            Some(e) => Err(e),
+            None => Ok(cancelled),
+        }
+    }
+
+    fn revoke_watchers(&self, key: &str) -> usize {
+        let list = self
+            .watchers
+            .lock()
+            .ok()
+            .and_then(|mut w| w.remove(key))
+            .unwrap_or_default();
+        for (_, token) in &list {
+            token.cancel();
+        }
+        list.len()
+    }
+}
+
+/// Read the identities topic from its beginning and follow it until
+/// `shutdown`; `loaded` turns true once the records present at startup are in.
+pub async fn follow(
+    table: Arc<IdentityTable>,
+    kafka: KafkaArgs,
+    topic: String,
+    loaded: Arc<AtomicBool>,
+    shutdown: CancellationToken,
+) {
+    let consumer: StreamConsumer = match kafka.client_config().map(|mut c| {
+        c.set("enable.auto.commit", "false")
+            .set("enable.partition.eof", "false")
+            .set("fetch.wait.max.ms", "50")
+            .set(
+                "group.id",
+                format!("herald-identities-{}", uuid::Uuid::new_v4().simple()),
+            );
+        c
+    }) {
+        Ok(cfg) => match cfg.create() {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot create identities consumer");
+                return;
+            }
+        },
+        Err(e) => {
+            tracing::error!(error = %e, "bad Kafka settings for identities");
+            return;
+        }
+    };
+    let consumer = Arc::new(consumer);
+    // Assign every partition from the beginning and note where "loaded" is.
+    let mut targets: HashMap<i32, i64> = loop {
+        let c = consumer.clone();
+        let t = topic.clone();
+        let found = tokio::task::spawn_blocking(move || -> Result<HashMap<i32, i64>, String> {
+            let md = c
+                .fetch_metadata(None, Duration::from_secs(5))
+                .map_err(|e| e.to_string())?;
+            let Some(tm) = md
+                .topics()
+                .iter()
+                .find(|x| x.name() == t && x.error().is_none())
+            else {
+                return Err("topic not found".into());
+            };
+            if tm.partitions().is_empty() {
+                return Err("topic not found".into());
+            }
+            let mut targets = HashMap::new();
+            for p in tm.partitions() {
+                let (low, high) = c
+                    .fetch_watermarks(&t, p.id(), Duration::from_secs(5))
+                    .map_err(|e| e.to_string())?;
+                if high > low {
+                    targets.insert(p.id(), high);
+                }
+            }
+            let mut tpl = TopicPartitionList::new();
+            for p in tm.partitions() {
+                tpl.add_partition_offset(&t, p.id(), Offset::Beginning)
+                    .map_err(|e| e.to_string())?;
+            }
+            c.assign(&tpl).map_err(|e| e.to_string())?;
+            Ok(targets)
+        })
+        .await;
+        match found {
+            Ok(Ok(t)) => break t,
+            Ok(Err(e)) => {
+                tracing::warn!(topic, error = %e, "identities topic unavailable; retrying")
+            }
+            Err(e) => tracing::error!(error = %e, "identities task failed"),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    };
+    if targets.is_empty() {
+        loaded.store(true, Ordering::Release);
+    }
+    tracing::info!(
+        topic,
+        partitions_with_data = targets.len(),
+        "loading identities"
+    );
+    loop {
+        let msg = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            m = consumer.recv() => m,
+        };
+        let msg = match msg {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(error = %e, "identities consumer error");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+        };
+        let key = msg
+            .key()
+            .and_then(|k| std::str::from_utf8(k).ok())
+            .unwrap_or_default();
+        if key.is_empty() {
+            tracing::warn!(
+                offset = msg.offset(),
+                "identity record without a key skipped"
+            );
+        } else {
+            match table.apply(key, msg.payload()) {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(
+                    connections = n,
+                    "identity revoked or changed; closing its connections"
+                ),
+                Err(e) => {
+                    tracing::warn!(offset = msg.offset(), error = %e, "invalid identity record; token disabled")
+                }
+            }
+        }
+        if !targets.is_empty() {
+            let p = msg.partition();
+            if targets
+                .get(&p)
+                .is_some_and(|high| msg.offset() + 1 >= *high)
+            {
+                targets.remove(&p);
+            }
+            if targets.is_empty() {
+                tracing::info!(tokens = table.len(), "identities loaded");
+                loaded.store(true, Ordering::Release);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(account: &str) -> Vec<u8> {
+        format!(r#"{{"account_id":"{account}","kind":"user","id":"7","role":"agent"}}"#)
+            .into_bytes()
+    }
+
+    #[test]
+    fn resolves_and_revokes() {
+        let t = IdentityTable::new();
+        let key = token_key("tok");
+        assert_eq!(t.resolve("tok"), Err(AuthError::UnknownToken));
+        t.apply(&key, Some(&record("1"))).unwrap();
+        let id = t.resolve("tok").unwrap();
+        assert_eq!(&*id.account_id, "1");
+        assert_eq!(id.token_key.as_deref(), Some(key.as_str()));
+        let live = t.watch(&key, 1);
+        // Re-applying the same identity keeps connections.
+        assert_eq!(t.apply(&key, Some(&record("1"))).unwrap(), 0);
+        assert!(!live.is_cancelled());
+        // A changed identity closes them.
+        assert_eq!(t.apply(&key, Some(&record("2"))).unwrap(), 1);
+        assert!(live.is_cancelled());
+        let again = t.watch(&key, 2);
+        assert_eq!(t.apply(&key, None).unwrap(), 1);
+        assert!(again.is_cancelled());
+        assert_eq!(t.resolve("tok"), Err(AuthError::UnknownToken));
+    }
+
+    #[test]
+    fn garbage_fails_closed_and_expiry_is_checked() {
+        let t = IdentityTable::new();
+        let key = token_key("tok");
+        t.apply(&key, Some(&record("1"))).unwrap();
+        assert!(t.apply(&key, Some(b"not json")).is_err());
+        assert_eq!(t.resolve("tok"), Err(AuthError::UnknownToken));
+        t.apply(
+            &key,
+            Some(br#"{"account_id":"1","kind":"contact","id":"c","role":"contact","expires_at":"2000-01-01T00:00:00Z"}"#),
+        )
+        .unwrap();
+        assert_eq!(t.resolve("tok"), Err(AuthError::Expired));
+    }
+}

@@ -1,0 +1,104 @@
+//! The online table: who sent `update_presence` within the window, per
+//! account. Every pod builds it from the presence topic (heartbeats carry
+//! their Kafka timestamps), so pods agree without any shared store.
+
+use std::{collections::HashMap, sync::Mutex, time::Duration};
+
+use crate::{auth::PrincipalKind, router::now_ms};
+
+#[derive(Default)]
+struct AccountPresence {
+    users: HashMap<String, i64>,
+    contacts: HashMap<String, i64>,
+}
+
+/// Account -> last heartbeat (ms since the epoch) of each user and contact.
+pub struct PresenceTable {
+    accounts: Mutex<HashMap<String, AccountPresence>>,
+    window_ms: i64,
+}
+
+impl PresenceTable {
+    /// A table where a heartbeat keeps someone online for `window`.
+    pub fn new(window: Duration) -> Self {
+        PresenceTable {
+            accounts: Mutex::new(HashMap::new()),
+            window_ms: window.as_millis() as i64,
+        }
+    }
+
+    /// Record a heartbeat sent at `at_ms`.
+    pub fn beat(&self, account: &str, kind: PrincipalKind, id: &str, at_ms: i64) {
+        let Ok(mut accounts) = self.accounts.lock() else {
+            return;
+        };
+        let entry = accounts.entry(account.to_owned()).or_default();
+        let map = match kind {
+            PrincipalKind::User => &mut entry.users,
+            PrincipalKind::Contact => &mut entry.contacts,
+        };
+        let last = map.entry(id.to_owned()).or_insert(at_ms);
+        *last = (*last).max(at_ms);
+    }
+
+    /// The `presence.update` data for `account`: users online (and contacts
+    /// online when `with_contacts`, i.e. for agents only).
+    pub fn snapshot(&self, account: &str, with_contacts: bool) -> String {
+        let now = now_ms();
+        let mut users: Vec<String> = Vec::new();
+        let mut contacts: Vec<String> = Vec::new();
+        if let Ok(mut accounts) = self.accounts.lock()
+            && let Some(entry) = accounts.get_mut(account)
+        {
+            let window = self.window_ms;
+            entry.users.retain(|_, t| now - *t < window);
+            entry.contacts.retain(|_, t| now - *t < window);
+            users = entry.users.keys().cloned().collect();
+            contacts = entry.contacts.keys().cloned().collect();
+        }
+        users.sort();
+        contacts.sort();
+        let statuses = |ids: &[String]| {
+            let map: serde_json::Map<String, serde_json::Value> = ids
+                .iter()
+                .map(|id| (id.clone(), serde_json::Value::from("online")))
+                .collect();
+            serde_json::Value::Object(map)
+        };
+        let account_value = account
+            .parse::<i64>()
+            .map(serde_json::Value::from)
+            .unwrap_or_else(|_| serde_json::Value::from(account));
+        let mut data = serde_json::json!({"account_id": account_value, "users": statuses(&users)});
+        if with_contacts {
+            data["contacts"] = statuses(&contacts);
+        }
+        data.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn window_and_visibility() {
+        let t = PresenceTable::new(Duration::from_secs(60));
+        let now = now_ms();
+        t.beat("1", PrincipalKind::User, "7", now);
+        t.beat("1", PrincipalKind::User, "8", now - 61_000);
+        t.beat("1", PrincipalKind::Contact, "c9", now);
+        t.beat("2", PrincipalKind::User, "99", now);
+        let agent: serde_json::Value = serde_json::from_str(&t.snapshot("1", true)).unwrap();
+        assert_eq!(
+            agent,
+            serde_json::json!({"account_id": 1, "users": {"7": "online"}, "contacts": {"c9": "online"}})
+        );
+        let contact: serde_json::Value = serde_json::from_str(&t.snapshot("1", false)).unwrap();
+        assert!(contact.get("contacts").is_none());
+        assert_eq!(
+            t.snapshot("acct-x", true),
+            r#"{"account_id":"acct-x","contacts":{},"users":{}}"#
+        );
+    }
+}

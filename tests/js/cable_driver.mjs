@@ -1,0 +1,63 @@
+// A stdin/stdout driver around real ActionCable npm clients, used by the Rust
+// end-to-end tests: each stdin line is a JSON command, each stdout line a JSON
+// event. Client: `rails` (@rails/actioncable) or `anycable` (@anycable/web).
+//
+// Commands: {"op":"connect","url":U}  {"op":"subscribe","key":K,"params":{...}}
+//           {"op":"unsubscribe","key":K}  {"op":"perform","key":K,"action":A,"data":{...}}
+//           {"op":"exit"}
+// Events:   {"ev":"connected","key":K} {"ev":"rejected","key":K} {"ev":"received","key":K,"data":..}
+//           {"ev":"disconnected","key":K,"willAttemptReconnect":B} {"ev":"error","message":..}
+import WebSocket from 'ws';
+import readline from 'node:readline';
+
+// Browser globals the clients touch.
+globalThis.WebSocket = WebSocket;
+globalThis.addEventListener ??= () => {};
+globalThis.removeEventListener ??= () => {};
+globalThis.document ??= {
+  visibilityState: 'visible',
+  addEventListener() {},
+  removeEventListener() {},
+  head: { querySelector() { return null; } },
+};
+
+const kind = process.argv[2] || 'rails';
+const emit = (obj) => process.stdout.write(JSON.stringify(obj) + '\n');
+const subs = new Map();
+let consumer = null;
+
+const ActionCable = kind === 'rails' ? await import('@rails/actioncable') : null;
+
+function connect(url) {
+  consumer = ActionCable.createConsumer(url);
+}
+
+function subscribe(key, params) {
+  const sub = consumer.subscriptions.create(params, {
+    connected() { emit({ ev: 'connected', key }); },
+    disconnected(opts = {}) { emit({ ev: 'disconnected', key, willAttemptReconnect: !!opts.willAttemptReconnect }); },
+    rejected() { emit({ ev: 'rejected', key }); },
+    received(data) { emit({ ev: 'received', key, data }); },
+  });
+  subs.set(key, sub);
+}
+
+const rl = readline.createInterface({ input: process.stdin });
+for await (const line of rl) {
+  if (!line.trim()) continue;
+  let cmd;
+  try { cmd = JSON.parse(line); } catch (e) { emit({ ev: 'error', message: `bad command ${line}` }); continue; }
+  try {
+    switch (cmd.op) {
+      case 'connect': connect(cmd.url); emit({ ev: 'ok', op: 'connect' }); break;
+      case 'subscribe': subscribe(cmd.key, cmd.params); break;
+      case 'unsubscribe': subs.get(cmd.key)?.unsubscribe(); subs.delete(cmd.key); emit({ ev: 'ok', op: 'unsubscribe', key: cmd.key }); break;
+      case 'perform': subs.get(cmd.key)?.perform(cmd.action, cmd.data || {}); emit({ ev: 'ok', op: 'perform', key: cmd.key }); break;
+      case 'exit': consumer?.disconnect(); process.exit(0);
+      default: emit({ ev: 'error', message: `unknown op ${cmd.op}` });
+    }
+  } catch (e) {
+    emit({ ev: 'error', message: String(e && e.stack || e) });
+  }
+}
+process.exit(0);
