@@ -269,7 +269,8 @@ async fn upgrade_header_auth_and_refusals() -> anyhow::Result<()> {
     }
     let metrics = stack.gateway_metrics().await?;
     assert!(
-        metrics.contains("herald_auth_failures_total{protocol=\"stomp\",reason=\"unknown_token\"} 1"),
+        metrics
+            .contains("herald_auth_failures_total{protocol=\"stomp\",reason=\"unknown_token\"} 1"),
         "{metrics}"
     );
     assert!(metrics.contains("reason=\"bad_signature\"} 1"), "{metrics}");
