@@ -37,6 +37,9 @@ pub struct Identity {
     /// For opaque tokens: the identities-table key, so a revocation can
     /// find the connections that used it.
     pub token_key: Option<String>,
+    /// Conversations the credential grants writes to (TypeID messages);
+    /// `None` when the credential lists none.
+    pub conversations: Option<Vec<String>>,
 }
 
 impl Identity {
@@ -108,6 +111,7 @@ struct Claims {
     sub: Option<serde_json::Value>,
     account_id: Option<serde_json::Value>,
     role: Option<String>,
+    conversations: Option<Vec<serde_json::Value>>,
 }
 
 fn id_string(v: &serde_json::Value) -> Option<String> {
@@ -271,6 +275,9 @@ fn identity_from(claims: Claims) -> Result<Identity, AuthError> {
         role,
         expires_at: claims.exp,
         token_key: None,
+        conversations: claims
+            .conversations
+            .map(|c| c.iter().filter_map(id_string).collect()),
     })
 }
 
@@ -417,6 +424,7 @@ mod tests {
             role: "agent".into(),
             expires_at: None,
             token_key: None,
+            conversations: None,
         };
         let contact = Identity {
             account_id: "1".into(),
@@ -425,6 +433,7 @@ mod tests {
             role: "contact".into(),
             expires_at: None,
             token_key: None,
+            conversations: None,
         };
         let none = None;
         let only_contacts = Audience {

@@ -95,6 +95,49 @@ pub struct GatewayConfig {
     /// Read the identities topic (opaque tokens). Readiness waits for it.
     #[arg(long, env = "HERALD_IDENTITIES", default_value_t = true, action = clap::ArgAction::Set)]
     pub identities: bool,
+    /// Path of the TypeID JSON endpoint.
+    #[arg(long, env = "HERALD_TYPEID_PATH", default_value = "/notifications")]
+    pub typeid_path: String,
+    /// Time allowed for a TypeID client's JoinRequest, ms.
+    #[arg(long, env = "HERALD_TYPEID_JOIN_TIMEOUT_MS", default_value_t = 10_000)]
+    pub typeid_join_timeout_ms: u64,
+    /// A joined TypeID client silent this long is closed, seconds (clients ping every 5 s).
+    #[arg(long, env = "HERALD_TYPEID_IDLE_TIMEOUT_SECS", default_value_t = 30)]
+    pub typeid_idle_timeout_secs: u64,
+    /// Lowest accepted TypeID ClientVersion (inclusive).
+    #[arg(
+        long,
+        env = "HERALD_TYPEID_MIN_CLIENT_VERSION",
+        default_value = "7.0.0"
+    )]
+    pub typeid_min_client_version: Option<String>,
+    /// Highest accepted TypeID ClientVersion (inclusive), if any.
+    #[arg(long, env = "HERALD_TYPEID_MAX_CLIENT_VERSION")]
+    pub typeid_max_client_version: Option<String>,
+    /// TypeID joins allowed per client IP per minute (JoinResponse Status 6 beyond).
+    #[arg(
+        long,
+        env = "HERALD_TYPEID_JOINS_PER_IP_PER_MINUTE",
+        default_value_t = 120
+    )]
+    pub typeid_joins_per_ip_per_minute: u32,
+    /// TypeID message requests per session per second (Status 5 beyond).
+    #[arg(long, env = "HERALD_TYPEID_MESSAGES_PER_SECOND", default_value_t = 10)]
+    pub typeid_messages_per_second: u32,
+    /// Longest TypeID message text, bytes.
+    #[arg(long, env = "HERALD_TYPEID_MAX_MESSAGE_BYTES", default_value_t = 16 * 1024)]
+    pub typeid_max_message_bytes: usize,
+    /// Time Kafka has to acknowledge client writes (TypeID messages, presence), ms.
+    #[arg(
+        long,
+        env = "HERALD_TYPEID_PRODUCE_TIMEOUT_MS",
+        default_value_t = 5_000
+    )]
+    pub typeid_produce_timeout_ms: u64,
+    /// Only accept TypeID writes to conversations the credential lists
+    /// (identity `conversations`, JWT `conversations` claim).
+    #[arg(long, env = "HERALD_TYPEID_REQUIRE_CONVERSATION_GRANT", default_value_t = true, action = clap::ArgAction::Set)]
+    pub typeid_require_conversation_grant: bool,
     /// Log format.
     #[arg(long, env = "HERALD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -177,6 +220,44 @@ impl GatewayConfig {
         })
     }
 
+    /// The TypeID endpoint settings, checked.
+    pub fn typeid(&self) -> Result<crate::typeid::TypeIdConfig, ConfigError> {
+        if !self.typeid_path.starts_with('/')
+            || ["/ws.communication", "/cable", "/stream", "/api/v1/stream"]
+                .contains(&self.typeid_path.as_str())
+        {
+            return Err(ConfigError::OutOfRange(format!(
+                "--typeid-path `{}` must start with / and not clash with another endpoint",
+                self.typeid_path
+            )));
+        }
+        if self.typeid_join_timeout_ms == 0
+            || self.typeid_idle_timeout_secs == 0
+            || self.typeid_messages_per_second == 0
+            || self.typeid_joins_per_ip_per_minute == 0
+            || self.typeid_produce_timeout_ms < 100
+        {
+            return Err(ConfigError::OutOfRange(
+                "TypeID timeouts and limits must be positive (produce timeout at least 100 ms)"
+                    .into(),
+            ));
+        }
+        let nonempty = |v: &Option<String>| v.clone().filter(|s| !s.trim().is_empty());
+        Ok(crate::typeid::TypeIdConfig {
+            join_timeout: Duration::from_millis(self.typeid_join_timeout_ms),
+            idle_timeout: Duration::from_secs(self.typeid_idle_timeout_secs),
+            min_client_version: nonempty(&self.typeid_min_client_version),
+            max_client_version: nonempty(&self.typeid_max_client_version),
+            joins_per_ip_per_minute: self.typeid_joins_per_ip_per_minute,
+            messages_per_second: self.typeid_messages_per_second,
+            max_message_chars: self.typeid_max_message_bytes,
+            produce_timeout: Duration::from_millis(self.typeid_produce_timeout_ms),
+            require_conversation_grant: self.typeid_require_conversation_grant,
+            commands_topic: Family::ClientCommands.topic(&self.kafka.topic_prefix),
+            outbound_queue: self.outbound_queue,
+        })
+    }
+
     /// The STOMP endpoint settings, checked.
     pub fn stomp(&self) -> Result<StompConfig, ConfigError> {
         if self.max_frame_bytes < 1024 {
@@ -212,6 +293,7 @@ impl GatewayConfig {
         self.topics()?;
         self.stomp()?;
         self.cable()?;
+        self.typeid()?;
         self.kafka.client_config()?;
         if self.jwt_secret.is_none() && self.jwt_public_key_file.is_empty() && !self.identities {
             return Err(ConfigError::NoAuth);

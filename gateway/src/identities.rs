@@ -78,6 +78,7 @@ impl IdentityTable {
             role: record.role,
             expires_at,
             token_key: Some(key),
+            conversations: (!record.conversations.is_empty()).then_some(record.conversations),
         })
     }
 

@@ -5,6 +5,7 @@
 //! - [`router`] — account -> recipients index, shared frame encoding
 //! - [`connection`] — bounded outbound queues, writers, slow-client cut-off
 //! - [`stomp`] — the Airy-style STOMP endpoint
+//! - [`typeid`] — the TypeID JSON protocol (`/notifications`)
 //! - [`cable`] — ActionCable: RoomChannel (`/cable`) and NotificationsChannel (`/stream`)
 //! - [`identities`], [`presence`] — the opaque-token table and the online table, both fed by Kafka
 //! - [`auth`] — credentials and entitlement
@@ -21,6 +22,7 @@ pub mod presence;
 pub mod router;
 pub mod server;
 pub mod stomp;
+pub mod typeid;
 
 pub use config::GatewayConfig;
 pub use server::{GatewayHandle, start};

@@ -26,6 +26,10 @@ pub struct Metrics {
     pub auth_failures: IntCounterVec,
     /// Protocol errors sent to clients by protocol.
     pub protocol_errors: IntCounterVec,
+    /// TypeID joins by outcome.
+    pub typeid_joins: IntCounterVec,
+    /// TypeID message requests by outcome.
+    pub typeid_requests: IntCounterVec,
     /// Seconds from the Kafka record timestamp to the frame written to the socket.
     pub delivery_latency: Histogram,
     /// Seconds from a record's arrival in the gateway to its frames being queued.
@@ -109,6 +113,16 @@ impl Metrics {
                 "herald_protocol_errors_total",
                 "Protocol errors answered to clients",
                 &["protocol"],
+            ),
+            typeid_joins: counter(
+                "herald_typeid_joins_total",
+                "TypeID joins by status",
+                &["status"],
+            ),
+            typeid_requests: counter(
+                "herald_typeid_requests_total",
+                "TypeID message requests by status",
+                &["status"],
             ),
             delivery_latency: histogram(
                 "herald_delivery_latency_seconds",

@@ -5,7 +5,7 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use axum::{
     Router as HttpRouter,
-    extract::{Query, State, WebSocketUpgrade},
+    extract::{ConnectInfo, Query, State, WebSocketUpgrade},
     http::HeaderMap,
     response::Response,
     routing::get,
@@ -28,6 +28,7 @@ use crate::{
     presence::PresenceTable,
     router::Router,
     stomp::{self, StompConfig, codec::Version},
+    typeid::{self as typeid_proto, JoinThrottle, TypeIdConfig},
 };
 
 /// What every connection task shares.
@@ -42,6 +43,10 @@ pub struct Context {
     pub stomp: StompConfig,
     /// ActionCable settings.
     pub cable: CableConfig,
+    /// TypeID settings.
+    pub typeid: TypeIdConfig,
+    /// TypeID joins per client IP.
+    pub typeid_throttle: JoinThrottle,
     /// Who is online, per account.
     pub presence: Arc<PresenceTable>,
     /// Producer for records the gateway writes (presence heartbeats).
@@ -146,6 +151,11 @@ pub async fn start(
     let producer: FutureProducer = {
         let mut cfg = config.kafka.client_config()?;
         cfg.set("acks", "all")
+            .set("enable.idempotence", "true")
+            .set(
+                "message.timeout.ms",
+                config.typeid_produce_timeout_ms.to_string(),
+            )
             .set("linger.ms", "5")
             .set("client.id", "herald-gateway");
         cfg.create()?
@@ -183,6 +193,8 @@ pub async fn start(
         },
         stomp: config.stomp()?,
         cable: config.cable()?,
+        typeid: config.typeid()?,
+        typeid_throttle: JoinThrottle::default(),
         presence: presence.clone(),
         producer,
         shutdown: shutdown.clone(),
@@ -217,6 +229,7 @@ pub async fn start(
         .route("/cable", get(room_upgrade))
         .route("/stream", get(stream_upgrade))
         .route("/api/v1/stream", get(stream_upgrade))
+        .route(&config.typeid_path, get(typeid_upgrade))
         .with_state(AppState {
             context: context.clone(),
             tracker: tracker.clone(),
@@ -319,6 +332,22 @@ fn cable_upgrade(ws: WebSocketUpgrade, state: AppState, endpoint: Endpoint) -> R
         .max_frame_size(limit)
         .on_upgrade(move |socket| async move {
             cable::serve(socket, state.context, endpoint).await;
+            drop(token);
+        })
+}
+
+/// The TypeID endpoint (default `/notifications`).
+async fn typeid_upgrade(
+    ws: WebSocketUpgrade,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    State(state): State<AppState>,
+) -> Response {
+    let limit = state.context.stomp.limits.max_frame_bytes;
+    let token = state.tracker.token();
+    ws.max_message_size(limit)
+        .max_frame_size(limit)
+        .on_upgrade(move |socket| async move {
+            typeid_proto::serve(socket, state.context, peer.ip()).await;
             drop(token);
         })
 }

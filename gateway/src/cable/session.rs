@@ -178,6 +178,7 @@ impl CableSession {
                 role: "agent".into(),
                 expires_at: None,
                 token_key: None,
+                conversations: None,
             }),
             None => Err(AuthError::Missing),
         }

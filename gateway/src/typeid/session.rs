@@ -1,0 +1,556 @@
+//! One TypeID connection: the join handshake (first frame, within a
+//! timeout), pings, pushed notifications, and message requests written to
+//! Kafka with a response once acknowledged.
+
+use std::{
+    collections::HashMap,
+    net::IpAddr,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use axum::extract::ws::{Message, Utf8Bytes, WebSocket};
+use futures_util::{Stream, StreamExt};
+use rdkafka::{
+    message::{Header, OwnedHeaders},
+    producer::FutureRecord,
+};
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+use super::protocol::{
+    self, JoinRequest, JoinResponse, JoinStatus, MessageRequest, MessageResponse, MessageStatus,
+};
+use crate::{
+    auth::{Identity, PrincipalKind},
+    connection::{self, ConnTx, Outbound},
+    router::{FrameCache, Recipient, RoutedEvent, now_ms},
+    server::Context,
+};
+
+const PROTOCOL: &str = "typeid";
+
+/// TypeID endpoint settings.
+#[derive(Debug, Clone)]
+pub struct TypeIdConfig {
+    /// Time allowed for the JoinRequest.
+    pub join_timeout: Duration,
+    /// A joined client silent this long is closed (clients ping every 5 s).
+    pub idle_timeout: Duration,
+    /// Lowest accepted ClientVersion (inclusive), if any.
+    pub min_client_version: Option<String>,
+    /// Highest accepted ClientVersion (inclusive), if any.
+    pub max_client_version: Option<String>,
+    /// Joins allowed per client IP per minute.
+    pub joins_per_ip_per_minute: u32,
+    /// Message requests allowed per session per second (burst of the same size).
+    pub messages_per_second: u32,
+    /// Longest message text, bytes.
+    pub max_message_chars: usize,
+    /// Time Kafka has to acknowledge a message request.
+    pub produce_timeout: Duration,
+    /// Only accept writes to conversations the credential lists.
+    pub require_conversation_grant: bool,
+    /// Topic client writes go to.
+    pub commands_topic: String,
+    /// Frames queued before a client counts as slow.
+    pub outbound_queue: usize,
+}
+
+/// Per-IP join counter (fixed one-minute windows).
+#[derive(Default)]
+pub struct JoinThrottle {
+    windows: Mutex<HashMap<IpAddr, (Instant, u32)>>,
+}
+
+impl JoinThrottle {
+    /// Count a join from `ip`; false when over `limit` this minute.
+    pub fn admit(&self, ip: IpAddr, limit: u32) -> bool {
+        let Ok(mut w) = self.windows.lock() else {
+            return true;
+        };
+        let now = Instant::now();
+        if w.len() > 100_000 {
+            w.retain(|_, (start, _)| now.duration_since(*start) < Duration::from_secs(60));
+        }
+        let entry = w.entry(ip).or_insert((now, 0));
+        if now.duration_since(entry.0) >= Duration::from_secs(60) {
+            *entry = (now, 0);
+        }
+        entry.1 += 1;
+        entry.1 <= limit
+    }
+}
+
+/// A joined session as the router sees it: gets the TypeID notifications
+/// whose audience names its user.
+struct TypeIdRecipient {
+    identity: Identity,
+    conn: ConnTx,
+}
+
+impl Recipient for TypeIdRecipient {
+    fn identity(&self) -> &Identity {
+        &self.identity
+    }
+
+    fn offer(&self, event: &RoutedEvent, cache: &mut FrameCache) {
+        let type_id = match event.envelope.event_type.as_str() {
+            "ConversationMessageNotification" => protocol::CONVERSATION_MESSAGE_NOTIFICATION,
+            "UserChangeNotification" => protocol::USER_CHANGE_NOTIFICATION,
+            _ => return,
+        };
+        // TypeID audiences are users: only the listed users' sessions.
+        let listed = event
+            .envelope
+            .audience
+            .as_ref()
+            .is_some_and(|a| a.users.contains(&self.identity.id));
+        if !listed || !event.envelope.payload.get().trim_start().starts_with('{') {
+            return;
+        }
+        let frame = cache.get_or_insert_with(event.envelope.event_type.as_str(), || {
+            protocol::frame_raw(type_id, event.envelope.payload.get())
+        });
+        self.conn.push(frame, event.kafka_timestamp_ms);
+    }
+}
+
+/// Serve one upgraded WebSocket from `peer`.
+pub async fn serve(socket: WebSocket, ctx: Arc<Context>, peer: IpAddr) {
+    let (sink, mut stream) = socket.split();
+    run(sink, &mut stream, ctx, peer).await;
+}
+
+/// Drive a connection over any sink/stream.
+pub async fn run<S, R>(sink: S, stream: &mut R, ctx: Arc<Context>, peer: IpAddr)
+where
+    S: futures_util::Sink<Message> + Unpin + Send + 'static,
+    R: Stream<Item = Result<Message, axum::Error>> + Unpin,
+{
+    let metrics = ctx.metrics.clone();
+    metrics.connections.with_label_values(&[PROTOCOL]).inc();
+    let conn_id = connection::next_conn_id();
+    let (tx, writer) = connection::channel(ctx.typeid.outbound_queue, PROTOCOL, metrics.clone());
+    let done = CancellationToken::new();
+    let writer_task = tokio::spawn(writer.run(sink, None, done.clone()));
+    let mut session = Session {
+        conn_id,
+        ctx: ctx.clone(),
+        tx,
+        done: done.clone(),
+        identity: None,
+        revoked: CancellationToken::new(),
+        bucket: (f64::from(ctx.typeid.messages_per_second), Instant::now()),
+    };
+    if session.join(stream, peer).await {
+        session.read_loop(stream).await;
+    }
+    session.close();
+    drop(session);
+    let mut writer_task = writer_task;
+    if tokio::time::timeout(Duration::from_secs(5), &mut writer_task)
+        .await
+        .is_err()
+    {
+        writer_task.abort();
+    }
+    metrics.connections.with_label_values(&[PROTOCOL]).dec();
+}
+
+struct Session {
+    conn_id: u64,
+    ctx: Arc<Context>,
+    tx: ConnTx,
+    done: CancellationToken,
+    identity: Option<Identity>,
+    revoked: CancellationToken,
+    /// Token bucket for message requests: (tokens, last refill).
+    bucket: (f64, Instant),
+}
+
+/// The next text frame, or None when the socket ended.
+async fn next_text<R>(stream: &mut R) -> Option<String>
+where
+    R: Stream<Item = Result<Message, axum::Error>> + Unpin,
+{
+    loop {
+        match stream.next().await? {
+            Ok(Message::Text(t)) => return Some(t.to_string()),
+            Ok(Message::Binary(b)) => return Some(String::from_utf8_lossy(&b).into_owned()),
+            Ok(Message::Close(_)) | Err(_) => return None,
+            Ok(_) => continue,
+        }
+    }
+}
+
+impl Session {
+    /// The join handshake; true when the client joined.
+    async fn join<R>(&mut self, stream: &mut R, peer: IpAddr) -> bool
+    where
+        R: Stream<Item = Result<Message, axum::Error>> + Unpin,
+    {
+        let first = tokio::select! {
+            _ = self.ctx.shutdown.cancelled() => return false,
+            r = tokio::time::timeout(self.ctx.typeid.join_timeout, next_text(stream)) => r,
+        };
+        let text = match first {
+            Err(_) => {
+                self.respond_join(JoinStatus::Timeout).await;
+                return false;
+            }
+            Ok(None) => return false,
+            Ok(Some(t)) => t,
+        };
+        let frame = match protocol::parse(&text) {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::info!(conn = self.conn_id, error = %e, "TypeID: malformed first frame; closing");
+                self.ctx
+                    .metrics
+                    .protocol_errors
+                    .with_label_values(&[PROTOCOL])
+                    .inc();
+                self.close_with(1002, "malformed frame").await;
+                return false;
+            }
+        };
+        if frame.type_id != protocol::JOIN_REQUEST {
+            tracing::info!(
+                conn = self.conn_id,
+                type_id = frame.type_id,
+                "TypeID: first frame is not a JoinRequest; closing"
+            );
+            self.ctx
+                .metrics
+                .protocol_errors
+                .with_label_values(&[PROTOCOL])
+                .inc();
+            self.close_with(1008, "JoinRequest expected").await;
+            return false;
+        }
+        let status = self.admit(frame.body, peer);
+        match status {
+            Ok(identity) => {
+                self.respond_join(JoinStatus::Successful).await;
+                if let Some(key) = &identity.token_key {
+                    self.revoked = self.ctx.auth.identities.watch(key, self.conn_id);
+                }
+                let recipient = Arc::new(TypeIdRecipient {
+                    identity: identity.clone(),
+                    conn: self.tx.clone(),
+                });
+                self.ctx.router.insert(self.conn_id, recipient);
+                self.ctx
+                    .metrics
+                    .subscriptions
+                    .with_label_values(&[PROTOCOL])
+                    .inc();
+                self.identity = Some(identity);
+                true
+            }
+            Err(status) => {
+                self.respond_join(status).await;
+                false
+            }
+        }
+    }
+
+    fn admit(&self, body: Value, peer: IpAddr) -> Result<Identity, JoinStatus> {
+        let cfg = &self.ctx.typeid;
+        if !self
+            .ctx
+            .typeid_throttle
+            .admit(peer, cfg.joins_per_ip_per_minute)
+        {
+            return Err(JoinStatus::Throttled);
+        }
+        let request: JoinRequest =
+            serde_json::from_value(body).map_err(|_| JoinStatus::InvalidSessionId)?;
+        let version = request.client_version.unwrap_or_default();
+        let too_old = cfg
+            .min_client_version
+            .as_deref()
+            .is_some_and(|min| protocol::version_cmp(&version, min).is_lt());
+        let too_new = cfg
+            .max_client_version
+            .as_deref()
+            .is_some_and(|max| protocol::version_cmp(&version, max).is_gt());
+        if version.is_empty() || too_old || too_new {
+            return Err(JoinStatus::InvalidClientVersion);
+        }
+        let session = request.session_id.unwrap_or_default();
+        let identity = self.ctx.auth.resolve(&session).map_err(|e| {
+            self.ctx
+                .metrics
+                .auth_failures
+                .with_label_values(&[PROTOCOL, e.as_label()])
+                .inc();
+            JoinStatus::InvalidSessionId
+        })?;
+        let user = protocol::id_text(request.user_id.as_ref());
+        if identity.kind != PrincipalKind::User || user.is_empty() || user != identity.id {
+            self.ctx
+                .metrics
+                .auth_failures
+                .with_label_values(&[PROTOCOL, "user_mismatch"])
+                .inc();
+            return Err(JoinStatus::InvalidSessionId);
+        }
+        Ok(identity)
+    }
+
+    async fn respond_join(&self, status: JoinStatus) {
+        self.ctx
+            .metrics
+            .typeid_joins
+            .with_label_values(&[status.as_label()])
+            .inc();
+        let body = JoinResponse {
+            status: status as i32,
+            server_time: protocol::server_time(time::OffsetDateTime::now_utc()),
+            encrypted_session_key: None,
+        };
+        self.emit_text(protocol::frame(protocol::JOIN_RESPONSE, &body))
+            .await;
+        if status != JoinStatus::Successful {
+            self.close_with(1008, "join refused").await;
+        }
+    }
+
+    async fn read_loop<R>(&mut self, stream: &mut R)
+    where
+        R: Stream<Item = Result<Message, axum::Error>> + Unpin,
+    {
+        let shutdown = self.ctx.shutdown.clone();
+        let expires_at = self.identity.as_ref().and_then(|i| i.expires_at);
+        loop {
+            let expiry = async {
+                match expires_at {
+                    Some(exp) => {
+                        tokio::time::sleep(Duration::from_millis(
+                            (exp * 1000 - now_ms()).max(0) as u64
+                        ))
+                        .await
+                    }
+                    None => std::future::pending().await,
+                }
+            };
+            let next = tokio::select! {
+                biased;
+                _ = self.done.cancelled() => return,
+                _ = shutdown.cancelled() => {
+                    self.close_with(1012, "server restart").await;
+                    return;
+                }
+                _ = self.revoked.cancelled() => {
+                    self.ctx.metrics.auth_failures.with_label_values(&[PROTOCOL, "revoked"]).inc();
+                    self.close_with(1008, "session revoked").await;
+                    return;
+                }
+                _ = expiry => {
+                    self.ctx.metrics.auth_failures.with_label_values(&[PROTOCOL, "expired"]).inc();
+                    self.close_with(1008, "session expired").await;
+                    return;
+                }
+                r = tokio::time::timeout(self.ctx.typeid.idle_timeout, next_text(stream)) => r,
+            };
+            let text = match next {
+                Err(_) => {
+                    tracing::debug!(conn = self.conn_id, "TypeID client idle; closing");
+                    self.close_with(1000, "idle timeout").await;
+                    return;
+                }
+                Ok(None) => return,
+                Ok(Some(t)) => t,
+            };
+            let frame = match protocol::parse(&text) {
+                Ok(f) => f,
+                Err(e) => {
+                    tracing::info!(conn = self.conn_id, error = %e, "TypeID: malformed frame; closing");
+                    self.ctx
+                        .metrics
+                        .protocol_errors
+                        .with_label_values(&[PROTOCOL])
+                        .inc();
+                    self.close_with(1002, "malformed frame").await;
+                    return;
+                }
+            };
+            match frame.type_id {
+                protocol::PING => {
+                    let echo = protocol::frame_raw(protocol::PING, &frame.body.to_string());
+                    self.emit_text(echo).await;
+                }
+                protocol::CONVERSATION_MESSAGE_REQUEST => {
+                    let response = self.message(frame.body).await;
+                    self.emit_text(protocol::frame(
+                        protocol::CONVERSATION_MESSAGE_RESPONSE,
+                        &response,
+                    ))
+                    .await;
+                }
+                other => {
+                    // Well-formed but unknown: logged and counted; the connection stays.
+                    tracing::debug!(
+                        conn = self.conn_id,
+                        type_id = other,
+                        "TypeID: unknown frame ignored"
+                    );
+                    self.ctx
+                        .metrics
+                        .protocol_errors
+                        .with_label_values(&[PROTOCOL])
+                        .inc();
+                }
+            }
+        }
+    }
+
+    /// Validate, authorise, rate-limit and publish a message request.
+    async fn message(&mut self, body: Value) -> MessageResponse {
+        let request: MessageRequest = serde_json::from_value(body).unwrap_or(MessageRequest {
+            conversation_id: None,
+            attachment_id: None,
+            client_id: None,
+            message: None,
+        });
+        let conversation_id = request.conversation_id.clone().unwrap_or(Value::Null);
+        let client_id = request.client_id.clone().unwrap_or(Value::Null);
+        let mut response = MessageResponse {
+            conversation_id,
+            client_id,
+            server_id: None,
+            status: 0,
+        };
+        let status = self.write(&request, &mut response).await;
+        self.ctx
+            .metrics
+            .typeid_requests
+            .with_label_values(&[status.as_label()])
+            .inc();
+        response.status = status as i32;
+        response
+    }
+
+    async fn write(
+        &mut self,
+        request: &MessageRequest,
+        response: &mut MessageResponse,
+    ) -> MessageStatus {
+        let cfg = self.ctx.typeid.clone();
+        let Some(identity) = self.identity.clone() else {
+            return MessageStatus::UnknownUser;
+        };
+        // Token bucket: refill, then spend one.
+        let rate = f64::from(cfg.messages_per_second);
+        let (tokens, last) = self.bucket;
+        let tokens = (tokens + last.elapsed().as_secs_f64() * rate).min(rate);
+        if tokens < 1.0 {
+            self.bucket = (tokens, Instant::now());
+            return MessageStatus::Throttled;
+        }
+        self.bucket = (tokens - 1.0, Instant::now());
+
+        let conversation = protocol::id_text(request.conversation_id.as_ref());
+        let client_id = protocol::id_text(request.client_id.as_ref());
+        let text = match &request.message {
+            Some(Value::String(s)) => s.clone(),
+            _ => String::new(),
+        };
+        if conversation.is_empty()
+            || client_id.is_empty()
+            || text.is_empty()
+            || text.len() > cfg.max_message_chars
+        {
+            return MessageStatus::Error;
+        }
+        let granted = match &identity.conversations {
+            Some(list) => list.contains(&conversation),
+            None => !cfg.require_conversation_grant,
+        };
+        if !granted {
+            return MessageStatus::Forbidden;
+        }
+        let server_id = uuid::Uuid::now_v7().to_string();
+        let envelope = json!({
+            "id": server_id,
+            "type": "ConversationMessageRequest",
+            "account_id": &*identity.account_id,
+            "occurred_at": time::OffsetDateTime::now_utc()
+                .format(&time::format_description::well_known::Rfc3339)
+                .ok(),
+            "payload": {
+                "ConversationID": conversation,
+                "AttachmentID": request.attachment_id.clone().unwrap_or(Value::Null),
+                "ClientID": client_id,
+                "Message": text,
+                "UserID": identity.id,
+                "ServerID": server_id,
+            },
+        })
+        .to_string();
+        let account = identity.account_id.to_string();
+        let headers = OwnedHeaders::new()
+            .insert(Header {
+                key: "type",
+                value: Some("ConversationMessageRequest"),
+            })
+            .insert(Header {
+                key: "account_id",
+                value: Some(account.as_str()),
+            })
+            .insert(Header {
+                key: "event_id",
+                value: Some(server_id.as_str()),
+            });
+        let record = FutureRecord::to(&cfg.commands_topic)
+            .key(account.as_bytes())
+            .payload(&envelope)
+            .headers(headers);
+        match self.ctx.producer.send(record, cfg.produce_timeout).await {
+            Ok(_) => {
+                response.server_id = Some(server_id);
+                MessageStatus::Successful
+            }
+            Err((e, _)) => {
+                tracing::warn!(conn = self.conn_id, error = %e, "TypeID message not acknowledged by Kafka");
+                MessageStatus::Error
+            }
+        }
+    }
+
+    fn close(&mut self) {
+        if let Some(identity) = self.identity.take() {
+            self.ctx.router.remove(&identity.account_id, self.conn_id);
+            self.ctx
+                .metrics
+                .subscriptions
+                .with_label_values(&[PROTOCOL])
+                .dec();
+            if let Some(key) = &identity.token_key {
+                self.ctx.auth.identities.unwatch(key, self.conn_id);
+            }
+        }
+    }
+
+    async fn close_with(&self, code: u16, reason: &'static str) {
+        self.emit(Outbound::Close { code, reason }).await;
+    }
+
+    async fn emit_text(&self, text: String) -> bool {
+        self.emit(Outbound::Text {
+            text: Utf8Bytes::from(text),
+            kafka_ts_ms: None,
+        })
+        .await
+    }
+
+    async fn emit(&self, item: Outbound) -> bool {
+        tokio::select! {
+            biased;
+            _ = self.done.cancelled() => false,
+            ok = self.tx.send(item) => ok,
+        }
+    }
+}
