@@ -95,6 +95,18 @@ pub struct GatewayConfig {
     /// Read the identities topic (opaque tokens). Readiness waits for it.
     #[arg(long, env = "HERALD_IDENTITIES", default_value_t = true, action = clap::ArgAction::Set)]
     pub identities: bool,
+    /// Records kept per partition in the recent-history buffer (resume without Kafka).
+    #[arg(long, env = "HERALD_HISTORY_BUFFER_EVENTS", default_value_t = 10_000)]
+    pub history_buffer_events: usize,
+    /// Oldest position a client may resume from, seconds (older: gap signal).
+    #[arg(long, env = "HERALD_RESUME_MAX_AGE_SECS", default_value_t = 86_400)]
+    pub resume_max_age_secs: u64,
+    /// Most events one stream may replay on resume (more: gap signal).
+    #[arg(long, env = "HERALD_RESUME_MAX_EVENTS", default_value_t = 10_000)]
+    pub resume_max_events: usize,
+    /// Stream epoch reported to AnyCable clients; change it when topics are recreated.
+    #[arg(long, env = "HERALD_RESUME_EPOCH", default_value = "herald")]
+    pub resume_epoch: String,
     /// Path of the TypeID JSON endpoint.
     #[arg(long, env = "HERALD_TYPEID_PATH", default_value = "/notifications")]
     pub typeid_path: String,
@@ -220,6 +232,22 @@ impl GatewayConfig {
         })
     }
 
+    /// Resume settings.
+    pub fn resume(&self) -> Result<crate::resume::ResumeConfig, ConfigError> {
+        if self.resume_max_age_secs == 0 || self.resume_epoch.trim().is_empty() {
+            return Err(ConfigError::OutOfRange(
+                "--resume-max-age-secs must be positive and --resume-epoch non-empty".into(),
+            ));
+        }
+        Ok(crate::resume::ResumeConfig {
+            buffer_events: self.history_buffer_events,
+            max_age: Duration::from_secs(self.resume_max_age_secs),
+            max_events: self.resume_max_events,
+            kafka: self.kafka.clone(),
+            epoch: self.resume_epoch.clone(),
+        })
+    }
+
     /// The TypeID endpoint settings, checked.
     pub fn typeid(&self) -> Result<crate::typeid::TypeIdConfig, ConfigError> {
         if !self.typeid_path.starts_with('/')
@@ -294,6 +322,7 @@ impl GatewayConfig {
         self.stomp()?;
         self.cable()?;
         self.typeid()?;
+        self.resume()?;
         self.kafka.client_config()?;
         if self.jwt_secret.is_none() && self.jwt_public_key_file.is_empty() && !self.identities {
             return Err(ConfigError::NoAuth);

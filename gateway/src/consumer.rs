@@ -76,6 +76,7 @@ pub fn create(settings: &ConsumerSettings) -> Result<Arc<StreamConsumer>, Consum
 /// topic is assigned and the broker answers.
 pub async fn maintain_assignment(
     consumer: Arc<StreamConsumer>,
+    router: Arc<Router>,
     settings: ConsumerSettings,
     ready: Arc<AtomicBool>,
     shutdown: CancellationToken,
@@ -104,6 +105,11 @@ pub async fn maintain_assignment(
                         Ok(()) => {
                             for (topic, partition, offset) in found.new {
                                 tracing::info!(topic, partition, ?offset, "assigned partition");
+                                let start = match offset {
+                                    Offset::Offset(o) => o,
+                                    _ => 0,
+                                };
+                                router.init_frontier((Arc::from(topic.as_str()), partition), start);
                                 assigned.insert((topic, partition));
                             }
                         }
@@ -195,6 +201,7 @@ pub async fn consume(
     let mut counters = TopicCounters {
         metrics: metrics.clone(),
         consumed: HashMap::new(),
+        names: HashMap::new(),
     };
     let mut last_error_log: Option<Instant> = None;
     loop {
@@ -225,9 +232,20 @@ pub async fn consume(
 struct TopicCounters {
     metrics: Metrics,
     consumed: HashMap<String, IntCounter>,
+    names: HashMap<String, Arc<str>>,
 }
 
 impl TopicCounters {
+    /// One shared name per topic, so events do not allocate it.
+    fn topic_arc(&mut self, topic: &str) -> Arc<str> {
+        if let Some(t) = self.names.get(topic) {
+            return t.clone();
+        }
+        let t: Arc<str> = Arc::from(topic);
+        self.names.insert(topic.to_owned(), t.clone());
+        t
+    }
+
     fn consumed(&mut self, topic: &str) {
         if let Some(c) = self.consumed.get(topic) {
             c.inc();
@@ -266,49 +284,60 @@ fn handle(
     let received = Instant::now();
     let topic = msg.topic();
     counters.consumed(topic);
+    let topic_arc = counters.topic_arc(topic);
+    let (partition, offset, timestamp) =
+        (msg.partition(), msg.offset(), msg.timestamp().to_millis());
+    let Some(view) = router.view() else { return };
+    let header_account = header(msg, "account_id");
     if header(msg, "type") == Some("presence.heartbeat") {
         // Every pod keeps the whole online table, subscribers here or not.
         record_heartbeat(msg, presence, counters);
+        view.pass(&topic_arc, partition, offset, timestamp, None);
         return;
     }
-    let header_account = header(msg, "account_id");
     if let Some(account) = header_account
-        && !router.has_account(account)
+        && !view.has_account(account)
     {
+        view.pass(&topic_arc, partition, offset, timestamp, Some(account));
         return;
     }
+    let skip = |reason: &'static str| {
+        counters.skipped(topic, reason);
+        view.pass(&topic_arc, partition, offset, timestamp, None);
+    };
     let Some(payload) = msg.payload() else {
-        counters.skipped(topic, "empty");
+        skip("empty");
         return;
     };
     let envelope = match Envelope::decode(payload) {
         Ok(e) => e,
         Err(e) => {
-            counters.skipped(topic, "invalid_envelope");
-            tracing::debug!(topic, partition = msg.partition(), offset = msg.offset(), error = %e, "skipping invalid record");
+            tracing::debug!(topic, partition, offset, error = %e, "skipping invalid record");
+            skip("invalid_envelope");
             return;
         }
     };
     if header_account.is_some_and(|a| a != envelope.account_id) {
-        counters.skipped(topic, "account_mismatch");
+        skip("account_mismatch");
         return;
     }
     if header(msg, "type").is_some_and(|t| t != envelope.event_type) {
-        counters.skipped(topic, "type_mismatch");
+        skip("type_mismatch");
         return;
     }
-    if header_account.is_none() && !router.has_account(&envelope.account_id) {
+    if header_account.is_none() && !view.has_account(&envelope.account_id) {
+        view.pass(
+            &topic_arc,
+            partition,
+            offset,
+            timestamp,
+            Some(&envelope.account_id),
+        );
         return;
     }
-    let mut event = RoutedEvent::new(
-        Arc::from(topic),
-        msg.partition(),
-        msg.offset(),
-        envelope,
-        msg.timestamp().to_millis(),
-    );
+    let mut event = RoutedEvent::new(topic_arc.clone(), partition, offset, envelope, timestamp);
     event.received = received;
-    router.dispatch(&event, cache);
+    view.dispatch(&Arc::new(event), cache);
     metrics
         .dispatch_latency
         .observe(received.elapsed().as_secs_f64());
@@ -339,4 +368,38 @@ fn record_heartbeat(msg: &BorrowedMessage<'_>, presence: &PresenceTable, counter
         .to_millis()
         .unwrap_or_else(crate::router::now_ms);
     presence.beat(&envelope.account_id, kind, &beat.id, at);
+}
+
+/// Every `every`, publish per-topic lag (high watermark minus the next offset
+/// to dispatch) as `herald_consumer_lag_records`.
+pub async fn report_lag(
+    consumer: Arc<StreamConsumer>,
+    router: Arc<Router>,
+    metrics: Metrics,
+    every: Duration,
+    shutdown: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        let frontier = router.frontier();
+        let c = consumer.clone();
+        let lags = tokio::task::spawn_blocking(move || {
+            let mut per_topic: HashMap<String, i64> = HashMap::new();
+            for ((topic, partition), next) in frontier {
+                if let Ok((_, high)) = c.fetch_watermarks(&topic, partition, Duration::from_secs(2))
+                {
+                    *per_topic.entry(topic.to_string()).or_default() += (high - next).max(0);
+                }
+            }
+            per_topic
+        })
+        .await
+        .unwrap_or_default();
+        for (topic, lag) in lags {
+            metrics.consumer_lag.with_label_values(&[&topic]).set(lag);
+        }
+    }
 }

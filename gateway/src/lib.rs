@@ -19,6 +19,7 @@ pub mod consumer;
 pub mod identities;
 pub mod metrics;
 pub mod presence;
+pub mod resume;
 pub mod router;
 pub mod server;
 pub mod stomp;

@@ -26,6 +26,16 @@ pub struct Metrics {
     pub auth_failures: IntCounterVec,
     /// Protocol errors sent to clients by protocol.
     pub protocol_errors: IntCounterVec,
+    /// Resume requests that could not be served, by protocol and reason.
+    pub resume_gaps: IntCounterVec,
+    /// Events replayed to resuming clients, by protocol.
+    pub resumed_events: IntCounterVec,
+    /// Resumed streams by where their events came from (`buffer`, `kafka`).
+    pub resume_reads: IntCounterVec,
+    /// Records between each topic's high watermark and what was dispatched.
+    pub consumer_lag: prometheus::IntGaugeVec,
+    /// 1 when `/readyz` would answer 200.
+    pub ready: prometheus::IntGauge,
     /// TypeID joins by outcome.
     pub typeid_joins: IntCounterVec,
     /// TypeID message requests by outcome.
@@ -114,6 +124,34 @@ impl Metrics {
                 "Protocol errors answered to clients",
                 &["protocol"],
             ),
+            resume_gaps: counter(
+                "herald_resume_gaps_total",
+                "Resume positions that could not be served (gap signalled)",
+                &["protocol", "reason"],
+            ),
+            resumed_events: counter(
+                "herald_resumed_events_total",
+                "Events replayed to resuming clients",
+                &["protocol"],
+            ),
+            resume_reads: counter(
+                "herald_resume_reads_total",
+                "Resumed streams by source of their events",
+                &["source"],
+            ),
+            consumer_lag: gauge(
+                "herald_consumer_lag_records",
+                "Records not yet dispatched, per topic",
+                &["topic"],
+            ),
+            ready: {
+                let g = prometheus::IntGauge::new("herald_ready", "1 when the gateway is ready")
+                    .expect("valid metric");
+                registry
+                    .register(Box::new(g.clone()))
+                    .expect("unique metric");
+                g
+            },
             typeid_joins: counter(
                 "herald_typeid_joins_total",
                 "TypeID joins by status",

@@ -8,14 +8,17 @@
 
 use std::{
     collections::HashMap,
-    sync::{Arc, RwLock},
+    sync::{Arc, Mutex, RwLock, RwLockReadGuard},
     time::Instant,
 };
 
 use axum::extract::ws::Utf8Bytes;
 use herald_schemas::Envelope;
 
-use crate::auth::Identity;
+use crate::{
+    auth::Identity,
+    resume::{HistoryBuffer, TopicPartition},
+};
 
 /// A decoded record ready to be delivered.
 #[derive(Debug)]
@@ -128,22 +131,87 @@ pub trait Recipient: Send + Sync {
     fn identity(&self) -> &Identity;
     /// Queue the frames this recipient's subscriptions produce for `event`.
     /// Must not block: a recipient whose queue is full marks itself slow.
-    fn offer(&self, event: &RoutedEvent, cache: &mut FrameCache);
+    fn offer(&self, event: &Arc<RoutedEvent>, cache: &mut FrameCache);
 }
 
 /// One account's connections on this pod, by connection id.
 type AccountConnections = HashMap<u64, Arc<dyn Recipient>>;
 
-/// Account -> connection id -> recipient.
+/// Account -> connection id -> recipient, plus what resuming clients need:
+/// the recent-history buffer and the dispatch frontier.
 #[derive(Default)]
 pub struct Router {
     accounts: RwLock<HashMap<Arc<str>, AccountConnections>>,
+    history: HistoryBuffer,
+    /// Per partition, the next offset the consumer will hand to the router.
+    frontier: Mutex<HashMap<TopicPartition, i64>>,
 }
 
 impl Router {
-    /// An empty router.
+    /// An empty router without a history buffer.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An empty router with a history buffer.
+    pub fn with_history(history: HistoryBuffer) -> Self {
+        Router {
+            history,
+            ..Self::default()
+        }
+    }
+
+    /// The recent-history buffer.
+    pub fn history(&self) -> &HistoryBuffer {
+        &self.history
+    }
+
+    /// Record where the consumer starts reading a partition (kept if known).
+    pub fn init_frontier(&self, stream: TopicPartition, offset: i64) {
+        if let Ok(mut f) = self.frontier.lock() {
+            f.entry(stream).or_insert(offset);
+        }
+    }
+
+    /// A copy of the frontier (next offset to dispatch per partition).
+    pub fn frontier(&self) -> HashMap<TopicPartition, i64> {
+        self.frontier.lock().map(|f| f.clone()).unwrap_or_default()
+    }
+
+    /// Register a resuming connection and return the frontier at that
+    /// instant: records below it were dispatched before (replay them),
+    /// records from it on will be offered live.
+    pub fn insert_resuming(
+        &self,
+        conn_id: u64,
+        recipient: Arc<dyn Recipient>,
+    ) -> HashMap<TopicPartition, i64> {
+        let account = recipient.identity().account_id.clone();
+        let Ok(mut map) = self.accounts.write() else {
+            return HashMap::new();
+        };
+        map.entry(account).or_default().insert(conn_id, recipient);
+        self.frontier.lock().map(|f| f.clone()).unwrap_or_default()
+    }
+
+    /// Run `f` while no record is being dispatched, and return the frontier
+    /// at that instant (for subscriptions added to an existing recipient).
+    pub fn exclusive<R>(&self, f: impl FnOnce() -> R) -> (R, HashMap<TopicPartition, i64>) {
+        let guard = self.accounts.write();
+        let result = f();
+        let frontier = self.frontier.lock().map(|f| f.clone()).unwrap_or_default();
+        drop(guard);
+        (result, frontier)
+    }
+
+    /// A read view for the consumer: routing decisions and frontier updates
+    /// happen under one read lock, so a resuming registration sees either
+    /// all of a record's handling or none of it.
+    pub fn view(&self) -> Option<RouterView<'_>> {
+        Some(RouterView {
+            router: self,
+            map: self.accounts.read().ok()?,
+        })
     }
 
     /// Register a connection under its identity's account.
@@ -188,14 +256,64 @@ impl Router {
         self.len() == 0
     }
 
-    /// Offer `event` to every entitled recipient of its account. Returns the
-    /// number of recipients it was offered to.
-    pub fn dispatch(&self, event: &RoutedEvent, cache: &mut FrameCache) -> usize {
+    /// Offer `event` to every entitled recipient of its account (and record
+    /// it in the history). Returns the number of recipients it was offered to.
+    pub fn dispatch(&self, event: &Arc<RoutedEvent>, cache: &mut FrameCache) -> usize {
+        self.view().map(|v| v.dispatch(event, cache)).unwrap_or(0)
+    }
+}
+
+/// The consumer's view of the router for one record.
+pub struct RouterView<'a> {
+    router: &'a Router,
+    map: RwLockReadGuard<'a, HashMap<Arc<str>, AccountConnections>>,
+}
+
+impl RouterView<'_> {
+    /// Whether any connection of `account` is on this pod (lets the consumer
+    /// skip decoding records nobody here can receive).
+    pub fn has_account(&self, account: &str) -> bool {
+        self.map.contains_key(account)
+    }
+
+    fn advance(&self, stream: TopicPartition, offset: i64) {
+        if let Ok(mut f) = self.router.frontier.lock() {
+            let next = f.entry(stream).or_insert(offset + 1);
+            *next = (*next).max(offset + 1);
+        }
+    }
+
+    /// A record that is not delivered (no recipient here, or invalid).
+    pub fn pass(
+        &self,
+        topic: &Arc<str>,
+        partition: i32,
+        offset: i64,
+        timestamp_ms: Option<i64>,
+        account: Option<&str>,
+    ) {
+        if let Some(account) = account {
+            self.router.history.append_skipped(
+                (topic.clone(), partition),
+                offset,
+                timestamp_ms,
+                account,
+            );
+        }
+        self.advance((topic.clone(), partition), offset);
+    }
+
+    /// Offer `event` to every entitled recipient of its account, and record it.
+    pub fn dispatch(&self, event: &Arc<RoutedEvent>, cache: &mut FrameCache) -> usize {
         cache.clear();
-        let Ok(map) = self.accounts.read() else {
-            return 0;
-        };
-        let Some(conns) = map.get(event.envelope.account_id.as_str()) else {
+        let offered = self.offer_all(event, cache);
+        self.router.history.append(event);
+        self.advance((event.topic.clone(), event.partition), event.offset);
+        offered
+    }
+
+    fn offer_all(&self, event: &Arc<RoutedEvent>, cache: &mut FrameCache) -> usize {
+        let Some(conns) = self.map.get(event.envelope.account_id.as_str()) else {
             return 0;
         };
         let audience = event.envelope.audience.as_ref();

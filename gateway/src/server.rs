@@ -26,6 +26,7 @@ use crate::{
     identities::{self, IdentityTable},
     metrics::Metrics,
     presence::PresenceTable,
+    resume::{HistoryBuffer, ResumeConfig},
     router::Router,
     stomp::{self, StompConfig, codec::Version},
     typeid::{self as typeid_proto, JoinThrottle, TypeIdConfig},
@@ -45,6 +46,8 @@ pub struct Context {
     pub cable: CableConfig,
     /// TypeID settings.
     pub typeid: TypeIdConfig,
+    /// Resume limits.
+    pub resume: ResumeConfig,
     /// TypeID joins per client IP.
     pub typeid_throttle: JoinThrottle,
     /// Who is online, per account.
@@ -53,9 +56,25 @@ pub struct Context {
     pub producer: FutureProducer,
     /// Cancelled when the pod drains.
     pub shutdown: CancellationToken,
+    /// Clients are told to reconnect spread over this window after shutdown begins.
+    pub drain_spread: Duration,
 }
 
 impl Context {
+    /// Resolves when connection `conn_id` should be told to reconnect
+    /// elsewhere: after shutdown began, at a point spread evenly over the
+    /// drain window, so clients do not all reconnect at once.
+    pub fn drain_notice(&self, conn_id: u64) -> impl std::future::Future<Output = ()> + use<> {
+        let shutdown = self.shutdown.clone();
+        let window_ms = self.drain_spread.as_millis().max(1) as u64;
+        // A multiplicative hash spreads consecutive ids over the window.
+        let delay = Duration::from_millis(conn_id.wrapping_mul(0x9E37_79B9_7F4A_7C15) % window_ms);
+        async move {
+            shutdown.cancelled().await;
+            tokio::time::sleep(delay).await;
+        }
+    }
+
     /// Write a presence heartbeat for `identity` to the presence topic, in
     /// the background (a lost heartbeat is repaired by the next one).
     pub fn publish_presence(&self, identity: &Identity, at_ms: i64) {
@@ -135,7 +154,11 @@ pub async fn start(
         config.jwt_issuer.as_deref(),
     )?;
     let metrics = Metrics::new();
-    let router = Arc::new(Router::new());
+    let resume_config = config.resume()?;
+    let router = Arc::new(Router::with_history(HistoryBuffer::new(
+        resume_config.buffer_events,
+        resume_config.max_age,
+    )));
     let readiness = Readiness::default();
     let kafka_ready = readiness.condition("kafka");
     let identities = Arc::new(IdentityTable::new());
@@ -172,6 +195,7 @@ pub async fn start(
     if !config.identities {
         identities_ready.store(true, std::sync::atomic::Ordering::Release);
     }
+    let readiness_view = readiness.clone();
     let ops_addr = OpsServer {
         registry: metrics.registry.clone(),
         readiness,
@@ -194,18 +218,46 @@ pub async fn start(
         stomp: config.stomp()?,
         cable: config.cable()?,
         typeid: config.typeid()?,
+        resume: config.resume()?,
         typeid_throttle: JoinThrottle::default(),
         presence: presence.clone(),
         producer,
         shutdown: shutdown.clone(),
+        // Notices go out over the first 80% of the window, leaving the rest
+        // for the last clients to close.
+        drain_spread: Duration::from_millis(config.drain_secs * 800),
     });
     let consumer_stop = CancellationToken::new();
     tokio::spawn(consumer::maintain_assignment(
         kafka.clone(),
+        router.clone(),
         settings,
         kafka_ready,
         consumer_stop.clone(),
     ));
+    tokio::spawn(consumer::report_lag(
+        kafka.clone(),
+        router.clone(),
+        metrics.clone(),
+        Duration::from_secs(config.metadata_refresh_secs.max(1)),
+        consumer_stop.clone(),
+    ));
+    {
+        let (readiness, gauge, stop) = (
+            readiness_view.clone(),
+            metrics.ready.clone(),
+            consumer_stop.clone(),
+        );
+        tokio::spawn(async move {
+            loop {
+                gauge.set(i64::from(readiness.check().0));
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+        });
+    }
     tokio::spawn(consumer::consume(
         kafka,
         router,

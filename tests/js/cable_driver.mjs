@@ -27,12 +27,34 @@ const subs = new Map();
 let consumer = null;
 
 const ActionCable = kind === 'rails' ? await import('@rails/actioncable') : null;
+const AnyCable = kind === 'anycable' ? await import('@anycable/web') : null;
+let cable = null;
 
 function connect(url) {
+  if (AnyCable) {
+    cable = AnyCable.createCable(url, {
+      protocol: 'actioncable-v1-ext-json',
+      websocketImplementation: WebSocket,
+      logLevel: 'error',
+    });
+    return;
+  }
   consumer = ActionCable.createConsumer(url);
 }
 
+function subscribeAny(key, params) {
+  const { channel: name, ...rest } = params;
+  const channel = cable.subscribeTo(name, rest);
+  channel.on('connect', () => emit({ ev: 'connected', key }));
+  channel.on('disconnect', () => emit({ ev: 'disconnected', key, willAttemptReconnect: true }));
+  channel.on('close', (err) => emit({ ev: 'closed', key, message: String(err || '') }));
+  channel.on('message', (data, meta) => emit({ ev: 'received', key, data, meta: meta || null }));
+  channel.on('info', (info) => emit({ ev: 'info', key, type: info.type }));
+  subs.set(key, channel);
+}
+
 function subscribe(key, params) {
+  if (AnyCable) return subscribeAny(key, params);
   const sub = consumer.subscriptions.create(params, {
     connected() { emit({ ev: 'connected', key }); },
     disconnected(opts = {}) { emit({ ev: 'disconnected', key, willAttemptReconnect: !!opts.willAttemptReconnect }); },
@@ -53,7 +75,8 @@ for await (const line of rl) {
       case 'subscribe': subscribe(cmd.key, cmd.params); break;
       case 'unsubscribe': subs.get(cmd.key)?.unsubscribe(); subs.delete(cmd.key); emit({ ev: 'ok', op: 'unsubscribe', key: cmd.key }); break;
       case 'perform': subs.get(cmd.key)?.perform(cmd.action, cmd.data || {}); emit({ ev: 'ok', op: 'perform', key: cmd.key }); break;
-      case 'exit': consumer?.disconnect(); process.exit(0);
+      case 'seturl': cable.transport.setURL(cmd.url); emit({ ev: 'ok', op: 'seturl' }); break;
+      case 'exit': consumer?.disconnect(); cable?.disconnect(); process.exit(0);
       default: emit({ ev: 'error', message: `unknown op ${cmd.op}` });
     }
   } catch (e) {

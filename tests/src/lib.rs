@@ -162,6 +162,7 @@ pub struct Stack {
     pub gateway: GatewayHandle,
     /// HTTP client.
     pub http: reqwest::Client,
+    kafka_producer: std::sync::OnceLock<rdkafka::producer::FutureProducer>,
     shutdown: CancellationToken,
 }
 
@@ -229,6 +230,8 @@ impl Stack {
             JWT_SECRET,
             "--metadata-refresh-secs",
             "2",
+            "--drain-secs",
+            "2",
         ]
         .into_iter()
         .map(String::from)
@@ -245,6 +248,7 @@ impl Stack {
             producer,
             gateway,
             http: reqwest::Client::new(),
+            kafka_producer: std::sync::OnceLock::new(),
             shutdown,
         };
         stack.wait_ready(stack.gateway.ops_addr).await?;
@@ -321,10 +325,61 @@ impl Stack {
             JWT_SECRET,
             "--metadata-refresh-secs",
             "2",
+            "--drain-secs",
+            "2",
         ]
         .into_iter()
         .map(String::from)
         .collect()
+    }
+
+    /// Produce envelopes straight to Kafka (as a backend would without the
+    /// producer service), in order; returns (topic, partition, offset) of each.
+    pub async fn produce(&self, events: &[Value]) -> anyhow::Result<Vec<(String, i32, i64)>> {
+        use rdkafka::{
+            message::{Header, OwnedHeaders},
+            producer::{FutureProducer, FutureRecord},
+        };
+        let producer: FutureProducer = match self.kafka_producer.get() {
+            Some(p) => p.clone(),
+            None => {
+                let mut cfg = KafkaArgs::for_brokers(&self.broker.bootstrap).client_config()?;
+                cfg.set("enable.idempotence", "true").set("linger.ms", "1");
+                let p: FutureProducer = cfg.create()?;
+                self.kafka_producer.get_or_init(|| p).clone()
+            }
+        };
+        let mut out = Vec::with_capacity(events.len());
+        for e in events {
+            let mut e = e.clone();
+            if e.get("id").is_none() {
+                e["id"] = Value::from(uuid::Uuid::new_v4().to_string());
+            }
+            let ty = e["type"].as_str().unwrap_or_default().to_owned();
+            let account = e["account_id"].as_str().unwrap_or_default().to_owned();
+            let family = herald_schemas::family_of(&ty).context("unknown event type")?;
+            let topic = family.topic(&self.prefix);
+            let payload = e.to_string();
+            let headers = OwnedHeaders::new()
+                .insert(Header {
+                    key: "type",
+                    value: Some(ty.as_str()),
+                })
+                .insert(Header {
+                    key: "account_id",
+                    value: Some(account.as_str()),
+                });
+            let record = FutureRecord::to(&topic)
+                .key(&account)
+                .payload(&payload)
+                .headers(headers);
+            let d = producer
+                .send(record, Duration::from_secs(10))
+                .await
+                .map_err(|(e, _)| anyhow::anyhow!("{e}"))?;
+            out.push((topic, d.partition, d.offset));
+        }
+        Ok(out)
     }
 
     /// Write an identity for an opaque token straight to the identities topic.

@@ -165,8 +165,31 @@ pub fn parse(text: &str) -> anyhow::Result<Received> {
         .context("no blank line in frame")?;
     let mut lines = head.lines();
     let command = lines.next().unwrap_or_default().to_owned();
+    // STOMP 1.2 header escaping (the server negotiates 1.2 with these clients).
+    let unescape = |s: &str| {
+        let mut out = String::with_capacity(s.len());
+        let mut chars = s.chars();
+        while let Some(c) = chars.next() {
+            if c != '\\' {
+                out.push(c);
+                continue;
+            }
+            match chars.next() {
+                Some('c') => out.push(':'),
+                Some('n') => out.push('\n'),
+                Some('r') => out.push('\r'),
+                Some('\\') => out.push('\\'),
+                Some(other) => {
+                    out.push('\\');
+                    out.push(other);
+                }
+                None => out.push('\\'),
+            }
+        }
+        out
+    };
     let headers = lines
-        .filter_map(|l| l.split_once(':').map(|(k, v)| (k.to_owned(), v.to_owned())))
+        .filter_map(|l| l.split_once(':').map(|(k, v)| (unescape(k), unescape(v))))
         .collect();
     let body = rest.split('\0').next().unwrap_or_default().to_owned();
     if !rest.contains('\0') {

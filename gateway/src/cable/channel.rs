@@ -8,10 +8,13 @@
 
 use herald_schemas::{chatwoot, pulse};
 
+use std::sync::Arc;
+
 use super::protocol;
 use crate::{
     auth::{Identity, PrincipalKind},
     connection::ConnTx,
+    resume::ResumeGate,
     router::{FrameCache, Recipient, RoutedEvent},
 };
 
@@ -37,6 +40,10 @@ pub struct CableRecipient {
     pub shared_key: Option<String>,
     /// The connection's queue.
     pub conn: ConnTx,
+    /// Extended protocol: frames carry `stream_id`/`epoch`/`offset` (the epoch here).
+    pub ext_epoch: Option<String>,
+    /// Holds live events while the subscription replays history.
+    pub gate: ResumeGate,
 }
 
 /// Whether the payload marks a private note (`private`/`is_private`).
@@ -118,19 +125,46 @@ impl Recipient for CableRecipient {
         &self.identity
     }
 
-    fn offer(&self, event: &RoutedEvent, cache: &mut FrameCache) {
+    fn offer(&self, event: &Arc<RoutedEvent>, cache: &mut FrameCache) {
+        if !self.gate.hold(event) {
+            self.deliver(event, cache);
+        }
+    }
+}
+
+impl CableRecipient {
+    /// Deliver an event that bypassed the router (replay): entitlement is
+    /// checked here as the router would.
+    pub fn deliver_replayed(&self, event: &RoutedEvent) -> bool {
+        if *event.envelope.account_id != *self.identity.account_id
+            || !self.identity.entitled(event.envelope.audience.as_ref())
+        {
+            return false;
+        }
+        self.deliver(event, &mut FrameCache::default())
+    }
+
+    /// Queue `event` if this subscription takes it; true when queued.
+    pub fn deliver(&self, event: &RoutedEvent, cache: &mut FrameCache) -> bool {
+        let wrap = |message: &str| match &self.ext_epoch {
+            Some(epoch) => protocol::broadcast_ext(
+                &self.identifier_json,
+                message,
+                &protocol::stream_id(&event.topic, event.partition),
+                epoch,
+                event.offset,
+            ),
+            None => protocol::broadcast(&self.identifier_json, message),
+        };
         let frame = match self.channel {
             ChannelKind::Room => {
                 if !room_accepts(&self.identity, event) {
-                    return;
+                    return false;
                 }
                 let body = room_body(&self.identity, event, cache);
                 // Room identifiers embed the client's token: frames are per
                 // subscription, only the body is shared.
-                axum::extract::ws::Utf8Bytes::from(protocol::broadcast(
-                    &self.identifier_json,
-                    body.as_str(),
-                ))
+                axum::extract::ws::Utf8Bytes::from(wrap(body.as_str()))
             }
             ChannelKind::Notifications => {
                 let ty = event.envelope.event_type.as_str();
@@ -139,7 +173,7 @@ impl Recipient for CableRecipient {
                         .payload_json()
                         .is_some_and(serde_json::Value::is_object)
                 {
-                    return;
+                    return false;
                 }
                 let make = || {
                     let body = format!(
@@ -147,7 +181,7 @@ impl Recipient for CableRecipient {
                         protocol::json_string(ty),
                         event.envelope.payload.get()
                     );
-                    protocol::broadcast(&self.identifier_json, &body)
+                    wrap(&body)
                 };
                 match &self.shared_key {
                     Some(key) => cache.get_or_insert_with(key, make),
@@ -155,6 +189,6 @@ impl Recipient for CableRecipient {
                 }
             }
         };
-        self.conn.push(frame, event.kafka_timestamp_ms);
+        self.conn.push(frame, event.kafka_timestamp_ms)
     }
 }

@@ -1,19 +1,37 @@
 //! The ActionCable JSON wire format (PROTOCOLS.md section 1), sans I/O.
 
 use serde::Deserialize;
+use serde_json::Value;
 
-/// Subprotocols offered by Rails' server, in preference order.
-pub const SUBPROTOCOLS: [&str; 2] = ["actioncable-v1-json", "actioncable-unsupported"];
+/// Subprotocols the server speaks, in preference order: AnyCable's extended
+/// protocol (stream positions, history), Rails' protocol, and Rails'
+/// `actioncable-unsupported` marker.
+pub const SUBPROTOCOLS: [&str; 3] = [
+    "actioncable-v1-ext-json",
+    "actioncable-v1-json",
+    "actioncable-unsupported",
+];
+
+/// The extended (reliable) protocol's name.
+pub const EXT_PROTOCOL: &str = "actioncable-v1-ext-json";
 
 /// A command from the client.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
-    /// `subscribe` with the identifier string exactly as sent.
-    Subscribe { identifier: String },
+    /// `subscribe` with the identifier string exactly as sent, and the
+    /// extended protocol's optional `history` request.
+    Subscribe {
+        identifier: String,
+        history: Option<Value>,
+    },
     /// `unsubscribe`.
     Unsubscribe { identifier: String },
     /// `message` with its `data` string.
     Message { identifier: String, data: String },
+    /// Extended protocol: `history` for an existing subscription.
+    History { identifier: String, history: Value },
+    /// Extended protocol: `pong` (keep-alive answer, ignored).
+    Pong,
 }
 
 /// Why a client frame was not understood (Rails logs these and carries on).
@@ -38,6 +56,7 @@ struct RawCommand {
     command: Option<serde_json::Value>,
     identifier: Option<serde_json::Value>,
     data: Option<serde_json::Value>,
+    history: Option<serde_json::Value>,
 }
 
 /// Parse one client frame.
@@ -48,12 +67,22 @@ pub fn parse_command(text: &str) -> Result<Command, CommandError> {
         Some(serde_json::Value::String(c)) => c,
         other => return Err(CommandError::Unknown(format!("{other:?}"))),
     };
+    if command == "pong" {
+        return Ok(Command::Pong);
+    }
     let identifier = match raw.identifier {
         Some(serde_json::Value::String(s)) => s,
         _ => return Err(CommandError::NoIdentifier),
     };
     match command.as_str() {
-        "subscribe" => Ok(Command::Subscribe { identifier }),
+        "subscribe" => Ok(Command::Subscribe {
+            identifier,
+            history: raw.history,
+        }),
+        "history" => Ok(Command::History {
+            identifier,
+            history: raw.history.unwrap_or(Value::Null),
+        }),
         "unsubscribe" => Ok(Command::Unsubscribe { identifier }),
         "message" => match raw.data {
             Some(serde_json::Value::String(data)) => Ok(Command::Message { identifier, data }),
@@ -107,6 +136,71 @@ pub fn broadcast(identifier_json: &str, message: &str) -> String {
     format!(r#"{{"identifier":{identifier_json},"message":{message}}}"#)
 }
 
+/// Extended protocol welcome, with a session id.
+pub fn welcome_ext(sid: &str) -> String {
+    format!(r#"{{"type":"welcome","sid":{}}}"#, json_string(sid))
+}
+
+/// Extended protocol broadcast: the message plus its stream position.
+pub fn broadcast_ext(
+    identifier_json: &str,
+    message: &str,
+    stream_id: &str,
+    epoch: &str,
+    offset: i64,
+) -> String {
+    format!(
+        r#"{{"identifier":{identifier_json},"message":{message},"stream_id":{},"epoch":{},"offset":{offset}}}"#,
+        json_string(stream_id),
+        json_string(epoch)
+    )
+}
+
+/// `confirm_history` / `reject_history`.
+pub fn history_result(identifier_json: &str, confirmed: bool) -> String {
+    let ty = if confirmed {
+        "confirm_history"
+    } else {
+        "reject_history"
+    };
+    format!(r#"{{"identifier":{identifier_json},"type":"{ty}"}}"#)
+}
+
+/// The stream id of a topic-partition in the extended protocol.
+pub fn stream_id(topic: &str, partition: i32) -> String {
+    format!("{topic}:{partition}")
+}
+
+/// Turn an extended-protocol history request
+/// (`{"since":<unix s>,"streams":{"<topic>:<p>":{"epoch":..,"offset":..}}}`)
+/// into a resume request; streams of another epoch cannot be resumed and
+/// are returned apart.
+pub fn parse_history(history: &Value, epoch: &str) -> (crate::resume::ResumeRequest, Vec<String>) {
+    let mut req = crate::resume::ResumeRequest {
+        since_ms: history
+            .get("since")
+            .and_then(Value::as_i64)
+            .map(|s| s * 1000),
+        ..Default::default()
+    };
+    let mut foreign = Vec::new();
+    if let Some(streams) = history.get("streams").and_then(Value::as_object) {
+        for (id, pos) in streams {
+            let parsed = id
+                .rsplit_once(':')
+                .and_then(|(t, p)| Some((t.to_owned(), p.parse::<i32>().ok()?)));
+            let offset = pos.get("offset").and_then(Value::as_i64);
+            match (parsed, offset, pos.get("epoch").and_then(Value::as_str)) {
+                (Some((topic, partition)), Some(offset), Some(e)) if e == epoch => {
+                    req.positions.push((topic, partition, offset));
+                }
+                _ => foreign.push(id.clone()),
+            }
+        }
+    }
+    (req, foreign)
+}
+
 /// Disconnect reasons Rails uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DisconnectReason {
@@ -158,7 +252,8 @@ mod tests {
         assert_eq!(
             parse_command(&frame),
             Ok(Command::Subscribe {
-                identifier: id.to_owned()
+                identifier: id.to_owned(),
+                history: None
             })
         );
         let frame = serde_json::json!({"command": "message", "identifier": id, "data": "{\"action\":\"update_presence\"}"}).to_string();
@@ -198,6 +293,25 @@ mod tests {
         ));
         assert!(parse_identifier("not json").is_none());
         assert!(parse_action("{}").is_none());
+    }
+
+    #[test]
+    fn extended_protocol_frames() {
+        assert_eq!(welcome_ext("s1"), r#"{"type":"welcome","sid":"s1"}"#);
+        assert_eq!(
+            broadcast_ext("\"x\"", "{}", "herald.tag:0", "herald", 7),
+            r#"{"identifier":"x","message":{},"stream_id":"herald.tag:0","epoch":"herald","offset":7}"#
+        );
+        assert_eq!(
+            history_result("\"x\"", false),
+            r#"{"identifier":"x","type":"reject_history"}"#
+        );
+        let h = serde_json::json!({"since": 1700000000, "streams": {"herald.tag:0": {"epoch": "herald", "offset": 7}, "x:1": {"epoch": "old", "offset": 1}}});
+        let (req, foreign) = parse_history(&h, "herald");
+        assert_eq!(req.positions, vec![("herald.tag".to_owned(), 0, 7)]);
+        assert_eq!(req.since_ms, Some(1_700_000_000_000));
+        assert_eq!(foreign, vec!["x:1".to_owned()]);
+        assert_eq!(parse_command(r#"{"command":"pong"}"#), Ok(Command::Pong));
     }
 
     #[test]

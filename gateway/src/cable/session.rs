@@ -16,6 +16,7 @@ use super::{
 use crate::{
     auth::{AuthError, Identity, PrincipalKind},
     connection::{self, ConnTx, HeartBeatKind, Outbound},
+    resume::{self, ResumeGate, ResumeRequest, TopicPartition},
     router::now_ms,
     server::Context,
 };
@@ -55,12 +56,13 @@ pub enum Endpoint {
 
 /// Serve one upgraded WebSocket.
 pub async fn serve(socket: WebSocket, ctx: Arc<Context>, endpoint: Endpoint) {
+    let ext = socket.protocol().and_then(|p| p.to_str().ok()) == Some(protocol::EXT_PROTOCOL);
     let (sink, mut stream) = socket.split();
-    run(sink, &mut stream, ctx, endpoint).await;
+    run(sink, &mut stream, ctx, endpoint, ext).await;
 }
 
 /// Drive a connection over any sink/stream.
-pub async fn run<S, R>(sink: S, stream: &mut R, ctx: Arc<Context>, endpoint: Endpoint)
+pub async fn run<S, R>(sink: S, stream: &mut R, ctx: Arc<Context>, endpoint: Endpoint, ext: bool)
 where
     S: futures_util::Sink<Message> + Unpin + Send + 'static,
     R: Stream<Item = Result<Message, axum::Error>> + Unpin,
@@ -80,6 +82,7 @@ where
         done: done.clone(),
         conn_identity: None,
         room: matches!(endpoint, Endpoint::Room),
+        ext,
         subscriptions: HashMap::new(),
         revoked: CancellationToken::new(),
         expires_at: None,
@@ -99,6 +102,71 @@ where
     metrics.connections.with_label_values(&[PROTOCOL]).dec();
 }
 
+/// Replay what a resuming subscription missed, then `confirm_history`
+/// (or `reject_history` when some stream could not be served), then live.
+async fn replay(
+    ctx: Arc<Context>,
+    recipient: Arc<CableRecipient>,
+    request: ResumeRequest,
+    foreign: Vec<String>,
+    frontier: HashMap<TopicPartition, i64>,
+) {
+    let replay = resume::plan(
+        &request,
+        &recipient.identity.account_id,
+        &frontier,
+        ctx.router.history(),
+        &ctx.resume,
+    )
+    .await;
+    let mut replayed = 0u64;
+    for event in &replay.events {
+        if recipient.deliver_replayed(event) {
+            replayed += 1;
+        }
+    }
+    ctx.metrics
+        .resume_reads
+        .with_label_values(&["buffer"])
+        .inc_by(replay.from_buffer);
+    ctx.metrics
+        .resume_reads
+        .with_label_values(&["kafka"])
+        .inc_by(replay.from_kafka);
+    ctx.metrics
+        .resumed_events
+        .with_label_values(&[PROTOCOL])
+        .inc_by(replayed);
+    for gap in &replay.gaps {
+        ctx.metrics
+            .resume_gaps
+            .with_label_values(&[PROTOCOL, gap.reason])
+            .inc();
+    }
+    if !foreign.is_empty() {
+        ctx.metrics
+            .resume_gaps
+            .with_label_values(&[PROTOCOL, "epoch"])
+            .inc();
+    }
+    let complete = replay.gaps.is_empty() && foreign.is_empty();
+    if !complete {
+        tracing::info!(gaps = ?replay.gaps, ?foreign, "history could not be served completely");
+    }
+    // History, then its verdict, then the live events held meanwhile (and
+    // everything after them, in order).
+    recipient.conn.push(
+        Utf8Bytes::from(protocol::history_result(
+            &recipient.identifier_json,
+            complete,
+        )),
+        None,
+    );
+    recipient.gate.finish(|event| {
+        recipient.deliver(event, &mut crate::router::FrameCache::default());
+    });
+}
+
 struct Subscription {
     router_id: u64,
     recipient: Arc<CableRecipient>,
@@ -112,6 +180,8 @@ struct CableSession {
     /// `/stream`: the connection's identity.
     conn_identity: Option<Identity>,
     room: bool,
+    /// Negotiated `actioncable-v1-ext-json` (stream positions, history).
+    ext: bool,
     subscriptions: HashMap<String, Subscription>,
     /// Cancelled when a credential in use is revoked or changed.
     revoked: CancellationToken,
@@ -145,7 +215,12 @@ impl CableSession {
                 }
             }
         }
-        self.emit_text(protocol::welcome().to_owned()).await;
+        let welcome = if self.ext {
+            protocol::welcome_ext(&uuid::Uuid::new_v4().simple().to_string())
+        } else {
+            protocol::welcome().to_owned()
+        };
+        self.emit_text(welcome).await;
         self.emit(Outbound::HeartBeat {
             every: self.ctx.cable.ping_interval,
             kind: HeartBeatKind::CablePing,
@@ -206,7 +281,9 @@ impl CableSession {
     where
         R: Stream<Item = Result<Message, axum::Error>> + Unpin,
     {
-        let shutdown = self.ctx.shutdown.clone();
+        // Told to leave at this connection's moment of the drain window.
+        let drain = self.ctx.drain_notice(self.conn_id);
+        tokio::pin!(drain);
         loop {
             let expiry = async {
                 match self.expires_at {
@@ -220,7 +297,7 @@ impl CableSession {
             let msg = tokio::select! {
                 biased;
                 _ = self.done.cancelled() => return,
-                _ = shutdown.cancelled() => {
+                _ = &mut drain => {
                     self.disconnect(DisconnectReason::ServerRestart).await;
                     return;
                 }
@@ -270,7 +347,23 @@ impl CableSession {
             }
         };
         match command {
-            Command::Subscribe { identifier } => self.subscribe(identifier).await,
+            Command::Subscribe {
+                identifier,
+                history,
+            } => self.subscribe(identifier, history).await,
+            Command::History { identifier, .. } => {
+                // History is honoured inside `subscribe` (what clients send
+                // after a reconnect); sessions are not restored, so a bare
+                // history request cannot be served without duplicates.
+                if self.subscriptions.contains_key(&identifier) {
+                    self.emit_text(protocol::history_result(
+                        &protocol::json_string(&identifier),
+                        false,
+                    ))
+                    .await;
+                }
+            }
+            Command::Pong => {}
             Command::Unsubscribe { identifier } => {
                 if let Some(sub) = self.subscriptions.remove(&identifier) {
                     self.unregister(&sub);
@@ -282,7 +375,7 @@ impl CableSession {
         }
     }
 
-    async fn subscribe(&mut self, identifier: String) {
+    async fn subscribe(&mut self, identifier: String, history: Option<serde_json::Value>) {
         if self.subscriptions.contains_key(&identifier) {
             tracing::debug!(conn = self.conn_id, "duplicate subscribe ignored");
             return;
@@ -307,17 +400,43 @@ impl CableSession {
         }
         let shared_key =
             (channel == ChannelKind::Notifications).then(|| format!("cable:{identifier}"));
+        let ext_epoch = self.ext.then(|| self.ctx.resume.epoch.clone());
+        let shared_key = shared_key.map(|k| if self.ext { format!("{k}:ext") } else { k });
+        let resume = history
+            .filter(|_| self.ext)
+            .map(|h| protocol::parse_history(&h, &self.ctx.resume.epoch));
         let recipient = Arc::new(CableRecipient {
             identity,
             channel,
             identifier_json: identifier_json.clone(),
             shared_key,
             conn: self.tx.clone(),
+            ext_epoch,
+            gate: if resume.is_some() {
+                ResumeGate::holding()
+            } else {
+                ResumeGate::open()
+            },
         });
         // Confirm before registering so no broadcast can precede the confirmation.
         self.emit_text(protocol::confirm(&identifier_json)).await;
         let router_id = connection::next_conn_id();
-        self.ctx.router.insert(router_id, recipient.clone());
+        match resume {
+            None => self.ctx.router.insert(router_id, recipient.clone()),
+            Some((request, foreign)) => {
+                let frontier = self
+                    .ctx
+                    .router
+                    .insert_resuming(router_id, recipient.clone());
+                tokio::spawn(replay(
+                    self.ctx.clone(),
+                    recipient.clone(),
+                    request,
+                    foreign,
+                    frontier,
+                ));
+            }
+        }
         self.ctx
             .metrics
             .subscriptions

@@ -2,6 +2,7 @@
 //! receipts, errors — the bytes PROTOCOLS.md section 2 pins down.
 
 use std::{
+    collections::HashMap,
     ops::ControlFlow,
     sync::{Arc, Mutex},
     time::Duration,
@@ -16,6 +17,7 @@ use super::destination::Destination;
 use crate::{
     auth::Identity,
     connection::{self, ConnTx, HeartBeatKind, Outbound},
+    resume::{self, ResumeGate, ResumeRequest, TopicPartition},
     router::{FrameCache, Recipient, RoutedEvent},
     server::Context,
 };
@@ -68,6 +70,8 @@ struct Subscription {
     /// connections with the same version, destination, ack mode and
     /// subscription id share one encoded frame.
     cache_key: String,
+    /// Holds live events while this subscription replays what it missed.
+    gate: Arc<ResumeGate>,
 }
 
 /// A connected STOMP client as the router sees it.
@@ -83,13 +87,27 @@ impl Recipient for StompRecipient {
         &self.identity
     }
 
-    fn offer(&self, event: &RoutedEvent, cache: &mut FrameCache) {
+    fn offer(&self, event: &Arc<RoutedEvent>, cache: &mut FrameCache) {
         let Ok(subs) = self.subscriptions.lock() else {
             return;
         };
         for sub in subs
             .iter()
             .filter(|s| s.destination.accepts(&event.envelope.event_type))
+        {
+            if sub.gate.hold(event) {
+                continue;
+            }
+            if !self.deliver(sub, event, cache) {
+                break;
+            }
+        }
+    }
+}
+
+impl StompRecipient {
+    /// Queue `event`'s MESSAGE for `sub`; false when the connection is gone or slow.
+    fn deliver(&self, sub: &Subscription, event: &RoutedEvent, cache: &mut FrameCache) -> bool {
         {
             let frame = match cache.get(&sub.cache_key) {
                 Some(frame) => frame,
@@ -111,10 +129,84 @@ impl Recipient for StompRecipient {
                     cache.get_or_insert_with(&sub.cache_key, || text)
                 }
             };
-            if !self.conn.push(frame, event.kafka_timestamp_ms) {
-                break;
+            self.conn.push(frame, event.kafka_timestamp_ms)
+        }
+    }
+
+    /// Replay what `request` asks for on subscription `sub_id`, then open its gate.
+    async fn resume(
+        self: Arc<Self>,
+        ctx: Arc<Context>,
+        sub_id: String,
+        request: ResumeRequest,
+        frontier: HashMap<TopicPartition, i64>,
+    ) {
+        let replay = resume::plan(
+            &request,
+            &self.identity.account_id,
+            &frontier,
+            ctx.router.history(),
+            &ctx.resume,
+        )
+        .await;
+        let Ok(subs) = self.subscriptions.lock() else {
+            return;
+        };
+        let Some(sub) = subs.iter().find(|s| s.id == sub_id) else {
+            return;
+        };
+        for gap in &replay.gaps {
+            let stream = format!("{}:{}:{}", gap.topic, gap.partition, gap.from);
+            let body = serde_json::json!({
+                "type": "herald.gap",
+                "stream": format!("{}:{}", gap.topic, gap.partition),
+                "from": gap.from,
+                "reason": gap.reason,
+            })
+            .to_string();
+            let message_id = format!("gap:{stream}");
+            let headers = [
+                ("subscription", sub.id.as_str()),
+                ("message-id", message_id.as_str()),
+                ("destination", sub.destination.as_str()),
+                ("content-type", "application/json"),
+                ("herald-gap", stream.as_str()),
+            ];
+            self.conn.push(
+                codec::encode_message_text(&headers, &body, self.version).into(),
+                None,
+            );
+            ctx.metrics
+                .resume_gaps
+                .with_label_values(&[PROTOCOL, gap.reason])
+                .inc();
+        }
+        let mut replayed = 0u64;
+        for event in &replay.events {
+            // Replayed events bypass the router: check entitlement here too.
+            if *event.envelope.account_id == *self.identity.account_id
+                && self.identity.entitled(event.envelope.audience.as_ref())
+                && sub.destination.accepts(&event.envelope.event_type)
+            {
+                self.deliver(sub, event, &mut FrameCache::default());
+                replayed += 1;
             }
         }
+        ctx.metrics
+            .resume_reads
+            .with_label_values(&["buffer"])
+            .inc_by(replay.from_buffer);
+        ctx.metrics
+            .resume_reads
+            .with_label_values(&["kafka"])
+            .inc_by(replay.from_kafka);
+        ctx.metrics
+            .resumed_events
+            .with_label_values(&[PROTOCOL])
+            .inc_by(replayed);
+        sub.gate.finish(|event| {
+            self.deliver(sub, event, &mut FrameCache::default());
+        });
     }
 }
 
@@ -202,12 +294,14 @@ impl Session {
     where
         R: Stream<Item = Result<Message, axum::Error>> + Unpin,
     {
-        let shutdown = self.ctx.shutdown.clone();
+        // Told to leave at this connection's moment of the drain window.
+        let drain = self.ctx.drain_notice(self.conn_id);
+        tokio::pin!(drain);
         loop {
             let next = tokio::select! {
                 biased;
                 _ = self.done.cancelled() => return,
-                _ = shutdown.cancelled() => {
+                _ = &mut drain => {
                     self.fail(1012, "server restart", "server restart: reconnect", "the gateway is shutting down; reconnect", None).await;
                     return;
                 }
@@ -442,6 +536,11 @@ impl Session {
     }
 
     fn subscribe(&mut self, frame: &Frame) -> Result<(), String> {
+        let resume = frame
+            .header("x-stream-offset")
+            .map(ResumeRequest::parse_stomp)
+            .transpose()
+            .map_err(|e| format!("bad x-stream-offset: {e}"))?;
         let (Some(recipient), Some(version)) = (&self.recipient, self.version) else {
             return Err("not connected".into());
         };
@@ -457,31 +556,56 @@ impl Session {
             .ok_or_else(|| format!("Unknown destination {destination_name}"))?;
         let ack = AckMode::parse(frame.header("ack"))
             .ok_or("ack must be auto, client or client-individual")?;
-        let mut subs = recipient
-            .subscriptions
-            .lock()
-            .map_err(|_| "internal error")?;
-        if subs.iter().any(|s| s.id == id) {
-            return Err(format!("subscription id {id} is already in use"));
-        }
-        if subs.len() >= self.ctx.stomp.max_subscriptions {
-            return Err(format!(
-                "too many subscriptions (limit {})",
-                self.ctx.stomp.max_subscriptions
-            ));
-        }
-        let cache_key = format!(
-            "stomp:{}:{}:{:?}:{id}",
-            version.as_str(),
-            destination.as_str(),
-            ack
-        );
-        subs.push(Subscription {
-            id,
-            destination,
-            ack,
-            cache_key,
+        let gate = Arc::new(if resume.is_some() {
+            ResumeGate::holding()
+        } else {
+            ResumeGate::open()
         });
+        let recipient = recipient.clone();
+        let add = || -> Result<(), String> {
+            let mut subs = recipient
+                .subscriptions
+                .lock()
+                .map_err(|_| "internal error")?;
+            if subs.iter().any(|s| s.id == id) {
+                return Err(format!("subscription id {id} is already in use"));
+            }
+            if subs.len() >= self.ctx.stomp.max_subscriptions {
+                return Err(format!(
+                    "too many subscriptions (limit {})",
+                    self.ctx.stomp.max_subscriptions
+                ));
+            }
+            let cache_key = format!(
+                "stomp:{}:{}:{:?}:{id}",
+                version.as_str(),
+                destination.as_str(),
+                ack
+            );
+            subs.push(Subscription {
+                id: id.clone(),
+                destination,
+                ack,
+                cache_key,
+                gate: gate.clone(),
+            });
+            Ok(())
+        };
+        match resume {
+            None => add()?,
+            Some(request) => {
+                // Added under the router's exclusive lock, so the frontier
+                // splits the stream exactly between replay and live.
+                let (added, frontier) = self.ctx.router.exclusive(add);
+                added?;
+                tokio::spawn(recipient.clone().resume(
+                    self.ctx.clone(),
+                    id.clone(),
+                    request,
+                    frontier,
+                ));
+            }
+        }
         self.ctx
             .metrics
             .subscriptions

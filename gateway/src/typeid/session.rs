@@ -94,7 +94,7 @@ impl Recipient for TypeIdRecipient {
         &self.identity
     }
 
-    fn offer(&self, event: &RoutedEvent, cache: &mut FrameCache) {
+    fn offer(&self, event: &Arc<RoutedEvent>, cache: &mut FrameCache) {
         let type_id = match event.envelope.event_type.as_str() {
             "ConversationMessageNotification" => protocol::CONVERSATION_MESSAGE_NOTIFICATION,
             "UserChangeNotification" => protocol::USER_CHANGE_NOTIFICATION,
@@ -322,7 +322,9 @@ impl Session {
     where
         R: Stream<Item = Result<Message, axum::Error>> + Unpin,
     {
-        let shutdown = self.ctx.shutdown.clone();
+        // Told to leave at this connection's moment of the drain window.
+        let drain = self.ctx.drain_notice(self.conn_id);
+        tokio::pin!(drain);
         let expires_at = self.identity.as_ref().and_then(|i| i.expires_at);
         loop {
             let expiry = async {
@@ -339,7 +341,7 @@ impl Session {
             let next = tokio::select! {
                 biased;
                 _ = self.done.cancelled() => return,
-                _ = shutdown.cancelled() => {
+                _ = &mut drain => {
                     self.close_with(1012, "server restart").await;
                     return;
                 }

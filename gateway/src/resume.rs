@@ -1,0 +1,541 @@
+//! Reliable delivery across reconnects and pods.
+//!
+//! Every delivered event carries its position (topic, partition, offset). A
+//! client that comes back with its last positions gets exactly what it
+//! missed, in order, then continues live:
+//!
+//! 1. its subscription is registered *holding* live events
+//!    ([`ResumeGate`]), and the router hands back the frontier — for every
+//!    partition, the next offset it will dispatch ([`Router::insert_resuming`]);
+//! 2. for every stream the client names, the events from its position up to
+//!    the frontier come from this pod's [`HistoryBuffer`] when it covers
+//!    them, otherwise are read back from Kafka ([`read_back`]), within the
+//!    configured limits;
+//! 3. those are delivered, then the held live events, then the gate opens.
+//!
+//! A position that can no longer be served (older than retention or the
+//! limits) yields an explicit gap instead of a silent hole.
+//!
+//! [`Router::insert_resuming`]: crate::router::Router::insert_resuming
+
+use std::{
+    collections::{HashMap, VecDeque},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use herald_runtime::KafkaArgs;
+use herald_schemas::Envelope;
+use rdkafka::{
+    Message, Offset, TopicPartitionList,
+    consumer::{BaseConsumer, Consumer},
+};
+
+use crate::router::{RoutedEvent, now_ms};
+
+/// A topic-partition.
+pub type TopicPartition = (Arc<str>, i32);
+
+/// Resume limits.
+#[derive(Debug, Clone)]
+pub struct ResumeConfig {
+    /// Events kept per partition in the per-pod history buffer.
+    pub buffer_events: usize,
+    /// Oldest event age the buffer keeps, and the oldest position served at all.
+    pub max_age: Duration,
+    /// Most events one stream may replay (beyond: a gap).
+    pub max_events: usize,
+    /// Kafka settings for read-back consumers.
+    pub kafka: KafkaArgs,
+    /// Epoch reported to AnyCable ext clients (changes when history is reset).
+    pub epoch: String,
+}
+
+/// One record of the history buffer: the event when it was decoded, or only
+/// its account when the pod skipped it (nobody here could receive it).
+struct Buffered {
+    offset: i64,
+    timestamp_ms: Option<i64>,
+    account: Arc<str>,
+    event: Option<Arc<RoutedEvent>>,
+}
+
+/// The recent records of each partition, bounded by count and age.
+#[derive(Default)]
+pub struct HistoryBuffer {
+    parts: Mutex<HashMap<TopicPartition, VecDeque<Buffered>>>,
+    max_events: usize,
+    max_age_ms: i64,
+}
+
+impl HistoryBuffer {
+    /// A buffer keeping `max_events` per partition, none older than `max_age`.
+    pub fn new(max_events: usize, max_age: Duration) -> Self {
+        HistoryBuffer {
+            parts: Mutex::new(HashMap::new()),
+            max_events,
+            max_age_ms: max_age.as_millis() as i64,
+        }
+    }
+
+    /// Append a dispatched event (records of a partition arrive in offset order).
+    pub fn append(&self, event: &Arc<RoutedEvent>) {
+        self.push(
+            (event.topic.clone(), event.partition),
+            Buffered {
+                offset: event.offset,
+                timestamp_ms: event.kafka_timestamp_ms,
+                account: Arc::from(event.envelope.account_id.as_str()),
+                event: Some(event.clone()),
+            },
+        );
+    }
+
+    /// Note a record this pod did not decode (its account had nobody here).
+    pub fn append_skipped(
+        &self,
+        stream: TopicPartition,
+        offset: i64,
+        timestamp_ms: Option<i64>,
+        account: &str,
+    ) {
+        self.push(
+            stream,
+            Buffered {
+                offset,
+                timestamp_ms,
+                account: Arc::from(account),
+                event: None,
+            },
+        );
+    }
+
+    fn push(&self, stream: TopicPartition, record: Buffered) {
+        if self.max_events == 0 {
+            return;
+        }
+        let Ok(mut parts) = self.parts.lock() else {
+            return;
+        };
+        let queue = parts.entry(stream).or_default();
+        queue.push_back(record);
+        let oldest_allowed = now_ms() - self.max_age_ms;
+        while queue.len() > self.max_events
+            || queue
+                .front()
+                .is_some_and(|e| e.timestamp_ms.is_some_and(|t| t < oldest_allowed))
+        {
+            queue.pop_front();
+        }
+    }
+
+    /// The events of `account` in `stream` with offsets in `[from, to)`, if
+    /// the buffer holds all of them: it reaches back to `from` and decoded
+    /// every record of that account in the range.
+    pub fn range(
+        &self,
+        stream: &TopicPartition,
+        from: i64,
+        to: i64,
+        account: &str,
+    ) -> Option<Vec<Arc<RoutedEvent>>> {
+        if from >= to {
+            return Some(Vec::new());
+        }
+        let parts = self.parts.lock().ok()?;
+        let queue = parts.get(stream)?;
+        if queue.front()?.offset > from {
+            return None;
+        }
+        let mut out = Vec::new();
+        for record in queue
+            .iter()
+            .filter(|r| r.offset >= from && r.offset < to && *r.account == *account)
+        {
+            out.push(record.event.clone()?);
+        }
+        Some(out)
+    }
+
+    /// The first buffered offset of `stream` at or after `since_ms`, if the
+    /// buffer reaches back that far.
+    pub fn offset_at(&self, stream: &TopicPartition, since_ms: i64) -> Option<i64> {
+        let parts = self.parts.lock().ok()?;
+        let queue = parts.get(stream)?;
+        let first = queue.front()?;
+        if first.timestamp_ms.unwrap_or(0) > since_ms {
+            return None;
+        }
+        queue
+            .iter()
+            .find(|e| e.timestamp_ms.unwrap_or(0) >= since_ms)
+            .map(|e| e.offset)
+            .or(Some(queue.back()?.offset + 1))
+    }
+}
+
+/// Holds live events while a subscription replays what it missed.
+#[derive(Default)]
+pub struct ResumeGate {
+    /// Fast path: once open, live events never touch the lock.
+    open: AtomicBool,
+    held: Mutex<Option<Vec<Arc<RoutedEvent>>>>,
+}
+
+impl ResumeGate {
+    /// A gate that is already open (no resume).
+    pub fn open() -> Self {
+        ResumeGate {
+            open: AtomicBool::new(true),
+            held: Mutex::new(None),
+        }
+    }
+
+    /// A closed gate: live events are held until [`finish`](Self::finish).
+    pub fn holding() -> Self {
+        ResumeGate {
+            open: AtomicBool::new(false),
+            held: Mutex::new(Some(Vec::new())),
+        }
+    }
+
+    /// Hold `event` if the gate is closed; false when it is open.
+    pub fn hold(&self, event: &Arc<RoutedEvent>) -> bool {
+        if self.open.load(Ordering::Acquire) {
+            return false;
+        }
+        match self.held.lock() {
+            Ok(mut held) => match held.as_mut() {
+                Some(list) => {
+                    list.push(event.clone());
+                    true
+                }
+                None => false,
+            },
+            Err(_) => false,
+        }
+    }
+
+    /// Deliver the held events (in arrival order) and open the gate. Runs
+    /// under the gate's lock so a concurrent live event waits and follows.
+    pub fn finish(&self, mut deliver: impl FnMut(&Arc<RoutedEvent>)) {
+        if let Ok(mut held) = self.held.lock() {
+            for event in held.take().unwrap_or_default() {
+                deliver(&event);
+            }
+            self.open.store(true, Ordering::Release);
+        }
+    }
+}
+
+/// What a client asked to resume from.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ResumeRequest {
+    /// Last delivered offset per stream.
+    pub positions: Vec<(String, i32, i64)>,
+    /// For streams without a position: events at or after this time (ms).
+    pub since_ms: Option<i64>,
+}
+
+impl ResumeRequest {
+    /// Parse a STOMP `x-stream-offset` value: comma-separated
+    /// `topic:partition:offset` (the `message-id`s last received) and/or
+    /// `timestamp=<ms>`.
+    pub fn parse_stomp(value: &str) -> Result<ResumeRequest, String> {
+        let mut req = ResumeRequest::default();
+        for item in value.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            if let Some(ts) = item.strip_prefix("timestamp=") {
+                req.since_ms = Some(ts.parse().map_err(|_| format!("bad timestamp `{ts}`"))?);
+                continue;
+            }
+            let mut parts = item.rsplitn(3, ':');
+            let (Some(offset), Some(partition), Some(topic)) =
+                (parts.next(), parts.next(), parts.next())
+            else {
+                return Err(format!(
+                    "bad position `{item}` (expected topic:partition:offset)"
+                ));
+            };
+            let offset = offset
+                .parse()
+                .map_err(|_| format!("bad offset in `{item}`"))?;
+            let partition = partition
+                .parse()
+                .map_err(|_| format!("bad partition in `{item}`"))?;
+            req.positions.push((topic.to_owned(), partition, offset));
+        }
+        Ok(req)
+    }
+}
+
+/// Why a stream cannot be resumed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Gap {
+    /// The stream.
+    pub topic: String,
+    /// Its partition.
+    pub partition: i32,
+    /// The first offset the client needed.
+    pub from: i64,
+    /// `retention` (gone from Kafka), `age` or `count` (beyond the limits), `unavailable`.
+    pub reason: &'static str,
+}
+
+/// The events one subscription must replay, per stream, or the gaps.
+#[derive(Debug, Default)]
+pub struct Replay {
+    /// Events to deliver, in offset order per stream.
+    pub events: Vec<Arc<RoutedEvent>>,
+    /// Streams that could not be served.
+    pub gaps: Vec<Gap>,
+    /// Streams served from this pod's history buffer.
+    pub from_buffer: u64,
+    /// Streams read back from Kafka.
+    pub from_kafka: u64,
+}
+
+/// Gather the events `request` asks for, up to `frontier`, for `account`.
+pub async fn plan(
+    request: &ResumeRequest,
+    account: &str,
+    frontier: &HashMap<TopicPartition, i64>,
+    history: &HistoryBuffer,
+    config: &ResumeConfig,
+) -> Replay {
+    let mut replay = Replay::default();
+    for (stream, &end) in frontier {
+        let position = request
+            .positions
+            .iter()
+            .find(|(t, p, _)| **t == *stream.0 && *p == stream.1)
+            .map(|(_, _, o)| o + 1);
+        let start = match (position, request.since_ms) {
+            (Some(start), _) => start,
+            (None, Some(since)) => match history.offset_at(stream, since) {
+                Some(o) => o,
+                None => match offset_for_time(config, stream, since).await {
+                    Some(o) => o,
+                    None => continue,
+                },
+            },
+            (None, None) => continue,
+        };
+        if start >= end {
+            continue;
+        }
+        let gap = |reason| Gap {
+            topic: stream.0.to_string(),
+            partition: stream.1,
+            from: start,
+            reason,
+        };
+        if (end - start) as usize > config.max_events {
+            replay.gaps.push(gap("count"));
+            continue;
+        }
+        let events = match history.range(stream, start, end, account) {
+            Some(events) => {
+                replay.from_buffer += 1;
+                events
+            }
+            None => match read_back(config, stream, start, end).await {
+                Ok(events) => {
+                    replay.from_kafka += 1;
+                    events
+                }
+                Err(reason) => {
+                    replay.gaps.push(gap(reason));
+                    continue;
+                }
+            },
+        };
+        let oldest_allowed = now_ms() - config.max_age.as_millis() as i64;
+        if events
+            .first()
+            .is_some_and(|e| e.kafka_timestamp_ms.is_some_and(|t| t < oldest_allowed))
+        {
+            replay.gaps.push(gap("age"));
+            continue;
+        }
+        replay.events.extend(
+            events
+                .into_iter()
+                .filter(|e| e.envelope.account_id == account),
+        );
+    }
+    replay
+}
+
+fn reader(config: &ResumeConfig) -> Option<BaseConsumer> {
+    let mut cfg = config.kafka.client_config().ok()?;
+    cfg.set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true")
+        .set("auto.offset.reset", "error")
+        .set(
+            "group.id",
+            format!("herald-resume-{}", uuid::Uuid::new_v4().simple()),
+        );
+    cfg.create().ok()
+}
+
+async fn offset_for_time(
+    config: &ResumeConfig,
+    stream: &TopicPartition,
+    since_ms: i64,
+) -> Option<i64> {
+    let config = config.clone();
+    let (topic, partition) = (stream.0.to_string(), stream.1);
+    tokio::task::spawn_blocking(move || {
+        let consumer = reader(&config)?;
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(&topic, partition, Offset::Offset(since_ms))
+            .ok()?;
+        let found = consumer
+            .offsets_for_times(tpl, Duration::from_secs(5))
+            .ok()?;
+        match found.find_partition(&topic, partition)?.offset() {
+            Offset::Offset(o) => Some(o),
+            // No record at or after `since`: nothing to replay.
+            _ => None,
+        }
+    })
+    .await
+    .ok()
+    .flatten()
+}
+
+/// Read `[from, to)` of `stream` back from Kafka.
+pub async fn read_back(
+    config: &ResumeConfig,
+    stream: &TopicPartition,
+    from: i64,
+    to: i64,
+) -> Result<Vec<Arc<RoutedEvent>>, &'static str> {
+    let config = config.clone();
+    let topic: Arc<str> = stream.0.clone();
+    let partition = stream.1;
+    tokio::task::spawn_blocking(move || {
+        let consumer = reader(&config).ok_or("unavailable")?;
+        let (low, _) = consumer
+            .fetch_watermarks(&topic, partition, Duration::from_secs(5))
+            .map_err(|_| "unavailable")?;
+        if from < low {
+            return Err("retention");
+        }
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(&topic, partition, Offset::Offset(from))
+            .map_err(|_| "unavailable")?;
+        consumer.assign(&tpl).map_err(|_| "unavailable")?;
+        let mut out = Vec::new();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let mut next = from;
+        while next < to {
+            if std::time::Instant::now() > deadline {
+                return Err("unavailable");
+            }
+            let Some(msg) = consumer.poll(Duration::from_millis(200)) else {
+                continue;
+            };
+            let msg = match msg {
+                Ok(m) => m,
+                Err(rdkafka::error::KafkaError::PartitionEOF(_)) => {
+                    // The frontier was read from this pod's consumer; the
+                    // broker has everything before it. EOF early means a
+                    // compacted or truncated range: nothing more to read.
+                    break;
+                }
+                Err(_) => return Err("unavailable"),
+            };
+            next = msg.offset() + 1;
+            if msg.offset() >= to {
+                break;
+            }
+            let Some(envelope) = msg.payload().and_then(|p| Envelope::decode(p).ok()) else {
+                continue;
+            };
+            out.push(Arc::new(RoutedEvent::new(
+                topic.clone(),
+                partition,
+                msg.offset(),
+                envelope,
+                msg.timestamp().to_millis(),
+            )));
+        }
+        Ok(out)
+    })
+    .await
+    .map_err(|_| "unavailable")?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(offset: i64, ts: i64) -> Arc<RoutedEvent> {
+        let env =
+            Envelope::decode(br#"{"id":"e","type":"tag.updated","account_id":"1","payload":{}}"#)
+                .unwrap();
+        Arc::new(RoutedEvent::new("t".into(), 0, offset, env, Some(ts)))
+    }
+
+    #[test]
+    fn buffer_serves_ranges_it_covers() {
+        let b = HistoryBuffer::new(3, Duration::from_secs(3600));
+        let now = now_ms();
+        for o in 10..15 {
+            b.append(&event(o, now));
+        }
+        let s: TopicPartition = ("t".into(), 0);
+        assert!(b.range(&s, 11, 15, "1").is_none(), "offset 11 was evicted");
+        let r = b.range(&s, 12, 15, "1").unwrap();
+        assert_eq!(
+            r.iter().map(|e| e.offset).collect::<Vec<_>>(),
+            vec![12, 13, 14]
+        );
+        assert_eq!(b.range(&s, 14, 14, "1").unwrap().len(), 0);
+        assert!(b.range(&("u".into(), 0), 1, 2, "1").is_none());
+        // A record of the account that was skipped undecoded: the buffer cannot serve it.
+        b.append_skipped(s.clone(), 15, Some(now), "1");
+        b.append_skipped(s.clone(), 16, Some(now), "2");
+        assert!(b.range(&s, 14, 17, "1").is_none());
+        assert_eq!(
+            b.range(&s, 16, 17, "1").unwrap().len(),
+            0,
+            "other accounts' skips do not matter"
+        );
+    }
+
+    #[test]
+    fn gate_holds_then_releases_in_order() {
+        let g = ResumeGate::holding();
+        assert!(g.hold(&event(1, 0)));
+        assert!(g.hold(&event(2, 0)));
+        let mut seen = Vec::new();
+        g.finish(|e| seen.push(e.offset));
+        assert_eq!(seen, vec![1, 2]);
+        assert!(!g.hold(&event(3, 0)));
+        assert!(!ResumeGate::open().hold(&event(1, 0)));
+    }
+
+    #[test]
+    fn stomp_resume_header() {
+        let r = ResumeRequest::parse_stomp(
+            "herald.message:2:41, herald.tag:0:7,timestamp=1700000000000",
+        )
+        .unwrap();
+        assert_eq!(
+            r.positions,
+            vec![
+                ("herald.message".into(), 2, 41),
+                ("herald.tag".into(), 0, 7)
+            ]
+        );
+        assert_eq!(r.since_ms, Some(1_700_000_000_000));
+        assert!(ResumeRequest::parse_stomp("nope").is_err());
+        assert!(ResumeRequest::parse_stomp("a:b:c").is_err());
+        assert!(ResumeRequest::parse_stomp("timestamp=x").is_err());
+    }
+}
