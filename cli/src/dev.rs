@@ -140,6 +140,8 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             &args.producer_listen,
             "--ops-listen",
             &args.producer_ops_listen,
+            // Development mode: the API on loopback needs no key.
+            "--allow-unauthenticated",
         ])
         .unwrap_or_else(|e| e.exit()),
         shutdown.clone(),

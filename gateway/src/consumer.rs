@@ -60,6 +60,10 @@ pub fn create(settings: &ConsumerSettings) -> Result<Arc<StreamConsumer>, Consum
         .set("enable.auto.offset.store", "false")
         .set("enable.partition.eof", "false")
         .set("fetch.wait.max.ms", "50")
+        // A position the broker no longer has (retention passed it, or the
+        // topic was recreated after an outage): continue from the oldest
+        // record still there rather than skip to the end and lose records.
+        .set("auto.offset.reset", "earliest")
         .set("client.id", "herald-gateway")
         // No consumer group is joined (partitions are assigned, never
         // subscribed), but librdkafka's incremental assignment needs a group

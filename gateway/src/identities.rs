@@ -234,6 +234,7 @@ pub async fn follow(
     if targets.is_empty() {
         loaded.store(true, Ordering::Release);
     }
+    let mut last_error_log: Option<std::time::Instant> = None;
     tracing::info!(
         topic,
         partitions_with_data = targets.len(),
@@ -247,7 +248,13 @@ pub async fn follow(
         let msg = match msg {
             Ok(m) => m,
             Err(e) => {
-                tracing::warn!(error = %e, "identities consumer error");
+                // Broker outages repeat this every poll: log it once in a while.
+                if last_error_log
+                    .is_none_or(|t: std::time::Instant| t.elapsed() > Duration::from_secs(10))
+                {
+                    tracing::warn!(error = %e, "identities consumer error");
+                    last_error_log = Some(std::time::Instant::now());
+                }
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 continue;
             }

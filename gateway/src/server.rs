@@ -32,6 +32,11 @@ use crate::{
     typeid::{self as typeid_proto, JoinThrottle, TypeIdConfig},
 };
 
+/// Per-connection WebSocket read buffer. The library default (128 KiB,
+/// zero-filled on first read) dominated the memory of idle connections;
+/// client frames are small, and a larger one simply takes a few reads.
+const WS_READ_BUFFER: usize = 4 * 1024;
+
 /// What every connection task shares.
 pub struct Context {
     /// Account -> recipients index.
@@ -337,6 +342,8 @@ async fn stomp_upgrade(
     let limit = state.context.stomp.limits.max_frame_bytes;
     let token = state.tracker.token();
     ws.protocols(["v12.stomp", "v11.stomp", "v10.stomp"])
+        .read_buffer_size(WS_READ_BUFFER)
+        .write_buffer_size(0)
         .max_message_size(limit)
         .max_frame_size(limit)
         .on_upgrade(move |socket| async move {
@@ -380,6 +387,8 @@ fn cable_upgrade(ws: WebSocketUpgrade, state: AppState, endpoint: Endpoint) -> R
     let limit = state.context.cable.max_message_bytes;
     let token = state.tracker.token();
     ws.protocols(cable::protocol::SUBPROTOCOLS)
+        .read_buffer_size(WS_READ_BUFFER)
+        .write_buffer_size(0)
         .max_message_size(limit)
         .max_frame_size(limit)
         .on_upgrade(move |socket| async move {
@@ -396,7 +405,9 @@ async fn typeid_upgrade(
 ) -> Response {
     let limit = state.context.stomp.limits.max_frame_bytes;
     let token = state.tracker.token();
-    ws.max_message_size(limit)
+    ws.read_buffer_size(WS_READ_BUFFER)
+        .write_buffer_size(0)
+        .max_message_size(limit)
         .max_frame_size(limit)
         .on_upgrade(move |socket| async move {
             typeid_proto::serve(socket, state.context, peer.ip()).await;

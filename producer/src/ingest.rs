@@ -3,158 +3,33 @@
 //! event's topic, partition and offset once Kafka acknowledged it.
 //!
 //! A batch is all or nothing at validation: one invalid event refuses the
-//! request (400, a precise reason per event) and nothing is produced.
+//! request (400, a precise reason per event) and nothing is produced. An
+//! event whose client-supplied id was produced inside the idempotency window
+//! is answered with its first position instead of being produced again.
 
-use std::{
-    collections::HashMap,
-    net::SocketAddr,
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
-    time::{Duration, Instant},
-};
+use std::{collections::HashMap, sync::Arc};
 
 use axum::{
-    Json, Router,
+    Json,
     body::Bytes,
-    extract::{DefaultBodyLimit, State},
+    extract::{State, rejection::BytesRejection},
     http::StatusCode,
     response::{IntoResponse, Response},
-    routing::{get, post},
 };
-use herald_runtime::{OpsServer, Readiness};
 use herald_schemas::{Envelope, Family};
-use rdkafka::{
-    message::{Header, OwnedHeaders},
-    producer::{FutureProducer, FutureRecord, Producer},
-};
 use serde::Serialize;
 use serde_json::{json, value::RawValue};
-use tokio::{net::TcpListener, task::JoinHandle};
-use tokio_util::sync::CancellationToken;
+use utoipa::ToSchema;
 
-use crate::{config::ProducerConfig, metrics::Metrics};
-
-/// A running producer.
-pub struct ProducerHandle {
-    /// Bound API address.
-    pub addr: SocketAddr,
-    /// Bound ops address.
-    pub ops_addr: SocketAddr,
-    task: JoinHandle<()>,
-}
-
-impl ProducerHandle {
-    /// Wait until the producer has stopped.
-    pub async fn stopped(self) {
-        let _ = self.task.await;
-    }
-}
-
-struct AppState {
-    producer: FutureProducer,
-    metrics: Metrics,
-    topic_prefix: String,
-    max_batch: usize,
-    timeout: Duration,
-}
-
-/// Build the idempotent Kafka producer.
-pub fn create_producer(config: &ProducerConfig) -> anyhow::Result<FutureProducer> {
-    let mut cfg = config.kafka.client_config()?;
-    cfg.set("enable.idempotence", "true")
-        .set("acks", "all")
-        .set("linger.ms", "2")
-        .set("message.timeout.ms", config.produce_timeout_ms.to_string())
-        .set("client.id", "herald-producer");
-    Ok(cfg.create()?)
-}
-
-/// Start the producer; returns once its listeners are bound.
-pub async fn start(
-    config: ProducerConfig,
-    shutdown: CancellationToken,
-) -> anyhow::Result<ProducerHandle> {
-    config.validate()?;
-    let producer = create_producer(&config)?;
-    let metrics = Metrics::new();
-    let readiness = Readiness::default();
-    let kafka_ready = readiness.condition("kafka");
-    tokio::spawn(watch_kafka(producer.clone(), kafka_ready, shutdown.clone()));
-
-    let ops_addr = OpsServer {
-        registry: metrics.registry.clone(),
-        readiness,
-    }
-    .spawn(config.ops_listen, shutdown.child_token())
-    .await
-    .map_err(|e| anyhow::anyhow!("cannot bind ops listener {}: {e}", config.ops_listen))?;
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot bind producer listener {}: {e}", config.listen))?;
-    let addr = listener.local_addr()?;
-    let state = Arc::new(AppState {
-        producer: producer.clone(),
-        metrics,
-        topic_prefix: config.kafka.topic_prefix.clone(),
-        max_batch: config.max_batch,
-        timeout: config.produce_timeout(),
-    });
-    let app = Router::new()
-        .route("/v1/events", post(post_events))
-        .route("/healthz", get(|| async { "ok\n" }))
-        .layer(DefaultBodyLimit::max(config.max_body_bytes))
-        .with_state(state);
-    let task = tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown.cancelled_owned())
-            .await
-        {
-            tracing::error!(error = %e, "producer listener failed");
-        }
-        // Deliver whatever is still in flight before exiting.
-        let _ = tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(10))).await;
-        tracing::info!("producer stopped");
-    });
-    tracing::info!(%addr, %ops_addr, "producer listening");
-    Ok(ProducerHandle {
-        addr,
-        ops_addr,
-        task,
-    })
-}
-
-/// Keep the readiness flag in step with the broker's reachability.
-async fn watch_kafka(
-    producer: FutureProducer,
-    ready: Arc<AtomicBool>,
-    shutdown: CancellationToken,
-) {
-    loop {
-        let p = producer.clone();
-        let ok = tokio::task::spawn_blocking(move || {
-            p.client()
-                .fetch_metadata(None, Duration::from_secs(5))
-                .is_ok()
-        })
-        .await
-        .unwrap_or(false);
-        ready.store(ok, Ordering::Release);
-        let wait = if ok {
-            Duration::from_secs(10)
-        } else {
-            Duration::from_millis(500)
-        };
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(wait) => {}
-        }
-    }
-}
+use crate::{
+    idempotency::Claim,
+    openapi::{ErrorBody, EventsRequest},
+    publish::Produced,
+    server::AppState,
+};
 
 /// One event's problem.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct EventError {
     /// Index of the event in the request (0 for a single event).
     pub index: usize,
@@ -165,20 +40,31 @@ pub struct EventError {
     pub reason: String,
 }
 
-/// Where an event landed.
-#[derive(Debug, Serialize)]
-pub struct Produced {
-    /// Event id (generated when the request had none).
-    pub id: String,
-    /// Event type.
-    #[serde(rename = "type")]
-    pub event_type: String,
-    /// Kafka topic.
-    pub topic: String,
-    /// Partition.
-    pub partition: i32,
-    /// Offset.
-    pub offset: i64,
+/// `200` answer: where every event landed, in request order.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EventsResponse {
+    /// One result per event.
+    pub results: Vec<Produced>,
+}
+
+/// `400` answer for invalid events.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct InvalidEventsResponse {
+    /// `invalid events; nothing was published`.
+    pub error: String,
+    /// One entry per invalid event.
+    pub errors: Vec<EventError>,
+}
+
+/// `503` answer: Kafka did not acknowledge every event.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UnavailableResponse {
+    /// What happened.
+    pub error: String,
+    /// The events that were acknowledged.
+    pub results: Vec<Produced>,
+    /// The events that were not (retry them with the same ids).
+    pub errors: Vec<EventError>,
 }
 
 /// API errors, each a client-visible JSON body.
@@ -186,6 +72,8 @@ pub struct Produced {
 pub enum ApiError {
     /// The body is not an event or an array of events.
     BadRequest(String),
+    /// The body is larger than `--max-body-bytes`.
+    TooLarge(usize),
     /// Some events are invalid; nothing was produced.
     Invalid(Vec<EventError>),
     /// Kafka did not acknowledge every event.
@@ -201,27 +89,74 @@ impl IntoResponse for ApiError {
             ApiError::BadRequest(reason) => {
                 (StatusCode::BAD_REQUEST, Json(json!({"error": reason}))).into_response()
             }
+            ApiError::TooLarge(limit) => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                Json(json!({"error": format!("request body exceeds {limit} bytes")})),
+            )
+                .into_response(),
             ApiError::Invalid(errors) => (
                 StatusCode::BAD_REQUEST,
-                Json(json!({"error": "invalid events; nothing was published", "errors": errors})),
+                Json(InvalidEventsResponse {
+                    error: "invalid events; nothing was published".into(),
+                    errors,
+                }),
             )
                 .into_response(),
             ApiError::Unavailable { produced, failed } => (
                 StatusCode::SERVICE_UNAVAILABLE,
-                Json(json!({
-                    "error": "Kafka did not acknowledge every event; retry the failed ones (same ids)",
-                    "results": produced,
-                    "errors": failed,
-                })),
+                Json(UnavailableResponse {
+                    error:
+                        "Kafka did not acknowledge every event; retry the failed ones (same ids)"
+                            .into(),
+                    results: produced,
+                    errors: failed,
+                }),
             )
                 .into_response(),
         }
     }
 }
 
-async fn post_events(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
-    let response = match ingest(&state, &body).await {
-        Ok(results) => (StatusCode::OK, Json(json!({ "results": results }))).into_response(),
+/// Read a request body, answering 413 beyond the limit.
+pub(crate) fn body_or_error(
+    body: Result<Bytes, BytesRejection>,
+    limit: usize,
+) -> Result<Bytes, ApiError> {
+    body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::TooLarge(limit)
+        } else {
+            ApiError::BadRequest(rejection.body_text())
+        }
+    })
+}
+
+/// Publish events.
+#[utoipa::path(
+    post,
+    path = "/v1/events",
+    tag = "events",
+    request_body(content = EventsRequest, description = "One event or an array of events"),
+    responses(
+        (status = 200, description = "Every event was acknowledged by Kafka", body = EventsResponse),
+        (status = 400, description = "Not JSON, empty, too many events, or invalid events (nothing was published)", body = InvalidEventsResponse),
+        (status = 401, description = "Missing or invalid credentials", body = ErrorBody),
+        (status = 403, description = "The token lacks `events:write`", body = ErrorBody),
+        (status = 413, description = "Body larger than `--max-body-bytes`", body = ErrorBody),
+        (status = 503, description = "Kafka did not acknowledge every event", body = UnavailableResponse),
+    ),
+    security(("api_key" = []), ("jwt" = ["events:write"]))
+)]
+pub async fn post_events(
+    State(state): State<Arc<AppState>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let result = match body_or_error(body, state.max_body_bytes) {
+        Ok(body) => ingest(&state, &body).await,
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok(results) => (StatusCode::OK, Json(EventsResponse { results })).into_response(),
         Err(e) => {
             if let ApiError::Invalid(errors) = &e {
                 state
@@ -232,13 +167,7 @@ async fn post_events(State(state): State<Arc<AppState>>, body: Bytes) -> Respons
             }
             e.into_response()
         }
-    };
-    state
-        .metrics
-        .requests
-        .with_label_values(&["/v1/events", response.status().as_str()])
-        .inc();
-    response
+    }
 }
 
 /// Split a body into its events: one JSON object, or an array of them.
@@ -270,42 +199,75 @@ fn split_events(body: &[u8], max_batch: usize) -> Result<Vec<Box<RawValue>>, Api
     Ok(items)
 }
 
+/// A decoded, validated event ready to produce.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    /// The envelope, with `id` and `occurred_at` filled in.
+    pub envelope: Envelope,
+    /// Its family (= topic).
+    pub family: Family,
+    /// Whether the id came with the event (only such ids can be retried).
+    pub id_supplied: bool,
+}
+
 /// Fill in a missing `id` (UUIDv7) and `occurred_at` (now), then decode and validate.
 pub fn prepare(raw: &RawValue) -> Result<(Envelope, Family), (Option<String>, String)> {
+    prepare_with(raw, &uuid::Uuid::now_v7().to_string(), &now_rfc3339())
+        .map(|p| (p.envelope, p.family))
+}
+
+/// Like [`prepare`], with the `id` and `occurred_at` to use when missing.
+pub fn prepare_with(
+    raw: &RawValue,
+    default_id: &str,
+    default_occurred_at: &str,
+) -> Result<Prepared, (Option<String>, String)> {
     let mut fields: HashMap<String, Box<RawValue>> = serde_json::from_str(raw.get())
         .map_err(|e| (None, format!("event must be a JSON object: {e}")))?;
     let id = fields
         .get("id")
         .and_then(|v| serde_json::from_str::<String>(v.get()).ok());
-    if !fields.contains_key("id") {
-        let id = uuid::Uuid::now_v7().to_string();
-        fields.insert("id".into(), raw_string(&id));
+    let id_supplied = fields.contains_key("id");
+    if !id_supplied {
+        fields.insert("id".into(), raw_string(default_id));
     }
     if !fields.contains_key("occurred_at") {
-        let now = time::OffsetDateTime::now_utc()
-            .format(&time::format_description::well_known::Rfc3339)
-            .unwrap_or_default();
-        fields.insert("occurred_at".into(), raw_string(&now));
+        fields.insert("occurred_at".into(), raw_string(default_occurred_at));
     }
     let text = serde_json::to_string(&fields).map_err(|e| (id.clone(), e.to_string()))?;
     let envelope = Envelope::decode(text.as_bytes()).map_err(|e| (id.clone(), e.to_string()))?;
+    if envelope.id.trim().is_empty() {
+        return Err((id, "`id` must not be blank".into()));
+    }
     let family = herald_schemas::validate(&envelope).map_err(|e| (id, e.to_string()))?;
-    Ok((envelope, family))
+    Ok(Prepared {
+        envelope,
+        family,
+        id_supplied,
+    })
+}
+
+/// Now as RFC 3339 (UTC, milliseconds).
+pub(crate) fn now_rfc3339() -> String {
+    let now = time::OffsetDateTime::now_utc();
+    let format = time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+    );
+    now.format(&format).unwrap_or_default()
 }
 
 fn raw_string(s: &str) -> Box<RawValue> {
-    RawValue::from_string(serde_json::Value::from(s).to_string()).unwrap_or_else(|_| {
-        // A JSON string literal is always valid JSON.
-        RawValue::from_string("\"\"".into()).expect("valid literal")
-    })
+    // A JSON string literal is always valid JSON.
+    serde_json::value::to_raw_value(s).unwrap_or_else(|_| Box::<RawValue>::default())
 }
 
 async fn ingest(state: &AppState, body: &[u8]) -> Result<Vec<Produced>, ApiError> {
     let items = split_events(body, state.max_batch)?;
     let mut events = Vec::with_capacity(items.len());
     let mut errors = Vec::new();
+    let now = now_rfc3339();
     for (index, raw) in items.iter().enumerate() {
-        match prepare(raw) {
+        match prepare_with(raw, &uuid::Uuid::now_v7().to_string(), &now) {
             Ok(ok) => events.push(ok),
             Err((id, reason)) => errors.push(EventError { index, id, reason }),
         }
@@ -313,9 +275,7 @@ async fn ingest(state: &AppState, body: &[u8]) -> Result<Vec<Produced>, ApiError
     if !errors.is_empty() {
         return Err(ApiError::Invalid(errors));
     }
-    let sends = events
-        .iter()
-        .map(|(envelope, family)| produce(state, envelope, *family));
+    let sends = events.iter().map(|p| produce_once(state, p));
     // Polled together, so every record is handed to the client (in order)
     // before the first acknowledgement is awaited.
     let outcomes = futures_util::future::join_all(sends).await;
@@ -326,7 +286,7 @@ async fn ingest(state: &AppState, body: &[u8]) -> Result<Vec<Produced>, ApiError
             Ok(p) => produced.push(p),
             Err(reason) => failed.push(EventError {
                 index,
-                id: Some(events[index].0.id.clone()),
+                id: Some(events[index].envelope.id.clone()),
                 reason,
             }),
         }
@@ -338,53 +298,94 @@ async fn ingest(state: &AppState, body: &[u8]) -> Result<Vec<Produced>, ApiError
     }
 }
 
-async fn produce(
-    state: &AppState,
-    envelope: &Envelope,
-    family: Family,
-) -> Result<Produced, String> {
-    let topic = family.topic(&state.topic_prefix);
-    let value = serde_json::to_vec(envelope).map_err(|e| e.to_string())?;
-    let headers = OwnedHeaders::new()
-        .insert(Header {
-            key: "type",
-            value: Some(envelope.event_type.as_bytes()),
-        })
-        .insert(Header {
-            key: "account_id",
-            value: Some(envelope.account_id.as_bytes()),
-        })
-        .insert(Header {
-            key: "event_id",
-            value: Some(envelope.id.as_bytes()),
-        });
-    let record = FutureRecord::to(&topic)
-        .key(envelope.account_id.as_bytes())
-        .payload(&value)
-        .headers(headers);
-    let started = Instant::now();
-    match state.producer.send(record, state.timeout).await {
-        Ok(delivery) => {
-            state
-                .metrics
-                .produce_latency
-                .observe(started.elapsed().as_secs_f64());
-            state
-                .metrics
-                .events_produced
-                .with_label_values(&[&topic])
-                .inc();
-            Ok(Produced {
-                id: envelope.id.clone(),
-                event_type: envelope.event_type.clone(),
-                topic,
-                partition: delivery.partition,
-                offset: delivery.offset,
-            })
+/// Produce an event unless its id was produced inside the idempotency window.
+async fn produce_once(state: &AppState, p: &Prepared) -> Result<Produced, String> {
+    let guard = if p.id_supplied {
+        match state.idempotency.claim(&p.envelope.id).await {
+            Claim::Replay(first) => {
+                state.metrics.idempotent_replays.inc();
+                return Ok(first);
+            }
+            Claim::Produce(guard) => Some(guard),
+            Claim::Disabled => None,
         }
-        Err((e, _)) => {
-            tracing::warn!(error = %e, topic, "produce failed");
-            Err(format!("Kafka did not acknowledge: {e}"))
+    } else {
+        None
+    };
+    match state.publisher.send_envelope(&p.envelope, p.family).await {
+        Ok(produced) => {
+            if let Some(guard) = guard {
+                guard.complete(&produced);
+            }
+            Ok(produced)
         }
+        Err(e) => {
+            tracing::warn!(error = %e, event_type = %p.envelope.event_type, "produce failed");
+            state.publisher.renew_if_fatal();
+            Err(e.to_string())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(text: &str) -> Box<RawValue> {
+        RawValue::from_string(text.to_owned()).unwrap()
+    }
+
+    #[test]
+    fn fills_missing_id_and_time_from_defaults() {
+        let p = prepare_with(
+            &raw(r#"{"type":"tag.updated","account_id":7,"payload":{"id":"t","name":"n","color":"c"}}"#),
+            "row-1",
+            "2026-01-01T00:00:00.000Z",
+        )
+        .unwrap();
+        assert_eq!(p.envelope.id, "row-1");
+        assert_eq!(p.envelope.account_id, "7");
+        assert_eq!(
+            p.envelope.occurred_at.as_deref(),
+            Some("2026-01-01T00:00:00.000Z")
+        );
+        assert!(!p.id_supplied);
+        assert_eq!(p.family, Family::Tag);
+    }
+
+    #[test]
+    fn keeps_supplied_id_and_reports_problems() {
+        let p = prepare_with(
+            &raw(r#"{"id":"mine","type":"tag.updated","account_id":"7","payload":{"id":"t","name":"n","color":"c"}}"#),
+            "row-1",
+            "2026-01-01T00:00:00.000Z",
+        )
+        .unwrap();
+        assert_eq!(p.envelope.id, "mine");
+        assert!(p.id_supplied);
+        let (id, reason) = prepare_with(
+            &raw(r#"{"id":"e","type":"nope","account_id":"7","payload":{}}"#),
+            "d",
+            "x",
+        )
+        .unwrap_err();
+        assert_eq!(id.as_deref(), Some("e"));
+        assert!(reason.contains("nope"), "{reason}");
+        assert!(prepare_with(&raw("[1]"), "d", "x").is_err());
+        assert!(prepare_with(&raw(r#""text""#), "d", "x").is_err());
+        assert!(
+            prepare_with(&raw(r#"{"id":" ","type":"tag.updated","account_id":"7","payload":{"id":"t","name":"n","color":"c"}}"#), "d", "x")
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn splits_bodies() {
+        assert_eq!(split_events(b" [{}, {}]", 5).unwrap().len(), 2);
+        assert_eq!(split_events(b"{}", 5).unwrap().len(), 1);
+        assert!(split_events(b"[]", 5).is_err());
+        assert!(split_events(b"[{},{}]", 1).is_err());
+        assert!(split_events(b"42", 5).is_err());
+        assert!(split_events(b"{", 5).is_err());
     }
 }

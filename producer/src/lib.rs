@@ -1,10 +1,24 @@
-//! The Herald producer: the HTTP ingest API (`POST /v1/events`) that
-//! validates events against the schemas and publishes them to their family's
-//! topic, keyed by account, answering only once Kafka acknowledged.
+//! The Herald producer: how backends put events into Kafka.
+//!
+//! - [`ingest`]: `POST /v1/events` validates events against the schemas and
+//!   publishes them to their family's topic, keyed by account, answering
+//!   only once Kafka acknowledged; retries are idempotent by event id
+//!   ([`idempotency`]).
+//! - [`identities`]: register and revoke opaque tokens on the identities topic.
+//! - [`outbox`]: the transactional-outbox relay from a Postgres table.
+//! - [`auth`]: API keys and scoped JWTs; [`openapi`]: the API's document;
+//!   [`metrics`]: Prometheus metrics on the ops port.
 
+pub mod auth;
 pub mod config;
+pub mod idempotency;
+pub mod identities;
 pub mod ingest;
 pub mod metrics;
+pub mod openapi;
+pub mod outbox;
+pub mod publish;
+pub mod server;
 
 pub use config::ProducerConfig;
-pub use ingest::{ProducerHandle, start};
+pub use server::{ProducerHandle, start};

@@ -112,6 +112,37 @@ impl Broker {
             let _ = c.kill().await;
         }
     }
+
+    /// Start a managed broker again on the same address (in-memory storage:
+    /// it comes back empty, as after losing a single-node cluster's disk).
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        self.kill().await;
+        let bin = tansu_path().context("no tansu binary")?;
+        let url = format!("tcp://{}", self.bootstrap);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let child = Command::new(&bin)
+                .args([
+                    "broker",
+                    "--listener-url",
+                    &url,
+                    "--advertised-listener-url",
+                    &url,
+                ])
+                .args(["--storage-engine", "memory://tansu/"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .kill_on_drop(true)
+                .spawn()?;
+            self.child = Some(child);
+            match self.wait_listening(Duration::from_secs(5)).await {
+                Ok(()) => return Ok(()),
+                // The port may linger a moment after the kill.
+                Err(_) if Instant::now() < deadline => self.kill().await,
+                Err(e) => return Err(e),
+            }
+        }
+    }
 }
 
 /// Where the tansu binary is, if installed.
@@ -211,6 +242,8 @@ impl Stack {
                 "127.0.0.1:0",
                 "--ops-listen",
                 "127.0.0.1:0",
+                // Tests publish without credentials; the API's own auth has its tests.
+                "--allow-unauthenticated",
             ])
             .map_err(|e| anyhow::anyhow!("{e}"))?,
             shutdown.clone(),
@@ -310,6 +343,36 @@ impl Stack {
             .await?)
     }
 
+    /// Forget the cached Kafka producer (its idempotence state is tied to
+    /// the broker it talked to; needed after a broker restart).
+    pub fn reset_producer(&mut self) {
+        self.kafka_producer = std::sync::OnceLock::new();
+    }
+
+    /// Create this stack's topics (again, e.g. after a broker restart).
+    pub async fn create_topics(&self) -> anyhow::Result<()> {
+        let mut kafka = KafkaArgs::for_brokers(&self.broker.bootstrap);
+        kafka.topic_prefix = self.prefix.clone();
+        let mut topics: Vec<String> = Family::ALL.iter().map(|f| f.topic(&self.prefix)).collect();
+        let identities = herald_schemas::identities_topic(&self.prefix);
+        topics.push(identities.clone());
+        retry(Duration::from_secs(20), || {
+            herald_runtime::kafka::ensure_topics(
+                &kafka,
+                &topics,
+                std::slice::from_ref(&identities),
+                2,
+            )
+        })
+        .await
+    }
+
+    /// Whether the gateway's `/readyz` answers 200.
+    pub async fn gateway_ready(&self) -> bool {
+        let url = format!("http://{}/readyz", self.gateway.ops_addr);
+        matches!(self.http.get(&url).send().await, Ok(r) if r.status().is_success())
+    }
+
     /// Gateway arguments for another pod of this stack (ports chosen by the OS).
     pub fn gateway_args(&self) -> Vec<String> {
         [
@@ -344,7 +407,9 @@ impl Stack {
             Some(p) => p.clone(),
             None => {
                 let mut cfg = KafkaArgs::for_brokers(&self.broker.bootstrap).client_config()?;
-                cfg.set("enable.idempotence", "true").set("linger.ms", "1");
+                cfg.set("enable.idempotence", "true")
+                    .set("linger.ms", "1")
+                    .set("message.timeout.ms", "15000");
                 let p: FutureProducer = cfg.create()?;
                 self.kafka_producer.get_or_init(|| p).clone()
             }
@@ -496,7 +561,7 @@ pub fn bin_path(name: &str) -> anyhow::Result<PathBuf> {
     let path = dir.join(name);
     anyhow::ensure!(
         path.is_file(),
-        "{} is not built (run the suite with `cargo nextest run --workspace`)",
+        "{} is not built (scripts/test.sh builds it: `cargo build --workspace --bins`)",
         path.display()
     );
     Ok(path)
