@@ -18,6 +18,8 @@ command -v node >/dev/null 2>&1 || { echo "error: Node.js (20+) is required for 
 echo "==> installing npm clients (tests/js)"
 (cd tests/js && npm ci --no-audit --no-fund --loglevel=error)
 
+echo "==> deployment files (compose, chart, alert rules, dashboard)"
+scripts/validate-deploy.sh
 echo "==> building the binaries (tests run herald-gateway as separate processes)"
 cargo build --workspace --bins
 echo "==> cargo nextest run --workspace"
