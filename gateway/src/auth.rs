@@ -126,6 +126,100 @@ fn id_string(v: &serde_json::Value) -> Option<String> {
 #[derive(Clone)]
 pub struct JwtVerifier {
     keys: Vec<(DecodingKey, Validation)>,
+    /// Keys from a JWKS file, by `kid`, reloaded while running.
+    jwks: Option<Arc<Jwks>>,
+    audience: Option<String>,
+    issuer: Option<String>,
+}
+
+/// The keys of a JWKS file: (kid, key, algorithm).
+type JwksKeys = Arc<Vec<(Option<String>, DecodingKey, Algorithm)>>;
+
+/// A JWKS file and the keys last loaded from it.
+pub struct Jwks {
+    path: String,
+    keys: std::sync::RwLock<JwksKeys>,
+    modified: std::sync::Mutex<Option<std::time::SystemTime>>,
+}
+
+impl Jwks {
+    /// Load `path` (fails on an unreadable or invalid file).
+    pub fn load(path: &str) -> Result<Arc<Jwks>, KeyError> {
+        let jwks = Arc::new(Jwks {
+            path: path.to_owned(),
+            keys: std::sync::RwLock::new(Arc::new(Vec::new())),
+            modified: std::sync::Mutex::new(None),
+        });
+        jwks.reload()?;
+        Ok(jwks)
+    }
+
+    /// Re-read the file if it changed; keeps the previous keys when the new
+    /// content is invalid (and says so). Returns whether keys were replaced.
+    pub fn reload_if_changed(&self) -> bool {
+        let modified = std::fs::metadata(&self.path)
+            .and_then(|m| m.modified())
+            .ok();
+        let unchanged = self.modified.lock().map(|m| *m == modified).unwrap_or(true);
+        if unchanged {
+            return false;
+        }
+        match self.reload() {
+            Ok(n) => {
+                tracing::info!(path = %self.path, keys = n, "JWKS reloaded");
+                true
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "JWKS not reloaded; keeping the previous keys");
+                if let Ok(mut m) = self.modified.lock() {
+                    *m = modified;
+                }
+                false
+            }
+        }
+    }
+
+    fn reload(&self) -> Result<usize, KeyError> {
+        let err = |reason: String| KeyError::Read {
+            path: self.path.clone(),
+            reason,
+        };
+        let modified = std::fs::metadata(&self.path)
+            .and_then(|m| m.modified())
+            .ok();
+        let text = std::fs::read_to_string(&self.path).map_err(|e| err(e.to_string()))?;
+        let set: jsonwebtoken::jwk::JwkSet =
+            serde_json::from_str(&text).map_err(|e| err(format!("not a JWKS document: {e}")))?;
+        let mut keys = Vec::new();
+        for jwk in &set.keys {
+            use jsonwebtoken::jwk::{AlgorithmParameters as P, EllipticCurve};
+            let alg = match (&jwk.common.key_algorithm, &jwk.algorithm) {
+                (Some(a), _) => a
+                    .to_string()
+                    .parse::<Algorithm>()
+                    .map_err(|_| err(format!("unsupported alg {a}")))?,
+                (None, P::RSA(_)) => Algorithm::RS256,
+                (None, P::EllipticCurve(ec)) if ec.curve == EllipticCurve::P384 => Algorithm::ES384,
+                (None, P::EllipticCurve(_)) => Algorithm::ES256,
+                (None, P::OctetKey(_)) => Algorithm::HS256,
+                (None, P::OctetKeyPair(_)) => Algorithm::EdDSA,
+            };
+            let key = DecodingKey::from_jwk(jwk).map_err(|e| err(format!("bad key: {e}")))?;
+            keys.push((jwk.common.key_id.clone(), key, alg));
+        }
+        let n = keys.len();
+        if let Ok(mut k) = self.keys.write() {
+            *k = Arc::new(keys);
+        }
+        if let Ok(mut m) = self.modified.lock() {
+            *m = modified;
+        }
+        Ok(n)
+    }
+
+    fn current(&self) -> JwksKeys {
+        self.keys.read().map(|k| k.clone()).unwrap_or_default()
+    }
 }
 
 impl std::fmt::Debug for JwtVerifier {
@@ -196,12 +290,39 @@ impl JwtVerifier {
                 return Err(KeyError::Parse { path: path.clone() });
             }
         }
-        Ok(JwtVerifier { keys })
+        Ok(JwtVerifier {
+            keys,
+            jwks: None,
+            audience: audience.map(str::to_owned),
+            issuer: issuer.map(str::to_owned),
+        })
+    }
+
+    /// Also accept the keys of a JWKS file (selected by `kid`), reloaded by
+    /// [`Jwks::reload_if_changed`].
+    pub fn with_jwks(mut self, jwks: Arc<Jwks>) -> Self {
+        self.jwks = Some(jwks);
+        self
+    }
+
+    fn validation(&self, alg: Algorithm) -> Validation {
+        let mut v = Validation::new(alg);
+        v.leeway = 30;
+        v.validate_nbf = true;
+        v.set_required_spec_claims(&["exp"]);
+        match &self.audience {
+            Some(aud) => v.set_audience(&[aud]),
+            None => v.validate_aud = false,
+        }
+        if let Some(iss) = &self.issuer {
+            v.set_issuer(&[iss]);
+        }
+        v
     }
 
     /// Whether any key is configured.
     pub fn is_configured(&self) -> bool {
-        !self.keys.is_empty()
+        !self.keys.is_empty() || self.jwks.is_some()
     }
 
     /// Verify a token (a leading `Bearer ` is stripped) and return its identity.
@@ -210,17 +331,30 @@ impl JwtVerifier {
         if token.is_empty() {
             return Err(AuthError::Missing);
         }
-        if self.keys.is_empty() {
+        if !self.is_configured() {
             return Err(AuthError::NotConfigured);
         }
         let header = jsonwebtoken::decode_header(token).map_err(|_| AuthError::Malformed)?;
-        let mut last = AuthError::BadSignature;
-        for (key, validation) in self
+        // JWKS keys: the one named by `kid` (or every key when there is none).
+        let jwks = self.jwks.as_ref().map(|j| j.current()).unwrap_or_default();
+        let jwks_candidates: Vec<(&DecodingKey, Validation)> = jwks
+            .iter()
+            .filter(|(kid, _, alg)| {
+                *alg == header.alg && (header.kid.is_none() || *kid == header.kid)
+            })
+            .map(|(_, key, alg)| (key, self.validation(*alg)))
+            .collect();
+        if header.kid.is_some() && jwks_candidates.is_empty() && self.keys.is_empty() {
+            return Err(AuthError::Claims("unknown key id".into()));
+        }
+        let statics = self
             .keys
             .iter()
             .filter(|(_, v)| v.algorithms.contains(&header.alg))
-        {
-            match jsonwebtoken::decode::<Claims>(token, key, validation) {
+            .map(|(k, v)| (k, v.clone()));
+        let mut last = AuthError::BadSignature;
+        for (key, validation) in jwks_candidates.into_iter().chain(statics) {
+            match jsonwebtoken::decode::<Claims>(token, key, &validation) {
                 Ok(data) => return identity_from(data.claims),
                 Err(e) => {
                     use jsonwebtoken::errors::ErrorKind as K;
@@ -408,6 +542,88 @@ mod tests {
             SECRET,
         );
         assert!(matches!(v.verify(&wrong), Err(AuthError::Claims(_))));
+    }
+
+    #[test]
+    fn jwks_keys_are_chosen_by_kid_and_reloaded() {
+        let dir = std::env::temp_dir().join(format!("herald-jwks-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("jwks.json");
+        // base64url without padding (RFC 4648 section 5).
+        let b64 = |s: &str| {
+            const A: &[u8; 64] =
+                b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+            let mut out = String::new();
+            for chunk in s.as_bytes().chunks(3) {
+                let n = chunk
+                    .iter()
+                    .enumerate()
+                    .fold(0u32, |n, (i, b)| n | (u32::from(*b) << (16 - 8 * i)));
+                for i in 0..=chunk.len() {
+                    out.push(A[((n >> (18 - 6 * i)) & 63) as usize] as char);
+                }
+            }
+            out
+        };
+        let write = |keys: &[(&str, &str)]| {
+            let keys: Vec<_> = keys.iter().map(|(kid, secret)| json!({"kty": "oct", "kid": kid, "alg": "HS256", "k": b64(secret)})).collect();
+            std::fs::write(&path, json!({"keys": keys}).to_string()).unwrap();
+            // Make the modification visible to an mtime check even within one second.
+            let later = std::time::SystemTime::now()
+                + std::time::Duration::from_secs(keys.len() as u64 * 7);
+            let f = std::fs::File::options().write(true).open(&path).unwrap();
+            f.set_modified(later).unwrap();
+        };
+        let signed = |kid: &str, secret: &str| {
+            let h = Header {
+                kid: Some(kid.into()),
+                ..Default::default()
+            };
+            encode(
+                &h,
+                &json!({"sub": "1", "account_id": "1", "exp": now() + 60}),
+                &EncodingKey::from_secret(secret.as_bytes()),
+            )
+            .unwrap()
+        };
+        write(&[("a", "secret-a-0123456789abcdef")]);
+        let jwks = Jwks::load(path.to_str().unwrap()).unwrap();
+        let v = JwtVerifier::new(None, &[], None, None)
+            .unwrap()
+            .with_jwks(jwks.clone());
+        assert!(v.verify(&signed("a", "secret-a-0123456789abcdef")).is_ok());
+        assert!(
+            v.verify(&signed("b", "secret-b-0123456789abcdef")).is_err(),
+            "unknown kid"
+        );
+        assert_eq!(
+            v.verify(&signed("a", "forged-secret-0123456789")),
+            Err(AuthError::BadSignature)
+        );
+        write(&[
+            ("a", "secret-a-0123456789abcdef"),
+            ("b", "secret-b-0123456789abcdef"),
+        ]);
+        assert!(jwks.reload_if_changed());
+        assert!(
+            v.verify(&signed("b", "secret-b-0123456789abcdef")).is_ok(),
+            "rotated in"
+        );
+        write(&[("b", "secret-b-0123456789abcdef")]);
+        assert!(jwks.reload_if_changed());
+        assert!(
+            v.verify(&signed("a", "secret-a-0123456789abcdef")).is_err(),
+            "rotated out"
+        );
+        std::fs::write(&path, "garbage").unwrap();
+        let f = std::fs::File::options().write(true).open(&path).unwrap();
+        f.set_modified(std::time::SystemTime::now() + std::time::Duration::from_secs(99))
+            .unwrap();
+        assert!(!jwks.reload_if_changed());
+        assert!(
+            v.verify(&signed("b", "secret-b-0123456789abcdef")).is_ok(),
+            "bad file keeps the old keys"
+        );
     }
 
     #[test]

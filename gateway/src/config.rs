@@ -41,6 +41,13 @@ pub struct GatewayConfig {
     /// PEM public key files (RSA for RS256, EC P-256 for ES256); repeatable, comma-separated in the environment.
     #[arg(long, env = "HERALD_JWT_PUBLIC_KEY_FILE", value_delimiter = ',')]
     pub jwt_public_key_file: Vec<String>,
+    /// JWKS file (keys chosen by `kid`), re-read when it changes: rotate keys
+    /// by rewriting it, no restart needed.
+    #[arg(long, env = "HERALD_JWT_JWKS_FILE")]
+    pub jwt_jwks_file: Option<String>,
+    /// How often to check the JWKS file for changes, seconds.
+    #[arg(long, env = "HERALD_JWT_JWKS_RELOAD_SECS", default_value_t = 5)]
+    pub jwt_jwks_reload_secs: u64,
     /// Required JWT `aud` claim, if set.
     #[arg(long, env = "HERALD_JWT_AUDIENCE")]
     pub jwt_audience: Option<String>,
@@ -95,6 +102,22 @@ pub struct GatewayConfig {
     /// Read the identities topic (opaque tokens). Readiness waits for it.
     #[arg(long, env = "HERALD_IDENTITIES", default_value_t = true, action = clap::ArgAction::Set)]
     pub identities: bool,
+    /// Open connections allowed per client IP (0: no limit); 429 beyond.
+    #[arg(long, env = "HERALD_MAX_CONNECTIONS_PER_IP", default_value_t = 1000)]
+    pub max_connections_per_ip: u32,
+    /// Open connections allowed per account (0: no limit).
+    #[arg(
+        long,
+        env = "HERALD_MAX_CONNECTIONS_PER_ACCOUNT",
+        default_value_t = 10_000
+    )]
+    pub max_connections_per_account: u32,
+    /// Origins browsers may open WebSockets from, comma-separated (empty: any); 403 otherwise.
+    #[arg(long, env = "HERALD_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Vec<String>,
+    /// Client commands per second per connection (ActionCable `message`), burst of the same size (0: no limit).
+    #[arg(long, env = "HERALD_MAX_COMMANDS_PER_SECOND", default_value_t = 20)]
+    pub max_commands_per_second: u32,
     /// Records kept per partition in the recent-history buffer (resume without Kafka).
     #[arg(long, env = "HERALD_HISTORY_BUFFER_EVENTS", default_value_t = 10_000)]
     pub history_buffer_events: usize,
@@ -232,6 +255,21 @@ impl GatewayConfig {
         })
     }
 
+    /// Abuse limits.
+    pub fn limits(&self) -> crate::limits::LimitConfig {
+        crate::limits::LimitConfig {
+            connections_per_ip: self.max_connections_per_ip,
+            connections_per_account: self.max_connections_per_account,
+            allowed_origins: self
+                .allowed_origins
+                .iter()
+                .map(|o| o.trim().to_owned())
+                .filter(|o| !o.is_empty())
+                .collect(),
+            commands_per_second: self.max_commands_per_second,
+        }
+    }
+
     /// Resume settings.
     pub fn resume(&self) -> Result<crate::resume::ResumeConfig, ConfigError> {
         if self.resume_max_age_secs == 0 || self.resume_epoch.trim().is_empty() {
@@ -324,7 +362,11 @@ impl GatewayConfig {
         self.typeid()?;
         self.resume()?;
         self.kafka.client_config()?;
-        if self.jwt_secret.is_none() && self.jwt_public_key_file.is_empty() && !self.identities {
+        if self.jwt_secret.is_none()
+            && self.jwt_public_key_file.is_empty()
+            && self.jwt_jwks_file.is_none()
+            && !self.identities
+        {
             return Err(ConfigError::NoAuth);
         }
         Ok(())

@@ -17,6 +17,7 @@ pub mod config;
 pub mod connection;
 pub mod consumer;
 pub mod identities;
+pub mod limits;
 pub mod metrics;
 pub mod presence;
 pub mod resume;

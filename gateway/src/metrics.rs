@@ -26,6 +26,8 @@ pub struct Metrics {
     pub auth_failures: IntCounterVec,
     /// Protocol errors sent to clients by protocol.
     pub protocol_errors: IntCounterVec,
+    /// Connections, subscriptions or commands refused by an abuse limit.
+    pub limit_rejections: IntCounterVec,
     /// Resume requests that could not be served, by protocol and reason.
     pub resume_gaps: IntCounterVec,
     /// Events replayed to resuming clients, by protocol.
@@ -123,6 +125,11 @@ impl Metrics {
                 "herald_protocol_errors_total",
                 "Protocol errors answered to clients",
                 &["protocol"],
+            ),
+            limit_rejections: counter(
+                "herald_limit_rejections_total",
+                "Refusals by abuse limit",
+                &["limit"],
             ),
             resume_gaps: counter(
                 "herald_resume_gaps_total",

@@ -19,11 +19,12 @@ use tokio::{net::TcpListener, task::JoinHandle};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
-    auth::{Authenticator, Identity, JwtVerifier, PrincipalKind},
+    auth::{Authenticator, Identity, Jwks, JwtVerifier, PrincipalKind},
     cable::{self, CableConfig, Endpoint},
     config::GatewayConfig,
     consumer::{self, ConsumerSettings},
     identities::{self, IdentityTable},
+    limits::{IpSlot, Limits},
     metrics::Metrics,
     presence::PresenceTable,
     resume::{HistoryBuffer, ResumeConfig},
@@ -63,6 +64,8 @@ pub struct Context {
     pub shutdown: CancellationToken,
     /// Clients are told to reconnect spread over this window after shutdown begins.
     pub drain_spread: Duration,
+    /// Abuse limits.
+    pub limits: Arc<Limits>,
 }
 
 impl Context {
@@ -158,6 +161,24 @@ pub async fn start(
         config.jwt_audience.as_deref(),
         config.jwt_issuer.as_deref(),
     )?;
+    let verifier = match &config.jwt_jwks_file {
+        Some(path) => {
+            let jwks = Jwks::load(path)?;
+            let every = Duration::from_secs(config.jwt_jwks_reload_secs.max(1));
+            let (j, stop) = (jwks.clone(), shutdown.clone());
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tokio::time::sleep(every) => {}
+                    }
+                    j.reload_if_changed();
+                }
+            });
+            verifier.with_jwks(jwks)
+        }
+        None => verifier,
+    };
     let metrics = Metrics::new();
     let resume_config = config.resume()?;
     let router = Arc::new(Router::with_history(HistoryBuffer::new(
@@ -231,6 +252,7 @@ pub async fn start(
         // Notices go out over the first 80% of the window, leaving the rest
         // for the last clients to close.
         drain_spread: Duration::from_millis(config.drain_secs * 800),
+        limits: Limits::new(config.limits(), metrics.clone()),
     });
     let consumer_stop = CancellationToken::new();
     tokio::spawn(consumer::maintain_assignment(
@@ -330,11 +352,46 @@ struct AppState {
     tracker: TaskTracker,
 }
 
+/// Checks every upgrade passes before it is accepted: the browser `Origin`
+/// allow-list (403) and the per-IP connection limit (429). The slot is held
+/// for the connection's life.
+fn admit(state: &AppState, headers: &HeaderMap, peer: SocketAddr) -> Result<IpSlot, Refusal> {
+    let limits = &state.context.limits;
+    let origin = headers
+        .get(axum::http::header::ORIGIN)
+        .and_then(|v| v.to_str().ok());
+    if !limits.origin_allowed(origin) {
+        return Err(Refusal(
+            axum::http::StatusCode::FORBIDDEN,
+            "origin not allowed\n",
+        ));
+    }
+    limits.admit_ip(peer.ip()).ok_or(Refusal(
+        axum::http::StatusCode::TOO_MANY_REQUESTS,
+        "too many connections from this address\n",
+    ))
+}
+
+/// An upgrade refused before it happened: status and reason.
+struct Refusal(axum::http::StatusCode, &'static str);
+
+impl axum::response::IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        (self.0, self.1).into_response()
+    }
+}
+
+/// `/ws.communication`: STOMP.
 async fn stomp_upgrade(
     ws: WebSocketUpgrade,
     headers: HeaderMap,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     State(state): State<AppState>,
 ) -> Response {
+    let slot = match admit(&state, &headers, peer) {
+        Ok(slot) => slot,
+        Err(refusal) => return axum::response::IntoResponse::into_response(refusal),
+    };
     let auth = headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -353,23 +410,36 @@ async fn stomp_upgrade(
                 .and_then(Version::from_subprotocol)
                 .unwrap_or(Version::V1_2);
             stomp::serve(socket, state.context, auth, max_version).await;
-            drop(token);
+            drop((slot, token));
         })
 }
 
 /// `/cable`: RoomChannel. The connection is anonymous; each subscribe
 /// identifier carries its `pubsub_token`.
-async fn room_upgrade(ws: WebSocketUpgrade, State(state): State<AppState>) -> Response {
-    cable_upgrade(ws, state, Endpoint::Room)
+async fn room_upgrade(
+    ws: WebSocketUpgrade,
+    headers: HeaderMap,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    State(state): State<AppState>,
+) -> Response {
+    match admit(&state, &headers, peer) {
+        Ok(slot) => cable_upgrade(ws, state, Endpoint::Room, slot),
+        Err(refusal) => axum::response::IntoResponse::into_response(refusal),
+    }
 }
 
 /// `/stream?account_id=..&token=..` (or `Authorization`): NotificationsChannel.
 async fn stream_upgrade(
     ws: WebSocketUpgrade,
     headers: HeaderMap,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Query(query): Query<std::collections::HashMap<String, String>>,
     State(state): State<AppState>,
 ) -> Response {
+    let slot = match admit(&state, &headers, peer) {
+        Ok(slot) => slot,
+        Err(refusal) => return axum::response::IntoResponse::into_response(refusal),
+    };
     let credential = query.get("token").cloned().or_else(|| {
         headers
             .get(axum::http::header::AUTHORIZATION)
@@ -380,10 +450,15 @@ async fn stream_upgrade(
         account_id: query.get("account_id").cloned(),
         credential,
     };
-    cable_upgrade(ws, state, endpoint)
+    cable_upgrade(ws, state, endpoint, slot)
 }
 
-fn cable_upgrade(ws: WebSocketUpgrade, state: AppState, endpoint: Endpoint) -> Response {
+fn cable_upgrade(
+    ws: WebSocketUpgrade,
+    state: AppState,
+    endpoint: Endpoint,
+    slot: IpSlot,
+) -> Response {
     let limit = state.context.cable.max_message_bytes;
     let token = state.tracker.token();
     ws.protocols(cable::protocol::SUBPROTOCOLS)
@@ -393,16 +468,21 @@ fn cable_upgrade(ws: WebSocketUpgrade, state: AppState, endpoint: Endpoint) -> R
         .max_frame_size(limit)
         .on_upgrade(move |socket| async move {
             cable::serve(socket, state.context, endpoint).await;
-            drop(token);
+            drop((slot, token));
         })
 }
 
 /// The TypeID endpoint (default `/notifications`).
 async fn typeid_upgrade(
     ws: WebSocketUpgrade,
+    headers: HeaderMap,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     State(state): State<AppState>,
 ) -> Response {
+    let slot = match admit(&state, &headers, peer) {
+        Ok(slot) => slot,
+        Err(refusal) => return axum::response::IntoResponse::into_response(refusal),
+    };
     let limit = state.context.stomp.limits.max_frame_bytes;
     let token = state.tracker.token();
     ws.read_buffer_size(WS_READ_BUFFER)
@@ -411,6 +491,6 @@ async fn typeid_upgrade(
         .max_frame_size(limit)
         .on_upgrade(move |socket| async move {
             typeid_proto::serve(socket, state.context, peer.ip()).await;
-            drop(token);
+            drop((slot, token));
         })
 }

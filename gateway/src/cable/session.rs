@@ -16,6 +16,7 @@ use super::{
 use crate::{
     auth::{AuthError, Identity, PrincipalKind},
     connection::{self, ConnTx, HeartBeatKind, Outbound},
+    limits::{AccountSlot, CommandRate},
     resume::{self, ResumeGate, ResumeRequest, TopicPartition},
     router::now_ms,
     server::Context,
@@ -85,6 +86,8 @@ where
         ext,
         subscriptions: HashMap::new(),
         revoked: CancellationToken::new(),
+        account_slots: HashMap::new(),
+        rate: CommandRate::new(ctx.limits.config().commands_per_second),
         expires_at: None,
     };
     if session.open(&endpoint).await {
@@ -185,6 +188,10 @@ struct CableSession {
     subscriptions: HashMap<String, Subscription>,
     /// Cancelled when a credential in use is revoked or changed.
     revoked: CancellationToken,
+    /// This connection's places in its accounts' connection limits.
+    account_slots: HashMap<Arc<str>, AccountSlot>,
+    /// `message` commands allowed per second.
+    rate: CommandRate,
     /// Earliest expiry of a credential in use (unix seconds).
     expires_at: Option<i64>,
 }
@@ -200,6 +207,11 @@ impl CableSession {
         {
             match self.authenticate_stream(account_id.as_deref(), credential.as_deref()) {
                 Ok(identity) => {
+                    let Some(slot) = self.ctx.limits.admit_account(&identity.account_id) else {
+                        self.disconnect(DisconnectReason::InvalidRequest).await;
+                        return false;
+                    };
+                    self.account_slots.insert(identity.account_id.clone(), slot);
                     self.track_credential(&identity);
                     self.conn_identity = Some(identity);
                 }
@@ -371,7 +383,14 @@ impl CableSession {
                     tracing::debug!(conn = self.conn_id, "unsubscribe from unknown identifier");
                 }
             }
-            Command::Message { identifier, data } => self.message(&identifier, &data).await,
+            Command::Message { identifier, data } => {
+                if self.rate.allow() {
+                    self.message(&identifier, &data).await
+                } else {
+                    // Over the rate: dropped (Rails has no throttle reply).
+                    self.ctx.limits.rejected("commands_rate");
+                }
+            }
         }
     }
 
@@ -396,6 +415,13 @@ impl CableSession {
             return;
         }
         if self.room {
+            if !self.account_slots.contains_key(&identity.account_id) {
+                let Some(slot) = self.ctx.limits.admit_account(&identity.account_id) else {
+                    self.emit_text(protocol::reject(&identifier_json)).await;
+                    return;
+                };
+                self.account_slots.insert(identity.account_id.clone(), slot);
+            }
             self.track_credential(&identity);
         }
         let shared_key =

@@ -17,6 +17,7 @@ use super::destination::Destination;
 use crate::{
     auth::Identity,
     connection::{self, ConnTx, HeartBeatKind, Outbound},
+    limits::AccountSlot,
     resume::{self, ResumeGate, ResumeRequest, TopicPartition},
     router::{FrameCache, Recipient, RoutedEvent},
     server::Context,
@@ -258,6 +259,7 @@ pub async fn run<S, R>(
         recipient: None,
         done: done.clone(),
         revoked: CancellationToken::new(),
+        account_slot: None,
     };
     session.read_loop(stream).await;
     session.close();
@@ -287,6 +289,8 @@ struct Session {
     done: CancellationToken,
     /// Cancelled when the opaque token in use is revoked or changed.
     revoked: CancellationToken,
+    /// This connection's place in its account's connection limit.
+    account_slot: Option<AccountSlot>,
 }
 
 impl Session {
@@ -469,6 +473,20 @@ impl Session {
                 return ControlFlow::Break(());
             }
         };
+        match self.ctx.limits.admit_account(&identity.account_id) {
+            Some(slot) => self.account_slot = Some(slot),
+            None => {
+                self.fail(
+                    1008,
+                    "limit",
+                    "too many connections for this account",
+                    "",
+                    frame.header("receipt"),
+                )
+                .await;
+                return ControlFlow::Break(());
+            }
+        }
         let (cx, cy) = match frame
             .header("heart-beat")
             .map(codec::parse_heart_beat)

@@ -24,6 +24,7 @@ use super::protocol::{
 use crate::{
     auth::{Identity, PrincipalKind},
     connection::{self, ConnTx, Outbound},
+    limits::AccountSlot,
     router::{FrameCache, Recipient, RoutedEvent, now_ms},
     server::Context,
 };
@@ -141,6 +142,7 @@ where
         done: done.clone(),
         identity: None,
         revoked: CancellationToken::new(),
+        account_slot: None,
         bucket: (f64::from(ctx.typeid.messages_per_second), Instant::now()),
     };
     if session.join(stream, peer).await {
@@ -165,6 +167,8 @@ struct Session {
     done: CancellationToken,
     identity: Option<Identity>,
     revoked: CancellationToken,
+    /// This connection's place in its account's connection limit.
+    account_slot: Option<AccountSlot>,
     /// Token bucket for message requests: (tokens, last refill).
     bucket: (f64, Instant),
 }
@@ -232,6 +236,11 @@ impl Session {
         let status = self.admit(frame.body, peer);
         match status {
             Ok(identity) => {
+                let Some(slot) = self.ctx.limits.admit_account(&identity.account_id) else {
+                    self.respond_join(JoinStatus::Throttled).await;
+                    return false;
+                };
+                self.account_slot = Some(slot);
                 self.respond_join(JoinStatus::Successful).await;
                 if let Some(key) = &identity.token_key {
                     self.revoked = self.ctx.auth.identities.watch(key, self.conn_id);
