@@ -21,25 +21,41 @@ pub struct DevArgs {
     #[arg(long, env = "HERALD_KAFKA_BROKERS")]
     pub kafka_brokers: Option<String>,
     /// Port of the managed broker.
-    #[arg(long, default_value_t = 19092)]
+    #[arg(long, env = "HERALD_DEV_BROKER_PORT", default_value_t = 19092)]
     pub broker_port: u16,
     /// Path of the tansu binary (default: on PATH or in ~/.cargo/bin).
     #[arg(long, env = "HERALD_TANSU_BIN")]
     pub tansu_bin: Option<PathBuf>,
     /// Partitions per topic.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, env = "HERALD_DEV_PARTITIONS", default_value_t = 3)]
     pub partitions: i32,
     /// Gateway WebSocket address.
-    #[arg(long, default_value = "127.0.0.1:8080")]
+    #[arg(
+        long,
+        env = "HERALD_DEV_GATEWAY_LISTEN",
+        default_value = "127.0.0.1:8080"
+    )]
     pub gateway_listen: String,
     /// Gateway ops address.
-    #[arg(long, default_value = "127.0.0.1:9091")]
+    #[arg(
+        long,
+        env = "HERALD_DEV_GATEWAY_OPS_LISTEN",
+        default_value = "127.0.0.1:9091"
+    )]
     pub gateway_ops_listen: String,
     /// Producer API address.
-    #[arg(long, default_value = "127.0.0.1:8081")]
+    #[arg(
+        long,
+        env = "HERALD_DEV_PRODUCER_LISTEN",
+        default_value = "127.0.0.1:8081"
+    )]
     pub producer_listen: String,
     /// Producer ops address.
-    #[arg(long, default_value = "127.0.0.1:9094")]
+    #[arg(
+        long,
+        env = "HERALD_DEV_PRODUCER_OPS_LISTEN",
+        default_value = "127.0.0.1:9094"
+    )]
     pub producer_ops_listen: String,
     /// JWT secret of the development gateway.
     #[arg(
@@ -163,13 +179,13 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         shutdown.clone(),
     )
     .await?;
-    let token = mint(&TokenArgs {
-        secret: args.jwt_secret.clone(),
-        account: "1".into(),
-        sub: "1".into(),
-        role: "agent".into(),
-        ttl_secs: 7 * 24 * 3600,
-    })?;
+    let token = mint(&TokenArgs::new(
+        &args.jwt_secret,
+        "1",
+        "1",
+        "agent",
+        7 * 24 * 3600,
+    ))?;
     println!(
         "\nHerald development mode is running.\n\
          \n  Kafka broker      {brokers}{managed}\
@@ -179,6 +195,8 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
          \n  Gateway metrics   http://{gops}/metrics   (/healthz, /readyz)\
          \n  Producer metrics  http://{pops}/metrics\
          \n\nDevelopment token (account 1, user 1, agent; valid 7 days):\n\n  {token}\n\
+         \nWatch what that token receives (another terminal):\n\
+         \n  herald tail --url ws://{g} --token <the token above>\n\
          \nPublish an event:\n\
          \n  curl -s http://{p}/v1/events -H 'content-type: application/json' -d \
          '{{\"type\":\"tag.updated\",\"account_id\":\"1\",\"payload\":{{\"id\":\"t1\",\"name\":\"vip\",\"color\":\"tag-red\"}}}}'\n\

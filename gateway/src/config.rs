@@ -118,6 +118,12 @@ pub struct GatewayConfig {
     /// Client commands per second per connection (ActionCable `message`), burst of the same size (0: no limit).
     #[arg(long, env = "HERALD_MAX_COMMANDS_PER_SECOND", default_value_t = 20)]
     pub max_commands_per_second: u32,
+    /// PEM certificate chain: serve `wss://` directly (with --tls-key).
+    #[arg(long, env = "HERALD_TLS_CERT")]
+    pub tls_cert: Option<String>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "HERALD_TLS_KEY")]
+    pub tls_key: Option<String>,
     /// Records kept per partition in the recent-history buffer (resume without Kafka).
     #[arg(long, env = "HERALD_HISTORY_BUFFER_EVENTS", default_value_t = 10_000)]
     pub history_buffer_events: usize,
@@ -195,6 +201,9 @@ pub enum ConfigError {
     /// A number out of range.
     #[error("{0}")]
     OutOfRange(String),
+    /// The TLS files cannot be used.
+    #[error(transparent)]
+    Tls(#[from] herald_runtime::tls::TlsError),
     /// A key could not be loaded.
     #[error(transparent)]
     Key(#[from] crate::auth::KeyError),
@@ -253,6 +262,19 @@ impl GatewayConfig {
             max_message_bytes: self.max_frame_bytes,
             presence_topic: Family::Presence.topic(&self.kafka.topic_prefix),
         })
+    }
+
+    /// The TLS configuration, when both files are given.
+    pub fn tls(
+        &self,
+    ) -> Result<Option<std::sync::Arc<herald_runtime::tls::ServerConfig>>, ConfigError> {
+        match (&self.tls_cert, &self.tls_key) {
+            (None, None) => Ok(None),
+            (Some(c), Some(k)) => Ok(Some(herald_runtime::tls::server_config(c, k)?)),
+            _ => Err(ConfigError::OutOfRange(
+                "--tls-cert and --tls-key go together".into(),
+            )),
+        }
     }
 
     /// Abuse limits.
@@ -361,6 +383,7 @@ impl GatewayConfig {
         self.cable()?;
         self.typeid()?;
         self.resume()?;
+        self.tls()?;
         self.kafka.client_config()?;
         if self.jwt_secret.is_none()
             && self.jwt_public_key_file.is_empty()

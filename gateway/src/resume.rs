@@ -177,12 +177,18 @@ impl HistoryBuffer {
     }
 }
 
-/// Holds live events while a subscription replays what it missed.
+/// Holds live events while a subscription replays what it missed, and
+/// drops live events the client already has: this pod may be behind the pod
+/// the client came from, so it can still dispatch events at or below the
+/// client's positions.
 #[derive(Default)]
 pub struct ResumeGate {
     /// Fast path: once open, live events never touch the lock.
     open: AtomicBool,
     held: Mutex<Option<Vec<Arc<RoutedEvent>>>>,
+    /// Per stream, the client's last offset; removed once the stream passes it.
+    floors: Mutex<Vec<(TopicPartition, i64)>>,
+    has_floors: AtomicBool,
 }
 
 impl ResumeGate {
@@ -190,16 +196,48 @@ impl ResumeGate {
     pub fn open() -> Self {
         ResumeGate {
             open: AtomicBool::new(true),
-            held: Mutex::new(None),
+            ..Default::default()
         }
     }
 
-    /// A closed gate: live events are held until [`finish`](Self::finish).
-    pub fn holding() -> Self {
+    /// A closed gate: live events are held until [`finish`](Self::finish);
+    /// events at or below the client's `positions` are dropped.
+    pub fn holding(positions: &[(String, i32, i64)]) -> Self {
+        let floors: Vec<(TopicPartition, i64)> = positions
+            .iter()
+            .map(|(t, p, o)| ((Arc::from(t.as_str()), *p), *o))
+            .collect();
         ResumeGate {
             open: AtomicBool::new(false),
             held: Mutex::new(Some(Vec::new())),
+            has_floors: AtomicBool::new(!floors.is_empty()),
+            floors: Mutex::new(floors),
         }
+    }
+
+    /// Whether `event` is one the client already has (at or below its position).
+    pub fn already_seen(&self, event: &RoutedEvent) -> bool {
+        if !self.has_floors.load(Ordering::Acquire) {
+            return false;
+        }
+        let Ok(mut floors) = self.floors.lock() else {
+            return false;
+        };
+        let Some(i) = floors
+            .iter()
+            .position(|((t, p), _)| **t == *event.topic && *p == event.partition)
+        else {
+            return false;
+        };
+        if event.offset <= floors[i].1 {
+            return true;
+        }
+        // The stream moved past the client's position: no more checks for it.
+        floors.swap_remove(i);
+        if floors.is_empty() {
+            self.has_floors.store(false, Ordering::Release);
+        }
+        false
     }
 
     /// Hold `event` if the gate is closed; false when it is open.
@@ -510,12 +548,19 @@ mod tests {
 
     #[test]
     fn gate_holds_then_releases_in_order() {
-        let g = ResumeGate::holding();
+        let g = ResumeGate::holding(&[("t".into(), 0, 1)]);
+        assert!(g.already_seen(&event(0, 0)));
+        assert!(g.already_seen(&event(1, 0)), "the client's own position");
         assert!(g.hold(&event(1, 0)));
         assert!(g.hold(&event(2, 0)));
         let mut seen = Vec::new();
         g.finish(|e| seen.push(e.offset));
         assert_eq!(seen, vec![1, 2]);
+        assert!(!g.already_seen(&event(2, 0)));
+        assert!(
+            !g.already_seen(&event(1, 0)),
+            "floors are dropped once passed"
+        );
         assert!(!g.hold(&event(3, 0)));
         assert!(!ResumeGate::open().hold(&event(1, 0)));
     }

@@ -10,7 +10,10 @@ use axum::{
     response::Response,
     routing::get,
 };
-use herald_runtime::{OpsServer, Readiness};
+use herald_runtime::{
+    OpsServer, Readiness,
+    tls::{PeerAddr, TlsListener},
+};
 use rdkafka::{
     message::{Header, OwnedHeaders},
     producer::{FutureProducer, FutureRecord},
@@ -32,6 +35,15 @@ use crate::{
     stomp::{self, StompConfig, codec::Version},
     typeid::{self as typeid_proto, JoinThrottle, TypeIdConfig},
 };
+
+/// The WebSocket listener, with or without TLS.
+enum Listening {
+    Plain(TcpListener),
+    Tls(TlsListener),
+}
+
+/// Time a client has to complete a TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Per-connection WebSocket read buffer. The library default (128 KiB,
 /// zero-filled on first read) dominated the memory of idle connections;
@@ -315,13 +327,24 @@ pub async fn start(
         });
     let drain = Duration::from_secs(config.drain_secs);
     let stop = shutdown.clone();
+    let listening = match config.tls()? {
+        Some(tls) => Listening::Tls(TlsListener::new(listener, tls, TLS_HANDSHAKE_TIMEOUT)?),
+        None => Listening::Plain(listener),
+    };
     let task = tokio::spawn(async move {
-        let served = axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(stop.clone().cancelled_owned())
-        .await;
+        let service = app.into_make_service_with_connect_info::<PeerAddr>();
+        let served = match listening {
+            Listening::Tls(listener) => {
+                axum::serve(listener, service)
+                    .with_graceful_shutdown(stop.clone().cancelled_owned())
+                    .await
+            }
+            Listening::Plain(listener) => {
+                axum::serve(listener, service)
+                    .with_graceful_shutdown(stop.clone().cancelled_owned())
+                    .await
+            }
+        };
         if let Err(e) = served {
             tracing::error!(error = %e, "WebSocket listener failed");
         }
@@ -385,7 +408,7 @@ impl axum::response::IntoResponse for Refusal {
 async fn stomp_upgrade(
     ws: WebSocketUpgrade,
     headers: HeaderMap,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ConnectInfo(PeerAddr(peer)): ConnectInfo<PeerAddr>,
     State(state): State<AppState>,
 ) -> Response {
     let slot = match admit(&state, &headers, peer) {
@@ -419,7 +442,7 @@ async fn stomp_upgrade(
 async fn room_upgrade(
     ws: WebSocketUpgrade,
     headers: HeaderMap,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ConnectInfo(PeerAddr(peer)): ConnectInfo<PeerAddr>,
     State(state): State<AppState>,
 ) -> Response {
     match admit(&state, &headers, peer) {
@@ -432,7 +455,7 @@ async fn room_upgrade(
 async fn stream_upgrade(
     ws: WebSocketUpgrade,
     headers: HeaderMap,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ConnectInfo(PeerAddr(peer)): ConnectInfo<PeerAddr>,
     Query(query): Query<std::collections::HashMap<String, String>>,
     State(state): State<AppState>,
 ) -> Response {
@@ -476,7 +499,7 @@ fn cable_upgrade(
 async fn typeid_upgrade(
     ws: WebSocketUpgrade,
     headers: HeaderMap,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ConnectInfo(PeerAddr(peer)): ConnectInfo<PeerAddr>,
     State(state): State<AppState>,
 ) -> Response {
     let slot = match admit(&state, &headers, peer) {

@@ -20,6 +20,12 @@ pub struct ProducerConfig {
     /// TOML file with settings (keys are the flag names).
     #[arg(long, env = "HERALD_CONFIG")]
     pub config: Option<String>,
+    /// PEM certificate chain: serve the API over HTTPS (with --tls-key).
+    #[arg(long, env = "HERALD_PRODUCER_TLS_CERT")]
+    pub tls_cert: Option<String>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "HERALD_PRODUCER_TLS_KEY")]
+    pub tls_key: Option<String>,
     /// Address of the HTTP ingest API.
     #[arg(long, env = "HERALD_PRODUCER_LISTEN", default_value = "0.0.0.0:8081")]
     pub listen: SocketAddr,

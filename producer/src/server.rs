@@ -129,11 +129,32 @@ pub async fn start(
         ),
     });
     let app = router(state, auth, metrics, config.max_body_bytes);
+    let tls = match (&config.tls_cert, &config.tls_key) {
+        (Some(c), Some(k)) => Some(herald_runtime::tls::server_config(c, k)?),
+        (None, None) => None,
+        _ => anyhow::bail!("--tls-cert and --tls-key go together"),
+    };
     let task = tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown.cancelled_owned())
-            .await
-        {
+        let served = match tls {
+            Some(tls) => match herald_runtime::tls::TlsListener::new(
+                listener,
+                tls,
+                std::time::Duration::from_secs(10),
+            ) {
+                Ok(l) => {
+                    axum::serve(l, app)
+                        .with_graceful_shutdown(shutdown.cancelled_owned())
+                        .await
+                }
+                Err(e) => Err(e),
+            },
+            None => {
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(shutdown.cancelled_owned())
+                    .await
+            }
+        };
+        if let Err(e) = served {
             tracing::error!(error = %e, "producer listener failed");
         }
         // Deliver whatever is still in flight before exiting.

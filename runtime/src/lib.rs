@@ -10,6 +10,7 @@ pub mod kafka;
 pub mod ops;
 pub mod shutdown;
 pub mod telemetry;
+pub mod tls;
 
 pub use kafka::KafkaArgs;
 pub use ops::{OpsServer, Readiness};

@@ -126,7 +126,7 @@ impl Recipient for CableRecipient {
     }
 
     fn offer(&self, event: &Arc<RoutedEvent>, cache: &mut FrameCache) {
-        if !self.gate.hold(event) {
+        if !self.gate.already_seen(event) && !self.gate.hold(event) {
             self.deliver(event, cache);
         }
     }

@@ -166,7 +166,9 @@ async fn replay(
         None,
     );
     recipient.gate.finish(|event| {
-        recipient.deliver(event, &mut crate::router::FrameCache::default());
+        if !recipient.gate.already_seen(event) {
+            recipient.deliver(event, &mut crate::router::FrameCache::default());
+        }
     });
 }
 
@@ -438,10 +440,9 @@ impl CableSession {
             shared_key,
             conn: self.tx.clone(),
             ext_epoch,
-            gate: if resume.is_some() {
-                ResumeGate::holding()
-            } else {
-                ResumeGate::open()
+            gate: match &resume {
+                Some((request, _)) => ResumeGate::holding(&request.positions),
+                None => ResumeGate::open(),
             },
         });
         // Confirm before registering so no broadcast can precede the confirmation.

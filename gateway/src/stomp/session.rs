@@ -96,7 +96,7 @@ impl Recipient for StompRecipient {
             .iter()
             .filter(|s| s.destination.accepts(&event.envelope.event_type))
         {
-            if sub.gate.hold(event) {
+            if sub.gate.already_seen(event) || sub.gate.hold(event) {
                 continue;
             }
             if !self.deliver(sub, event, cache) {
@@ -206,7 +206,9 @@ impl StompRecipient {
             .with_label_values(&[PROTOCOL])
             .inc_by(replayed);
         sub.gate.finish(|event| {
-            self.deliver(sub, event, &mut FrameCache::default());
+            if !sub.gate.already_seen(event) {
+                self.deliver(sub, event, &mut FrameCache::default());
+            }
         });
     }
 }
@@ -575,7 +577,12 @@ impl Session {
         let ack = AckMode::parse(frame.header("ack"))
             .ok_or("ack must be auto, client or client-individual")?;
         let gate = Arc::new(if resume.is_some() {
-            ResumeGate::holding()
+            ResumeGate::holding(
+                &resume
+                    .as_ref()
+                    .map(|r| r.positions.clone())
+                    .unwrap_or_default(),
+            )
         } else {
             ResumeGate::open()
         });
