@@ -36,6 +36,20 @@ use crate::{
     typeid::{self as typeid_proto, JoinThrottle, TypeIdConfig},
 };
 
+/// Bind with a deep accept queue: connect storms (every client of a drained
+/// pod reconnecting) overflowed the default 128 and stalled clients for a
+/// second-long SYN retry.
+fn bind_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(4096)
+}
+
 /// The WebSocket listener, with or without TLS.
 enum Listening {
     Plain(TcpListener),
@@ -241,8 +255,7 @@ pub async fn start(
     .spawn(config.ops_listen, shutdown.child_token())
     .await
     .map_err(|e| anyhow::anyhow!("cannot bind ops listener {}: {e}", config.ops_listen))?;
-    let listener = TcpListener::bind(config.listen)
-        .await
+    let listener = bind_listener(config.listen)
         .map_err(|e| anyhow::anyhow!("cannot bind WebSocket listener {}: {e}", config.listen))?;
     let ws_addr = listener.local_addr()?;
 

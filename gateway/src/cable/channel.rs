@@ -48,11 +48,14 @@ pub struct CableRecipient {
 
 /// Whether the payload marks a private note (`private`/`is_private`).
 fn is_private(event: &RoutedEvent) -> bool {
-    event.payload_json().is_some_and(|p| {
-        ["private", "is_private"]
+    match event.payload_json() {
+        Some(p) => ["private", "is_private"]
             .iter()
-            .any(|k| p.get(*k).and_then(serde_json::Value::as_bool) == Some(true))
-    })
+            .any(|k| p.get(*k).and_then(serde_json::Value::as_bool) == Some(true)),
+        // Fail closed: a payload we cannot read (e.g. nested deeper than the
+        // parser allows) might be private, so contacts do not get it.
+        None => true,
+    }
 }
 
 /// Whether `identity` is the one typing in a typing event.

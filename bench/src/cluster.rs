@@ -1,0 +1,329 @@
+//! The systems under test, each a child process so its memory and CPU can be
+//! read alone: a `tansu` Kafka-compatible broker (in-memory), the
+//! `herald-gateway` release binary, and the raw baseline server (this same
+//! binary's hidden `raw-server` command). An external broker or gateway can
+//! be named instead.
+
+use std::{
+    net::SocketAddr,
+    path::PathBuf,
+    process::Stdio,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use herald_runtime::KafkaArgs;
+use herald_schemas::Family;
+use tokio::process::{Child, Command};
+
+use crate::stamp::Protocol;
+
+/// A loopback port free right now, below the kernel's ephemeral range
+/// (32768+) so the clients' own outgoing connections never take it
+/// between this probe and the server binding it.
+pub fn free_port() -> anyhow::Result<u16> {
+    for _ in 0..1000 {
+        let port = 10_000 + (uuid::Uuid::new_v4().as_u128() % 22_000) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    anyhow::bail!("no free loopback port in 10000..32000")
+}
+
+/// The tansu binary: `HERALD_TANSU_BIN`, `PATH`, or `~/.cargo/bin`.
+fn tansu_path() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("HERALD_TANSU_BIN") {
+        return Some(PathBuf::from(p));
+    }
+    let mut candidates: Vec<PathBuf> = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).map(|d| d.join("tansu")).collect())
+        .unwrap_or_default();
+    if let Some(home) = std::env::var_os("HOME") {
+        candidates.push(PathBuf::from(home).join(".cargo/bin/tansu"));
+    }
+    candidates.into_iter().find(|p| p.is_file())
+}
+
+/// A Kafka broker: a managed tansu child, or an external one.
+pub struct Broker {
+    /// Bootstrap `host:port`.
+    pub bootstrap: String,
+    child: Option<Child>,
+}
+
+impl Broker {
+    /// Use `external` when given, else start tansu on a free loopback port.
+    pub async fn start(external: Option<&str>) -> anyhow::Result<Broker> {
+        if let Some(addr) = external {
+            return Ok(Broker {
+                bootstrap: addr.to_owned(),
+                child: None,
+            });
+        }
+        let bin = tansu_path().context(
+            "no broker: install tansu (`cargo install tansu --locked --features dynostore`, as \
+             scripts/test.sh does) or pass --kafka host:port",
+        )?;
+        let port = free_port()?;
+        let url = format!("tcp://127.0.0.1:{port}");
+        let child = Command::new(&bin)
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
+            .args(["--storage-engine", "memory://tansu/"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("cannot run {}", bin.display()))?;
+        let broker = Broker {
+            bootstrap: format!("127.0.0.1:{port}"),
+            child: Some(child),
+        };
+        wait_tcp(&broker.bootstrap, Duration::from_secs(20)).await?;
+        Ok(broker)
+    }
+
+    /// The broker's pid when managed here.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(Child::id)
+    }
+
+    /// Kafka settings for clients of this broker under `prefix`.
+    pub fn kafka_args(&self, prefix: &str) -> KafkaArgs {
+        let mut k = KafkaArgs::for_brokers(&self.bootstrap);
+        k.topic_prefix = prefix.to_owned();
+        k
+    }
+
+    /// Create every family's topic under `prefix` with `partitions` partitions.
+    pub async fn create_topics(&self, prefix: &str, partitions: i32) -> anyhow::Result<()> {
+        let kafka = self.kafka_args(prefix);
+        let topics: Vec<String> = Family::ALL.iter().map(|f| f.topic(prefix)).collect();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match herald_runtime::kafka::ensure_topics(&kafka, &topics, &[], partitions).await {
+                Ok(()) => return Ok(()),
+                Err(e) if Instant::now() > deadline => return Err(e),
+                Err(_) => tokio::time::sleep(Duration::from_millis(300)).await,
+            }
+        }
+    }
+}
+
+async fn wait_tcp(addr: &str, within: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + within;
+    while tokio::net::TcpStream::connect(addr).await.is_err() {
+        if Instant::now() > deadline {
+            bail!("{addr} is not listening");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
+
+/// Which server the clients talk to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ServerKind {
+    /// The Herald gateway (release binary, child process) fed by Kafka.
+    Gateway,
+    /// The raw baseline: pre-encoded frames, no Kafka, no protocol logic.
+    Raw,
+}
+
+/// A running server under test.
+pub struct Server {
+    /// Which one.
+    pub kind: ServerKind,
+    /// WebSocket address.
+    pub ws_addr: SocketAddr,
+    /// Ops address (gateway only).
+    pub ops_addr: Option<SocketAddr>,
+    /// Raw server control address (raw only).
+    pub control_addr: Option<SocketAddr>,
+    /// Process id, when known.
+    pub pid: Option<u32>,
+    child: Option<Child>,
+}
+
+/// How to start the gateway.
+#[derive(Debug, Clone)]
+pub struct GatewayLaunch {
+    /// The binary (default: `herald-gateway` next to this executable).
+    pub binary: Option<PathBuf>,
+    /// Extra flags.
+    pub extra_args: Vec<String>,
+    /// JWT secret.
+    pub jwt_secret: String,
+}
+
+/// Path of a binary built next to this one.
+pub fn sibling_binary(name: &str) -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let path = exe
+        .parent()
+        .context("executable has no directory")?
+        .join(name);
+    anyhow::ensure!(
+        path.is_file(),
+        "{} is not built: run `cargo build --release -p herald-gateway -p herald-bench` (or pass --gateway-bin)",
+        path.display()
+    );
+    Ok(path)
+}
+
+impl Server {
+    /// Start `herald-gateway` against `broker` under `prefix`, and wait for `/readyz`.
+    pub async fn gateway(
+        broker: &Broker,
+        prefix: &str,
+        launch: &GatewayLaunch,
+    ) -> anyhow::Result<Server> {
+        let bin = match &launch.binary {
+            Some(b) => b.clone(),
+            None => sibling_binary("herald-gateway")?,
+        };
+        let ws: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+        let ops: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+        let mut args: Vec<String> = vec![
+            "--kafka-brokers".into(),
+            broker.bootstrap.clone(),
+            "--topic-prefix".into(),
+            prefix.into(),
+            "--listen".into(),
+            ws.to_string(),
+            "--ops-listen".into(),
+            ops.to_string(),
+            "--jwt-secret".into(),
+            launch.jwt_secret.clone(),
+            "--identities".into(),
+            "false".into(),
+            "--metadata-refresh-secs".into(),
+            "2".into(),
+        ];
+        // Every load client comes from a handful of loopback addresses: lift
+        // the per-address admission limit (when this gateway has one) so it
+        // does not cap the run. `--gateway-arg` can set it back.
+        let help = Command::new(&bin).arg("--help").output().await?;
+        if String::from_utf8_lossy(&help.stdout).contains("--max-connections-per-ip") {
+            args.extend(["--max-connections-per-ip".into(), "0".into()]);
+        }
+        args.extend(launch.extra_args.iter().cloned());
+        let child = Command::new(&bin)
+            .args(&args)
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("cannot run {}", bin.display()))?;
+        let server = Server {
+            kind: ServerKind::Gateway,
+            ws_addr: ws,
+            ops_addr: Some(ops),
+            control_addr: None,
+            pid: child.id(),
+            child: Some(child),
+        };
+        server.wait_ready(Duration::from_secs(60)).await?;
+        Ok(server)
+    }
+
+    /// An already running gateway.
+    pub fn external(ws_addr: SocketAddr, ops_addr: Option<SocketAddr>, pid: Option<u32>) -> Server {
+        Server {
+            kind: ServerKind::Gateway,
+            ws_addr,
+            ops_addr,
+            control_addr: None,
+            pid,
+            child: None,
+        }
+    }
+
+    /// Start the raw baseline server for `protocol`.
+    pub async fn raw(protocol: Protocol) -> anyhow::Result<Server> {
+        let exe = std::env::current_exe()?;
+        let ws: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+        let control: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+        let child = Command::new(exe)
+            .args([
+                "raw-server",
+                "--listen",
+                &ws.to_string(),
+                "--control",
+                &control.to_string(),
+            ])
+            .args(["--protocol", protocol.as_str()])
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .context("cannot start the raw server")?;
+        let server = Server {
+            kind: ServerKind::Raw,
+            ws_addr: ws,
+            ops_addr: None,
+            control_addr: Some(control),
+            pid: child.id(),
+            child: Some(child),
+        };
+        wait_tcp(&ws.to_string(), Duration::from_secs(10)).await?;
+        Ok(server)
+    }
+
+    async fn wait_ready(&self, within: Duration) -> anyhow::Result<()> {
+        let Some(ops) = self.ops_addr else {
+            return Ok(());
+        };
+        let deadline = Instant::now() + within;
+        loop {
+            if let Ok((200, _)) = crate::prom::http_get(ops, "/readyz").await {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("gateway at {ops} did not become ready");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Resident memory now, bytes.
+    pub fn rss(&self) -> Option<u64> {
+        self.pid.and_then(crate::procstat::rss_bytes)
+    }
+
+    /// Pause or resume the process (SIGSTOP / SIGCONT), for the ingest
+    /// scenario's backlog.
+    pub async fn signal(&self, signal: &str) -> anyhow::Result<()> {
+        let pid = self.pid.context("server pid unknown")?;
+        let status = Command::new("kill")
+            .args([signal, &pid.to_string()])
+            .status()
+            .await?;
+        anyhow::ensure!(status.success(), "kill {signal} {pid} failed");
+        Ok(())
+    }
+
+    /// Stop the process: SIGTERM (the clients are gone, so the drain is
+    /// short, and profilers wrapping the binary get to write their output),
+    /// then SIGKILL after 20 s.
+    pub async fn stop(mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = self.signal("-TERM").await;
+            if tokio::time::timeout(Duration::from_secs(20), c.wait())
+                .await
+                .is_err()
+            {
+                let _ = c.kill().await;
+            }
+        }
+    }
+}

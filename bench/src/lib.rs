@@ -1,0 +1,21 @@
+//! Herald's load generator and benchmark suite (`herald-loadgen`).
+//!
+//! - [`ws`] — minimal WebSocket framing, sans I/O
+//! - [`stamp`] — stamped event payloads and their parsing, sans I/O
+//! - [`client`] — the fleet of load clients (STOMP, RoomChannel, NotificationsChannel)
+//! - [`publish`] — publishing to Kafka or to the raw server, open or closed loop
+//! - [`raw`] — the raw WebSocket baseline server
+//! - [`cluster`] — broker, gateway and raw server as child processes
+//! - [`procstat`], [`prom`], [`hist`] — memory/CPU, gateway metrics, latency histograms
+//! - [`scenario`] — the scenarios: idle, fanout, latency, ingest, storm
+
+pub mod client;
+pub mod cluster;
+pub mod hist;
+pub mod procstat;
+pub mod prom;
+pub mod publish;
+pub mod raw;
+pub mod scenario;
+pub mod stamp;
+pub mod ws;

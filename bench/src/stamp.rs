@@ -1,0 +1,163 @@
+//! What the load generator publishes and how a client recognises it, sans
+//! I/O: each event's payload carries its per-account sequence number and its
+//! send time (`"seq":N,"sent_us":T`), in an otherwise ordinary payload of the
+//! event type the chosen protocol delivers. Extra payload fields pass through
+//! the gateway untouched (DESIGN.md, "Envelope"), so the stamp reaches every
+//! client byte for byte.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use memchr::memmem;
+use std::sync::LazyLock;
+
+/// Which client protocol a run speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Protocol {
+    /// STOMP over WebSocket at `/ws.communication`, subscribed to `/events`.
+    Stomp,
+    /// ActionCable RoomChannel at `/cable`.
+    Room,
+    /// ActionCable NotificationsChannel at `/stream`.
+    Notifications,
+}
+
+impl Protocol {
+    /// The event type published for this protocol's clients.
+    pub fn event_type(self) -> &'static str {
+        match self {
+            Protocol::Stomp => "tag.updated",
+            Protocol::Room => "message.created",
+            Protocol::Notifications => "removed_message",
+        }
+    }
+
+    /// Short name (file names, reports).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Stomp => "stomp",
+            Protocol::Room => "room",
+            Protocol::Notifications => "notifications",
+        }
+    }
+}
+
+/// Microseconds since the Unix epoch. Wall-clock time rather than
+/// `Instant` because stamps cross processes (the raw baseline server); on
+/// one machine over a few minutes the difference is noise.
+pub fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+/// The payload of event `g` (global number), `seq` (per-account number),
+/// sent at `sent_us`, padded with a `pad` string of `pad` bytes.
+pub fn payload(protocol: Protocol, g: u64, seq: u64, sent_us: u64, pad: usize) -> String {
+    let pad = if pad > 0 {
+        format!(",\"pad\":\"{}\"", "x".repeat(pad))
+    } else {
+        String::new()
+    };
+    match protocol {
+        Protocol::Stomp => format!(
+            r#"{{"id":"t-{g}","name":"bench","color":"tag-red"{pad},"seq":{seq},"sent_us":{sent_us}}}"#
+        ),
+        Protocol::Room => format!(
+            r#"{{"id":{g},"message_type":0,"content":"bench message","conversation_id":1{pad},"seq":{seq},"sent_us":{sent_us}}}"#
+        ),
+        Protocol::Notifications => {
+            format!(r#"{{"id":{g}{pad},"seq":{seq},"sent_us":{sent_us}}}"#)
+        }
+    }
+}
+
+/// The Kafka record value (envelope) carrying `payload`.
+pub fn envelope(
+    protocol: Protocol,
+    g: u64,
+    account: &str,
+    occurred_at: &str,
+    payload: &str,
+) -> String {
+    format!(
+        r#"{{"id":"bench-{g}","type":"{}","account_id":"{account}","occurred_at":"{occurred_at}","payload":{payload}}}"#,
+        protocol.event_type()
+    )
+}
+
+static SEQ: LazyLock<memmem::Finder<'static>> = LazyLock::new(|| memmem::Finder::new(b"\"seq\":"));
+
+/// The `(seq, sent_us)` stamp in a received frame, if it carries one (pings,
+/// heart-beats and confirmations do not).
+pub fn parse(frame: &[u8]) -> Option<(u64, u64)> {
+    let at = SEQ.find(frame)? + 6;
+    let (seq, used) = digits(frame.get(at..)?)?;
+    let rest = frame.get(at + used..)?.strip_prefix(b",\"sent_us\":")?;
+    let (sent, _) = digits(rest)?;
+    Some((seq, sent))
+}
+
+fn digits(b: &[u8]) -> Option<(u64, usize)> {
+    let mut n: u64 = 0;
+    let mut used = 0;
+    for &c in b {
+        if !c.is_ascii_digit() {
+            break;
+        }
+        n = n.checked_mul(10)?.checked_add(u64::from(c - b'0'))?;
+        used += 1;
+    }
+    (used > 0).then_some((n, used))
+}
+
+/// The frame text the gateway would send for `payload` (the baseline server
+/// writes the same bytes, encoded once for all its sockets).
+pub fn gateway_like_frame(
+    protocol: Protocol,
+    g: u64,
+    payload: &str,
+    identifier_json: &str,
+) -> String {
+    match protocol {
+        Protocol::Stomp => {
+            let body = format!(
+                r#"{{"type":"tag.updated","payload":{payload},"timestamp":{}}}"#,
+                now_us() / 1000
+            );
+            format!(
+                "MESSAGE\nsubscription:sub-0\nmessage-id:bench.tag:0:{g}\ndestination:/events\n\
+                 content-type:application/json\ncontent-length:{}\n\n{body}\0",
+                body.len()
+            )
+        }
+        Protocol::Room => format!(
+            r#"{{"identifier":{identifier_json},"message":{{"event":"message.created","data":{payload}}}}}"#
+        ),
+        Protocol::Notifications => format!(
+            r#"{{"identifier":{identifier_json},"message":{{"operation":"removed_message","content":{payload}}}}}"#
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stamps_survive_every_frame_shape() {
+        for p in [Protocol::Stomp, Protocol::Room, Protocol::Notifications] {
+            let body = payload(p, 7, 42, 1_700_000_000_123_456, 10);
+            assert!(serde_json::from_str::<serde_json::Value>(&body).is_ok());
+            let env = envelope(p, 7, "3", "2026-01-01T00:00:00.000Z", &body);
+            let decoded = herald_schemas::Envelope::decode(env.as_bytes()).unwrap();
+            assert_eq!(decoded.account_id, "3");
+            let frame = gateway_like_frame(p, 7, &body, r#""{\"channel\":\"X\",\"seq\":1}""#);
+            assert_eq!(parse(frame.as_bytes()), Some((42, 1_700_000_000_123_456)));
+        }
+        assert_eq!(parse(br#"{"type":"ping","message":1}"#), None);
+        assert_eq!(parse(b"\n"), None);
+        assert_eq!(parse(br#""seq":x"#), None);
+    }
+}
