@@ -335,6 +335,24 @@ pub struct Replay {
     pub from_kafka: u64,
 }
 
+impl Replay {
+    /// Count where the replay came from and how many events were delivered.
+    pub fn record(&self, metrics: &crate::metrics::Metrics, protocol: &str, delivered: u64) {
+        metrics
+            .resume_reads
+            .with_label_values(&["buffer"])
+            .inc_by(self.from_buffer);
+        metrics
+            .resume_reads
+            .with_label_values(&["kafka"])
+            .inc_by(self.from_kafka);
+        metrics
+            .resumed_events
+            .with_label_values(&[protocol])
+            .inc_by(delivered);
+    }
+}
+
 /// Gather the events `request` asks for, up to `frontier`, for `account`.
 pub async fn plan(
     request: &ResumeRequest,

@@ -128,18 +128,7 @@ async fn replay(
             replayed += 1;
         }
     }
-    ctx.metrics
-        .resume_reads
-        .with_label_values(&["buffer"])
-        .inc_by(replay.from_buffer);
-    ctx.metrics
-        .resume_reads
-        .with_label_values(&["kafka"])
-        .inc_by(replay.from_kafka);
-    ctx.metrics
-        .resumed_events
-        .with_label_values(&[PROTOCOL])
-        .inc_by(replayed);
+    replay.record(&ctx.metrics, PROTOCOL, replayed);
     for gap in &replay.gaps {
         ctx.metrics
             .resume_gaps

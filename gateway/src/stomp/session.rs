@@ -193,18 +193,7 @@ impl StompRecipient {
                 replayed += 1;
             }
         }
-        ctx.metrics
-            .resume_reads
-            .with_label_values(&["buffer"])
-            .inc_by(replay.from_buffer);
-        ctx.metrics
-            .resume_reads
-            .with_label_values(&["kafka"])
-            .inc_by(replay.from_kafka);
-        ctx.metrics
-            .resumed_events
-            .with_label_values(&[PROTOCOL])
-            .inc_by(replayed);
+        replay.record(&ctx.metrics, PROTOCOL, replayed);
         sub.gate.finish(|event| {
             if !sub.gate.already_seen(event) {
                 self.deliver(sub, event, &mut FrameCache::default());
