@@ -11,12 +11,12 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use axum::extract::ws::Utf8Bytes;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use herald_gateway::{
     auth::{Identity, JwtVerifier},
     router::{FrameCache, Recipient, RoutedEvent, Router},
     stomp::codec::{Version, encode_message_text},
+    ws::WsFrame,
 };
 use herald_schemas::Envelope;
 
@@ -25,7 +25,7 @@ const SECRET: &str = "herald-bench-secret-0123456789abcdef";
 /// A recipient that queues into a Vec (emptied now and then so memory stays flat).
 struct VecRecipient {
     identity: Identity,
-    queue: Mutex<Vec<Utf8Bytes>>,
+    queue: Mutex<Vec<WsFrame>>,
 }
 
 impl Recipient for VecRecipient {
@@ -34,7 +34,7 @@ impl Recipient for VecRecipient {
     }
 
     fn offer(&self, event: &Arc<RoutedEvent>, cache: &mut FrameCache) {
-        let frame = cache.get_or_insert_with("stomp:1.2:/events:Auto:sub-0", || {
+        let frame = cache.frame_or_insert_with("stomp:1.2:/events:Auto:sub-0", || {
             let body = format!(
                 r#"{{"type":{},"payload":{},"timestamp":{}}}"#,
                 serde_json::Value::from(event.envelope.event_type.as_str()),

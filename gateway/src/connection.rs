@@ -2,26 +2,40 @@
 //! bounded queue, a writer task that coalesces queued frames into few socket
 //! writes, heart-beats, and the slow-client cut-off.
 
-use std::time::Duration;
+use std::{
+    io::{self, IoSlice},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes};
-use futures_util::{Sink, SinkExt};
-use tokio::sync::mpsc;
+use bytes::Bytes;
+use prometheus::{Histogram, IntCounter};
+use tokio::{
+    io::{AsyncWrite, AsyncWriteExt},
+    sync::mpsc,
+    task::JoinHandle,
+};
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
 use crate::router::now_ms;
+use crate::ws::{WsFrame, WsSocket, WsStream};
 
 /// One item of a connection's outbound queue.
 #[derive(Debug)]
 pub enum Outbound {
-    /// A text frame; `kafka_ts_ms` is set for event deliveries (for the latency histogram).
-    Text {
-        /// The frame.
-        text: Utf8Bytes,
+    /// A frame; `kafka_ts_ms` is set for event deliveries (for the latency histogram).
+    Frame {
+        /// The encoded frame (shared with every recipient of the same bytes).
+        frame: WsFrame,
         /// Kafka timestamp of the event it carries.
         kafka_ts_ms: Option<i64>,
     },
+    /// Whole frames the WebSocket library wrote itself (pongs, close replies).
+    Raw(Bytes),
     /// Start (or change) the connection's heart-beat.
     HeartBeat {
         /// Interval.
@@ -38,14 +52,35 @@ pub enum Outbound {
     },
 }
 
+impl Outbound {
+    /// A control text frame (not an event delivery).
+    pub fn text(text: &str) -> Self {
+        Outbound::Frame {
+            frame: WsFrame::text(text),
+            kafka_ts_ms: None,
+        }
+    }
+}
+
 /// What a connection's heart-beat sends.
 #[derive(Debug, Clone)]
 pub enum HeartBeatKind {
     /// This frame, only when nothing else was written in the interval (STOMP EOL).
-    WhenIdle(Utf8Bytes),
+    WhenIdle(WsFrame),
     /// An ActionCable `ping` with the current unix time, every interval,
     /// strictly increasing.
     CablePing,
+}
+
+/// State shared by a connection's senders and its writer.
+struct Shared {
+    /// Wakes the writer for the slow-client cut-off.
+    slow: CancellationToken,
+    /// The same fact as `slow`, readable with one load: the router checks it
+    /// for every frame, and `CancellationToken::is_cancelled` takes a mutex.
+    is_slow: AtomicBool,
+    dropped: IntCounter,
+    slow_disconnects: IntCounter,
 }
 
 /// The sending side of a connection, used by the router (non-blocking) and
@@ -53,32 +88,24 @@ pub enum HeartBeatKind {
 #[derive(Clone)]
 pub struct ConnTx {
     tx: mpsc::Sender<Outbound>,
-    slow: CancellationToken,
-    protocol: &'static str,
-    metrics: Metrics,
+    shared: Arc<Shared>,
 }
 
 impl ConnTx {
     /// Queue an event frame without waiting. A full queue marks the client
     /// slow (its writer then disconnects it); returns false when the frame
     /// was not queued.
-    pub fn push(&self, text: Utf8Bytes, kafka_ts_ms: Option<i64>) -> bool {
-        if self.slow.is_cancelled() {
+    pub fn push(&self, frame: WsFrame, kafka_ts_ms: Option<i64>) -> bool {
+        if self.shared.is_slow.load(Ordering::Relaxed) {
             return false;
         }
-        match self.tx.try_send(Outbound::Text { text, kafka_ts_ms }) {
+        match self.tx.try_send(Outbound::Frame { frame, kafka_ts_ms }) {
             Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(_)) => {
-                self.metrics
-                    .frames_dropped
-                    .with_label_values(&[self.protocol])
-                    .inc();
-                if !self.slow.is_cancelled() {
-                    self.metrics
-                        .slow_disconnects
-                        .with_label_values(&[self.protocol])
-                        .inc();
-                    self.slow.cancel();
+                self.shared.dropped.inc();
+                if !self.shared.is_slow.swap(true, Ordering::Relaxed) {
+                    self.shared.slow_disconnects.inc();
+                    self.shared.slow.cancel();
                 }
                 false
             }
@@ -87,54 +114,124 @@ impl ConnTx {
     }
 
     /// Queue a control item, waiting for room (used by the session only).
+    /// False once the writer has stopped.
     pub async fn send(&self, item: Outbound) -> bool {
         self.tx.send(item).await.is_ok()
+    }
+
+    /// A handle for the WebSocket library's own replies that does not keep
+    /// the writer alive (the writer ends when the session's senders are gone).
+    fn replies(&self) -> impl Fn(Bytes) + Send + Sync + 'static {
+        let weak = self.tx.downgrade();
+        move |bytes| {
+            if let Some(tx) = weak.upgrade() {
+                // A client whose queue is full is being cut off anyway.
+                let _ = tx.try_send(Outbound::Raw(bytes));
+            }
+        }
     }
 }
 
 /// Create a connection's queue: the sender, and the writer to run.
-pub fn channel(capacity: usize, protocol: &'static str, metrics: Metrics) -> (ConnTx, Writer) {
+pub fn channel(capacity: usize, protocol: &'static str, metrics: &Metrics) -> (ConnTx, Writer) {
     let (tx, rx) = mpsc::channel(capacity.max(1));
-    let slow = CancellationToken::new();
+    let shared = Arc::new(Shared {
+        slow: CancellationToken::new(),
+        is_slow: AtomicBool::new(false),
+        dropped: metrics.frames_dropped.with_label_values(&[protocol]),
+        slow_disconnects: metrics.slow_disconnects.with_label_values(&[protocol]),
+    });
     (
         ConnTx {
             tx,
-            slow: slow.clone(),
-            protocol,
-            metrics: metrics.clone(),
+            shared: shared.clone(),
         },
         Writer {
             rx,
-            slow,
-            protocol,
-            metrics,
+            shared,
+            sent: metrics.frames_sent.with_label_values(&[protocol]),
+            latency: metrics.delivery_latency.clone(),
         },
     )
 }
 
-/// The writer half: owns the socket sink.
-pub struct Writer {
-    rx: mpsc::Receiver<Outbound>,
-    slow: CancellationToken,
-    protocol: &'static str,
-    metrics: Metrics,
+/// A connection's plumbing, as every protocol session starts it.
+pub struct Opened {
+    /// The outbound queue.
+    pub tx: ConnTx,
+    /// Client messages.
+    pub stream: WsStream,
+    /// Cancelled when the writer has stopped (socket gone, closed or cut off).
+    pub done: CancellationToken,
+    /// The writer task.
+    pub writer: WriterTask,
 }
 
-/// How many queued frames one socket flush may carry.
+/// Start a connection on `socket`: its queue (`capacity` frames), its
+/// writer task, and the stream of client messages. `slow_frame` is written
+/// to a client cut off for not reading.
+pub async fn open(
+    socket: WsSocket,
+    capacity: usize,
+    protocol: &'static str,
+    metrics: &Metrics,
+    slow_frame: Option<WsFrame>,
+) -> Opened {
+    let (tx, writer) = channel(capacity, protocol, metrics);
+    let (stream, write) = socket.into_parts(tx.replies()).await;
+    let done = CancellationToken::new();
+    let task = tokio::spawn(writer.run(write, slow_frame, done.clone()));
+    Opened {
+        tx,
+        stream,
+        done,
+        writer: WriterTask(task),
+    }
+}
+
+/// Let the WebSocket library hand over what it still owes the client (the
+/// answer to a client's close frame is queued when the close is read, and
+/// written on the next read or flush). Call before the session's senders go.
+pub async fn answer_close(stream: &mut WsStream) {
+    use futures_util::SinkExt;
+    let _ = stream.flush().await;
+}
+
+/// A running writer task.
+pub struct WriterTask(JoinHandle<()>);
+
+impl WriterTask {
+    /// Wait for the writer to write what is queued once every sender is
+    /// gone; a client that stopped reading gets 5 s, then the socket is dropped.
+    pub async fn finish(mut self) {
+        if tokio::time::timeout(Duration::from_secs(5), &mut self.0)
+            .await
+            .is_err()
+        {
+            self.0.abort();
+        }
+    }
+}
+
+/// The writer half: owns the socket's write half.
+pub struct Writer {
+    rx: mpsc::Receiver<Outbound>,
+    shared: Arc<Shared>,
+    sent: IntCounter,
+    latency: Histogram,
+}
+
+/// How many queued frames one socket write may carry.
 const MAX_BATCH: usize = 256;
 
 impl Writer {
-    /// Write queued frames to `sink` until a `Close` item, a closed queue, a
+    /// Write queued frames to `out` until a `Close` item, a closed queue, a
     /// socket error, or the slow-client cut-off (then `slow_frame` is written
     /// if the socket still takes it, and the socket closed with 1008).
     /// `done` is cancelled on return.
-    pub async fn run<S>(
-        mut self,
-        mut sink: S,
-        slow_frame: Option<Utf8Bytes>,
-        done: CancellationToken,
-    ) where
-        S: Sink<Message> + Unpin,
+    pub async fn run<W>(mut self, mut out: W, slow_frame: Option<WsFrame>, done: CancellationToken)
+    where
+        W: AsyncWrite + Unpin,
     {
         let mut heartbeat: Option<(tokio::time::Interval, HeartBeatKind)> = None;
         let mut last_ping = 0i64;
@@ -143,7 +240,7 @@ impl Writer {
         // MAX_BATCH buffer was the largest per-connection allocation
         // (14 KB, measured with massif). It grows under load and stays.
         let mut batch: Vec<Outbound> = Vec::with_capacity(4);
-        let slow = self.slow.clone();
+        let slow = self.shared.slow.clone();
         loop {
             let step = tokio::select! {
                 biased;
@@ -157,7 +254,7 @@ impl Writer {
                         tokio::select! {
                             biased;
                             _ = slow.cancelled() => Step::Slow,
-                            step = self.write_batch(&mut sink, &mut batch, &mut heartbeat) => step,
+                            step = self.write_batch(&mut out, &mut batch, &mut heartbeat) => step,
                         }
                     }
                 }
@@ -166,12 +263,12 @@ impl Writer {
                         Some((_, HeartBeatKind::WhenIdle(frame))) if !wrote_since_tick => Some(frame.clone()),
                         Some((_, HeartBeatKind::CablePing)) => {
                             last_ping = (now_ms() / 1000).max(last_ping + 1);
-                            Some(Utf8Bytes::from(format!(r#"{{"type":"ping","message":{last_ping}}}"#)))
+                            Some(WsFrame::text(&format!(r#"{{"type":"ping","message":{last_ping}}}"#)))
                         }
                         _ => None,
                     };
                     let step = match frame {
-                        Some(frame) => match sink.send(Message::Text(frame)).await {
+                        Some(frame) => match write_frames(&mut out, &[frame.bytes().clone()]).await {
                             Ok(()) => Step::Continue,
                             Err(_) => Step::Stop,
                         },
@@ -187,47 +284,47 @@ impl Writer {
                 Step::Stop => break,
                 Step::Slow => {
                     // Best effort: the socket may be full, so do not wait long.
-                    let goodbye = async {
-                        if let Some(frame) = slow_frame {
-                            sink.send(Message::Text(frame)).await.ok()?;
-                        }
-                        let close = CloseFrame {
-                            code: 1008,
-                            reason: "slow consumer".into(),
-                        };
-                        sink.send(Message::Close(Some(close))).await.ok()
-                    };
-                    let _ = tokio::time::timeout(Duration::from_secs(1), goodbye).await;
+                    let mut goodbye: Vec<Bytes> = Vec::with_capacity(2);
+                    if let Some(frame) = slow_frame {
+                        goodbye.push(frame.bytes().clone());
+                    }
+                    goodbye.push(WsFrame::close(1008, "slow consumer").bytes().clone());
+                    let _ = tokio::time::timeout(
+                        Duration::from_secs(1),
+                        write_frames(&mut out, &goodbye),
+                    )
+                    .await;
                     break;
                 }
             }
         }
+        let _ = tokio::time::timeout(Duration::from_secs(1), out.shutdown()).await;
         done.cancel();
     }
 
-    async fn write_batch<S>(
+    async fn write_batch<W>(
         &self,
-        sink: &mut S,
+        out: &mut W,
         batch: &mut Vec<Outbound>,
         heartbeat: &mut Option<(tokio::time::Interval, HeartBeatKind)>,
     ) -> Step
     where
-        S: Sink<Message> + Unpin,
+        W: AsyncWrite + Unpin,
     {
+        let mut frames: Vec<Bytes> = Vec::with_capacity(batch.len());
         let mut timestamps = Vec::new();
         let mut sent = 0u64;
-        let mut closing = None;
+        let mut closing = false;
         for item in batch.drain(..) {
             match item {
-                Outbound::Text { text, kafka_ts_ms } => {
-                    if sink.feed(Message::Text(text)).await.is_err() {
-                        return Step::Stop;
-                    }
+                Outbound::Frame { frame, kafka_ts_ms } => {
+                    frames.push(frame.bytes().clone());
                     sent += 1;
                     if let Some(ts) = kafka_ts_ms {
                         timestamps.push(ts);
                     }
                 }
+                Outbound::Raw(bytes) => frames.push(bytes),
                 Outbound::HeartBeat { every, kind } => {
                     let mut iv =
                         tokio::time::interval_at(tokio::time::Instant::now() + every, every);
@@ -235,35 +332,52 @@ impl Writer {
                     *heartbeat = Some((iv, kind));
                 }
                 Outbound::Close { code, reason } => {
-                    closing = Some(CloseFrame {
-                        code,
-                        reason: reason.into(),
-                    });
+                    frames.push(WsFrame::close(code, reason).bytes().clone());
+                    closing = true;
                     break;
                 }
             }
         }
-        if sink.flush().await.is_err() {
+        if write_frames(out, &frames).await.is_err() {
             return Step::Stop;
         }
-        self.metrics
-            .frames_sent
-            .with_label_values(&[self.protocol])
-            .inc_by(sent);
+        self.sent.inc_by(sent);
         if !timestamps.is_empty() {
             let now = now_ms();
             for ts in timestamps {
-                self.metrics
-                    .delivery_latency
-                    .observe((now - ts).max(0) as f64 / 1000.0);
+                self.latency.observe((now - ts).max(0) as f64 / 1000.0);
             }
         }
-        if let Some(close) = closing {
-            let _ = sink.send(Message::Close(Some(close))).await;
+        if closing {
             return Step::Stop;
         }
         Step::Wrote
     }
+}
+
+/// Write whole frames with as few system calls as the socket allows: one
+/// vectored write of every queued frame (the frames themselves are shared
+/// buffers, never copied per connection).
+async fn write_frames<W>(out: &mut W, frames: &[Bytes]) -> io::Result<()>
+where
+    W: AsyncWrite + Unpin,
+{
+    match frames {
+        [] => {}
+        [one] => out.write_all(one).await?,
+        _ => {
+            let mut slices: Vec<IoSlice<'_>> = frames.iter().map(|f| IoSlice::new(f)).collect();
+            let mut rest = &mut slices[..];
+            while !rest.is_empty() {
+                let n = out.write_vectored(rest).await?;
+                if n == 0 {
+                    return Err(io::ErrorKind::WriteZero.into());
+                }
+                IoSlice::advance_slices(&mut rest, n);
+            }
+        }
+    }
+    out.flush().await
 }
 
 enum Step {

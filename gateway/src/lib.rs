@@ -25,6 +25,7 @@ pub mod router;
 pub mod server;
 pub mod stomp;
 pub mod typeid;
+pub mod ws;
 
 pub use config::GatewayConfig;
 pub use server::{GatewayHandle, start};

@@ -12,12 +12,13 @@ use std::{
     time::Instant,
 };
 
-use axum::extract::ws::Utf8Bytes;
 use herald_schemas::Envelope;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::{
     auth::Identity,
     resume::{HistoryBuffer, TopicPartition},
+    ws::WsFrame,
 };
 
 /// A decoded record ready to be delivered.
@@ -95,33 +96,48 @@ pub fn now_ms() -> i64 {
 }
 
 /// Frames and bodies encoded for one event, shared between its recipients.
+/// A frame is cached as the complete WebSocket frame, so every connection
+/// that gets the same bytes writes the same buffer.
 #[derive(Default)]
 pub struct FrameCache {
-    entries: Vec<(String, Utf8Bytes)>,
+    bodies: Vec<(String, Utf8Bytes)>,
+    frames: Vec<(String, WsFrame)>,
 }
 
 impl FrameCache {
-    /// The cached text for `key`, if any.
-    pub fn get(&self, key: &str) -> Option<Utf8Bytes> {
-        self.entries
+    /// The cached frame for `key`, if any.
+    pub fn frame(&self, key: &str) -> Option<WsFrame> {
+        self.frames
             .iter()
             .find(|(k, _)| k == key)
             .map(|(_, v)| v.clone())
     }
 
-    /// The cached text for `key`, encoding it with `make` the first time.
-    pub fn get_or_insert_with(&mut self, key: &str, make: impl FnOnce() -> String) -> Utf8Bytes {
-        if let Some(v) = self.get(key) {
+    /// The cached frame for `key`, encoding the text `make` returns the first time.
+    pub fn frame_or_insert_with(&mut self, key: &str, make: impl FnOnce() -> String) -> WsFrame {
+        if let Some(v) = self.frame(key) {
             return v;
         }
+        let v = WsFrame::text(&make());
+        self.frames.push((key.to_owned(), v.clone()));
+        v
+    }
+
+    /// The cached body text for `key` (a part several frames embed),
+    /// made with `make` the first time.
+    pub fn body_or_insert_with(&mut self, key: &str, make: impl FnOnce() -> String) -> Utf8Bytes {
+        if let Some((_, v)) = self.bodies.iter().find(|(k, _)| k == key) {
+            return v.clone();
+        }
         let v = Utf8Bytes::from(make());
-        self.entries.push((key.to_owned(), v.clone()));
+        self.bodies.push((key.to_owned(), v.clone()));
         v
     }
 
     /// Forget everything (reused between events).
     pub fn clear(&mut self) {
-        self.entries.clear();
+        self.bodies.clear();
+        self.frames.clear();
     }
 }
 

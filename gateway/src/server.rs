@@ -5,10 +5,11 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use axum::{
     Router as HttpRouter,
-    extract::{ConnectInfo, Query, State, WebSocketUpgrade},
+    extract::{ConnectInfo, Query, State},
     http::HeaderMap,
     response::Response,
     routing::get,
+    serve::ListenerExt,
 };
 use herald_runtime::{
     OpsServer, Readiness,
@@ -34,6 +35,7 @@ use crate::{
     router::Router,
     stomp::{self, StompConfig, codec::Version},
     typeid::{self as typeid_proto, JoinThrottle, TypeIdConfig},
+    ws::{self, Upgrade},
 };
 
 /// Bind with a deep accept queue: connect storms (every client of a drained
@@ -58,11 +60,6 @@ enum Listening {
 
 /// Time a client has to complete a TLS handshake.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Per-connection WebSocket read buffer. The library default (128 KiB,
-/// zero-filled on first read) dominated the memory of idle connections;
-/// client frames are small, and a larger one simply takes a few reads.
-const WS_READ_BUFFER: usize = 4 * 1024;
 
 /// What every connection task shares.
 pub struct Context {
@@ -345,21 +342,16 @@ pub async fn start(
         None => Listening::Plain(listener),
     };
     let task = tokio::spawn(async move {
-        let service = app.into_make_service_with_connect_info::<PeerAddr>();
-        let served = match listening {
-            Listening::Tls(listener) => {
-                axum::serve(listener, service)
-                    .with_graceful_shutdown(stop.clone().cancelled_owned())
-                    .await
-            }
+        match listening {
+            Listening::Tls(listener) => ws::serve(listener, app, stop).await,
             Listening::Plain(listener) => {
-                axum::serve(listener, service)
-                    .with_graceful_shutdown(stop.clone().cancelled_owned())
-                    .await
+                // Frames are coalesced by each connection's writer already;
+                // small ones must not wait for an ACK (Nagle).
+                let listener = listener.tap_io(|tcp| {
+                    let _ = tcp.set_nodelay(true);
+                });
+                ws::serve(listener, app, stop).await
             }
-        };
-        if let Err(e) = served {
-            tracing::error!(error = %e, "WebSocket listener failed");
         }
         // Sessions see the same token and send their goodbye frames.
         tracker.close();
@@ -419,7 +411,7 @@ impl axum::response::IntoResponse for Refusal {
 
 /// `/ws.communication`: STOMP.
 async fn stomp_upgrade(
-    ws: WebSocketUpgrade,
+    ws: Upgrade,
     headers: HeaderMap,
     ConnectInfo(PeerAddr(peer)): ConnectInfo<PeerAddr>,
     State(state): State<AppState>,
@@ -434,26 +426,24 @@ async fn stomp_upgrade(
         .map(str::to_owned);
     let limit = state.context.stomp.limits.max_frame_bytes;
     let token = state.tracker.token();
-    ws.protocols(["v12.stomp", "v11.stomp", "v10.stomp"])
-        .read_buffer_size(WS_READ_BUFFER)
-        .write_buffer_size(0)
-        .max_message_size(limit)
-        .max_frame_size(limit)
-        .on_upgrade(move |socket| async move {
+    ws.on_upgrade(
+        &["v12.stomp", "v11.stomp", "v10.stomp"],
+        limit,
+        move |socket| async move {
             let max_version = socket
-                .protocol()
-                .and_then(|p| p.to_str().ok())
+                .protocol
                 .and_then(Version::from_subprotocol)
                 .unwrap_or(Version::V1_2);
             stomp::serve(socket, state.context, auth, max_version).await;
             drop((slot, token));
-        })
+        },
+    )
 }
 
 /// `/cable`: RoomChannel. The connection is anonymous; each subscribe
 /// identifier carries its `pubsub_token`.
 async fn room_upgrade(
-    ws: WebSocketUpgrade,
+    ws: Upgrade,
     headers: HeaderMap,
     ConnectInfo(PeerAddr(peer)): ConnectInfo<PeerAddr>,
     State(state): State<AppState>,
@@ -466,7 +456,7 @@ async fn room_upgrade(
 
 /// `/stream?account_id=..&token=..` (or `Authorization`): NotificationsChannel.
 async fn stream_upgrade(
-    ws: WebSocketUpgrade,
+    ws: Upgrade,
     headers: HeaderMap,
     ConnectInfo(PeerAddr(peer)): ConnectInfo<PeerAddr>,
     Query(query): Query<std::collections::HashMap<String, String>>,
@@ -489,28 +479,22 @@ async fn stream_upgrade(
     cable_upgrade(ws, state, endpoint, slot)
 }
 
-fn cable_upgrade(
-    ws: WebSocketUpgrade,
-    state: AppState,
-    endpoint: Endpoint,
-    slot: IpSlot,
-) -> Response {
+fn cable_upgrade(ws: Upgrade, state: AppState, endpoint: Endpoint, slot: IpSlot) -> Response {
     let limit = state.context.cable.max_message_bytes;
     let token = state.tracker.token();
-    ws.protocols(cable::protocol::SUBPROTOCOLS)
-        .read_buffer_size(WS_READ_BUFFER)
-        .write_buffer_size(0)
-        .max_message_size(limit)
-        .max_frame_size(limit)
-        .on_upgrade(move |socket| async move {
+    ws.on_upgrade(
+        &cable::protocol::SUBPROTOCOLS,
+        limit,
+        move |socket| async move {
             cable::serve(socket, state.context, endpoint).await;
             drop((slot, token));
-        })
+        },
+    )
 }
 
 /// The TypeID endpoint (default `/notifications`).
 async fn typeid_upgrade(
-    ws: WebSocketUpgrade,
+    ws: Upgrade,
     headers: HeaderMap,
     ConnectInfo(PeerAddr(peer)): ConnectInfo<PeerAddr>,
     State(state): State<AppState>,
@@ -521,12 +505,8 @@ async fn typeid_upgrade(
     };
     let limit = state.context.stomp.limits.max_frame_bytes;
     let token = state.tracker.token();
-    ws.read_buffer_size(WS_READ_BUFFER)
-        .write_buffer_size(0)
-        .max_message_size(limit)
-        .max_frame_size(limit)
-        .on_upgrade(move |socket| async move {
-            typeid_proto::serve(socket, state.context, peer.ip()).await;
-            drop((slot, token));
-        })
+    ws.on_upgrade(&[], limit, move |socket| async move {
+        typeid_proto::serve(socket, state.context, peer.ip()).await;
+        drop((slot, token));
+    })
 }

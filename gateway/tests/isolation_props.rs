@@ -17,12 +17,9 @@
 //!   presence; a typist never gets their own typing event; every frame
 //!   carries the subscription's own identifier and the event's own payload.
 
-use std::{
-    convert::Infallible,
-    sync::{Arc, Mutex},
-};
+use std::sync::{Arc, Mutex};
 
-use axum::extract::ws::Message;
+use futures_util::StreamExt;
 use herald_gateway::{
     auth::{Identity, PrincipalKind},
     cable::{
@@ -37,6 +34,10 @@ use herald_gateway::{
 use herald_schemas::{Audience, Envelope};
 use proptest::prelude::*;
 use serde_json::{Value, json};
+use tokio_tungstenite::{
+    WebSocketStream,
+    tungstenite::{Message, protocol::Role},
+};
 use tokio_util::sync::CancellationToken;
 
 /// Accounts, with a near-collision (`01` is not `1`).
@@ -325,21 +326,13 @@ struct Conn {
     expected_frames: Vec<u64>,
 }
 
-/// Close the subscription's queue and collect the text frames its writer writes.
+/// Close the subscription's queue and collect the text frames its writer
+/// writes, read back by a WebSocket client over an in-memory pipe.
 fn written_frames(cable: &CableRecipient, writer: Writer) -> Vec<String> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
-    let written = Arc::new(Mutex::new(Vec::new()));
-    let sink_log = written.clone();
-    let sink = Box::pin(futures_util::sink::unfold((), move |(), m: Message| {
-        let log = sink_log.clone();
-        async move {
-            log.lock().unwrap().push(m);
-            Ok::<_, Infallible>(())
-        }
-    }));
     rt.block_on(async {
         assert!(
             cable
@@ -350,16 +343,22 @@ fn written_frames(cable: &CableRecipient, writer: Writer) -> Vec<String> {
                 })
                 .await
         );
-        writer.run(sink, None, CancellationToken::new()).await;
-    });
-    let messages = std::mem::take(&mut *written.lock().unwrap());
-    messages
-        .into_iter()
-        .filter_map(|m| match m {
-            Message::Text(t) => Some(t.as_str().to_owned()),
-            _ => None,
-        })
-        .collect()
+        let (server, client) = tokio::io::duplex(64 * 1024);
+        let reader = tokio::spawn(async move {
+            let mut ws = WebSocketStream::from_raw_socket(client, Role::Client, None).await;
+            let mut texts = Vec::new();
+            while let Some(Ok(message)) = ws.next().await {
+                match message {
+                    Message::Text(t) => texts.push(t.as_str().to_owned()),
+                    Message::Close(_) => break,
+                    _ => {}
+                }
+            }
+            texts
+        });
+        writer.run(server, None, CancellationToken::new()).await;
+        reader.await.unwrap()
+    })
 }
 
 fn check(principals: &[PrincipalSpec], steps: &[Step]) -> Result<(), TestCaseError> {
@@ -376,7 +375,7 @@ fn check(principals: &[PrincipalSpec], steps: &[Step]) -> Result<(), TestCaseErr
             });
             router.insert(conn_id, recorder.clone());
             let cable = with_room.then(|| {
-                let (tx, writer) = connection::channel(4096, "cable", Metrics::new());
+                let (tx, writer) = connection::channel(4096, "cable", &Metrics::new());
                 let identifier = format!(
                     r#"{{"channel":"RoomChannel","pubsub_token":"token-{conn_id}","account_id":"{}"}}"#,
                     ACCOUNTS[p.account]

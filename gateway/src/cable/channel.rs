@@ -16,6 +16,7 @@ use crate::{
     connection::ConnTx,
     resume::ResumeGate,
     router::{FrameCache, Recipient, RoutedEvent},
+    ws::WsFrame,
 };
 
 /// Which channel a subscription is.
@@ -98,11 +99,11 @@ fn room_body(
     identity: &Identity,
     event: &RoutedEvent,
     cache: &mut FrameCache,
-) -> axum::extract::ws::Utf8Bytes {
+) -> tokio_tungstenite::tungstenite::Utf8Bytes {
     let ty = event.envelope.event_type.as_str();
     if ty == "presence.update" && identity.kind == PrincipalKind::Contact {
         // Contacts never see other contacts' presence.
-        return cache.get_or_insert_with("room-body:presence-contact", || {
+        return cache.body_or_insert_with("room-body:presence-contact", || {
             let mut data = event.payload_json().cloned().unwrap_or_default();
             if let Some(obj) = data.as_object_mut() {
                 obj.remove("contacts");
@@ -114,7 +115,7 @@ fn room_body(
             )
         });
     }
-    cache.get_or_insert_with("room-body", || {
+    cache.body_or_insert_with("room-body", || {
         format!(
             r#"{{"event":{},"data":{}}}"#,
             protocol::json_string(ty),
@@ -167,7 +168,7 @@ impl CableRecipient {
                 let body = room_body(&self.identity, event, cache);
                 // Room identifiers embed the client's token: frames are per
                 // subscription, only the body is shared.
-                axum::extract::ws::Utf8Bytes::from(wrap(body.as_str()))
+                WsFrame::text(&wrap(body.as_str()))
             }
             ChannelKind::Notifications => {
                 let ty = event.envelope.event_type.as_str();
@@ -187,8 +188,8 @@ impl CableRecipient {
                     wrap(&body)
                 };
                 match &self.shared_key {
-                    Some(key) => cache.get_or_insert_with(key, make),
-                    None => axum::extract::ws::Utf8Bytes::from(make()),
+                    Some(key) => cache.frame_or_insert_with(key, make),
+                    None => WsFrame::text(&make()),
                 }
             }
         };

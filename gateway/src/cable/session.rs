@@ -5,8 +5,8 @@
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
-use axum::extract::ws::{Message, Utf8Bytes, WebSocket};
 use futures_util::{Stream, StreamExt};
+use tokio_tungstenite::tungstenite::Error as WsError;
 use tokio_util::sync::CancellationToken;
 
 use super::{
@@ -15,11 +15,12 @@ use super::{
 };
 use crate::{
     auth::{AuthError, Identity, PrincipalKind},
-    connection::{self, ConnTx, HeartBeatKind, Outbound},
+    connection::{self, ConnTx, HeartBeatKind, Opened, Outbound},
     limits::{AccountSlot, CommandRate},
     resume::{self, ResumeGate, ResumeRequest, TopicPartition},
     router::now_ms,
     server::Context,
+    ws::{Message, WsFrame, WsSocket},
 };
 
 const PROTOCOL: &str = "actioncable";
@@ -56,25 +57,25 @@ pub enum Endpoint {
 }
 
 /// Serve one upgraded WebSocket.
-pub async fn serve(socket: WebSocket, ctx: Arc<Context>, endpoint: Endpoint) {
-    let ext = socket.protocol().and_then(|p| p.to_str().ok()) == Some(protocol::EXT_PROTOCOL);
-    let (sink, mut stream) = socket.split();
-    run(sink, &mut stream, ctx, endpoint, ext).await;
-}
-
-/// Drive a connection over any sink/stream.
-pub async fn run<S, R>(sink: S, stream: &mut R, ctx: Arc<Context>, endpoint: Endpoint, ext: bool)
-where
-    S: futures_util::Sink<Message> + Unpin + Send + 'static,
-    R: Stream<Item = Result<Message, axum::Error>> + Unpin,
-{
+pub async fn serve(socket: WsSocket, ctx: Arc<Context>, endpoint: Endpoint) {
+    let ext = socket.protocol == Some(protocol::EXT_PROTOCOL);
     let metrics = ctx.metrics.clone();
     metrics.connections.with_label_values(&[PROTOCOL]).inc();
     let conn_id = connection::next_conn_id();
-    let (tx, writer) = connection::channel(ctx.cable.outbound_queue, PROTOCOL, metrics.clone());
-    let done = CancellationToken::new();
-    let slow = Utf8Bytes::from(protocol::disconnect(DisconnectReason::Remote));
-    let writer_task = tokio::spawn(writer.run(sink, Some(slow), done.clone()));
+    let slow = WsFrame::text(&protocol::disconnect(DisconnectReason::Remote));
+    let Opened {
+        tx,
+        mut stream,
+        done,
+        writer,
+    } = connection::open(
+        socket,
+        ctx.cable.outbound_queue,
+        PROTOCOL,
+        &metrics,
+        Some(slow),
+    )
+    .await;
 
     let mut session = CableSession {
         conn_id,
@@ -91,17 +92,13 @@ where
         expires_at: None,
     };
     if session.open(&endpoint).await {
-        session.read_loop(stream).await;
+        session.read_loop(&mut stream).await;
     }
+    connection::answer_close(&mut stream).await;
     session.close();
     drop(session);
-    let mut writer_task = writer_task;
-    if tokio::time::timeout(Duration::from_secs(5), &mut writer_task)
-        .await
-        .is_err()
-    {
-        writer_task.abort();
-    }
+    drop(stream);
+    writer.finish().await;
     metrics.connections.with_label_values(&[PROTOCOL]).dec();
 }
 
@@ -148,7 +145,7 @@ async fn replay(
     // History, then its verdict, then the live events held meanwhile (and
     // everything after them, in order).
     recipient.conn.push(
-        Utf8Bytes::from(protocol::history_result(
+        WsFrame::text(&protocol::history_result(
             &recipient.identifier_json,
             complete,
         )),
@@ -282,7 +279,7 @@ impl CableSession {
 
     async fn read_loop<R>(&mut self, stream: &mut R)
     where
-        R: Stream<Item = Result<Message, axum::Error>> + Unpin,
+        R: Stream<Item = Result<Message, WsError>> + Unpin,
     {
         // Told to leave at this connection's moment of the drain window.
         let drain = self.ctx.drain_notice(self.conn_id);
@@ -601,11 +598,7 @@ impl CableSession {
     }
 
     async fn emit_text(&self, text: String) -> bool {
-        self.emit(Outbound::Text {
-            text: Utf8Bytes::from(text),
-            kafka_ts_ms: None,
-        })
-        .await
+        self.emit(Outbound::text(&text)).await
     }
 
     async fn emit(&self, item: Outbound) -> bool {

@@ -8,19 +8,20 @@ use std::{
     time::Duration,
 };
 
-use axum::extract::ws::{Message, Utf8Bytes, WebSocket};
 use futures_util::{Stream, StreamExt};
+use tokio_tungstenite::tungstenite::Error as WsError;
 use tokio_util::sync::CancellationToken;
 
 use super::codec::{self, Command, Decoded, Frame, Limits, Version};
 use super::destination::Destination;
 use crate::{
     auth::Identity,
-    connection::{self, ConnTx, HeartBeatKind, Outbound},
+    connection::{self, ConnTx, HeartBeatKind, Opened, Outbound},
     limits::AccountSlot,
     resume::{self, ResumeGate, ResumeRequest, TopicPartition},
     router::{FrameCache, Recipient, RoutedEvent},
     server::Context,
+    ws::{Message, WsFrame, WsSocket},
 };
 
 const PROTOCOL: &str = "stomp";
@@ -110,10 +111,10 @@ impl StompRecipient {
     /// Queue `event`'s MESSAGE for `sub`; false when the connection is gone or slow.
     fn deliver(&self, sub: &Subscription, event: &RoutedEvent, cache: &mut FrameCache) -> bool {
         {
-            let frame = match cache.get(&sub.cache_key) {
+            let frame = match cache.frame(&sub.cache_key) {
                 Some(frame) => frame,
                 None => {
-                    let body = cache.get_or_insert_with(sub.destination.body_key(), || {
+                    let body = cache.body_or_insert_with(sub.destination.body_key(), || {
                         sub.destination.body(event)
                     });
                     let position = event.position();
@@ -127,7 +128,7 @@ impl StompRecipient {
                         headers.push(("ack", position.as_str()));
                     }
                     let text = codec::encode_message_text(&headers, body.as_str(), self.version);
-                    cache.get_or_insert_with(&sub.cache_key, || text)
+                    cache.frame_or_insert_with(&sub.cache_key, || text)
                 }
             };
             self.conn.push(frame, event.kafka_timestamp_ms)
@@ -174,7 +175,7 @@ impl StompRecipient {
                 ("herald-gap", stream.as_str()),
             ];
             self.conn.push(
-                codec::encode_message_text(&headers, &body, self.version).into(),
+                WsFrame::text(&codec::encode_message_text(&headers, &body, self.version)),
                 None,
             );
             ctx.metrics
@@ -206,38 +207,33 @@ impl StompRecipient {
 /// upgrade request's `Authorization` header; `max_version` is bounded by the
 /// negotiated subprotocol.
 pub async fn serve(
-    socket: WebSocket,
+    socket: WsSocket,
     ctx: Arc<Context>,
     upgrade_auth: Option<String>,
     max_version: Version,
 ) {
-    let (sink, mut stream) = socket.split();
-    run(sink, &mut stream, ctx, upgrade_auth, max_version).await;
-}
-
-/// Drive a session over any message sink/stream (tests use channels).
-pub async fn run<S, R>(
-    sink: S,
-    stream: &mut R,
-    ctx: Arc<Context>,
-    upgrade_auth: Option<String>,
-    max_version: Version,
-) where
-    S: futures_util::Sink<Message> + Unpin + Send + 'static,
-    R: Stream<Item = Result<Message, axum::Error>> + Unpin,
-{
     let metrics = ctx.metrics.clone();
     metrics.connections.with_label_values(&[PROTOCOL]).inc();
     let conn_id = connection::next_conn_id();
-    let (tx, writer) = connection::channel(ctx.stomp.outbound_queue, PROTOCOL, metrics.clone());
-    let done = CancellationToken::new();
     let slow_frame = error_frame(
         "slow consumer disconnected",
         None,
         "the client did not read its frames fast enough",
         None,
     );
-    let writer_task = tokio::spawn(writer.run(sink, Some(slow_frame), done.clone()));
+    let Opened {
+        tx,
+        mut stream,
+        done,
+        writer,
+    } = connection::open(
+        socket,
+        ctx.stomp.outbound_queue,
+        PROTOCOL,
+        &metrics,
+        Some(slow_frame),
+    )
+    .await;
 
     let mut session = Session {
         conn_id,
@@ -252,18 +248,12 @@ pub async fn run<S, R>(
         revoked: CancellationToken::new(),
         account_slot: None,
     };
-    session.read_loop(stream).await;
+    session.read_loop(&mut stream).await;
+    connection::answer_close(&mut stream).await;
     session.close();
     drop(session);
-    // The writer ends once the queue is drained and closed; do not let a
-    // client that stopped reading hold the task forever.
-    let mut writer_task = writer_task;
-    if tokio::time::timeout(Duration::from_secs(5), &mut writer_task)
-        .await
-        .is_err()
-    {
-        writer_task.abort();
-    }
+    drop(stream);
+    writer.finish().await;
     metrics.connections.with_label_values(&[PROTOCOL]).dec();
 }
 
@@ -287,7 +277,7 @@ struct Session {
 impl Session {
     async fn read_loop<R>(&mut self, stream: &mut R)
     where
-        R: Stream<Item = Result<Message, axum::Error>> + Unpin,
+        R: Stream<Item = Result<Message, WsError>> + Unpin,
     {
         // Told to leave at this connection's moment of the drain window.
         let drain = self.ctx.drain_notice(self.conn_id);
@@ -338,7 +328,7 @@ impl Session {
                 Message::Text(t) => t.as_bytes(),
                 Message::Binary(b) => b,
                 Message::Close(_) => return,
-                Message::Ping(_) | Message::Pong(_) => continue,
+                Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => continue,
             };
             let version = self.version.unwrap_or(Version::V1_2);
             let items = match codec::decode_message(bytes, version, &self.ctx.stomp.limits) {
@@ -377,8 +367,8 @@ impl Session {
             }
             (true, Command::Disconnect) => {
                 if let Some(r) = &receipt {
-                    self.emit(Outbound::Text {
-                        text: receipt_frame(r, self.version),
+                    self.emit(Outbound::Frame {
+                        frame: receipt_frame(r, self.version),
                         kafka_ts_ms: None,
                     })
                     .await;
@@ -395,8 +385,8 @@ impl Session {
         match result {
             Ok(()) => {
                 if let Some(r) = &receipt {
-                    self.emit(Outbound::Text {
-                        text: receipt_frame(r, self.version),
+                    self.emit(Outbound::Frame {
+                        frame: receipt_frame(r, self.version),
                         kafka_ts_ms: None,
                     })
                     .await;
@@ -420,8 +410,8 @@ impl Session {
                 "",
                 None,
             );
-            self.emit(Outbound::Text {
-                text,
+            self.emit(Outbound::Frame {
+                frame: text,
                 kafka_ts_ms: None,
             })
             .await;
@@ -507,8 +497,8 @@ impl Session {
             .with_header("session", session_id);
         let text = frame_text(&connected, version);
         if !self
-            .emit(Outbound::Text {
-                text,
+            .emit(Outbound::Frame {
+                frame: text,
                 kafka_ts_ms: None,
             })
             .await
@@ -519,7 +509,7 @@ impl Session {
             let every = Duration::from_millis(sx.max(cy));
             self.emit(Outbound::HeartBeat {
                 every,
-                kind: HeartBeatKind::WhenIdle(Utf8Bytes::from_static("\n")),
+                kind: HeartBeatKind::WhenIdle(WsFrame::text("\n")),
             })
             .await;
         }
@@ -685,8 +675,8 @@ impl Session {
         receipt: Option<&str>,
     ) {
         let text = error_frame(message, receipt, detail, self.version);
-        self.emit(Outbound::Text {
-            text,
+        self.emit(Outbound::Frame {
+            frame: text,
             kafka_ts_ms: None,
         })
         .await;
@@ -723,12 +713,12 @@ async fn expiry(at: Option<i64>) {
     }
 }
 
-fn frame_text(frame: &Frame, version: Version) -> Utf8Bytes {
+fn frame_text(frame: &Frame, version: Version) -> WsFrame {
     let bytes = codec::encode(frame, version);
-    Utf8Bytes::from(String::from_utf8_lossy(&bytes).into_owned())
+    WsFrame::text(&String::from_utf8_lossy(&bytes))
 }
 
-fn receipt_frame(receipt: &str, version: Option<Version>) -> Utf8Bytes {
+fn receipt_frame(receipt: &str, version: Option<Version>) -> WsFrame {
     frame_text(
         &Frame::new(Command::Receipt).with_header("receipt-id", receipt),
         version.unwrap_or(Version::V1_2),
@@ -743,7 +733,7 @@ fn error_frame(
     receipt: Option<&str>,
     detail: &str,
     version: Option<Version>,
-) -> Utf8Bytes {
+) -> WsFrame {
     let mut extra = Vec::new();
     if let Some(r) = receipt {
         extra.push(("receipt-id", r));
@@ -756,7 +746,7 @@ fn error_frame_with(
     extra: &[(&str, &str)],
     detail: &str,
     version: Option<Version>,
-) -> Utf8Bytes {
+) -> WsFrame {
     let flat = |s: &str| s.replace(['\r', '\n'], " ");
     let mut frame = Frame::new(Command::Error).with_header("message", flat(message));
     for (k, v) in extra {

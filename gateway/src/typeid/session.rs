@@ -9,13 +9,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use axum::extract::ws::{Message, Utf8Bytes, WebSocket};
 use futures_util::{Stream, StreamExt};
 use rdkafka::{
     message::{Header, OwnedHeaders},
     producer::FutureRecord,
 };
 use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Error as WsError;
 use tokio_util::sync::CancellationToken;
 
 use super::protocol::{
@@ -23,10 +23,11 @@ use super::protocol::{
 };
 use crate::{
     auth::{Identity, PrincipalKind},
-    connection::{self, ConnTx, Outbound},
+    connection::{self, ConnTx, Opened, Outbound},
     limits::AccountSlot,
     router::{FrameCache, Recipient, RoutedEvent, now_ms},
     server::Context,
+    ws::{Message, WsSocket},
 };
 
 const PROTOCOL: &str = "typeid";
@@ -110,7 +111,7 @@ impl Recipient for TypeIdRecipient {
         if !listed || !event.envelope.payload.get().trim_start().starts_with('{') {
             return;
         }
-        let frame = cache.get_or_insert_with(event.envelope.event_type.as_str(), || {
+        let frame = cache.frame_or_insert_with(event.envelope.event_type.as_str(), || {
             protocol::frame_raw(type_id, event.envelope.payload.get())
         });
         self.conn.push(frame, event.kafka_timestamp_ms);
@@ -118,23 +119,16 @@ impl Recipient for TypeIdRecipient {
 }
 
 /// Serve one upgraded WebSocket from `peer`.
-pub async fn serve(socket: WebSocket, ctx: Arc<Context>, peer: IpAddr) {
-    let (sink, mut stream) = socket.split();
-    run(sink, &mut stream, ctx, peer).await;
-}
-
-/// Drive a connection over any sink/stream.
-pub async fn run<S, R>(sink: S, stream: &mut R, ctx: Arc<Context>, peer: IpAddr)
-where
-    S: futures_util::Sink<Message> + Unpin + Send + 'static,
-    R: Stream<Item = Result<Message, axum::Error>> + Unpin,
-{
+pub async fn serve(socket: WsSocket, ctx: Arc<Context>, peer: IpAddr) {
     let metrics = ctx.metrics.clone();
     metrics.connections.with_label_values(&[PROTOCOL]).inc();
     let conn_id = connection::next_conn_id();
-    let (tx, writer) = connection::channel(ctx.typeid.outbound_queue, PROTOCOL, metrics.clone());
-    let done = CancellationToken::new();
-    let writer_task = tokio::spawn(writer.run(sink, None, done.clone()));
+    let Opened {
+        tx,
+        mut stream,
+        done,
+        writer,
+    } = connection::open(socket, ctx.typeid.outbound_queue, PROTOCOL, &metrics, None).await;
     let mut session = Session {
         conn_id,
         ctx: ctx.clone(),
@@ -145,18 +139,14 @@ where
         account_slot: None,
         bucket: (f64::from(ctx.typeid.messages_per_second), Instant::now()),
     };
-    if session.join(stream, peer).await {
-        session.read_loop(stream).await;
+    if session.join(&mut stream, peer).await {
+        session.read_loop(&mut stream).await;
     }
+    connection::answer_close(&mut stream).await;
     session.close();
     drop(session);
-    let mut writer_task = writer_task;
-    if tokio::time::timeout(Duration::from_secs(5), &mut writer_task)
-        .await
-        .is_err()
-    {
-        writer_task.abort();
-    }
+    drop(stream);
+    writer.finish().await;
     metrics.connections.with_label_values(&[PROTOCOL]).dec();
 }
 
@@ -176,7 +166,7 @@ struct Session {
 /// The next text frame, or None when the socket ended.
 async fn next_text<R>(stream: &mut R) -> Option<String>
 where
-    R: Stream<Item = Result<Message, axum::Error>> + Unpin,
+    R: Stream<Item = Result<Message, WsError>> + Unpin,
 {
     loop {
         match stream.next().await? {
@@ -192,7 +182,7 @@ impl Session {
     /// The join handshake; true when the client joined.
     async fn join<R>(&mut self, stream: &mut R, peer: IpAddr) -> bool
     where
-        R: Stream<Item = Result<Message, axum::Error>> + Unpin,
+        R: Stream<Item = Result<Message, WsError>> + Unpin,
     {
         let first = tokio::select! {
             _ = self.ctx.shutdown.cancelled() => return false,
@@ -329,7 +319,7 @@ impl Session {
 
     async fn read_loop<R>(&mut self, stream: &mut R)
     where
-        R: Stream<Item = Result<Message, axum::Error>> + Unpin,
+        R: Stream<Item = Result<Message, WsError>> + Unpin,
     {
         // Told to leave at this connection's moment of the drain window.
         let drain = self.ctx.drain_notice(self.conn_id);
@@ -550,11 +540,7 @@ impl Session {
     }
 
     async fn emit_text(&self, text: String) -> bool {
-        self.emit(Outbound::Text {
-            text: Utf8Bytes::from(text),
-            kafka_ts_ms: None,
-        })
-        .await
+        self.emit(Outbound::text(&text)).await
     }
 
     async fn emit(&self, item: Outbound) -> bool {

@@ -1,0 +1,227 @@
+//! The gateway's own WebSocket layer, byte by byte over raw TCP: handshake
+//! refusals, bytes pipelined right behind the upgrade request, masked and
+//! fragmented client frames, pings answered in between event frames by the
+//! same writer, and the close handshake.
+
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use herald_tests::{Stack, airy_message, token};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+};
+
+const TEXT: u8 = 0x1;
+const CLOSE: u8 = 0x8;
+const PING: u8 = 0x9;
+const PONG: u8 = 0xA;
+
+/// A client frame (RFC 6455 §5.2), masked as clients must.
+fn client_frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
+    let mask = [0x37, 0xfa, 0x21, 0x3d];
+    let mut out = vec![if fin { 0x80 } else { 0 } | opcode];
+    match payload.len() {
+        n if n < 126 => out.push(0x80 | n as u8),
+        n => {
+            out.push(0x80 | 126);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+    }
+    out.extend_from_slice(&mask);
+    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    out
+}
+
+struct RawWs {
+    tcp: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl RawWs {
+    /// Send the upgrade request followed, in the same write, by `pipelined`.
+    async fn open(addr: &str, path: &str, pipelined: &[u8]) -> anyhow::Result<(RawWs, String)> {
+        let mut tcp = TcpStream::connect(addr).await?;
+        let mut request = format!(
+            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
+             Sec-WebSocket-Protocol: v12.stomp\r\n\r\n"
+        )
+        .into_bytes();
+        request.extend_from_slice(pipelined);
+        tcp.write_all(&request).await?;
+        let mut ws = RawWs {
+            tcp,
+            buf: Vec::new(),
+        };
+        let head = loop {
+            if let Some(end) = ws.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&ws.buf[..end]).into_owned();
+                ws.buf.drain(..end + 4);
+                break head;
+            }
+            ws.fill().await?;
+        };
+        Ok((ws, head))
+    }
+
+    async fn fill(&mut self) -> anyhow::Result<()> {
+        let mut chunk = [0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(10), self.tcp.read(&mut chunk))
+            .await
+            .context("timed out reading")??;
+        if n == 0 {
+            bail!("connection closed");
+        }
+        self.buf.extend_from_slice(&chunk[..n]);
+        Ok(())
+    }
+
+    /// The next server frame: (first byte, payload). Server frames are never masked.
+    async fn frame(&mut self) -> anyhow::Result<(u8, Vec<u8>)> {
+        loop {
+            if self.buf.len() >= 2 {
+                assert_eq!(self.buf[1] & 0x80, 0, "server frames are not masked");
+                let (len, header) = match self.buf[1] & 0x7f {
+                    126 if self.buf.len() >= 4 => {
+                        (u16::from_be_bytes([self.buf[2], self.buf[3]]) as usize, 4)
+                    }
+                    127 if self.buf.len() >= 10 => {
+                        (u64::from_be_bytes(self.buf[2..10].try_into()?) as usize, 10)
+                    }
+                    n if n < 126 => (n as usize, 2),
+                    _ => (usize::MAX, 0),
+                };
+                if len != usize::MAX && self.buf.len() >= header + len {
+                    let first = self.buf[0];
+                    let payload = self.buf[header..header + len].to_vec();
+                    self.buf.drain(..header + len);
+                    return Ok((first, payload));
+                }
+            }
+            self.fill().await?;
+        }
+    }
+
+    async fn text(&mut self) -> anyhow::Result<String> {
+        let (first, payload) = self.frame().await?;
+        assert_eq!(first, 0x80 | TEXT, "a final text frame");
+        Ok(String::from_utf8(payload)?)
+    }
+
+    async fn send(&mut self, bytes: &[u8]) -> anyhow::Result<()> {
+        self.tcp.write_all(bytes).await?;
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn non_upgrade_requests_are_refused_with_reasons() -> anyhow::Result<()> {
+    let stack = Stack::start().await?;
+    let base = stack
+        .ws_url("/ws.communication")
+        .replace("ws://", "http://");
+    let http = reqwest::Client::new();
+
+    let plain = http.get(&base).send().await?;
+    assert_eq!(plain.status(), 426);
+    assert_eq!(plain.headers()["upgrade"], "websocket");
+    assert!(plain.text().await?.contains("WebSocket"));
+
+    let old_version = http
+        .get(&base)
+        .header("connection", "upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+        .header("sec-websocket-version", "8")
+        .send()
+        .await?;
+    assert_eq!(old_version.status(), 426);
+    assert_eq!(old_version.headers()["sec-websocket-version"], "13");
+
+    let no_key = http
+        .get(&base)
+        .header("connection", "keep-alive, Upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-version", "13")
+        .send()
+        .await?;
+    assert_eq!(no_key.status(), 400);
+    assert!(no_key.text().await?.contains("Sec-WebSocket-Key"));
+    stack.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_fragmented_ping_and_close() -> anyhow::Result<()> {
+    let stack = Stack::start().await?;
+    let addr = stack.ws_url("").trim_start_matches("ws://").to_owned();
+
+    // CONNECT in two fragments, pipelined behind the upgrade request.
+    let connect = format!(
+        "CONNECT\naccept-version:1.2\nheart-beat:0,0\nAuthorization:Bearer {}\n\n\0",
+        token("1", "7", "agent")
+    );
+    let (a, b) = connect.as_bytes().split_at(20);
+    let mut pipelined = client_frame(false, TEXT, a);
+    pipelined.extend(client_frame(true, 0x0, b));
+    let (mut ws, head) = RawWs::open(&addr, "/ws.communication", &pipelined).await?;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo="),
+        "RFC 6455's sample key and answer: {head}"
+    );
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("sec-websocket-protocol: v12.stomp"),
+        "{head}"
+    );
+    let connected = ws.text().await?;
+    assert!(connected.starts_with("CONNECTED\n"), "{connected}");
+
+    ws.send(&client_frame(
+        true,
+        TEXT,
+        b"SUBSCRIBE\nid:s\ndestination:/events\nreceipt:r1\n\n\0",
+    ))
+    .await?;
+    let receipt = ws.text().await?;
+    assert!(receipt.starts_with("RECEIPT\nreceipt-id:r1\n"), "{receipt}");
+
+    // Events and a ping at once: the pong and the MESSAGE frames come out
+    // whole, through the one writer.
+    let events: Vec<_> = (0..50).map(|n| airy_message("1", n)).collect();
+    stack.produce(&events).await?;
+    ws.send(&client_frame(true, PING, b"are you there")).await?;
+    let (mut messages, mut pongs) = (0, 0);
+    while messages < 50 || pongs < 1 {
+        let (first, payload) = ws.frame().await?;
+        match first & 0x0f {
+            TEXT => {
+                let text = String::from_utf8(payload)?;
+                assert!(text.starts_with("MESSAGE\n"), "{text}");
+                messages += 1;
+            }
+            PONG => {
+                assert_eq!(payload, b"are you there");
+                pongs += 1;
+            }
+            other => bail!("unexpected opcode {other}"),
+        }
+        assert_eq!(first & 0x80, 0x80, "server frames are final");
+    }
+
+    // The close handshake: our close is answered with a close, then EOF.
+    let mut close = 1000u16.to_be_bytes().to_vec();
+    close.extend_from_slice(b"bye");
+    ws.send(&client_frame(true, CLOSE, &close)).await?;
+    let (first, payload) = ws.frame().await?;
+    assert_eq!(first, 0x80 | CLOSE);
+    assert_eq!(&payload[..2], &1000u16.to_be_bytes());
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), ws.tcp.read_to_end(&mut rest)).await;
+    assert!(matches!(read, Ok(Ok(_))), "the server closes the socket");
+    stack.stop().await;
+    Ok(())
+}
