@@ -217,6 +217,7 @@ fn gateway_window(before: &Option<Scrape>, after: &Option<Scrape>) -> Value {
     json!({
         "dispatch_latency": h("herald_dispatch_latency_seconds"),
         "delivery_latency": h("herald_delivery_latency_seconds"),
+        "gateway_latency": h("herald_gateway_latency_seconds"),
         "frames_sent": d("herald_frames_sent_total"),
         "frames_dropped": d("herald_frames_dropped_total"),
         "slow_client_disconnects": d("herald_slow_client_disconnects_total"),
@@ -560,13 +561,14 @@ pub async fn latency(common: &Common, args: &LatencyArgs) -> anyhow::Result<Valu
                 kafka_only.p50_ms, kafka_only.p99_ms
             );
             eprintln!(
-                "latency[{kind:?}] {rate} events/s: {:.0} frames/s, p50 {:.2} p99 {:.2} p99.9 {:.2} max {:.2} ms; gateway dispatch p99 {:?} ms; lost {lost} dup {dups}",
+                "latency[{kind:?}] {rate} events/s: {:.0} frames/s, p50 {:.2} p99 {:.2} p99.9 {:.2} max {:.2} ms; gateway dispatch p99 {:?} ms, received -> written p99 {:?} ms; lost {lost} dup {dups}",
                 frames as f64 / secs,
                 latency.p50_ms,
                 latency.p99_ms,
                 latency.p999_ms,
                 latency.max_ms,
-                gw["dispatch_latency"]["p99_ms"].as_f64()
+                gw["dispatch_latency"]["p99_ms"].as_f64(),
+                gw["gateway_latency"]["p99_ms"].as_f64()
             );
             steps.push(json!({
                 "rate_events_per_second": rate,

@@ -14,6 +14,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use futures_util::FutureExt;
 use herald_runtime::KafkaArgs;
 use herald_schemas::Envelope;
 use prometheus::IntCounter;
@@ -28,7 +29,7 @@ use crate::{
     auth::PrincipalKind,
     metrics::Metrics,
     presence::PresenceTable,
-    router::{FrameCache, RoutedEvent, Router},
+    router::{RoutedEvent, Router, RouterView, Slot},
 };
 
 /// What the consumer needs to know.
@@ -206,7 +207,7 @@ pub async fn consume(
     presence: Arc<PresenceTable>,
     shutdown: CancellationToken,
 ) {
-    let mut cache = FrameCache::default();
+    let mut batch: Vec<Slot> = Vec::with_capacity(MAX_BATCH);
     let mut counters = TopicCounters {
         metrics: metrics.clone(),
         consumed: HashMap::new(),
@@ -219,14 +220,26 @@ pub async fn consume(
             m = consumer.recv() => m,
         };
         match msg {
-            Ok(msg) => handle(
-                &msg,
-                &router,
-                &metrics,
-                &presence,
-                &mut counters,
-                &mut cache,
-            ),
+            Ok(msg) => {
+                let Some(view) = router.view() else { continue };
+                handle(&msg, &view, &presence, &mut counters, &mut batch);
+                // Records the client library has already fetched are taken
+                // now, without waiting, and dispatched together.
+                while batch.len() < MAX_BATCH {
+                    match consumer.recv().now_or_never() {
+                        Some(Ok(msg)) => handle(&msg, &view, &presence, &mut counters, &mut batch),
+                        _ => break,
+                    }
+                }
+                if !batch.is_empty() {
+                    view.dispatch_batch(&batch);
+                    for slot in batch.drain(..) {
+                        metrics
+                            .dispatch_latency
+                            .observe(slot.event.received.elapsed().as_secs_f64());
+                    }
+                }
+            }
             Err(e) => {
                 if last_error_log.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
                     tracing::warn!(error = %e, "Kafka consumer error");
@@ -282,13 +295,17 @@ fn header<'a>(msg: &'a BorrowedMessage<'_>, name: &str) -> Option<&'a str> {
         .and_then(|v| std::str::from_utf8(v).ok())
 }
 
+/// Most records dispatched together (taken only when already fetched).
+const MAX_BATCH: usize = 64;
+
+/// Route one record: skip, pass or record it, and add what is to be
+/// delivered to `batch`.
 fn handle(
     msg: &BorrowedMessage<'_>,
-    router: &Router,
-    metrics: &Metrics,
+    view: &RouterView<'_>,
     presence: &PresenceTable,
     counters: &mut TopicCounters,
-    cache: &mut FrameCache,
+    batch: &mut Vec<Slot>,
 ) {
     let received = Instant::now();
     let topic = msg.topic();
@@ -296,7 +313,6 @@ fn handle(
     let topic_arc = counters.topic_arc(topic);
     let (partition, offset, timestamp) =
         (msg.partition(), msg.offset(), msg.timestamp().to_millis());
-    let Some(view) = router.view() else { return };
     let header_account = header(msg, "account_id");
     if header(msg, "type") == Some("presence.heartbeat") {
         // Every pod keeps the whole online table, subscribers here or not.
@@ -346,10 +362,9 @@ fn handle(
     }
     let mut event = RoutedEvent::new(topic_arc.clone(), partition, offset, envelope, timestamp);
     event.received = received;
-    view.dispatch(&Arc::new(event), cache);
-    metrics
-        .dispatch_latency
-        .observe(received.elapsed().as_secs_f64());
+    let event = Arc::new(event);
+    view.record(&event);
+    batch.push(Slot::new(event));
 }
 
 fn record_heartbeat(msg: &BorrowedMessage<'_>, presence: &PresenceTable, counters: &TopicCounters) {

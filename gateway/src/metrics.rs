@@ -46,6 +46,9 @@ pub struct Metrics {
     pub delivery_latency: Histogram,
     /// Seconds from a record's arrival in the gateway to its frames being queued.
     pub dispatch_latency: Histogram,
+    /// Seconds from a record's arrival in the gateway to a frame carrying it
+    /// written to the socket: the gateway's own share of delivery latency.
+    pub gateway_latency: Histogram,
 }
 
 impl Metrics {
@@ -178,6 +181,14 @@ impl Metrics {
                 "herald_dispatch_latency_seconds",
                 "Record received by the gateway to frames queued for every recipient",
                 dispatch_buckets,
+            ),
+            gateway_latency: histogram(
+                "herald_gateway_latency_seconds",
+                "Record received by the gateway to a frame carrying it written to the socket",
+                vec![
+                    0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01,
+                    0.025, 0.05, 0.1, 0.25, 1.0,
+                ],
             ),
             registry,
         }

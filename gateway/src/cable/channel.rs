@@ -13,9 +13,9 @@ use std::sync::Arc;
 use super::protocol;
 use crate::{
     auth::{Identity, PrincipalKind},
-    connection::ConnTx,
+    connection::{self, ConnTx},
     resume::ResumeGate,
-    router::{FrameCache, Recipient, RoutedEvent},
+    router::{FrameCache, Recipient, RoutedEvent, Slot},
     ws::WsFrame,
 };
 
@@ -134,6 +134,20 @@ impl Recipient for CableRecipient {
             self.deliver(event, cache);
         }
     }
+
+    fn offer_batch(&self, events: &mut dyn Iterator<Item = &Slot>) {
+        // Made first, queued together (see the STOMP recipient).
+        connection::push_batch(&self.conn, |frames| {
+            frames.extend(events.filter_map(|slot| {
+                slot.with(|event, cache| {
+                    if self.gate.already_seen(event) || self.gate.hold(event) {
+                        return None;
+                    }
+                    Some((self.frame(event, cache)?, Some(event.stamp())))
+                })
+            }));
+        });
+    }
 }
 
 impl CableRecipient {
@@ -150,6 +164,14 @@ impl CableRecipient {
 
     /// Queue `event` if this subscription takes it; true when queued.
     pub fn deliver(&self, event: &RoutedEvent, cache: &mut FrameCache) -> bool {
+        match self.frame(event, cache) {
+            Some(frame) => self.conn.push(frame, Some(event.stamp())),
+            None => false,
+        }
+    }
+
+    /// This subscription's frame for `event`, if it takes the event.
+    fn frame(&self, event: &RoutedEvent, cache: &mut FrameCache) -> Option<WsFrame> {
         let wrap = |message: &str| match &self.ext_epoch {
             Some(epoch) => protocol::broadcast_ext(
                 &self.identifier_json,
@@ -163,7 +185,7 @@ impl CableRecipient {
         let frame = match self.channel {
             ChannelKind::Room => {
                 if !room_accepts(&self.identity, event) {
-                    return false;
+                    return None;
                 }
                 let body = room_body(&self.identity, event, cache);
                 // Room identifiers embed the client's token: frames are per
@@ -177,7 +199,7 @@ impl CableRecipient {
                         .payload_json()
                         .is_some_and(serde_json::Value::is_object)
                 {
-                    return false;
+                    return None;
                 }
                 let make = || {
                     let body = format!(
@@ -193,6 +215,6 @@ impl CableRecipient {
                 }
             }
         };
-        self.conn.push(frame, event.kafka_timestamp_ms)
+        Some(frame)
     }
 }

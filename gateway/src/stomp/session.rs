@@ -19,7 +19,7 @@ use crate::{
     connection::{self, ConnTx, HeartBeatKind, Opened, Outbound},
     limits::AccountSlot,
     resume::{self, ResumeGate, ResumeRequest, TopicPartition},
-    router::{FrameCache, Recipient, RoutedEvent},
+    router::{FrameCache, Recipient, RoutedEvent, Slot},
     server::Context,
     ws::{Message, WsFrame, WsSocket},
 };
@@ -105,13 +105,43 @@ impl Recipient for StompRecipient {
             }
         }
     }
+
+    fn offer_batch(&self, events: &mut dyn Iterator<Item = &Slot>) {
+        // Frames are made first and queued together afterwards: the queue
+        // is never locked while a subscription's gate is (a resuming gate
+        // queues its held events under its own lock).
+        connection::push_batch(&self.conn, |frames| {
+            let Ok(subs) = self.subscriptions.lock() else {
+                return;
+            };
+            for slot in events {
+                slot.with(|event, cache| {
+                    for sub in subs
+                        .iter()
+                        .filter(|s| s.destination.accepts(&event.envelope.event_type))
+                    {
+                        if !sub.gate.already_seen(event) && !sub.gate.hold(event) {
+                            frames.push((self.frame(sub, event, cache), Some(event.stamp())));
+                        }
+                    }
+                });
+            }
+        });
+    }
 }
 
 impl StompRecipient {
     /// Queue `event`'s MESSAGE for `sub`; false when the connection is gone or slow.
     fn deliver(&self, sub: &Subscription, event: &RoutedEvent, cache: &mut FrameCache) -> bool {
+        let frame = self.frame(sub, event, cache);
+        self.conn.push(frame, Some(event.stamp()))
+    }
+
+    /// `event`'s MESSAGE frame for `sub` (encoded once per event for every
+    /// subscription with the same cache key).
+    fn frame(&self, sub: &Subscription, event: &RoutedEvent, cache: &mut FrameCache) -> WsFrame {
         {
-            let frame = match cache.frame(&sub.cache_key) {
+            match cache.frame(&sub.cache_key) {
                 Some(frame) => frame,
                 None => {
                     let body = cache.body_or_insert_with(sub.destination.body_key(), || {
@@ -130,8 +160,7 @@ impl StompRecipient {
                     let text = codec::encode_message_text(&headers, body.as_str(), self.version);
                     cache.frame_or_insert_with(&sub.cache_key, || text)
                 }
-            };
-            self.conn.push(frame, event.kafka_timestamp_ms)
+            }
         }
     }
 
@@ -369,7 +398,7 @@ impl Session {
                 if let Some(r) = &receipt {
                     self.emit(Outbound::Frame {
                         frame: receipt_frame(r, self.version),
-                        kafka_ts_ms: None,
+                        stamp: None,
                     })
                     .await;
                 }
@@ -387,7 +416,7 @@ impl Session {
                 if let Some(r) = &receipt {
                     self.emit(Outbound::Frame {
                         frame: receipt_frame(r, self.version),
-                        kafka_ts_ms: None,
+                        stamp: None,
                     })
                     .await;
                 }
@@ -412,7 +441,7 @@ impl Session {
             );
             self.emit(Outbound::Frame {
                 frame: text,
-                kafka_ts_ms: None,
+                stamp: None,
             })
             .await;
             self.emit(Outbound::Close {
@@ -499,7 +528,7 @@ impl Session {
         if !self
             .emit(Outbound::Frame {
                 frame: text,
-                kafka_ts_ms: None,
+                stamp: None,
             })
             .await
         {
@@ -677,7 +706,7 @@ impl Session {
         let text = error_frame(message, receipt, detail, self.version);
         self.emit(Outbound::Frame {
             frame: text,
-            kafka_ts_ms: None,
+            stamp: None,
         })
         .await;
         self.emit(Outbound::Close { code, reason }).await;

@@ -114,7 +114,7 @@ impl Recipient for TypeIdRecipient {
         let frame = cache.frame_or_insert_with(event.envelope.event_type.as_str(), || {
             protocol::frame_raw(type_id, event.envelope.payload.get())
         });
-        self.conn.push(frame, event.kafka_timestamp_ms);
+        self.conn.push(frame, Some(event.stamp()));
     }
 }
 
