@@ -563,5 +563,8 @@ pub fn credentials(
 
 /// The account id of account index `i`.
 pub fn account_id(i: usize) -> String {
-    (1000 + i).to_string()
+    (ACCOUNT_BASE.load(std::sync::atomic::Ordering::Relaxed) + i).to_string()
 }
+
+/// The first account id (`--account-base`).
+pub static ACCOUNT_BASE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(1000);

@@ -134,6 +134,15 @@ fn main() -> anyhow::Result<()> {
             fd_limit.saturating_sub(1000)
         );
     }
+    if let Command::Idle { common, .. }
+    | Command::Fanout { common, .. }
+    | Command::Latency { common, .. }
+    | Command::Storm { common, .. }
+    | Command::Ingest { common, .. } = &cli.command
+    {
+        herald_bench::client::ACCOUNT_BASE
+            .store(common.account_base, std::sync::atomic::Ordering::Relaxed);
+    }
     let argv: Vec<String> = std::env::args().collect();
     // Other work on the machine skews every number: keep its trace.
     let load_before = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();

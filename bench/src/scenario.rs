@@ -69,6 +69,11 @@ pub struct Common {
     /// HS256 secret shared with the gateway.
     #[arg(long, default_value = "herald-bench-secret-0123456789abcdef")]
     pub jwt_secret: String,
+    /// First account id (accounts are numbered from it). Load generators
+    /// that share one gateway and topic prefix use disjoint ranges, so
+    /// each one's audit sees only its own events.
+    #[arg(long, default_value_t = 1000)]
+    pub account_base: usize,
     /// Bytes of padding added to each event payload.
     #[arg(long, default_value_t = 0)]
     pub pad: usize,

@@ -23,6 +23,13 @@ pub struct GatewayConfig {
     /// Address of the WebSocket listener.
     #[arg(long, env = "HERALD_LISTEN", default_value = "0.0.0.0:8080")]
     pub listen: SocketAddr,
+    /// Bind the WebSocket listener with `SO_REUSEPORT`, so several gateway
+    /// processes on one host share its port (the kernel spreads new
+    /// connections over them): a replacement process can start before the
+    /// old one drains, and a host whose per-process file limit is below the
+    /// connections wanted can run several.
+    #[arg(long, env = "HERALD_REUSE_PORT", default_value_t = false, action = clap::ArgAction::Set)]
+    pub reuse_port: bool,
     /// Address of the operations listener (`/healthz`, `/readyz`, `/metrics`).
     #[arg(long, env = "HERALD_OPS_LISTEN", default_value = "0.0.0.0:9091")]
     pub ops_listen: SocketAddr,

@@ -41,13 +41,16 @@ use crate::{
 /// Bind with a deep accept queue: connect storms (every client of a drained
 /// pod reconnecting) overflowed the default 128 and stalled clients for a
 /// second-long SYN retry.
-fn bind_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
+fn bind_listener(addr: SocketAddr, reuse_port: bool) -> std::io::Result<TcpListener> {
     let socket = if addr.is_ipv4() {
         tokio::net::TcpSocket::new_v4()?
     } else {
         tokio::net::TcpSocket::new_v6()?
     };
     socket.set_reuseaddr(true)?;
+    if reuse_port {
+        socket.set_reuseport(true)?;
+    }
     socket.bind(addr)?;
     socket.listen(4096)
 }
@@ -252,7 +255,7 @@ pub async fn start(
     .spawn(config.ops_listen, shutdown.child_token())
     .await
     .map_err(|e| anyhow::anyhow!("cannot bind ops listener {}: {e}", config.ops_listen))?;
-    let listener = bind_listener(config.listen)
+    let listener = bind_listener(config.listen, config.reuse_port)
         .map_err(|e| anyhow::anyhow!("cannot bind WebSocket listener {}: {e}", config.listen))?;
     let ws_addr = listener.local_addr()?;
 

@@ -225,3 +225,51 @@ async fn pipelined_fragmented_ping_and_close() -> anyhow::Result<()> {
     stack.stop().await;
     Ok(())
 }
+
+/// Connections open on a pod, from its `/metrics`.
+async fn stomp_connections(ops: std::net::SocketAddr) -> anyhow::Result<u64> {
+    let text = reqwest::get(format!("http://{ops}/metrics"))
+        .await?
+        .text()
+        .await?;
+    Ok(text
+        .lines()
+        .find_map(|l| l.strip_prefix("herald_connections{protocol=\"stomp\"} "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processes_share_one_port_with_reuse_port() -> anyhow::Result<()> {
+    use herald_tests::{GatewayProcess, free_port, stomp::RawStomp};
+    let stack = Stack::start().await?;
+    let port = free_port()?;
+    let mut args = stack.gateway_args();
+    args.extend(["--reuse-port".into(), "true".into()]);
+    let a = GatewayProcess::start_on(args.clone(), port).await?;
+    let b = GatewayProcess::start_on(args, port).await?;
+    assert_eq!(a.ws_addr, b.ws_addr);
+
+    let mut clients = Vec::new();
+    for _ in 0..40 {
+        let mut c =
+            RawStomp::connect(&a.ws_url("/ws.communication"), &token("1", "7", "agent")).await?;
+        c.subscribe("s", "/events").await?;
+        clients.push(c);
+    }
+    // The kernel spreads the connections over both processes.
+    let (on_a, on_b) = (
+        stomp_connections(a.ops_addr).await?,
+        stomp_connections(b.ops_addr).await?,
+    );
+    assert_eq!(on_a + on_b, 40);
+    assert!(on_a > 0 && on_b > 0, "a: {on_a}, b: {on_b}");
+    // Each process consumes the whole stream: every client gets the event.
+    stack.produce(&[airy_message("1", 7)]).await?;
+    for c in &mut clients {
+        let f = c.next_frame().await?;
+        assert!(f.body.contains("m-1-7"), "{}", f.raw);
+    }
+    stack.stop().await;
+    Ok(())
+}
