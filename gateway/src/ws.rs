@@ -81,6 +81,17 @@ impl WsFrame {
         Self::encode(OP_TEXT, text.as_bytes(), &[])
     }
 
+    /// A final text frame carrying the concatenation of `parts`, built in
+    /// one buffer (for frames made per recipient from shared pieces).
+    pub fn text_parts(parts: &[&str]) -> Self {
+        let len = parts.iter().map(|p| p.len()).sum();
+        let mut out = Self::header(OP_TEXT, len);
+        for part in parts {
+            out.extend_from_slice(part.as_bytes());
+        }
+        WsFrame(Bytes::from(out))
+    }
+
     /// A close frame with `code` and `reason` (cut to the 123 bytes a
     /// control frame can carry, on a character boundary).
     pub fn close(code: u16, reason: &str) -> Self {
@@ -94,7 +105,14 @@ impl WsFrame {
     /// RFC 6455 §5.2 framing: FIN + opcode, then the payload length in 7,
     /// 7+16 or 7+64 bits; no mask from a server.
     fn encode(opcode: u8, a: &[u8], b: &[u8]) -> Self {
-        let len = a.len() + b.len();
+        let mut out = Self::header(opcode, a.len() + b.len());
+        out.extend_from_slice(a);
+        out.extend_from_slice(b);
+        WsFrame(Bytes::from(out))
+    }
+
+    /// A buffer holding the header of a `len`-byte frame, with room for the payload.
+    fn header(opcode: u8, len: usize) -> Vec<u8> {
         let mut out = Vec::with_capacity(len + 10);
         out.push(0x80 | opcode);
         if len < 126 {
@@ -106,9 +124,7 @@ impl WsFrame {
             out.push(127);
             out.extend_from_slice(&(len as u64).to_be_bytes());
         }
-        out.extend_from_slice(a);
-        out.extend_from_slice(b);
-        WsFrame(Bytes::from(out))
+        out
     }
 
     /// The encoded frame.
@@ -441,6 +457,12 @@ mod tests {
         assert_eq!(f.bytes()[1], 127);
         assert_eq!(&f.bytes()[2..10], &70_000u64.to_be_bytes());
         assert_eq!(f.as_text(), Some(long.as_str()));
+
+        assert_eq!(WsFrame::text_parts(&["a", "", "bc"]), WsFrame::text("abc"));
+        assert_eq!(
+            WsFrame::text_parts(&[&medium, "z"]).as_text(),
+            Some(format!("{medium}z").as_str())
+        );
 
         let close = WsFrame::close(1008, "slow consumer");
         assert_eq!(&close.bytes()[..4], &[0x88, 15, 0x03, 0xF0]);

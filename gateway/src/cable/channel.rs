@@ -189,8 +189,18 @@ impl CableRecipient {
                 }
                 let body = room_body(&self.identity, event, cache);
                 // Room identifiers embed the client's token: frames are per
-                // subscription, only the body is shared.
-                WsFrame::text(&wrap(body.as_str()))
+                // subscription, only the body is shared, and the frame is
+                // assembled from the pieces in one buffer.
+                match &self.ext_epoch {
+                    None => WsFrame::text_parts(&[
+                        r#"{"identifier":"#,
+                        &self.identifier_json,
+                        r#","message":"#,
+                        body.as_str(),
+                        "}",
+                    ]),
+                    Some(_) => WsFrame::text(&wrap(body.as_str())),
+                }
             }
             ChannelKind::Notifications => {
                 let ty = event.envelope.event_type.as_str();
