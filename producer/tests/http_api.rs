@@ -338,6 +338,16 @@ async fn invalid_and_oversize_requests_publish_nothing() -> anyhow::Result<()> {
     let (status, body) = api.post_events(&p, key, &big).await?;
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
     assert_eq!(body["error"], "request body exceeds 4096 bytes");
+    // A body far over the limit: the client is still sending when the
+    // answer is ready, and must still get to read the 413 (the server reads
+    // the announced body before answering, instead of closing under it).
+    let mut huge = tag_event("1", 6);
+    huge["payload"]["name"] = json!("x".repeat(4 << 20));
+    for _ in 0..10 {
+        let (status, body) = api.post_events(&p, key, &huge).await?;
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(body["error"], "request body exceeds 4096 bytes");
+    }
     // Credentials are checked before the body is read: 401, not 413.
     let (status, _) = api.post_events(&p, None, &big).await?;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
@@ -362,7 +372,7 @@ async fn invalid_and_oversize_requests_publish_nothing() -> anyhow::Result<()> {
     );
     assert_eq!(
         metric_value(&metrics, "herald_producer_requests_total", "status=\"413\""),
-        1.0
+        11.0
     );
     api.shutdown.cancel();
     Ok(())
