@@ -135,7 +135,9 @@ impl Shared {
             let Ok(mut q) = self.queue.lock() else {
                 return Queued::Stopped;
             };
-            if q.stopped {
+            // Closed: every `ConnTx` is gone, so only the WebSocket
+            // library's replies can still arrive, and nobody waits for them.
+            if q.stopped || q.closed {
                 return Queued::Stopped;
             }
             if bounded && q.items.len() >= self.capacity {
@@ -295,10 +297,8 @@ impl ConnTx {
     fn replies(&self) -> impl Fn(Bytes) + Send + Sync + 'static {
         let shared = self.shared.clone();
         move |bytes| {
-            let open = shared.queue.lock().is_ok_and(|q| !q.closed);
-            if open {
-                let _ = shared.enqueue(Outbound::Raw(bytes), false);
-            }
+            // A client whose queue is full is being cut off anyway.
+            let _ = shared.enqueue(Outbound::Raw(bytes), false);
         }
     }
 }
