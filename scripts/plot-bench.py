@@ -54,16 +54,23 @@ def plot_latency(plt, results_dir):
     for name, doc in runs:
         proto = doc["protocol"]
         conns = doc["results"]["params"]["connections"]
+        wait = doc["results"]["params"].get("fetch_wait_ms")
+        suffix = f", fetch wait {wait} ms" if wait else ""
         for server, run in doc["results"]["runs"].items():
             steps = run["steps"]
             x = [s["rate_events_per_second"] for s in steps]
-            for q, style in (("p50_ms", "--"), ("p99_ms", "-"), ("p999_ms", ":")):
+            quantiles = (("p50_ms", "--"), ("p99_ms", "-"), ("p999_ms", ":"))
+            if server == "gateway" and wait and wait != 2:
+                quantiles = (("p99_ms", "-"),)
+            for q, style in quantiles:
                 y = [s["latency"][q] for s in steps]
-                ax.plot(x, y, style, marker="o", label=f"{server} {proto} {q[:-3]}")
+                tag = suffix if server == "gateway" else ""
+                ax.plot(x, y, style, marker="o", label=f"{server} {proto} {q[:-3]}{tag}")
             k = [(s["rate_events_per_second"], (s.get("kafka_only_latency") or {}).get("p99_ms")) for s in steps]
             k = [(a, b) for a, b in k if b is not None]
             if k:
-                ax.plot([a for a, _ in k], [b for _, b in k], "-.", marker="x", label=f"kafka only (bare consumer) p99")
+                ax.plot([a for a, _ in k], [b for _, b in k], "-.", marker="x", label=f"kafka only (bare consumer) p99{suffix}")
+    ax.axhline(20, color="black", linewidth=0.8, alpha=0.5, label="issue 7 target: p99 20 ms")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel(f"events/s published ({conns} connections, {doc['results']['params']['recipients_per_event']} recipients per event)")

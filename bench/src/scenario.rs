@@ -479,7 +479,10 @@ pub struct LatencyArgs {
     /// Accounts (recipients per event = connections / accounts).
     #[arg(long, default_value_t = 100)]
     pub accounts: usize,
-    /// Publish rates to step through, events/s.
+    /// Publish rates to step through, events/s. Each rate gets a fresh
+    /// broker, gateway and set of connections: the test broker's cost per
+    /// fetch grows with every batch it holds (see `--fetch-wait-ms`), so a
+    /// rate measured after the others would pay for their records.
     #[arg(long, value_delimiter = ',', default_value = "1000")]
     pub rates: Vec<f64>,
     /// Seconds per rate before measuring.
@@ -488,132 +491,171 @@ pub struct LatencyArgs {
     /// Seconds measured per rate.
     #[arg(long, default_value_t = 15)]
     pub duration_secs: u64,
-    /// Producer `linger.ms` (0 sends every record alone, which the test
-    /// broker cannot sustain beyond a few hundred records/s).
-    #[arg(long, default_value_t = 1)]
+    /// Producer `linger.ms`. 5 is what Herald's own producer service and
+    /// librdkafka use by default; the send time is stamped before the
+    /// linger, so it is part of the measured latency. 0 sends every record
+    /// alone, which the test broker cannot sustain beyond a few hundred
+    /// records/s.
+    #[arg(long, default_value_t = 5)]
     pub linger_ms: u64,
     /// Servers, in order.
     #[arg(long, value_enum, value_delimiter = ',', default_value = "gateway")]
     pub servers: Vec<ServerKind>,
-    /// `fetch.wait.max.ms` of the bare Kafka consumer that measures the
-    /// broker's share of the latency (the gateway uses 50); 0 disables it.
-    #[arg(long, default_value_t = 50)]
-    pub probe_fetch_wait_ms: u64,
+    /// `fetch.wait.max.ms` of the gateway's consumer (passed as
+    /// `--kafka-property`) and of the bare probe consumer; 0 leaves the
+    /// gateway's default (10 ms). The test broker (tansu 0.6) holds every
+    /// fetch for this long even when records are waiting, where Apache Kafka
+    /// answers as soon as `fetch.min.bytes` are there; so with tansu the
+    /// broker's share of the latency is one to two times this wait.
+    #[arg(long, default_value_t = 0)]
+    pub fetch_wait_ms: u64,
+    /// Do not run the bare consumer that measures the broker's share
+    /// (`kafka_only_latency`); its fetches cost the test broker CPU.
+    #[arg(long)]
+    pub no_probe: bool,
 }
 
 /// Run `latency`.
 pub async fn latency(common: &Common, args: &LatencyArgs) -> anyhow::Result<Value> {
+    let mut common = common.clone();
+    if args.fetch_wait_ms > 0 {
+        common.gateway_args.push(format!(
+            "--kafka-property=fetch.wait.max.ms={}",
+            args.fetch_wait_ms
+        ));
+    }
+    let fetch_wait_ms = if args.fetch_wait_ms > 0 {
+        args.fetch_wait_ms
+    } else {
+        10
+    };
     let mut runs = serde_json::Map::new();
     for &kind in &args.servers {
-        let setup = Setup::start(common, kind).await?;
-        let creds = client::credentials(args.connections, args.accounts, &common.jwt_secret)?;
-        let fleet = Fleet::open(
-            &setup.target(common, args.connections),
-            creds,
-            common.concurrency,
-        );
-        fleet.wait_open(Duration::from_secs(120)).await;
-        let mut publisher = setup
-            .publisher(common, args.accounts, args.linger_ms)
-            .await?;
-        let probe_stop = AtomicStop::default();
-        let probe = match &setup.kafka {
-            Some(kafka) if args.probe_fetch_wait_ms > 0 => {
-                let topics: Vec<String> = herald_schemas::Family::ALL
-                    .iter()
-                    .filter(|f| **f != herald_schemas::Family::ClientCommands)
-                    .map(|f| f.topic(&kafka.topic_prefix))
-                    .collect();
-                Some(crate::publish::kafka_probe(
-                    kafka,
-                    &topics,
-                    args.probe_fetch_wait_ms,
-                    probe_stop.clone(),
-                )?)
-            }
-            _ => None,
-        };
         let mut steps = Vec::new();
+        let (mut sent, mut lost, mut dups) = (0u64, 0u64, 0u64);
         for &rate in &args.rates {
-            let total = Duration::from_secs(args.warmup_secs + args.duration_secs);
-            let measure = async {
-                tokio::time::sleep(Duration::from_secs(args.warmup_secs)).await;
-                let r0 = fleet.received();
-                let t0 = Instant::now();
-                let s0 = setup.scrape().await;
-                let cpu = setup.cpu_marks();
-                hist::DELIVERY.take();
-                hist::KAFKA.take();
-                tokio::time::sleep(Duration::from_secs(args.duration_secs)).await;
-                let frames = fleet.received() - r0;
-                let secs = t0.elapsed().as_secs_f64();
-                let cpu = cpu.read();
-                let s1 = setup.scrape().await;
-                (frames, secs, cpu, gateway_window(&s0, &s1))
-            };
-            let (published, (frames, secs, cpu, gw)) =
-                tokio::join!(publisher.at_rate(rate, total), measure);
-            published?;
-            // Late frames of the window still count in its latency.
-            let complete = fleet
-                .wait_delivered(&publisher.sent, Duration::from_secs(20))
-                .await;
-            let latency = Percentiles::of(&hist::DELIVERY.take());
-            let kafka_only = Percentiles::of(&hist::KAFKA.take());
-            let (lost, dups) = fleet.audit(&publisher.sent);
-            eprintln!(
-                "latency[{kind:?}] {rate} events/s: kafka-only p50 {:.2} p99 {:.2} ms",
-                kafka_only.p50_ms, kafka_only.p99_ms
-            );
-            eprintln!(
-                "latency[{kind:?}] {rate} events/s: {:.0} frames/s, p50 {:.2} p99 {:.2} p99.9 {:.2} max {:.2} ms; gateway dispatch p99 {:?} ms, received -> written p99 {:?} ms; lost {lost} dup {dups}",
-                frames as f64 / secs,
-                latency.p50_ms,
-                latency.p99_ms,
-                latency.p999_ms,
-                latency.max_ms,
-                gw["dispatch_latency"]["p99_ms"].as_f64(),
-                gw["gateway_latency"]["p99_ms"].as_f64()
-            );
-            steps.push(json!({
-                "rate_events_per_second": rate,
-                "frames_per_second": frames as f64 / secs,
-                "latency": latency,
-                "kafka_only_latency": (kafka_only.count > 0).then_some(kafka_only),
-                "cpu": cpu,
-                "gateway": gw,
-                "delivered_all": complete,
-                "lost_so_far": lost,
-                "duplicated_so_far": dups,
-            }));
+            let step = latency_step(&common, args, kind, rate, fetch_wait_ms).await?;
+            sent += step["events_sent"].as_u64().unwrap_or(0);
+            lost += step["lost"].as_u64().unwrap_or(0);
+            dups += step["duplicated"].as_u64().unwrap_or(0);
+            steps.push(step);
         }
-        publisher.finish();
-        probe_stop.set();
-        if let Some(p) = probe {
-            let _ = p.join();
-        }
-        let (lost, dups) = fleet.audit(&publisher.sent);
         runs.insert(
             format!("{kind:?}").to_lowercase(),
-            json!({
-                "connections_subscribed": fleet.subscribed.load(std::sync::atomic::Ordering::Relaxed),
-                "steps": steps,
-                "events_sent": publisher.total,
-                "lost": lost,
-                "duplicated": dups,
-                "clients": fleet_health(&fleet),
-            }),
+            json!({"steps": steps, "events_sent": sent, "lost": lost, "duplicated": dups}),
         );
-        fleet.close().await;
-        setup.stop().await;
     }
     Ok(json!({
         "params": {"connections": args.connections, "accounts": args.accounts,
                    "recipients_per_event": args.connections / args.accounts.max(1),
                    "rates": args.rates, "warmup_secs": args.warmup_secs, "duration_secs": args.duration_secs,
-                   "linger_ms": args.linger_ms},
+                   "linger_ms": args.linger_ms, "fetch_wait_ms": fetch_wait_ms,
+                   "partitions": common.partitions, "fresh_setup_per_rate": true},
         "runs": runs,
     }))
+}
+
+/// One rate of `latency`, against a fresh setup.
+async fn latency_step(
+    common: &Common,
+    args: &LatencyArgs,
+    kind: ServerKind,
+    rate: f64,
+    fetch_wait_ms: u64,
+) -> anyhow::Result<Value> {
+    let setup = Setup::start(common, kind).await?;
+    let creds = client::credentials(args.connections, args.accounts, &common.jwt_secret)?;
+    let fleet = Fleet::open(
+        &setup.target(common, args.connections),
+        creds,
+        common.concurrency,
+    );
+    fleet.wait_open(Duration::from_secs(120)).await;
+    let mut publisher = setup
+        .publisher(common, args.accounts, args.linger_ms)
+        .await?;
+    let probe_stop = AtomicStop::default();
+    let probe = match &setup.kafka {
+        Some(kafka) if !args.no_probe => {
+            let topics: Vec<String> = herald_schemas::Family::ALL
+                .iter()
+                .filter(|f| **f != herald_schemas::Family::ClientCommands)
+                .map(|f| f.topic(&kafka.topic_prefix))
+                .collect();
+            Some(crate::publish::kafka_probe(
+                kafka,
+                &topics,
+                fetch_wait_ms,
+                probe_stop.clone(),
+            )?)
+        }
+        _ => None,
+    };
+    let total = Duration::from_secs(args.warmup_secs + args.duration_secs);
+    let measure = async {
+        tokio::time::sleep(Duration::from_secs(args.warmup_secs)).await;
+        let r0 = fleet.received();
+        let t0 = Instant::now();
+        let s0 = setup.scrape().await;
+        let cpu = setup.cpu_marks();
+        hist::DELIVERY.take();
+        hist::KAFKA.take();
+        tokio::time::sleep(Duration::from_secs(args.duration_secs)).await;
+        let frames = fleet.received() - r0;
+        let secs = t0.elapsed().as_secs_f64();
+        let cpu = cpu.read();
+        let s1 = setup.scrape().await;
+        (frames, secs, cpu, gateway_window(&s0, &s1))
+    };
+    let (published, (frames, secs, cpu, gw)) =
+        tokio::join!(publisher.at_rate(rate, total), measure);
+    published?;
+    // Late frames of the window still count in its latency.
+    let complete = fleet
+        .wait_delivered(&publisher.sent, Duration::from_secs(20))
+        .await;
+    let latency = Percentiles::of(&hist::DELIVERY.take());
+    let kafka_only = Percentiles::of(&hist::KAFKA.take());
+    publisher.finish();
+    probe_stop.set();
+    if let Some(p) = probe {
+        let _ = p.join();
+    }
+    let (lost, dups) = fleet.audit(&publisher.sent);
+    if kafka_only.count > 0 {
+        eprintln!(
+            "latency[{kind:?}] {rate} events/s: kafka-only p50 {:.2} p99 {:.2} ms",
+            kafka_only.p50_ms, kafka_only.p99_ms
+        );
+    }
+    eprintln!(
+        "latency[{kind:?}] {rate} events/s: {:.0} frames/s, p50 {:.2} p99 {:.2} p99.9 {:.2} max {:.2} ms; gateway dispatch p99 {:?} ms, received -> written p50 {:?} p99 {:?} ms; cpu {cpu}; lost {lost} dup {dups}",
+        frames as f64 / secs,
+        latency.p50_ms,
+        latency.p99_ms,
+        latency.p999_ms,
+        latency.max_ms,
+        gw["dispatch_latency"]["p99_ms"].as_f64(),
+        gw["gateway_latency"]["p50_ms"].as_f64(),
+        gw["gateway_latency"]["p99_ms"].as_f64()
+    );
+    let step = json!({
+        "rate_events_per_second": rate,
+        "frames_per_second": frames as f64 / secs,
+        "latency": latency,
+        "kafka_only_latency": (kafka_only.count > 0).then_some(kafka_only),
+        "cpu": cpu,
+        "gateway": gw,
+        "delivered_all": complete,
+        "connections_subscribed": fleet.subscribed.load(std::sync::atomic::Ordering::Relaxed),
+        "events_sent": publisher.total,
+        "lost": lost,
+        "duplicated": dups,
+        "clients": fleet_health(&fleet),
+    });
+    fleet.close().await;
+    setup.stop().await;
+    Ok(step)
 }
 
 /// `storm`: new authenticated, subscribed connections per second.
