@@ -162,6 +162,44 @@ impl Setup {
         Ok(Publisher::new(sink, common.protocol, accounts, common.pad))
     }
 
+    /// Open `connections` subscribed clients over `accounts` and wait until
+    /// they are (or two minutes passed).
+    async fn open_fleet(
+        &self,
+        common: &Common,
+        connections: usize,
+        accounts: usize,
+    ) -> anyhow::Result<Fleet> {
+        let creds = client::credentials(connections, accounts, &common.jwt_secret)?;
+        let fleet = Fleet::open(&self.target(common, connections), creds, common.concurrency);
+        fleet.wait_open(Duration::from_secs(120)).await;
+        Ok(fleet)
+    }
+
+    /// Wait `warmup`, then measure `duration`: frames the fleet received,
+    /// CPU of every process, the gateway's metrics over the window. The
+    /// latency histograms start empty at the window's start.
+    async fn measure(&self, fleet: &Fleet, warmup: Duration, duration: Duration) -> Window {
+        tokio::time::sleep(warmup).await;
+        let r0 = fleet.received();
+        let t0 = Instant::now();
+        let s0 = self.scrape().await;
+        let cpu = self.cpu_marks();
+        hist::DELIVERY.take();
+        hist::KAFKA.take();
+        tokio::time::sleep(duration).await;
+        let frames = fleet.received() - r0;
+        let secs = t0.elapsed().as_secs_f64();
+        let cpu = cpu.read();
+        let s1 = self.scrape().await;
+        Window {
+            frames,
+            secs,
+            cpu,
+            gateway: gateway_window(&s0, &s1),
+        }
+    }
+
     async fn scrape(&self) -> Option<Scrape> {
         Scrape::fetch(self.server.ops_addr?).await.ok()
     }
@@ -182,6 +220,14 @@ impl Setup {
         self.server.stop().await;
         drop(self.broker);
     }
+}
+
+/// What [`Setup::measure`] saw over its window.
+struct Window {
+    frames: u64,
+    secs: f64,
+    cpu: Value,
+    gateway: Value,
 }
 
 struct CpuMarks {
@@ -387,13 +433,9 @@ pub async fn fanout(common: &Common, args: &FanoutArgs) -> anyhow::Result<Value>
     let mut fps = std::collections::HashMap::new();
     for &kind in &args.servers {
         let setup = Setup::start(common, kind).await?;
-        let creds = client::credentials(args.connections, args.accounts, &common.jwt_secret)?;
-        let fleet = Fleet::open(
-            &setup.target(common, args.connections),
-            creds,
-            common.concurrency,
-        );
-        fleet.wait_open(Duration::from_secs(120)).await;
+        let fleet = setup
+            .open_fleet(common, args.connections, args.accounts)
+            .await?;
         let fanout = fleet.recipients_per_account(args.accounts);
         let mut publisher = setup
             .publisher(common, args.accounts, args.linger_ms)
@@ -401,24 +443,20 @@ pub async fn fanout(common: &Common, args: &FanoutArgs) -> anyhow::Result<Value>
         let stop = AtomicStop::default();
         let total = Duration::from_secs(args.warmup_secs + args.duration_secs);
         let measure = async {
-            tokio::time::sleep(Duration::from_secs(args.warmup_secs)).await;
-            let r0 = fleet.received();
-            let t0 = Instant::now();
-            let s0 = setup.scrape().await;
-            let cpu = setup.cpu_marks();
-            hist::DELIVERY.take();
-            tokio::time::sleep(Duration::from_secs(args.duration_secs)).await;
-            let frames = fleet.received() - r0;
-            let secs = t0.elapsed().as_secs_f64();
-            let cpu = cpu.read();
-            let latency = Percentiles::of(&hist::DELIVERY.take());
-            let s1 = setup.scrape().await;
-            (frames, secs, cpu, latency, gateway_window(&s0, &s1))
+            let w = setup
+                .measure(
+                    &fleet,
+                    Duration::from_secs(args.warmup_secs),
+                    Duration::from_secs(args.duration_secs),
+                )
+                .await;
+            (w, Percentiles::of(&hist::DELIVERY.take()))
         };
-        let (published, (frames, secs, cpu, latency, gw)) = tokio::join!(
+        let (published, (window, latency)) = tokio::join!(
             publisher.windowed(&fleet, args.window, total, &stop),
             measure
         );
+        let (frames, secs, cpu, gw) = (window.frames, window.secs, window.cpu, window.gateway);
         published?;
         publisher.flush().await?;
         publisher.finish();
@@ -564,13 +602,9 @@ async fn latency_step(
     fetch_wait_ms: u64,
 ) -> anyhow::Result<Value> {
     let setup = Setup::start(common, kind).await?;
-    let creds = client::credentials(args.connections, args.accounts, &common.jwt_secret)?;
-    let fleet = Fleet::open(
-        &setup.target(common, args.connections),
-        creds,
-        common.concurrency,
-    );
-    fleet.wait_open(Duration::from_secs(120)).await;
+    let fleet = setup
+        .open_fleet(common, args.connections, args.accounts)
+        .await?;
     let mut publisher = setup
         .publisher(common, args.accounts, args.linger_ms)
         .await?;
@@ -592,23 +626,13 @@ async fn latency_step(
         _ => None,
     };
     let total = Duration::from_secs(args.warmup_secs + args.duration_secs);
-    let measure = async {
-        tokio::time::sleep(Duration::from_secs(args.warmup_secs)).await;
-        let r0 = fleet.received();
-        let t0 = Instant::now();
-        let s0 = setup.scrape().await;
-        let cpu = setup.cpu_marks();
-        hist::DELIVERY.take();
-        hist::KAFKA.take();
-        tokio::time::sleep(Duration::from_secs(args.duration_secs)).await;
-        let frames = fleet.received() - r0;
-        let secs = t0.elapsed().as_secs_f64();
-        let cpu = cpu.read();
-        let s1 = setup.scrape().await;
-        (frames, secs, cpu, gateway_window(&s0, &s1))
-    };
-    let (published, (frames, secs, cpu, gw)) =
-        tokio::join!(publisher.at_rate(rate, total), measure);
+    let measure = setup.measure(
+        &fleet,
+        Duration::from_secs(args.warmup_secs),
+        Duration::from_secs(args.duration_secs),
+    );
+    let (published, window) = tokio::join!(publisher.at_rate(rate, total), measure);
+    let (frames, secs, cpu, gw) = (window.frames, window.secs, window.cpu, window.gateway);
     published?;
     // Late frames of the window still count in its latency.
     let complete = fleet
