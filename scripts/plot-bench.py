@@ -50,17 +50,20 @@ def plot_latency(plt, results_dir):
     runs = load(results_dir, "latency")
     if not runs:
         return None
-    fig, ax = plt.subplots(figsize=(8, 5))
+    fig, ax = plt.subplots(figsize=(12, 5.5))
     for name, doc in runs:
         proto = doc["protocol"]
         conns = doc["results"]["params"]["connections"]
-        wait = doc["results"]["params"].get("fetch_wait_ms")
+        params = doc["results"]["params"]
+        wait = params.get("fetch_wait_ms")
         suffix = f", fetch wait {wait} ms" if wait else ""
+        if params.get("gateway_realtime"):
+            suffix += ", gateway real-time"
         for server, run in doc["results"]["runs"].items():
             steps = run["steps"]
             x = [s["rate_events_per_second"] for s in steps]
             quantiles = (("p50_ms", "--"), ("p99_ms", "-"), ("p999_ms", ":"))
-            if server == "gateway" and wait and wait != 2:
+            if server == "gateway" and name != "latency-stomp.json":
                 quantiles = (("p99_ms", "-"),)
             for q, style in quantiles:
                 y = [s["latency"][q] for s in steps]
@@ -77,7 +80,7 @@ def plot_latency(plt, results_dir):
     ax.set_ylabel("produce → client receipt, ms")
     ax.set_title("End-to-end latency vs load")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     path = os.path.join(results_dir, "latency.png")
     fig.tight_layout()
     fig.savefig(path, dpi=110)

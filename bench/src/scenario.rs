@@ -53,6 +53,12 @@ pub struct Common {
     /// Extra gateway flag, repeatable (`--gateway-arg=--outbound-queue=4096`).
     #[arg(long = "gateway-arg", allow_hyphen_values = true)]
     pub gateway_args: Vec<String>,
+    /// Run the gateway's threads at real-time priority (`SCHED_FIFO` 50,
+    /// set with `chrt`; needs root or `CAP_SYS_NICE`), so the broker and the
+    /// load generator on the same cores never preempt it: what the gateway
+    /// does when it has its cores to itself, as in a deployment.
+    #[arg(long)]
+    pub gateway_realtime: bool,
     /// Partitions per topic when creating topics.
     #[arg(long, default_value_t = 4)]
     pub partitions: i32,
@@ -118,6 +124,12 @@ impl Setup {
                         .await?
                     }
                 };
+                if common.gateway_realtime {
+                    let pid = server
+                        .pid
+                        .context("--gateway-realtime needs the gateway's pid")?;
+                    realtime(pid)?;
+                }
                 let kafka = broker.kafka_args(&prefix);
                 Ok(Setup {
                     broker: Some(broker),
@@ -220,6 +232,26 @@ impl Setup {
         self.server.stop().await;
         drop(self.broker);
     }
+}
+
+/// Put every thread of process `pid` in `SCHED_FIFO` at priority 50 (threads
+/// it starts later inherit the policy from their creator).
+fn realtime(pid: u32) -> anyhow::Result<()> {
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let tid = task?.file_name();
+        let status = std::process::Command::new("chrt")
+            .args(["-f", "-p", "50"])
+            .arg(&tid)
+            .stdout(std::process::Stdio::null())
+            .status()
+            .context("cannot run chrt (util-linux)")?;
+        anyhow::ensure!(
+            status.success(),
+            "chrt -f -p 50 {} failed: real-time priority needs root or CAP_SYS_NICE",
+            tid.to_string_lossy()
+        );
+    }
+    Ok(())
 }
 
 /// What [`Setup::measure`] saw over its window.
@@ -588,7 +620,8 @@ pub async fn latency(common: &Common, args: &LatencyArgs) -> anyhow::Result<Valu
                    "recipients_per_event": args.connections / args.accounts.max(1),
                    "rates": args.rates, "warmup_secs": args.warmup_secs, "duration_secs": args.duration_secs,
                    "linger_ms": args.linger_ms, "fetch_wait_ms": fetch_wait_ms,
-                   "partitions": common.partitions, "fresh_setup_per_rate": true},
+                   "partitions": common.partitions, "fresh_setup_per_rate": true,
+                   "gateway_realtime": common.gateway_realtime},
         "runs": runs,
     }))
 }
