@@ -31,20 +31,6 @@ pub fn free_port() -> anyhow::Result<u16> {
     anyhow::bail!("no free loopback port in 10000..32000")
 }
 
-/// The tansu binary: `HERALD_TANSU_BIN`, `PATH`, or `~/.cargo/bin`.
-fn tansu_path() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("HERALD_TANSU_BIN") {
-        return Some(PathBuf::from(p));
-    }
-    let mut candidates: Vec<PathBuf> = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).map(|d| d.join("tansu")).collect())
-        .unwrap_or_default();
-    if let Some(home) = std::env::var_os("HOME") {
-        candidates.push(PathBuf::from(home).join(".cargo/bin/tansu"));
-    }
-    candidates.into_iter().find(|p| p.is_file())
-}
-
 /// A Kafka broker: a managed tansu child, or an external one.
 pub struct Broker {
     /// Bootstrap `host:port`.
@@ -61,21 +47,15 @@ impl Broker {
                 child: None,
             });
         }
-        let bin = tansu_path().context(
-            "no broker: install tansu (`cargo install tansu --locked --features dynostore`, as \
-             scripts/test.sh does) or pass --kafka host:port",
-        )?;
+        let bin = herald_runtime::tansu::find(None).with_context(|| {
+            format!(
+                "no broker: install tansu (`{}`, as scripts/test.sh does) or pass --kafka host:port",
+                herald_runtime::tansu::INSTALL
+            )
+        })?;
         let port = free_port()?;
-        let url = format!("tcp://127.0.0.1:{port}");
         let child = Command::new(&bin)
-            .args([
-                "broker",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &url,
-            ])
-            .args(["--storage-engine", "memory://tansu/"])
+            .args(herald_runtime::tansu::broker_args(port))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .kill_on_drop(true)

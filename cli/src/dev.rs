@@ -67,31 +67,9 @@ pub struct DevArgs {
     pub jwt_secret: String,
 }
 
-/// Find the tansu binary.
-pub fn find_tansu(explicit: Option<&PathBuf>) -> Option<PathBuf> {
-    if let Some(p) = explicit {
-        return p.exists().then(|| p.clone());
-    }
-    let mut candidates: Vec<PathBuf> = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).map(|d| d.join("tansu")).collect())
-        .unwrap_or_default();
-    if let Some(home) = std::env::var_os("HOME") {
-        candidates.push(PathBuf::from(home).join(".cargo/bin/tansu"));
-    }
-    candidates.into_iter().find(|p| p.is_file())
-}
-
 fn spawn_broker(bin: &PathBuf, port: u16) -> anyhow::Result<Child> {
-    let url = format!("tcp://127.0.0.1:{port}");
     Ok(Command::new(bin)
-        .args([
-            "broker",
-            "--listener-url",
-            &url,
-            "--advertised-listener-url",
-            &url,
-        ])
-        .args(["--storage-engine", "memory://tansu/"])
+        .args(herald_runtime::tansu::broker_args(port))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .kill_on_drop(true)
@@ -108,10 +86,11 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let brokers = match &args.kafka_brokers {
         Some(b) => b.clone(),
         None => {
-            let bin = find_tansu(args.tansu_bin.as_ref()).ok_or_else(|| {
+            let bin = herald_runtime::tansu::find(args.tansu_bin.as_deref()).ok_or_else(|| {
                 anyhow::anyhow!(
-                    "the tansu broker is not installed: run `cargo install tansu --locked --features dynostore` \
-                     (scripts/dev.sh does it for you), or pass --kafka-brokers host:port"
+                    "the tansu broker is not installed: run `{}` (scripts/dev.sh does it for you), \
+                     or pass --kafka-brokers host:port",
+                    herald_runtime::tansu::INSTALL
                 )
             })?;
             _broker = Some(spawn_broker(&bin, args.broker_port)?);

@@ -9,6 +9,7 @@ pub mod config_file;
 pub mod kafka;
 pub mod ops;
 pub mod shutdown;
+pub mod tansu;
 pub mod telemetry;
 pub mod tls;
 

@@ -50,29 +50,18 @@ impl Broker {
                 child: None,
             });
         }
-        let bin = tansu_path().context(
-            "no test broker: install tansu (`cargo install tansu --locked --features dynostore`, \
-             which scripts/test.sh does) or set HERALD_TEST_KAFKA=host:port",
-        )?;
+        let bin = herald_runtime::tansu::find(None).with_context(|| {
+            format!(
+                "no test broker: install tansu (`{}`, which scripts/test.sh does) or set \
+                 HERALD_TEST_KAFKA=host:port",
+                herald_runtime::tansu::INSTALL
+            )
+        })?;
         // A port can be taken between probing and binding; retry a few times.
         let mut last_err = None;
         for _ in 0..5 {
             let port = free_port()?;
-            let url = format!("tcp://127.0.0.1:{port}");
-            let child = Command::new(&bin)
-                .args([
-                    "broker",
-                    "--listener-url",
-                    &url,
-                    "--advertised-listener-url",
-                    &url,
-                ])
-                .args(["--storage-engine", "memory://tansu/"])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .kill_on_drop(true)
-                .spawn()
-                .with_context(|| format!("cannot run {}", bin.display()))?;
+            let child = spawn_tansu(&bin, port)?;
             let mut broker = Broker {
                 bootstrap: format!("127.0.0.1:{port}"),
                 child: Some(child),
@@ -117,23 +106,16 @@ impl Broker {
     /// it comes back empty, as after losing a single-node cluster's disk).
     pub async fn restart(&mut self) -> anyhow::Result<()> {
         self.kill().await;
-        let bin = tansu_path().context("no tansu binary")?;
-        let url = format!("tcp://{}", self.bootstrap);
+        let bin = herald_runtime::tansu::find(None).context("no tansu binary")?;
+        let port: u16 = self
+            .bootstrap
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .context("the broker's address has no port")?;
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            let child = Command::new(&bin)
-                .args([
-                    "broker",
-                    "--listener-url",
-                    &url,
-                    "--advertised-listener-url",
-                    &url,
-                ])
-                .args(["--storage-engine", "memory://tansu/"])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .kill_on_drop(true)
-                .spawn()?;
+            let child = spawn_tansu(&bin, port)?;
             self.child = Some(child);
             match self.wait_listening(Duration::from_secs(5)).await {
                 Ok(()) => return Ok(()),
@@ -145,18 +127,15 @@ impl Broker {
     }
 }
 
-/// Where the tansu binary is, if installed.
-pub fn tansu_path() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("HERALD_TANSU_BIN") {
-        return Some(PathBuf::from(p));
-    }
-    let mut candidates: Vec<PathBuf> = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).map(|d| d.join("tansu")).collect())
-        .unwrap_or_default();
-    if let Some(home) = std::env::var_os("HOME") {
-        candidates.push(PathBuf::from(home).join(".cargo/bin/tansu"));
-    }
-    candidates.into_iter().find(|p| p.is_file())
+/// A tansu broker on `127.0.0.1:port` (in-memory storage), killed with its handle.
+fn spawn_tansu(bin: &std::path::Path, port: u16) -> anyhow::Result<Child> {
+    Command::new(bin)
+        .args(herald_runtime::tansu::broker_args(port))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("cannot run {}", bin.display()))
 }
 
 /// A loopback port free right now.

@@ -54,23 +54,6 @@ pub fn free_port() -> anyhow::Result<u16> {
         .port())
 }
 
-/// Where the tansu binary is.
-pub fn tansu_path() -> anyhow::Result<PathBuf> {
-    if let Some(p) = std::env::var_os("HERALD_TANSU_BIN") {
-        return Ok(PathBuf::from(p));
-    }
-    let mut candidates: Vec<PathBuf> = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).map(|d| d.join("tansu")).collect())
-        .unwrap_or_default();
-    if let Some(home) = std::env::var_os("HOME") {
-        candidates.push(PathBuf::from(home).join(".cargo/bin/tansu"));
-    }
-    candidates.into_iter().find(|p| p.is_file()).context(
-        "no test broker: install tansu (`cargo install tansu --locked --features dynostore`, \
-         which scripts/test.sh does) or set HERALD_TEST_KAFKA=host:port",
-    )
-}
-
 /// A Kafka-protocol broker for one test: the external cluster named by
 /// `HERALD_TEST_KAFKA`, or a tansu process (in-memory storage) that can be
 /// killed and started again on the same port.
@@ -110,18 +93,15 @@ impl Broker {
     }
 
     async fn tansu_on(port: u16) -> anyhow::Result<Broker> {
-        let bin = tansu_path()?;
-        let url = format!("tcp://127.0.0.1:{port}");
+        let bin = herald_runtime::tansu::find(None).with_context(|| {
+            format!(
+                "no test broker: install tansu (`{}`, which scripts/test.sh does) or set \
+                 HERALD_TEST_KAFKA=host:port",
+                herald_runtime::tansu::INSTALL
+            )
+        })?;
         let child = Command::new(&bin)
-            .args([
-                "broker",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &url,
-                "--storage-engine",
-                "memory://tansu/",
-            ])
+            .args(herald_runtime::tansu::broker_args(port))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
