@@ -47,12 +47,7 @@ impl Broker {
                 child: None,
             });
         }
-        let bin = herald_runtime::tansu::find(None).with_context(|| {
-            format!(
-                "no broker: install tansu (`{}`, as scripts/test.sh does) or pass --kafka host:port",
-                herald_runtime::tansu::INSTALL
-            )
-        })?;
+        let bin = herald_runtime::tansu::require("pass --kafka host:port")?;
         let port = free_port()?;
         let child = Command::new(&bin)
             .args(herald_runtime::tansu::broker_args(port))

@@ -27,6 +27,22 @@ pub fn find(explicit: Option<&Path>) -> Option<PathBuf> {
     candidates.into_iter().find(|p| p.is_file())
 }
 
+/// The broker is not installed.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "no Kafka broker: install tansu (`{INSTALL}`, which scripts/test.sh does) or {alternative}"
+)]
+pub struct NotInstalled {
+    /// What else the caller accepts instead (e.g. an external broker's address).
+    pub alternative: &'static str,
+}
+
+/// [`find`] without an explicit path, or an error that says how to install
+/// the broker or what `alternative` the caller accepts.
+pub fn require(alternative: &'static str) -> Result<PathBuf, NotInstalled> {
+    find(None).ok_or(NotInstalled { alternative })
+}
+
 /// Arguments of a single broker on `127.0.0.1:port` with in-memory storage
 /// (nothing survives the process).
 pub fn broker_args(port: u16) -> Vec<String> {

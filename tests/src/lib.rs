@@ -50,13 +50,7 @@ impl Broker {
                 child: None,
             });
         }
-        let bin = herald_runtime::tansu::find(None).with_context(|| {
-            format!(
-                "no test broker: install tansu (`{}`, which scripts/test.sh does) or set \
-                 HERALD_TEST_KAFKA=host:port",
-                herald_runtime::tansu::INSTALL
-            )
-        })?;
+        let bin = herald_runtime::tansu::require("set HERALD_TEST_KAFKA=host:port")?;
         // A port can be taken between probing and binding; retry a few times.
         let mut last_err = None;
         for _ in 0..5 {

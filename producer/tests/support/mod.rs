@@ -93,13 +93,7 @@ impl Broker {
     }
 
     async fn tansu_on(port: u16) -> anyhow::Result<Broker> {
-        let bin = herald_runtime::tansu::find(None).with_context(|| {
-            format!(
-                "no test broker: install tansu (`{}`, which scripts/test.sh does) or set \
-                 HERALD_TEST_KAFKA=host:port",
-                herald_runtime::tansu::INSTALL
-            )
-        })?;
+        let bin = herald_runtime::tansu::require("set HERALD_TEST_KAFKA=host:port")?;
         let child = Command::new(&bin)
             .args(herald_runtime::tansu::broker_args(port))
             .stdout(Stdio::null())
