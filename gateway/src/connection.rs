@@ -14,7 +14,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use prometheus::{Histogram, IntCounter};
+use prometheus::{Histogram, IntCounter, IntGauge};
 use tokio::{
     io::{AsyncWrite, AsyncWriteExt},
     sync::Notify,
@@ -355,6 +355,8 @@ pub fn channel(capacity: usize, protocol: &'static str, metrics: &Metrics) -> (C
 
 /// A connection's plumbing, as every protocol session starts it.
 pub struct Opened {
+    /// The connection's id (unique in this process).
+    pub conn_id: u64,
     /// The outbound queue.
     pub tx: ConnTx,
     /// Client messages.
@@ -367,7 +369,8 @@ pub struct Opened {
 
 /// Start a connection on `socket`: its queue (`capacity` frames), its
 /// writer task, and the stream of client messages. `slow_frame` is written
-/// to a client cut off for not reading.
+/// to a client cut off for not reading. The connection counts in
+/// `herald_connections` until its [`WriterTask`] is finished or dropped.
 pub async fn open(
     socket: WsSocket,
     capacity: usize,
@@ -375,15 +378,18 @@ pub async fn open(
     metrics: &Metrics,
     slow_frame: Option<WsFrame>,
 ) -> Opened {
+    let open = metrics.connections.with_label_values(&[protocol]);
+    open.inc();
     let (tx, writer) = channel(capacity, protocol, metrics);
     let (stream, write) = socket.into_parts(tx.replies()).await;
     let done = CancellationToken::new();
     let task = tokio::spawn(writer.run(write, slow_frame, done.clone()));
     Opened {
+        conn_id: next_conn_id(),
         tx,
         stream,
         done,
-        writer: WriterTask(task),
+        writer: WriterTask { task, open },
     }
 }
 
@@ -395,19 +401,29 @@ pub async fn answer_close(stream: &mut WsStream) {
     let _ = stream.flush().await;
 }
 
-/// A running writer task.
-pub struct WriterTask(JoinHandle<()>);
+/// A running writer task; its connection counts as open until this is
+/// finished or dropped.
+pub struct WriterTask {
+    task: JoinHandle<()>,
+    open: IntGauge,
+}
 
 impl WriterTask {
     /// Wait for the writer to write what is queued once every sender is
     /// gone; a client that stopped reading gets 5 s, then the socket is dropped.
     pub async fn finish(mut self) {
-        if tokio::time::timeout(Duration::from_secs(5), &mut self.0)
+        if tokio::time::timeout(Duration::from_secs(5), &mut self.task)
             .await
             .is_err()
         {
-            self.0.abort();
+            self.task.abort();
         }
+    }
+}
+
+impl Drop for WriterTask {
+    fn drop(&mut self) {
+        self.open.dec();
     }
 }
 

@@ -60,10 +60,9 @@ pub enum Endpoint {
 pub async fn serve(socket: WsSocket, ctx: Arc<Context>, endpoint: Endpoint) {
     let ext = socket.protocol == Some(protocol::EXT_PROTOCOL);
     let metrics = ctx.metrics.clone();
-    metrics.connections.with_label_values(&[PROTOCOL]).inc();
-    let conn_id = connection::next_conn_id();
     let slow = WsFrame::text(&protocol::disconnect(DisconnectReason::Remote));
     let Opened {
+        conn_id,
         tx,
         mut stream,
         done,
@@ -99,7 +98,6 @@ pub async fn serve(socket: WsSocket, ctx: Arc<Context>, endpoint: Endpoint) {
     drop(session);
     drop(stream);
     writer.finish().await;
-    metrics.connections.with_label_values(&[PROTOCOL]).dec();
 }
 
 /// Replay what a resuming subscription missed, then `confirm_history`

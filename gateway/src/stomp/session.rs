@@ -242,8 +242,6 @@ pub async fn serve(
     max_version: Version,
 ) {
     let metrics = ctx.metrics.clone();
-    metrics.connections.with_label_values(&[PROTOCOL]).inc();
-    let conn_id = connection::next_conn_id();
     let slow_frame = error_frame(
         "slow consumer disconnected",
         None,
@@ -251,6 +249,7 @@ pub async fn serve(
         None,
     );
     let Opened {
+        conn_id,
         tx,
         mut stream,
         done,
@@ -283,7 +282,6 @@ pub async fn serve(
     drop(session);
     drop(stream);
     writer.finish().await;
-    metrics.connections.with_label_values(&[PROTOCOL]).dec();
 }
 
 struct Session {

@@ -121,9 +121,8 @@ impl Recipient for TypeIdRecipient {
 /// Serve one upgraded WebSocket from `peer`.
 pub async fn serve(socket: WsSocket, ctx: Arc<Context>, peer: IpAddr) {
     let metrics = ctx.metrics.clone();
-    metrics.connections.with_label_values(&[PROTOCOL]).inc();
-    let conn_id = connection::next_conn_id();
     let Opened {
+        conn_id,
         tx,
         mut stream,
         done,
@@ -147,7 +146,6 @@ pub async fn serve(socket: WsSocket, ctx: Arc<Context>, peer: IpAddr) {
     drop(session);
     drop(stream);
     writer.finish().await;
-    metrics.connections.with_label_values(&[PROTOCOL]).dec();
 }
 
 struct Session {
