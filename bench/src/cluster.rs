@@ -1,5 +1,5 @@
 //! The systems under test, each a child process so its memory and CPU can be
-//! read alone: a `tansu` Kafka-compatible broker (in-memory), the
+//! read alone: an Apache Kafka broker (or tansu, selectable), the
 //! `herald-gateway` release binary, and the raw baseline server (this same
 //! binary's hidden `raw-server` command). An external broker or gateway can
 //! be named instead.
@@ -31,42 +31,89 @@ pub fn free_port() -> anyhow::Result<u16> {
     anyhow::bail!("no free loopback port in 10000..32000")
 }
 
-/// A Kafka broker: a managed tansu child, or an external one.
+/// Which broker the load generator manages when no `--kafka` is given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ManagedBroker {
+    /// Apache Kafka (the pinned 4.x release, KRaft, one node, logs on disk).
+    #[default]
+    Kafka,
+    /// tansu, a Kafka-compatible broker from crates.io (in memory).
+    Tansu,
+}
+
+enum Managed {
+    External,
+    Kafka(Box<herald_testkit::kafka::Cluster>),
+    Tansu(Child),
+}
+
+/// A Kafka broker: a managed Apache Kafka (or tansu) process, or an
+/// external cluster.
 pub struct Broker {
     /// Bootstrap `host:port`.
     pub bootstrap: String,
-    child: Option<Child>,
+    managed: Managed,
 }
 
 impl Broker {
-    /// Use `external` when given, else start tansu on a free loopback port.
-    pub async fn start(external: Option<&str>) -> anyhow::Result<Broker> {
+    /// Use `external` when given, else start the `managed` broker on loopback.
+    pub async fn start(external: Option<&str>, managed: ManagedBroker) -> anyhow::Result<Broker> {
         if let Some(addr) = external {
             return Ok(Broker {
                 bootstrap: addr.to_owned(),
-                child: None,
+                managed: Managed::External,
             });
         }
-        let bin = herald_runtime::tansu::require("pass --kafka host:port")?;
-        let port = free_port()?;
-        let child = Command::new(&bin)
-            .args(herald_runtime::tansu::broker_args(port))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .with_context(|| format!("cannot run {}", bin.display()))?;
-        let broker = Broker {
-            bootstrap: format!("127.0.0.1:{port}"),
-            child: Some(child),
-        };
-        wait_tcp(&broker.bootstrap, Duration::from_secs(20)).await?;
-        Ok(broker)
+        match managed {
+            ManagedBroker::Kafka => {
+                let cluster =
+                    herald_testkit::kafka::Cluster::start(herald_testkit::kafka::Options {
+                        heap_mib: 2048,
+                        ..Default::default()
+                    })
+                    .await?;
+                Ok(Broker {
+                    bootstrap: cluster.bootstrap(),
+                    managed: Managed::Kafka(Box::new(cluster)),
+                })
+            }
+            ManagedBroker::Tansu => {
+                let bin = herald_runtime::tansu::require("pass --kafka host:port")?;
+                let port = free_port()?;
+                let child = Command::new(&bin)
+                    .args(herald_runtime::tansu::broker_args(port))
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .kill_on_drop(true)
+                    .spawn()
+                    .with_context(|| format!("cannot run {}", bin.display()))?;
+                let broker = Broker {
+                    bootstrap: format!("127.0.0.1:{port}"),
+                    managed: Managed::Tansu(child),
+                };
+                wait_tcp(&broker.bootstrap, Duration::from_secs(20)).await?;
+                Ok(broker)
+            }
+        }
+    }
+
+    /// What runs the broker, for the report.
+    pub fn describe(&self) -> String {
+        match &self.managed {
+            Managed::External => format!("external {}", self.bootstrap),
+            Managed::Kafka(_) => format!("Apache Kafka {}", herald_testkit::kafka::version()),
+            Managed::Tansu(_) => "tansu".to_owned(),
+        }
     }
 
     /// The broker's pid when managed here.
     pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().and_then(Child::id)
+        match &self.managed {
+            Managed::External => None,
+            Managed::Kafka(c) => c.pid(1),
+            Managed::Tansu(c) => c.id(),
+        }
     }
 
     /// Kafka settings for clients of this broker under `prefix`.
@@ -80,9 +127,10 @@ impl Broker {
     pub async fn create_topics(&self, prefix: &str, partitions: i32) -> anyhow::Result<()> {
         let kafka = self.kafka_args(prefix);
         let topics: Vec<String> = Family::ALL.iter().map(|f| f.topic(prefix)).collect();
+        let layout = herald_runtime::kafka::TopicLayout::partitions(partitions);
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            match herald_runtime::kafka::ensure_topics(&kafka, &topics, &[], partitions).await {
+            match herald_runtime::kafka::ensure_topics(&kafka, &topics, &[], &layout).await {
                 Ok(()) => return Ok(()),
                 Err(e) if Instant::now() > deadline => return Err(e),
                 Err(_) => tokio::time::sleep(Duration::from_millis(300)).await,

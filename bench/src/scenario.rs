@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 
 use crate::{
     client::{self, Fleet, Target},
-    cluster::{Broker, GatewayLaunch, Server, ServerKind},
+    cluster::{Broker, GatewayLaunch, ManagedBroker, Server, ServerKind},
     hist::{self, Percentiles},
     procstat::{self, CpuMark},
     prom::{HistogramSummary, Scrape},
@@ -31,9 +31,12 @@ pub struct Common {
     /// Client protocol.
     #[arg(long, value_enum, default_value = "stomp")]
     pub protocol: Protocol,
-    /// Use this Kafka broker instead of starting tansu.
+    /// Use this Kafka cluster instead of starting a broker.
     #[arg(long)]
     pub kafka: Option<String>,
+    /// The broker started when `--kafka` is not given.
+    #[arg(long, value_enum, default_value = "kafka")]
+    pub broker: ManagedBroker,
     /// Use this running gateway (WebSocket `host:port`) instead of starting one
     /// (it must read `--kafka` with `--topic-prefix` and accept `--jwt-secret`).
     #[arg(long, requires = "kafka")]
@@ -104,7 +107,7 @@ impl Setup {
                 kafka: None,
             }),
             ServerKind::Gateway => {
-                let broker = Broker::start(common.kafka.as_deref()).await?;
+                let broker = Broker::start(common.kafka.as_deref(), common.broker).await?;
                 let prefix = common.topic_prefix.clone().unwrap_or_else(|| {
                     format!("bench{}.", &uuid::Uuid::new_v4().simple().to_string()[..8])
                 });

@@ -111,7 +111,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             &kafka,
             &topics,
             std::slice::from_ref(&identities),
-            args.partitions,
+            &herald_runtime::kafka::TopicLayout::partitions(args.partitions),
         )
         .await
         {

@@ -6,8 +6,8 @@
 //! cargo bench -p herald-producer --bench throughput
 //! ```
 //!
-//! Uses a fresh tansu broker (or `HERALD_TEST_KAFKA`) and the Postgres of
-//! `HERALD_TEST_DATABASE_URL` (default `postgres://postgres@127.0.0.1:5432/test`)
+//! Uses the Apache Kafka broker of `HERALD_TEST_KAFKA` (else a fresh one)
+//! and the PostgreSQL of `HERALD_TEST_POSTGRES` (else a throwaway server),
 //! in a schema of its own, dropped at the end. Sizes: `HERALD_BENCH_ROWS`
 //! (default 50000), `HERALD_BENCH_EVENTS` (default 20000),
 //! `HERALD_BENCH_CONCURRENCY` (default 32).

@@ -122,14 +122,48 @@ impl KafkaArgs {
     }
 }
 
-/// Create `topics` with `partitions` partitions each (replication 1 unless
-/// the broker decides otherwise); topics that already exist are fine.
-/// `compacted` topics get `cleanup.policy=compact`.
+/// How topics are created: partitions, replication factor and topic
+/// configuration (e.g. `min.insync.replicas`, `retention.ms`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicLayout {
+    /// Partitions per topic.
+    pub partitions: i32,
+    /// Replicas per partition.
+    pub replication: i32,
+    /// Topic configuration entries set at creation.
+    pub config: Vec<(String, String)>,
+}
+
+impl TopicLayout {
+    /// `partitions` partitions, one replica, broker defaults otherwise.
+    pub fn partitions(partitions: i32) -> TopicLayout {
+        TopicLayout {
+            partitions,
+            replication: 1,
+            config: Vec::new(),
+        }
+    }
+
+    /// The same layout with `replication` replicas.
+    pub fn replicated(mut self, replication: i32) -> TopicLayout {
+        self.replication = replication;
+        self
+    }
+
+    /// The same layout with a topic configuration entry.
+    pub fn with(mut self, key: &str, value: impl ToString) -> TopicLayout {
+        self.config.push((key.to_owned(), value.to_string()));
+        self
+    }
+}
+
+/// Create `topics` laid out as `layout`; topics that already exist are
+/// fine. `compacted` topics also get `cleanup.policy=compact`.
 pub async fn ensure_topics(
     args: &KafkaArgs,
     topics: &[String],
     compacted: &[String],
-    partitions: i32,
+    layout: &TopicLayout,
 ) -> anyhow::Result<()> {
     use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
     use rdkafka::client::DefaultClientContext;
@@ -139,12 +173,18 @@ pub async fn ensure_topics(
     let new: Vec<NewTopic<'_>> = topics
         .iter()
         .map(|t| {
-            let topic = NewTopic::new(t, partitions, TopicReplication::Fixed(1));
-            if compacted.contains(t) {
-                topic.set("cleanup.policy", "compact")
-            } else {
-                topic
+            let mut topic = NewTopic::new(
+                t,
+                layout.partitions,
+                TopicReplication::Fixed(layout.replication),
+            );
+            for (k, v) in &layout.config {
+                topic = topic.set(k, v);
             }
+            if compacted.contains(t) {
+                topic = topic.set("cleanup.policy", "compact");
+            }
+            topic
         })
         .collect();
     let opts = AdminOptions::new().operation_timeout(Some(std::time::Duration::from_secs(10)));
@@ -152,6 +192,24 @@ pub async fn ensure_topics(
         match result {
             Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
             Err((topic, code)) => anyhow::bail!("cannot create topic {topic}: {code}"),
+        }
+    }
+    Ok(())
+}
+
+/// Delete `topics` (those that do not exist are fine).
+pub async fn delete_topics(args: &KafkaArgs, topics: &[String]) -> anyhow::Result<()> {
+    use rdkafka::admin::{AdminClient, AdminOptions};
+    use rdkafka::client::DefaultClientContext;
+    use rdkafka::types::RDKafkaErrorCode;
+
+    let admin: AdminClient<DefaultClientContext> = args.client_config()?.create()?;
+    let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+    let opts = AdminOptions::new().operation_timeout(Some(std::time::Duration::from_secs(10)));
+    for result in admin.delete_topics(&names, &opts).await? {
+        match result {
+            Ok(_) | Err((_, RDKafkaErrorCode::UnknownTopicOrPartition)) => {}
+            Err((topic, code)) => anyhow::bail!("cannot delete topic {topic}: {code}"),
         }
     }
     Ok(())

@@ -1,10 +1,10 @@
 //! Test harness for Herald's cross-service tests.
 //!
-//! [`Broker`] gives each test a real Kafka-protocol broker: the cluster named
-//! by `HERALD_TEST_KAFKA=host:port` when set, otherwise a `tansu` broker
-//! (in-memory storage) started on a free loopback port and killed when the
-//! test ends. `scripts/test.sh` installs tansu when it is missing. There is
-//! no silent skip: without a broker the harness fails with instructions.
+//! [`Broker`] gives each test Apache Kafka: the run's shared broker named by
+//! `HERALD_TEST_KAFKA` (which `scripts/test.sh` starts), else a broker of the
+//! test's own; tests that kill or restart brokers always get their own
+//! cluster (`herald-testkit` starts them). There is no silent skip: without
+//! Java or Maven the harness fails with what to install.
 //!
 //! [`Stack`] adds the producer and the gateway, in-process, on free ports,
 //! with a per-test topic prefix so tests sharing a cluster never interfere.
@@ -15,14 +15,13 @@ pub mod stomp;
 use std::{
     net::SocketAddr,
     path::PathBuf,
-    process::Stdio,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, bail};
 use herald_gateway::{GatewayConfig, GatewayHandle};
 use herald_producer::{ProducerConfig, ProducerHandle};
-use herald_runtime::KafkaArgs;
+use herald_runtime::{KafkaArgs, kafka::TopicLayout};
 use herald_schemas::Family;
 use jsonwebtoken::{EncodingKey, Header, encode};
 use serde_json::{Value, json};
@@ -32,112 +31,58 @@ use tokio_util::sync::CancellationToken;
 /// Shared secret of every test gateway.
 pub const JWT_SECRET: &str = "herald-test-secret-0123456789abcdef";
 
-/// A real broker for one test.
+/// The Kafka cluster of one test: the run's shared Apache Kafka broker
+/// (`HERALD_TEST_KAFKA`, started by `scripts/test.sh`), or one of the test's
+/// own (a fresh single broker when the variable is unset, or the cluster a
+/// test asked for to kill and restart).
 pub struct Broker {
-    /// `host:port` bootstrap address.
+    /// `host:port,...` bootstrap servers.
     pub bootstrap: String,
-    child: Option<Child>,
+    kafka: herald_testkit::Kafka,
 }
 
 impl Broker {
-    /// The external cluster, or a fresh tansu broker.
+    /// The shared cluster (or, outside `scripts/test.sh`, a fresh broker).
     pub async fn start() -> anyhow::Result<Broker> {
-        if let Ok(addr) = std::env::var("HERALD_TEST_KAFKA")
-            && !addr.trim().is_empty()
-        {
-            return Ok(Broker {
-                bootstrap: addr,
-                child: None,
-            });
-        }
-        let bin = herald_runtime::tansu::require("set HERALD_TEST_KAFKA=host:port")?;
-        // A port can be taken between probing and binding; retry a few times.
-        let mut last_err = None;
-        for _ in 0..5 {
-            let port = free_port()?;
-            let child = spawn_tansu(&bin, port)?;
-            let mut broker = Broker {
-                bootstrap: format!("127.0.0.1:{port}"),
-                child: Some(child),
-            };
-            match broker.wait_listening(Duration::from_secs(20)).await {
-                Ok(()) => return Ok(broker),
-                Err(e) => last_err = Some(e),
-            }
-        }
-        Err(last_err.unwrap_or_else(|| anyhow::anyhow!("broker did not start")))
+        let kafka = herald_testkit::Kafka::shared().await?;
+        Ok(Broker {
+            bootstrap: kafka.bootstrap(),
+            kafka,
+        })
     }
 
-    async fn wait_listening(&mut self, within: Duration) -> anyhow::Result<()> {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(child) = &mut self.child
-                && let Some(status) = child.try_wait()?
-            {
-                bail!("tansu exited early with {status}");
-            }
-            if tokio::net::TcpStream::connect(&self.bootstrap)
-                .await
-                .is_ok()
-            {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                bail!("tansu did not listen on {} in time", self.bootstrap);
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+    /// A cluster of this test's own, which it may kill and restart.
+    pub async fn own(options: herald_testkit::kafka::Options) -> anyhow::Result<Broker> {
+        let cluster = herald_testkit::kafka::Cluster::start(options).await?;
+        Ok(Broker {
+            bootstrap: cluster.bootstrap(),
+            kafka: herald_testkit::Kafka::Own(Box::new(cluster)),
+        })
     }
 
-    /// Kill the managed broker (simulates an outage).
-    pub async fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill().await;
-        }
+    /// The cluster, when this test owns it.
+    pub fn cluster(&mut self) -> anyhow::Result<&mut herald_testkit::kafka::Cluster> {
+        self.kafka
+            .own()
+            .context("this test shares the run's broker; start it with StackOptions::own_kafka")
     }
 
-    /// Start a managed broker again on the same address (in-memory storage:
-    /// it comes back empty, as after losing a single-node cluster's disk).
+    /// `kill -9` every node of the test's own cluster (an outage).
+    pub async fn kill(&mut self) -> anyhow::Result<()> {
+        let c = self.cluster()?;
+        for id in 1..=c.len() as u32 {
+            c.kill(id).await;
+        }
+        Ok(())
+    }
+
+    /// Start every node again with the logs they left on disk.
     pub async fn restart(&mut self) -> anyhow::Result<()> {
-        self.kill().await;
-        let bin = herald_runtime::tansu::find(None).context("no tansu binary")?;
-        let port: u16 = self
-            .bootstrap
-            .rsplit(':')
-            .next()
-            .and_then(|p| p.parse().ok())
-            .context("the broker's address has no port")?;
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let child = spawn_tansu(&bin, port)?;
-            self.child = Some(child);
-            match self.wait_listening(Duration::from_secs(5)).await {
-                Ok(()) => return Ok(()),
-                // The port may linger a moment after the kill.
-                Err(_) if Instant::now() < deadline => self.kill().await,
-                Err(e) => return Err(e),
-            }
-        }
+        self.cluster()?.restart_all().await
     }
 }
 
-/// A tansu broker on `127.0.0.1:port` (in-memory storage), killed with its handle.
-fn spawn_tansu(bin: &std::path::Path, port: u16) -> anyhow::Result<Child> {
-    Command::new(bin)
-        .args(herald_runtime::tansu::broker_args(port))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .with_context(|| format!("cannot run {}", bin.display()))
-}
-
-/// A loopback port free right now.
-pub fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
+pub use herald_testkit::{free_port, retry, unique, wait_until};
 
 /// Mint a test token.
 pub fn token(account: &str, sub: &str, role: &str) -> String {
@@ -166,6 +111,8 @@ pub struct Stack {
     pub gateway: GatewayHandle,
     /// HTTP client.
     pub http: reqwest::Client,
+    /// How the topics were created.
+    pub layout: TopicLayout,
     kafka_producer: std::sync::OnceLock<rdkafka::producer::FutureProducer>,
     shutdown: CancellationToken,
 }
@@ -175,6 +122,12 @@ pub struct Stack {
 pub struct StackOptions {
     /// Extra gateway flags.
     pub gateway_args: Vec<String>,
+    /// Run on a Kafka cluster of the test's own, started with these
+    /// options, instead of the shared broker (to kill, restart or
+    /// reconfigure it).
+    pub own_kafka: Option<herald_testkit::kafka::Options>,
+    /// How the stack's topics are created (default: 2 partitions, 1 replica).
+    pub topics: Option<TopicLayout>,
 }
 
 impl Stack {
@@ -186,22 +139,13 @@ impl Stack {
     /// Start everything.
     pub async fn start_with(opts: StackOptions) -> anyhow::Result<Stack> {
         init_logging();
-        let broker = Broker::start().await?;
-        let prefix = format!("t{}.", &uuid::Uuid::new_v4().simple().to_string()[..10]);
-        let mut kafka = KafkaArgs::for_brokers(&broker.bootstrap);
-        kafka.topic_prefix = prefix.clone();
-        let mut topics: Vec<String> = Family::ALL.iter().map(|f| f.topic(&prefix)).collect();
-        let identities = herald_schemas::identities_topic(&prefix);
-        topics.push(identities.clone());
-        retry(Duration::from_secs(20), || {
-            herald_runtime::kafka::ensure_topics(
-                &kafka,
-                &topics,
-                std::slice::from_ref(&identities),
-                2,
-            )
-        })
-        .await?;
+        let broker = match opts.own_kafka {
+            Some(o) => Broker::own(o).await?,
+            None => Broker::start().await?,
+        };
+        let prefix = unique("t") + ".";
+        let layout = opts.topics.unwrap_or_else(|| TopicLayout::partitions(2));
+        create_topics(&broker.bootstrap, &prefix, &layout).await?;
 
         let shutdown = CancellationToken::new();
         let producer = herald_producer::start(
@@ -251,6 +195,7 @@ impl Stack {
         let stack = Stack {
             broker,
             prefix,
+            layout,
             producer,
             gateway,
             http: reqwest::Client::new(),
@@ -316,28 +261,14 @@ impl Stack {
             .await?)
     }
 
-    /// Forget the cached Kafka producer (its idempotence state is tied to
-    /// the broker it talked to; needed after a broker restart).
-    pub fn reset_producer(&mut self) {
-        self.kafka_producer = std::sync::OnceLock::new();
+    /// Create this stack's topics (again, e.g. after they were deleted).
+    pub async fn create_topics(&self) -> anyhow::Result<()> {
+        create_topics(&self.broker.bootstrap, &self.prefix, &self.layout).await
     }
 
-    /// Create this stack's topics (again, e.g. after a broker restart).
-    pub async fn create_topics(&self) -> anyhow::Result<()> {
-        let mut kafka = KafkaArgs::for_brokers(&self.broker.bootstrap);
-        kafka.topic_prefix = self.prefix.clone();
-        let mut topics: Vec<String> = Family::ALL.iter().map(|f| f.topic(&self.prefix)).collect();
-        let identities = herald_schemas::identities_topic(&self.prefix);
-        topics.push(identities.clone());
-        retry(Duration::from_secs(20), || {
-            herald_runtime::kafka::ensure_topics(
-                &kafka,
-                &topics,
-                std::slice::from_ref(&identities),
-                2,
-            )
-        })
-        .await
+    /// Names of this stack's topics (every family's and the identities').
+    pub fn topics(&self) -> Vec<String> {
+        stack_topics(&self.prefix).0
     }
 
     /// Whether the gateway's `/readyz` answers 200.
@@ -448,12 +379,38 @@ impl Stack {
         Ok(())
     }
 
-    /// Stop producer and gateway.
+    /// Stop producer and gateway, and delete the topics from a shared broker.
     pub async fn stop(self) {
         self.shutdown.cancel();
         self.gateway.stopped().await;
         self.producer.stopped().await;
+        if matches!(self.broker.kafka, herald_testkit::Kafka::External(_)) {
+            let mut kafka = KafkaArgs::for_brokers(&self.broker.bootstrap);
+            kafka.topic_prefix = self.prefix.clone();
+            // Hygiene only: a run's broker is thrown away at its end anyway.
+            let _ =
+                herald_runtime::kafka::delete_topics(&kafka, &stack_topics(&self.prefix).0).await;
+        }
     }
+}
+
+/// Every topic of a stack under `prefix`, and the compacted ones among them.
+fn stack_topics(prefix: &str) -> (Vec<String>, Vec<String>) {
+    let mut topics: Vec<String> = Family::ALL.iter().map(|f| f.topic(prefix)).collect();
+    let identities = herald_schemas::identities_topic(prefix);
+    topics.push(identities.clone());
+    (topics, vec![identities])
+}
+
+/// Create a stack's topics (retrying while a broker warms up).
+async fn create_topics(bootstrap: &str, prefix: &str, layout: &TopicLayout) -> anyhow::Result<()> {
+    let mut kafka = KafkaArgs::for_brokers(bootstrap);
+    kafka.topic_prefix = prefix.to_owned();
+    let (topics, compacted) = stack_topics(prefix);
+    retry(Duration::from_secs(30), || {
+        herald_runtime::kafka::ensure_topics(&kafka, &topics, &compacted, layout)
+    })
+    .await
 }
 
 /// A second gateway pod as a separate OS process (the `herald-gateway`
@@ -538,22 +495,6 @@ pub fn bin_path(name: &str) -> anyhow::Result<PathBuf> {
         path.display()
     );
     Ok(path)
-}
-
-/// Retry an async operation until it succeeds or `within` passes.
-pub async fn retry<F, Fut, T>(within: Duration, mut op: F) -> anyhow::Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = anyhow::Result<T>>,
-{
-    let deadline = Instant::now() + within;
-    loop {
-        match op().await {
-            Ok(v) => return Ok(v),
-            Err(e) if Instant::now() > deadline => return Err(e),
-            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
-        }
-    }
 }
 
 /// Log to the test output when `RUST_LOG` is set.

@@ -169,6 +169,7 @@ async fn rails_client_on_stream_reconnects_after_server_restart() -> anyhow::Res
 async fn raw_pulse_client_without_subprotocol_subscribing_before_welcome() -> anyhow::Result<()> {
     let stack = Stack::start_with(StackOptions {
         gateway_args: vec!["--cable-ping-interval-ms".into(), "300".into()],
+        ..Default::default()
     })
     .await?;
     let t = token("42", "7", "agent");
@@ -247,6 +248,7 @@ async fn raw_pulse_client_without_subprotocol_subscribing_before_welcome() -> an
 async fn legacy_bare_account_mode_only_when_enabled() -> anyhow::Result<()> {
     let stack = Stack::start_with(StackOptions {
         gateway_args: vec!["--stream-legacy-account-auth".into()],
+        ..Default::default()
     })
     .await?;
     let mut c = RawCable::open(&format!("{}?account_id=42", stack.ws_url("/stream")), "").await?;

@@ -122,6 +122,7 @@ async fn every_listed_metric_is_exported_by_the_services() -> anyhow::Result<()>
     // as soon as its socket buffers are full.
     let stack = Stack::start_with(StackOptions {
         gateway_args: vec!["--outbound-queue".into(), "1".into()],
+        ..Default::default()
     })
     .await?;
     let url = stack.ws_url("/ws.communication");

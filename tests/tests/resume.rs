@@ -224,6 +224,7 @@ async fn clients_resume_on_another_pod_reading_back_from_kafka() -> anyhow::Resu
 async fn positions_beyond_the_limits_yield_a_gap_signal() -> anyhow::Result<()> {
     let stack = Stack::start_with(StackOptions {
         gateway_args: ["--resume-max-events", "5"].map(String::from).to_vec(),
+        ..Default::default()
     })
     .await?;
     let tok = token(ACCOUNT, "7", "agent");
@@ -312,6 +313,7 @@ async fn positions_older_than_the_age_limit_yield_a_gap_signal() -> anyhow::Resu
     // through the age limit, which uses the same gap signal.
     let stack = Stack::start_with(StackOptions {
         gateway_args: ["--resume-max-age-secs", "1"].map(String::from).to_vec(),
+        ..Default::default()
     })
     .await?;
     let tok = token(ACCOUNT, "7", "agent");

@@ -54,6 +54,7 @@ async fn connection_and_command_limits() -> anyhow::Result<()> {
         ]
         .map(String::from)
         .to_vec(),
+        ..Default::default()
     })
     .await?;
     let url = stack.ws_url("/ws.communication");
@@ -182,6 +183,7 @@ async fn jwks_rotation_without_restart() -> anyhow::Result<()> {
             "--jwt-jwks-reload-secs".into(),
             "1".into(),
         ],
+        ..Default::default()
     })
     .await?;
     let url = stack.ws_url("/ws.communication");
@@ -222,6 +224,7 @@ async fn jwks_rotation_without_restart() -> anyhow::Result<()> {
 async fn bad_tokens_are_refused_on_every_endpoint() -> anyhow::Result<()> {
     let stack = Stack::start_with(StackOptions {
         gateway_args: vec!["--jwt-audience".into(), "herald".into()],
+        ..Default::default()
     })
     .await?;
     let secret = herald_tests::JWT_SECRET;

@@ -295,6 +295,7 @@ async fn protocol_behaviour_on_the_wire() -> anyhow::Result<()> {
             "--stomp-heartbeat-recv-ms".into(),
             "300".into(),
         ],
+        ..Default::default()
     })
     .await?;
     let url = stack.ws_url("/ws.communication");
@@ -414,6 +415,7 @@ async fn protocol_behaviour_on_the_wire() -> anyhow::Result<()> {
 async fn slow_client_is_cut_off_while_healthy_client_gets_everything() -> anyhow::Result<()> {
     let stack = Stack::start_with(StackOptions {
         gateway_args: vec![],
+        ..Default::default()
     })
     .await?;
     let url = stack.ws_url("/ws.communication");

@@ -187,6 +187,7 @@ async fn join_failures_and_bad_frames() -> anyhow::Result<()> {
         ]
         .map(String::from)
         .to_vec(),
+        ..Default::default()
     })
     .await?;
     let url = stack.ws_url("/notifications");
@@ -267,6 +268,9 @@ async fn message_statuses_audience_and_unknown_frames() -> anyhow::Result<()> {
         ]
         .map(String::from)
         .to_vec(),
+        // The test stops the broker.
+        own_kafka: Some(Default::default()),
+        ..Default::default()
     })
     .await?;
     let url = stack.ws_url("/notifications");
@@ -356,7 +360,7 @@ async fn message_statuses_audience_and_unknown_frames() -> anyhow::Result<()> {
     assert!(statuses.contains(&5), "{statuses:?}");
     // Status 1 when Kafka cannot acknowledge.
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    stack.broker.kill().await;
+    stack.broker.kill().await?;
     send(&mut five, request("conv-1", "down")).await?;
     let r = recv(&mut five).await?.unwrap();
     assert_eq!(r["Body"]["Status"], 1, "{r}");
@@ -375,6 +379,7 @@ async fn idle_clients_are_closed() -> anyhow::Result<()> {
         gateway_args: ["--typeid-idle-timeout-secs", "1"]
             .map(String::from)
             .to_vec(),
+        ..Default::default()
     })
     .await?;
     let mut ws = joined(

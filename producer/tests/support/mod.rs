@@ -1,17 +1,17 @@
-//! Shared helpers of the producer's integration tests: a real Kafka-protocol
-//! broker (tansu, restartable on the same port), a private Postgres schema
-//! per test, the `herald-producer` binary as a child process, and reading
-//! topics back.
+//! Shared helpers of the producer's integration tests: Apache Kafka (the
+//! run's shared broker, or one a test can kill and restart), a private
+//! PostgreSQL schema per test, the `herald-producer` binary as a child
+//! process, and reading topics back.
 //!
-//! Nothing here mocks anything: tests fail with instructions when tansu or
-//! Postgres is missing.
+//! Nothing here mocks anything: tests fail with instructions when Java,
+//! Maven or the PostgreSQL server binaries are missing.
 #![allow(dead_code)]
 
 use std::{
     collections::HashMap,
     net::SocketAddr,
     path::PathBuf,
-    process::{Child, Command, Stdio},
+    process::{Child, Command},
     time::{Duration, Instant},
 };
 
@@ -24,14 +24,6 @@ use rdkafka::{
 };
 use serde_json::{Value, json};
 
-/// Postgres used by the tests (`HERALD_TEST_DATABASE_URL` overrides).
-pub fn database_url() -> String {
-    std::env::var("HERALD_TEST_DATABASE_URL")
-        .ok()
-        .filter(|u| !u.trim().is_empty())
-        .unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/test".to_owned())
-}
-
 /// Log to the test output when `RUST_LOG` is set.
 pub fn init_logging() {
     if std::env::var_os("RUST_LOG").is_some() {
@@ -39,115 +31,51 @@ pub fn init_logging() {
     }
 }
 
-/// A short unique name.
-pub fn unique(prefix: &str) -> String {
-    format!(
-        "{prefix}{}",
-        &uuid::Uuid::new_v4().simple().to_string()[..10]
-    )
-}
+pub use herald_testkit::{free_port, unique};
 
-/// A loopback port free right now.
-pub fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
-/// A Kafka-protocol broker for one test: the external cluster named by
-/// `HERALD_TEST_KAFKA`, or a tansu process (in-memory storage) that can be
-/// killed and started again on the same port.
+/// Apache Kafka for one test: the run's shared broker (`HERALD_TEST_KAFKA`),
+/// or a broker of the test's own that it can kill and start again with its
+/// logs (see `herald-testkit`).
 pub struct Broker {
-    /// `host:port`.
+    /// `host:port,...`.
     pub bootstrap: String,
-    port: u16,
-    child: Option<Child>,
+    kafka: herald_testkit::Kafka,
 }
 
 impl Broker {
-    /// The external cluster, or a fresh tansu.
+    /// The shared broker (or, outside `scripts/test.sh`, a fresh one).
     pub async fn start() -> anyhow::Result<Broker> {
-        if let Ok(addr) = std::env::var("HERALD_TEST_KAFKA")
-            && !addr.trim().is_empty()
-        {
-            return Ok(Broker {
-                bootstrap: addr,
-                port: 0,
-                child: None,
-            });
-        }
-        Self::start_tansu().await
+        let kafka = herald_testkit::Kafka::shared().await?;
+        Ok(Broker {
+            bootstrap: kafka.bootstrap(),
+            kafka,
+        })
     }
 
-    /// Always a tansu process (tests that stop the broker need one).
-    pub async fn start_tansu() -> anyhow::Result<Broker> {
-        let mut last = None;
-        for _ in 0..5 {
-            let port = free_port()?;
-            match Self::tansu_on(port).await {
-                Ok(b) => return Ok(b),
-                Err(e) => last = Some(e),
-            }
-        }
-        Err(last.unwrap_or_else(|| anyhow::anyhow!("tansu did not start")))
+    /// A single broker of this test's own (tests that stop the broker).
+    pub async fn start_own() -> anyhow::Result<Broker> {
+        let cluster = herald_testkit::kafka::Cluster::single().await?;
+        Ok(Broker {
+            bootstrap: cluster.bootstrap(),
+            kafka: herald_testkit::Kafka::Own(Box::new(cluster)),
+        })
     }
 
-    async fn tansu_on(port: u16) -> anyhow::Result<Broker> {
-        let bin = herald_runtime::tansu::require("set HERALD_TEST_KAFKA=host:port")?;
-        let child = Command::new(&bin)
-            .args(herald_runtime::tansu::broker_args(port))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .with_context(|| format!("cannot run {}", bin.display()))?;
-        let mut broker = Broker {
-            bootstrap: format!("127.0.0.1:{port}"),
-            port,
-            child: Some(child),
-        };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(c) = &mut broker.child
-                && let Some(status) = c.try_wait()?
-            {
-                bail!("tansu exited early with {status}");
-            }
-            if tokio::net::TcpStream::connect(&broker.bootstrap)
-                .await
-                .is_ok()
-            {
-                return Ok(broker);
-            }
-            if Instant::now() > deadline {
-                bail!("tansu did not listen on {}", broker.bootstrap);
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+    fn own(&mut self) -> anyhow::Result<&mut herald_testkit::kafka::Cluster> {
+        self.kafka
+            .own()
+            .context("the shared broker cannot be stopped; use Broker::start_own")
     }
 
-    /// Kill the broker process (SIGKILL): an outage.
-    pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+    /// Kill the broker (SIGKILL): an outage.
+    pub async fn kill(&mut self) -> anyhow::Result<()> {
+        self.own()?.kill(1).await;
+        Ok(())
     }
 
-    /// Start a new tansu on the same port (its memory storage starts empty).
+    /// Start the broker again on its port, with the logs it left on disk.
     pub async fn restart(&mut self) -> anyhow::Result<()> {
-        anyhow::ensure!(self.port != 0, "cannot restart an external cluster");
-        self.kill();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            match Self::tansu_on(self.port).await {
-                Ok(mut b) => {
-                    self.child = b.child.take();
-                    return Ok(());
-                }
-                Err(e) if Instant::now() > deadline => return Err(e),
-                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
-            }
-        }
+        self.own()?.restart(1).await
     }
 
     /// Kafka settings for `prefix`.
@@ -166,16 +94,11 @@ impl Broker {
         partitions: i32,
     ) -> anyhow::Result<()> {
         let kafka = self.kafka(prefix);
+        let layout = herald_runtime::kafka::TopicLayout::partitions(partitions);
         retry(Duration::from_secs(30), || {
-            herald_runtime::kafka::ensure_topics(&kafka, topics, compacted, partitions)
+            herald_runtime::kafka::ensure_topics(&kafka, topics, compacted, &layout)
         })
         .await
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        self.kill();
     }
 }
 
@@ -214,10 +137,14 @@ where
     }
 }
 
-/// A private schema in the test database, dropped when the value is.
+/// A private schema in the test database (the run's shared server,
+/// `HERALD_TEST_POSTGRES`, or a throwaway server of this test's own),
+/// dropped when the value is.
 pub struct TestDb {
     /// The database URL.
     pub url: String,
+    /// The server (kept alive while the schema is used).
+    _server: std::sync::Arc<herald_testkit::Database>,
     /// The schema of this test.
     pub schema: String,
     /// A connection.
@@ -227,14 +154,11 @@ pub struct TestDb {
 impl TestDb {
     /// Connect and create a fresh schema.
     pub async fn create() -> anyhow::Result<TestDb> {
-        let url = database_url();
+        let server = std::sync::Arc::new(herald_testkit::Database::shared().await?);
+        let url = server.url().to_owned();
         let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
             .await
-            .with_context(|| {
-                format!(
-                    "cannot connect to the test database {url} (start PostgreSQL, or set HERALD_TEST_DATABASE_URL)"
-                )
-            })?;
+            .with_context(|| format!("cannot connect to the test database {url}"))?;
         tokio::spawn(async move {
             let _ = connection.await;
         });
@@ -244,6 +168,7 @@ impl TestDb {
             .await?;
         Ok(TestDb {
             url,
+            _server: server,
             schema,
             client,
         })

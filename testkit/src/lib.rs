@@ -1,0 +1,147 @@
+//! The real services Herald is tested and benchmarked against, started by
+//! the tests themselves on loopback: Apache Kafka ([`kafka`]: one KRaft
+//! broker, or a cluster for failover) and PostgreSQL ([`postgres`]).
+//!
+//! A whole test run shares one broker and one database server, started by
+//! `herald-test-services` (see `scripts/test.sh`) and named by
+//! `HERALD_TEST_KAFKA` and `HERALD_TEST_POSTGRES`; a test run some other way
+//! (plain `cargo test`) starts its own. Tests that kill, restart or
+//! reconfigure brokers always start their own [`kafka::Cluster`].
+//! Nothing is mocked and nothing is skipped: without Java, Maven or the
+//! PostgreSQL binaries, the error says what to install or set.
+
+pub mod kafka;
+pub mod postgres;
+pub mod process;
+
+use std::time::{Duration, Instant};
+
+/// Environment variable naming an existing Kafka cluster (`host:port,...`).
+pub const KAFKA_ENV: &str = "HERALD_TEST_KAFKA";
+/// Environment variable naming an existing PostgreSQL database (a URL).
+pub const POSTGRES_ENV: &str = "HERALD_TEST_POSTGRES";
+
+/// The Kafka cluster of a test: the shared one, or one of its own.
+#[derive(Debug)]
+pub enum Kafka {
+    /// Named by [`KAFKA_ENV`].
+    External(String),
+    /// Started for this test (stopped on drop).
+    Own(Box<kafka::Cluster>),
+}
+
+impl Kafka {
+    /// The cluster named by [`KAFKA_ENV`], else a fresh single broker.
+    pub async fn shared() -> anyhow::Result<Kafka> {
+        match env(KAFKA_ENV) {
+            Some(addr) => Ok(Kafka::External(addr)),
+            None => Ok(Kafka::Own(Box::new(kafka::Cluster::single().await?))),
+        }
+    }
+
+    /// Bootstrap servers.
+    pub fn bootstrap(&self) -> String {
+        match self {
+            Kafka::External(a) => a.clone(),
+            Kafka::Own(c) => c.bootstrap(),
+        }
+    }
+
+    /// The cluster, when this test started it.
+    pub fn own(&mut self) -> Option<&mut kafka::Cluster> {
+        match self {
+            Kafka::External(_) => None,
+            Kafka::Own(c) => Some(c),
+        }
+    }
+}
+
+/// The PostgreSQL database of a test: the shared one, or a server of its own.
+#[derive(Debug)]
+pub enum Database {
+    /// Named by [`POSTGRES_ENV`].
+    External(String),
+    /// Started for this test (stopped on drop).
+    Own(Box<postgres::Postgres>),
+}
+
+impl Database {
+    /// The database named by [`POSTGRES_ENV`], else a fresh server.
+    pub async fn shared() -> anyhow::Result<Database> {
+        match env(POSTGRES_ENV) {
+            Some(url) => Ok(Database::External(url)),
+            None => Ok(Database::Own(Box::new(postgres::Postgres::start().await?))),
+        }
+    }
+
+    /// Connection URL.
+    pub fn url(&self) -> &str {
+        match self {
+            Database::External(u) => u,
+            Database::Own(p) => p.url(),
+        }
+    }
+}
+
+fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
+/// `n` distinct loopback ports free right now.
+pub fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
+    // Hold every listener until all are chosen, so none repeats.
+    let listeners = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
+        .collect::<Result<Vec<_>, _>>()?;
+    listeners
+        .iter()
+        .map(|l| Ok(l.local_addr()?.port()))
+        .collect()
+}
+
+/// A loopback port free right now.
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(free_ports(1)?[0])
+}
+
+/// A short unique name (`prefix` and ten hex digits).
+pub fn unique(prefix: &str) -> String {
+    format!(
+        "{prefix}{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..10]
+    )
+}
+
+/// Retry an async operation until it succeeds or `within` passes.
+pub async fn retry<F, Fut, T>(within: Duration, mut op: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<T>>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        match op().await {
+            Ok(v) => return Ok(v),
+            Err(e) if Instant::now() > deadline => return Err(e),
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
+
+/// Wait until `check` returns true, failing with `what` after `within`.
+pub async fn wait_until<F, Fut>(within: Duration, what: &str, mut check: F) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if check().await {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            anyhow::bail!("timed out after {within:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
