@@ -158,6 +158,7 @@ pub async fn follow(
     kafka: KafkaArgs,
     topic: String,
     loaded: Arc<AtomicBool>,
+    tokens: prometheus::IntGauge,
     shutdown: CancellationToken,
 ) {
     let consumer: StreamConsumer = match kafka.client_config().map(|mut c| {
@@ -279,6 +280,7 @@ pub async fn follow(
                     tracing::warn!(offset = msg.offset(), error = %e, "invalid identity record; token disabled")
                 }
             }
+            tokens.set(table.len() as i64);
         }
         if !targets.is_empty() {
             let p = msg.partition();

@@ -38,6 +38,11 @@ pub struct Metrics {
     pub consumer_lag: prometheus::IntGaugeVec,
     /// 1 when `/readyz` would answer 200.
     pub ready: prometheus::IntGauge,
+    /// Opaque tokens in this pod's identities table.
+    pub identities: prometheus::IntGauge,
+    /// Partitions whose positions this pod reset because their offsets went
+    /// backwards (topic deleted and recreated, or the log truncated), by topic.
+    pub partition_resets: IntCounterVec,
     /// TypeID joins by outcome.
     pub typeid_joins: IntCounterVec,
     /// TypeID message requests by outcome.
@@ -57,6 +62,13 @@ impl Metrics {
         let registry = Registry::new();
         let gauge = |name: &str, help: &str, labels: &[&str]| {
             let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("unique metric");
+            g
+        };
+        let single_gauge = |name: &str, help: &str| {
+            let g = prometheus::IntGauge::new(name, help).expect("valid metric");
             registry
                 .register(Box::new(g.clone()))
                 .expect("unique metric");
@@ -154,14 +166,16 @@ impl Metrics {
                 "Records not yet dispatched, per topic",
                 &["topic"],
             ),
-            ready: {
-                let g = prometheus::IntGauge::new("herald_ready", "1 when the gateway is ready")
-                    .expect("valid metric");
-                registry
-                    .register(Box::new(g.clone()))
-                    .expect("unique metric");
-                g
-            },
+            ready: single_gauge("herald_ready", "1 when the gateway is ready"),
+            identities: single_gauge(
+                "herald_identities",
+                "Opaque tokens in this pod's identities table",
+            ),
+            partition_resets: counter(
+                "herald_partition_resets_total",
+                "Partitions whose offsets went backwards (topic recreated or log truncated); positions, history and resume floors were reset",
+                &["topic"],
+            ),
             typeid_joins: counter(
                 "herald_typeid_joins_total",
                 "TypeID joins by status",

@@ -310,6 +310,16 @@ pub async fn start(
             }
         });
     }
+    if config.identities {
+        tokio::spawn(identities::follow(
+            identities,
+            config.kafka.clone(),
+            herald_schemas::identities_topic(&config.kafka.topic_prefix),
+            identities_ready,
+            metrics.identities.clone(),
+            consumer_stop.clone(),
+        ));
+    }
     tokio::spawn(consumer::consume(
         kafka,
         router,
@@ -317,15 +327,6 @@ pub async fn start(
         presence,
         consumer_stop.clone(),
     ));
-    if config.identities {
-        tokio::spawn(identities::follow(
-            identities,
-            config.kafka.clone(),
-            herald_schemas::identities_topic(&config.kafka.topic_prefix),
-            identities_ready,
-            consumer_stop.clone(),
-        ));
-    }
 
     let tracker = TaskTracker::new();
     let app = HttpRouter::new()

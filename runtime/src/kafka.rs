@@ -132,6 +132,9 @@ pub struct TopicLayout {
     pub replication: i32,
     /// Topic configuration entries set at creation.
     pub config: Vec<(String, String)>,
+    /// Place every partition's replicas on these brokers, the first one the
+    /// preferred leader (`None`: the broker decides, `replication` replicas).
+    pub replicas: Option<Vec<i32>>,
 }
 
 impl TopicLayout {
@@ -141,7 +144,16 @@ impl TopicLayout {
             partitions,
             replication: 1,
             config: Vec::new(),
+            replicas: None,
         }
+    }
+
+    /// The same layout with every partition's replicas on `brokers`, led by
+    /// the first one when it is up.
+    pub fn on_brokers(mut self, brokers: &[i32]) -> TopicLayout {
+        self.replication = brokers.len() as i32;
+        self.replicas = Some(brokers.to_vec());
+        self
     }
 
     /// The same layout with `replication` replicas.
@@ -170,14 +182,19 @@ pub async fn ensure_topics(
     use rdkafka::types::RDKafkaErrorCode;
 
     let admin: AdminClient<DefaultClientContext> = args.client_config()?.create()?;
+    let placement: Vec<&[i32]> = match &layout.replicas {
+        Some(brokers) => vec![brokers.as_slice(); layout.partitions.max(0) as usize],
+        None => Vec::new(),
+    };
     let new: Vec<NewTopic<'_>> = topics
         .iter()
         .map(|t| {
-            let mut topic = NewTopic::new(
-                t,
-                layout.partitions,
-                TopicReplication::Fixed(layout.replication),
-            );
+            let replication = if layout.replicas.is_some() {
+                TopicReplication::Variable(&placement)
+            } else {
+                TopicReplication::Fixed(layout.replication)
+            };
+            let mut topic = NewTopic::new(t, layout.partitions, replication);
             for (k, v) in &layout.config {
                 topic = topic.set(k, v);
             }

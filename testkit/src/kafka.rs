@@ -328,9 +328,8 @@ impl Cluster {
         };
         cluster.write_configs()?;
         cluster.format().await?;
-        for i in 0..cluster.nodes.len() {
-            cluster.launch(i).await?;
-        }
+        let all: Vec<usize> = (0..cluster.nodes.len()).collect();
+        cluster.launch(&all).await?;
         cluster.wait_registered(Duration::from_secs(90)).await?;
         Ok(cluster)
     }
@@ -452,7 +451,8 @@ impl Cluster {
         ]
     }
 
-    async fn launch(&mut self, i: usize) -> anyhow::Result<()> {
+    /// Start node `i`'s process (without waiting for it).
+    async fn spawn(&mut self, i: usize) -> anyhow::Result<()> {
         let node = &self.nodes[i];
         let mut argv = vec![self.runtime.java.display().to_string()];
         argv.extend(self.jvm_args(node, self.options.heap_mib));
@@ -465,16 +465,41 @@ impl Cluster {
             log: node.dir.join("kafka.log"),
             stop_signal: "KILL",
         };
-        let process = Supervised::spawn(&spec).await?;
-        let pid = process.pid();
-        let addr = node.address();
-        let waited = wait_listening(&addr, Duration::from_secs(90), || process_running(pid)).await;
+        self.nodes[i].process = Some(Supervised::spawn(&spec).await?);
+        Ok(())
+    }
+
+    /// Wait until node `i` listens; a node that died or never listens is
+    /// killed and its log tail returned in the error.
+    async fn wait_listening(&mut self, i: usize) -> anyhow::Result<()> {
+        let node = &self.nodes[i];
+        let Some(pid) = node.process.as_ref().map(Supervised::pid) else {
+            bail!("Kafka node {} is not running", node.id);
+        };
+        let waited = wait_listening(&node.address(), Duration::from_secs(90), || {
+            process_running(pid)
+        })
+        .await;
         if let Err(e) = waited {
-            let tail = process.log_tail(30);
-            process.kill().await;
+            let process = self.nodes[i].process.take();
+            let tail = process.as_ref().map(|p| p.log_tail(30)).unwrap_or_default();
+            if let Some(p) = process {
+                p.kill().await;
+            }
             bail!("Kafka node {} did not start: {e}\n{tail}", i + 1);
         }
-        self.nodes[i].process = Some(process);
+        Ok(())
+    }
+
+    /// Start the nodes `which` together (a quorum forms only when enough of
+    /// them run) and wait until each listens.
+    async fn launch(&mut self, which: &[usize]) -> anyhow::Result<()> {
+        for &i in which {
+            self.spawn(i).await?;
+        }
+        for &i in which {
+            self.wait_listening(i).await?;
+        }
         Ok(())
     }
 
@@ -561,7 +586,7 @@ impl Cluster {
         // The old listener can linger a moment after a kill.
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            match self.launch(i).await {
+            match self.launch(&[i]).await {
                 Ok(()) => break,
                 Err(e) if Instant::now() > deadline => return Err(e),
                 Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
@@ -573,15 +598,22 @@ impl Cluster {
     /// Start every stopped node again (a whole cluster's restart: a lone
     /// node of several cannot register before a quorum is back).
     pub async fn restart_all(&mut self) -> anyhow::Result<()> {
-        for i in 0..self.nodes.len() {
-            if self.nodes[i].process.is_none() {
-                let deadline = Instant::now() + Duration::from_secs(30);
-                loop {
-                    match self.launch(i).await {
-                        Ok(()) => break,
-                        Err(e) if Instant::now() > deadline => return Err(e),
-                        Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        let stopped: Vec<usize> = (0..self.nodes.len())
+            .filter(|&i| self.nodes[i].process.is_none())
+            .collect();
+        // The old listeners can linger a moment after a kill.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match self.launch(&stopped).await {
+                Ok(()) => break,
+                Err(e) if Instant::now() > deadline => return Err(e),
+                Err(_) => {
+                    for &i in &stopped {
+                        if let Some(p) = self.nodes[i].process.take() {
+                            p.kill().await;
+                        }
                     }
+                    tokio::time::sleep(Duration::from_millis(200)).await
                 }
             }
         }

@@ -107,12 +107,7 @@ impl Supervised {
 
     /// Send `signal` (`TERM`, `KILL`, `STOP`, `CONT`, ...) to the service.
     pub async fn signal(&self, signal: &str) -> anyhow::Result<()> {
-        let status = Command::new("kill")
-            .args(["-s", signal, &self.pid.to_string()])
-            .status()
-            .await?;
-        anyhow::ensure!(status.success(), "kill -s {signal} {} failed", self.pid);
-        Ok(())
+        kill(self.pid, signal).await
     }
 
     /// `kill -9` the service and wait until it is gone.
@@ -159,6 +154,16 @@ impl Drop for Supervised {
         // Closing stdin makes the watchdog stop (and reap) the service.
         self.stdin.take();
     }
+}
+
+/// Send `signal` (`TERM`, `KILL`, ...) to process `pid`.
+pub async fn kill(pid: u32, signal: &str) -> anyhow::Result<()> {
+    let status = Command::new("kill")
+        .args(["-s", signal, &pid.to_string()])
+        .status()
+        .await?;
+    anyhow::ensure!(status.success(), "kill -s {signal} {pid} failed");
+    Ok(())
 }
 
 /// The last `lines` lines of a log file (empty when unreadable).

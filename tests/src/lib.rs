@@ -10,7 +10,9 @@
 //! with a per-test topic prefix so tests sharing a cluster never interfere.
 
 pub mod cable;
+pub mod numbered;
 pub mod stomp;
+pub mod typeid;
 
 use std::{
     net::SocketAddr,
@@ -65,6 +67,14 @@ impl Broker {
         self.kafka
             .own()
             .context("this test shares the run's broker; start it with StackOptions::own_kafka")
+    }
+
+    /// Process id of node `id` of the test's own cluster, while it runs.
+    pub fn pid(&self, id: u32) -> Option<u32> {
+        match &self.kafka {
+            herald_testkit::Kafka::Own(c) => c.pid(id),
+            herald_testkit::Kafka::External(_) => None,
+        }
     }
 
     /// `kill -9` every node of the test's own cluster (an outage).
@@ -122,6 +132,8 @@ pub struct Stack {
 pub struct StackOptions {
     /// Extra gateway flags.
     pub gateway_args: Vec<String>,
+    /// Extra producer flags.
+    pub producer_args: Vec<String>,
     /// Run on a Kafka cluster of the test's own, started with these
     /// options, instead of the shared broker (to kill, restart or
     /// reconfigure it).
@@ -148,21 +160,25 @@ impl Stack {
         create_topics(&broker.bootstrap, &prefix, &layout).await?;
 
         let shutdown = CancellationToken::new();
+        let mut producer_args: Vec<String> = [
+            "herald-producer",
+            "--kafka-brokers",
+            &broker.bootstrap,
+            "--topic-prefix",
+            &prefix,
+            "--listen",
+            "127.0.0.1:0",
+            "--ops-listen",
+            "127.0.0.1:0",
+            // Tests publish without credentials; the API's own auth has its tests.
+            "--allow-unauthenticated",
+        ]
+        .into_iter()
+        .map(String::from)
+        .collect();
+        producer_args.extend(opts.producer_args);
         let producer = herald_producer::start(
-            ProducerConfig::from_args([
-                "herald-producer",
-                "--kafka-brokers",
-                &broker.bootstrap,
-                "--topic-prefix",
-                &prefix,
-                "--listen",
-                "127.0.0.1:0",
-                "--ops-listen",
-                "127.0.0.1:0",
-                // Tests publish without credentials; the API's own auth has its tests.
-                "--allow-unauthenticated",
-            ])
-            .map_err(|e| anyhow::anyhow!("{e}"))?,
+            ProducerConfig::from_args(producer_args).map_err(|e| anyhow::anyhow!("{e}"))?,
             shutdown.clone(),
         )
         .await?;
@@ -349,6 +365,39 @@ impl Stack {
             out.push((topic, d.partition, d.offset));
         }
         Ok(out)
+    }
+
+    /// Delete the records of `topic`/`partition` before `before` (Kafka's
+    /// DeleteRecords: the log start moves there, as retention would move it).
+    pub async fn delete_records(
+        &self,
+        topic: &str,
+        partition: i32,
+        before: i64,
+    ) -> anyhow::Result<()> {
+        use rdkafka::{
+            Offset, TopicPartitionList,
+            admin::{AdminClient, AdminOptions},
+            client::DefaultClientContext,
+        };
+        let admin: AdminClient<DefaultClientContext> =
+            KafkaArgs::for_brokers(&self.broker.bootstrap)
+                .client_config()?
+                .create()?;
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(topic, partition, Offset::Offset(before))?;
+        let done = admin
+            .delete_records(
+                &tpl,
+                &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+            )
+            .await?;
+        for e in done.elements() {
+            if let Err(err) = e.error() {
+                bail!("DeleteRecords {topic}/{partition} before {before}: {err}");
+            }
+        }
+        Ok(())
     }
 
     /// Write an identity for an opaque token straight to the identities topic.

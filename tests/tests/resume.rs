@@ -3,14 +3,12 @@
 //! order — from the history buffer or read back from Kafka — and a position
 //! that cannot be served yields an explicit gap.
 
-use std::{
-    collections::{BTreeMap, HashMap},
-    time::Duration,
-};
+use std::{collections::HashMap, time::Duration};
 
 use herald_tests::{
     GatewayProcess, Stack, StackOptions,
     cable::{CableDriver, RawCable},
+    numbered::{self, Seen, id_of},
     stomp::RawStomp,
     token,
 };
@@ -19,41 +17,12 @@ use serde_json::{Value, json};
 const ACCOUNT: &str = "9";
 const TOTAL: u64 = 240;
 
-/// Event `i` of the numbered stream: a mix of three topics.
 fn event(i: u64) -> Value {
-    match i % 3 {
-        0 => {
-            json!({"type": "conversation.created", "account_id": ACCOUNT, "payload": {"id": i, "inbox_id": 1, "status": "open"}})
-        }
-        1 => {
-            json!({"type": "message.created", "account_id": ACCOUNT, "payload": {"id": i, "content": format!("m{i}"), "message_type": 0}})
-        }
-        _ => {
-            json!({"type": "tag.updated", "account_id": ACCOUNT, "payload": {"id": format!("{i}"), "name": "n", "color": "c"}})
-        }
-    }
+    numbered::event(ACCOUNT, i)
 }
-
-fn id_of(payload: &Value) -> u64 {
-    match &payload["id"] {
-        Value::String(s) => s.parse().unwrap_or(u64::MAX),
-        v => v.as_u64().unwrap_or(u64::MAX),
-    }
-}
-
-/// Per type, the ids in arrival order.
-type Seen = BTreeMap<String, Vec<u64>>;
 
 fn expected(types: &[&str]) -> Seen {
-    let mut m = Seen::new();
-    for i in 0..TOTAL {
-        let e = event(i);
-        let ty = e["type"].as_str().unwrap();
-        if types.contains(&ty) {
-            m.entry(ty.to_owned()).or_default().push(i);
-        }
-    }
-    m
+    numbered::expected(0..TOTAL, types)
 }
 
 async fn kill_mid_stream_and_resume(buffer_events: &str) -> anyhow::Result<()> {
