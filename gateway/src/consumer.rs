@@ -15,7 +15,10 @@ use std::{
 };
 
 use futures_util::FutureExt;
-use herald_runtime::KafkaArgs;
+use herald_runtime::{
+    KafkaArgs,
+    topic_ids::{self, TopicId},
+};
 use herald_schemas::Envelope;
 use prometheus::IntCounter;
 use rdkafka::{
@@ -82,27 +85,55 @@ pub fn create(settings: &ConsumerSettings) -> Result<Arc<StreamConsumer>, Consum
 }
 
 /// Keep the assignment complete until `shutdown`: discover topics and
-/// partitions, assign the new ones, and keep `ready` true while every served
-/// topic is assigned and the broker answers.
+/// partitions, assign the new ones, notice topics that were deleted and
+/// created again (their Kafka topic ID changed), and keep `ready` true
+/// while every served topic is assigned and the broker answers. `recheck`
+/// makes it look at once (the consumer saw offsets go backwards).
 pub async fn maintain_assignment(
     consumer: Arc<StreamConsumer>,
     router: Arc<Router>,
     settings: ConsumerSettings,
     ready: Arc<AtomicBool>,
+    recheck: Arc<tokio::sync::Notify>,
+    metrics: Metrics,
     shutdown: CancellationToken,
 ) {
     let mut assigned: HashSet<(String, i32)> = HashSet::new();
+    // The topic ID each served topic had when its partitions were assigned.
+    let mut ids: HashMap<String, String> = HashMap::new();
     let mut first_round = true;
     loop {
         let c = consumer.clone();
         let topics = settings.topics.clone();
         let known = assigned.clone();
+        let known_ids = ids.clone();
         let from_end = first_round;
-        let outcome =
-            tokio::task::spawn_blocking(move || discover(c.as_ref(), &topics, &known, from_end))
-                .await;
+        let outcome = tokio::task::spawn_blocking(move || {
+            discover(c.as_ref(), &topics, &known, &known_ids, from_end)
+        })
+        .await;
         match outcome {
             Ok(Ok(found)) => {
+                for (topic, partitions) in &found.recreated {
+                    follow_recreated(
+                        &consumer,
+                        &router,
+                        &metrics,
+                        &mut assigned,
+                        topic,
+                        partitions,
+                    );
+                }
+                router.checked_topics(
+                    settings
+                        .topics
+                        .iter()
+                        .filter(|t| !found.recreated.iter().any(|(r, _)| r == *t)),
+                );
+                for (topic, id) in &found.ids {
+                    router.epochs().set_topic_id(topic, id);
+                }
+                ids.extend(found.ids);
                 let mut complete = found.missing.is_empty();
                 if !found.new.is_empty() {
                     let mut tpl = TopicPartitionList::new();
@@ -151,67 +182,149 @@ pub async fn maintain_assignment(
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(wait) => {}
+            _ = recheck.notified() => {}
         }
+    }
+}
+
+/// A served topic was deleted and created again (its topic ID changed):
+/// every partition whose records did not already go backwards under the
+/// consumer (librdkafka jumps to the new log's start only when the old
+/// position is past its end) may be reading the new log at the old offset,
+/// silently past its first records: such partitions are read again from
+/// the new log's beginning (events dispatched meanwhile come again, none is
+/// skipped), and their positions, history and client floors are reset.
+/// Partitions the new topic no longer has are dropped.
+fn follow_recreated(
+    consumer: &StreamConsumer,
+    router: &Router,
+    metrics: &Metrics,
+    assigned: &mut HashSet<(String, i32)>,
+    topic: &str,
+    partitions: &[i32],
+) {
+    tracing::warn!(
+        topic,
+        "topic was deleted and created again (its topic ID changed): positions, history and \
+         resume floors reset; reading the new topic from its beginning"
+    );
+    let mine: Vec<i32> = assigned
+        .iter()
+        .filter(|(t, _)| t == topic)
+        .map(|(_, p)| *p)
+        .collect();
+    let mut gone = TopicPartitionList::new();
+    for p in mine {
+        let stream: crate::resume::TopicPartition = (Arc::from(topic), p);
+        if !partitions.contains(&p) {
+            gone.add_partition(topic, p);
+            assigned.remove(&(topic.to_owned(), p));
+            router.forget_partition(&stream);
+            continue;
+        }
+        if router.take_reset(&stream) {
+            // The consumer already saw this partition start over.
+            continue;
+        }
+        if let Err(e) = consumer.seek(topic, p, Offset::Beginning, Duration::from_secs(5)) {
+            tracing::warn!(topic, partition = p, error = %e, "cannot rewind to the new topic's start");
+        }
+        router.reset_stream(&stream, 0);
+        router.take_reset(&stream);
+        metrics.partition_resets.with_label_values(&[topic]).inc();
+    }
+    if gone.count() > 0
+        && let Err(e) = consumer.incremental_unassign(&gone)
+    {
+        tracing::warn!(topic, error = %e, "cannot unassign partitions the new topic lacks");
     }
 }
 
 struct Discovery {
     new: Vec<(String, i32, Offset)>,
     missing: Vec<String>,
+    /// Served topics whose ID differs from the one they were assigned
+    /// with, and the new topic's partitions.
+    recreated: Vec<(String, Vec<i32>)>,
+    /// The ID of each served topic that has one.
+    ids: HashMap<String, String>,
 }
 
-/// Blocking metadata walk: partitions not yet assigned, with their start offset.
+/// Blocking metadata walk (one DescribeTopics of the served topics):
+/// partitions not yet assigned, with their start offset, and recreated topics.
 fn discover(
     consumer: &StreamConsumer,
     topics: &[String],
     assigned: &HashSet<(String, i32)>,
+    known_ids: &HashMap<String, String>,
     from_end: bool,
-) -> Result<Discovery, rdkafka::error::KafkaError> {
+) -> Result<Discovery, DiscoverError> {
     let timeout = Duration::from_secs(5);
-    let metadata = consumer.fetch_metadata(None, timeout)?;
-    let mut new = Vec::new();
-    let mut missing = Vec::new();
+    let described = topic_ids::describe(consumer.client(), topics, timeout)?;
+    let mut found = Discovery {
+        new: Vec::new(),
+        missing: Vec::new(),
+        recreated: Vec::new(),
+        ids: HashMap::new(),
+    };
     for topic in topics {
-        let Some(md) = metadata
-            .topics()
-            .iter()
-            .find(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty())
-        else {
-            missing.push(topic.clone());
+        let Some(info) = described.get(topic).filter(|i| i.id != TopicId::Missing) else {
+            found.missing.push(topic.clone());
             continue;
         };
-        for p in md.partitions() {
-            if assigned.contains(&(topic.clone(), p.id())) {
+        if let TopicId::Id(id) = &info.id {
+            if known_ids.get(topic).is_some_and(|old| old != id) {
+                found
+                    .recreated
+                    .push((topic.clone(), info.partitions.clone()));
+            }
+            found.ids.insert(topic.clone(), id.clone());
+        }
+        for &p in &info.partitions {
+            if assigned.contains(&(topic.clone(), p)) {
                 continue;
             }
             let offset = if from_end {
                 // An explicit end offset (rather than Offset::End) means a
                 // record produced after this point is never skipped, even if
                 // the fetcher starts later.
-                let (_, high) = consumer.fetch_watermarks(topic, p.id(), timeout)?;
+                let (_, high) = consumer.fetch_watermarks(topic, p, timeout)?;
                 Offset::Offset(high)
             } else {
                 Offset::Beginning
             };
-            new.push((topic.clone(), p.id(), offset));
+            found.new.push((topic.clone(), p, offset));
         }
     }
-    Ok(Discovery { new, missing })
+    Ok(found)
 }
 
-/// Read records until `shutdown`, routing each to the router.
+/// Why topics and partitions could not be discovered.
+#[derive(Debug, thiserror::Error)]
+enum DiscoverError {
+    #[error(transparent)]
+    Describe(#[from] topic_ids::TopicIdError),
+    #[error(transparent)]
+    Kafka(#[from] rdkafka::error::KafkaError),
+}
+
+/// Read records until `shutdown`, routing each to the router. A record
+/// below the partition's next expected offset means the log went backwards
+/// (the topic was recreated, or a broker truncated it): the partition's
+/// positions, history and client floors are reset first, and `recheck`
+/// asks the assignment task to compare topic IDs now.
 pub async fn consume(
     consumer: Arc<StreamConsumer>,
     router: Arc<Router>,
     metrics: Metrics,
     presence: Arc<PresenceTable>,
+    recheck: Arc<tokio::sync::Notify>,
     shutdown: CancellationToken,
 ) {
     let mut batch: Vec<Slot> = Vec::with_capacity(MAX_BATCH);
-    let mut counters = TopicCounters {
+    let mut topics = Topics {
         metrics: metrics.clone(),
-        consumed: HashMap::new(),
-        names: HashMap::new(),
+        by_name: HashMap::new(),
     };
     let mut last_error_log: Option<Instant> = None;
     loop {
@@ -221,22 +334,38 @@ pub async fn consume(
         };
         match msg {
             Ok(msg) => {
-                let Some(view) = router.view() else { continue };
-                handle(&msg, &view, &presence, &mut counters, &mut batch);
-                // Records the client library has already fetched are taken
-                // now, without waiting, and dispatched together.
-                while batch.len() < MAX_BATCH {
-                    match consumer.recv().now_or_never() {
-                        Some(Ok(msg)) => handle(&msg, &view, &presence, &mut counters, &mut batch),
-                        _ => break,
+                let mut pending = Some(msg);
+                while let Some(msg) = pending.take() {
+                    if topics.went_back(&msg, &router) {
+                        // Before anything of the new log is dispatched, learn
+                        // its topic ID, so no frame carries the old epoch.
+                        refresh_epoch(&consumer, &router, msg.topic()).await;
+                        recheck.notify_one();
                     }
-                }
-                if !batch.is_empty() {
-                    view.dispatch_batch(&batch);
-                    for slot in batch.drain(..) {
-                        metrics
-                            .dispatch_latency
-                            .observe(slot.event.received.elapsed().as_secs_f64());
+                    let Some(view) = router.view() else { break };
+                    handle(&msg, &view, &presence, &mut topics, &mut batch);
+                    // Records the client library has already fetched are taken
+                    // now, without waiting, and dispatched together.
+                    while batch.len() < MAX_BATCH {
+                        match consumer.recv().now_or_never() {
+                            Some(Ok(next)) if topics.is_behind(&next) => {
+                                // Dispatch what came before it, then reset.
+                                pending = Some(next);
+                                break;
+                            }
+                            Some(Ok(next)) => {
+                                handle(&next, &view, &presence, &mut topics, &mut batch)
+                            }
+                            _ => break,
+                        }
+                    }
+                    if !batch.is_empty() {
+                        view.dispatch_batch(&batch);
+                        for slot in batch.drain(..) {
+                            metrics
+                                .dispatch_latency
+                                .observe(slot.event.received.elapsed().as_secs_f64());
+                        }
                     }
                 }
             }
@@ -251,39 +380,125 @@ pub async fn consume(
     }
 }
 
-struct TopicCounters {
-    metrics: Metrics,
-    consumed: HashMap<String, IntCounter>,
-    names: HashMap<String, Arc<str>>,
+/// What the consumer task keeps per topic, looked up once per record.
+/// Look up `topic`'s ID now and make it the epoch of its streams.
+async fn refresh_epoch(consumer: &Arc<StreamConsumer>, router: &Router, topic: &str) {
+    let c = consumer.clone();
+    let name = topic.to_owned();
+    let described = tokio::task::spawn_blocking(move || {
+        topic_ids::describe(
+            c.client(),
+            std::slice::from_ref(&name),
+            Duration::from_secs(5),
+        )
+    })
+    .await;
+    match described {
+        Ok(Ok(found)) => {
+            if let Some(TopicId::Id(id)) = found.get(topic).map(|i| &i.id) {
+                router.epochs().set_topic_id(topic, id);
+            }
+        }
+        Ok(Err(e)) => tracing::warn!(topic, error = %e, "cannot read the topic's ID"),
+        Err(e) => tracing::warn!(topic, error = %e, "topic ID task failed"),
+    }
 }
 
-impl TopicCounters {
-    /// One shared name per topic, so events do not allocate it.
-    fn topic_arc(&mut self, topic: &str) -> Arc<str> {
-        if let Some(t) = self.names.get(topic) {
-            return t.clone();
-        }
-        let t: Arc<str> = Arc::from(topic);
-        self.names.insert(topic.to_owned(), t.clone());
-        t
+struct TopicState {
+    /// One shared name, so events do not allocate it.
+    name: Arc<str>,
+    consumed: IntCounter,
+    /// Per partition, the offset after the last record handled (-1: none yet).
+    next: Vec<i64>,
+}
+
+impl TopicState {
+    /// Whether a record at `offset` lies below what `partition` already had.
+    fn behind(&self, partition: i32, offset: i64) -> bool {
+        usize::try_from(partition)
+            .ok()
+            .and_then(|p| self.next.get(p))
+            .is_some_and(|&next| offset < next)
     }
 
-    fn consumed(&mut self, topic: &str) {
-        if let Some(c) = self.consumed.get(topic) {
-            c.inc();
+    fn handled(&mut self, partition: i32, offset: i64) {
+        let Ok(p) = usize::try_from(partition) else {
             return;
+        };
+        if self.next.len() <= p {
+            self.next.resize(p + 1, -1);
         }
-        let c = self.metrics.records_consumed.with_label_values(&[topic]);
-        c.inc();
-        self.consumed.insert(topic.to_owned(), c);
+        self.next[p] = offset + 1;
+    }
+}
+
+struct Topics {
+    metrics: Metrics,
+    by_name: HashMap<String, TopicState>,
+}
+
+impl Topics {
+    fn state(&mut self, topic: &str) -> &mut TopicState {
+        if !self.by_name.contains_key(topic) {
+            let state = TopicState {
+                name: Arc::from(topic),
+                consumed: self.metrics.records_consumed.with_label_values(&[topic]),
+                next: Vec::new(),
+            };
+            self.by_name.insert(topic.to_owned(), state);
+        }
+        self.by_name.get_mut(topic).expect("inserted above")
     }
 
-    fn skipped(&self, topic: &str, reason: &'static str) {
-        self.metrics
-            .records_skipped
-            .with_label_values(&[topic, reason])
-            .inc();
+    /// Whether `msg` lies below its partition's next expected offset.
+    fn is_behind(&self, msg: &BorrowedMessage<'_>) -> bool {
+        self.by_name
+            .get(msg.topic())
+            .is_some_and(|s| s.behind(msg.partition(), msg.offset()))
     }
+
+    /// Check `msg` against its partition's next expected offset; when the
+    /// log went backwards (and the assignment task has not reset the topic
+    /// already), reset the partition in the router. True on a reset.
+    fn went_back(&mut self, msg: &BorrowedMessage<'_>, router: &Router) -> bool {
+        let (partition, offset) = (msg.partition(), msg.offset());
+        let metrics = self.metrics.clone();
+        let state = self.state(msg.topic());
+        if !state.behind(partition, offset) {
+            return false;
+        }
+        let stream = (state.name.clone(), partition);
+        let expected = state.next.get(partition as usize).copied();
+        state.handled(partition, offset - 1);
+        if router
+            .next_offset(&stream)
+            .is_none_or(|next| next <= offset)
+        {
+            // The topic was reset already (its ID changed): nothing stale.
+            return false;
+        }
+        tracing::warn!(
+            topic = %stream.0,
+            partition,
+            offset,
+            ?expected,
+            "offsets went backwards (topic recreated or log truncated): \
+             positions, history and resume floors of the partition reset"
+        );
+        metrics
+            .partition_resets
+            .with_label_values(&[&stream.0])
+            .inc();
+        router.reset_stream(&stream, offset);
+        true
+    }
+}
+
+fn skipped(metrics: &Metrics, topic: &str, reason: &'static str) {
+    metrics
+        .records_skipped
+        .with_label_values(&[topic, reason])
+        .inc();
 }
 
 fn header<'a>(msg: &'a BorrowedMessage<'_>, name: &str) -> Option<&'a str> {
@@ -304,19 +519,22 @@ fn handle(
     msg: &BorrowedMessage<'_>,
     view: &RouterView<'_>,
     presence: &PresenceTable,
-    counters: &mut TopicCounters,
+    topics: &mut Topics,
     batch: &mut Vec<Slot>,
 ) {
     let received = Instant::now();
     let topic = msg.topic();
-    counters.consumed(topic);
-    let topic_arc = counters.topic_arc(topic);
     let (partition, offset, timestamp) =
         (msg.partition(), msg.offset(), msg.timestamp().to_millis());
+    let state = topics.state(topic);
+    state.consumed.inc();
+    state.handled(partition, offset);
+    let topic_arc = state.name.clone();
+    let metrics = &topics.metrics;
     let header_account = header(msg, "account_id");
     if header(msg, "type") == Some("presence.heartbeat") {
         // Every pod keeps the whole online table, subscribers here or not.
-        record_heartbeat(msg, presence, counters);
+        record_heartbeat(msg, presence, metrics);
         view.pass(&topic_arc, partition, offset, timestamp, None);
         return;
     }
@@ -327,7 +545,7 @@ fn handle(
         return;
     }
     let skip = |reason: &'static str| {
-        counters.skipped(topic, reason);
+        skipped(metrics, topic, reason);
         view.pass(&topic_arc, partition, offset, timestamp, None);
     };
     let Some(payload) = msg.payload() else {
@@ -367,23 +585,23 @@ fn handle(
     batch.push(Slot::new(event));
 }
 
-fn record_heartbeat(msg: &BorrowedMessage<'_>, presence: &PresenceTable, counters: &TopicCounters) {
+fn record_heartbeat(msg: &BorrowedMessage<'_>, presence: &PresenceTable, metrics: &Metrics) {
     let topic = msg.topic();
     let Some(envelope) = msg.payload().and_then(|p| Envelope::decode(p).ok()) else {
-        counters.skipped(topic, "invalid_envelope");
+        skipped(metrics, topic, "invalid_envelope");
         return;
     };
     let Ok(beat) =
         serde_json::from_str::<herald_schemas::chatwoot::PresenceHeartbeat>(envelope.payload.get())
     else {
-        counters.skipped(topic, "invalid_payload");
+        skipped(metrics, topic, "invalid_payload");
         return;
     };
     let kind = match beat.kind.as_str() {
         "user" => PrincipalKind::User,
         "contact" => PrincipalKind::Contact,
         _ => {
-            counters.skipped(topic, "invalid_payload");
+            skipped(metrics, topic, "invalid_payload");
             return;
         }
     };

@@ -54,6 +54,51 @@ pub struct ResumeConfig {
     pub epoch: String,
 }
 
+/// The AnyCable `epoch` of each stream: the configured `--resume-epoch`
+/// joined with the topic's Kafka ID once it is known, so a position in a
+/// topic that was deleted and recreated (a new ID) is never taken for a
+/// position in the new one. Positions carrying the bare configured epoch
+/// (clients of a gateway that did not know the IDs) are still accepted.
+#[derive(Debug)]
+pub struct Epochs {
+    base: Arc<str>,
+    per_topic: std::sync::RwLock<HashMap<String, Arc<str>>>,
+}
+
+impl Epochs {
+    /// Epochs derived from the configured one.
+    pub fn new(base: &str) -> Self {
+        Epochs {
+            base: Arc::from(base),
+            per_topic: std::sync::RwLock::new(HashMap::new()),
+        }
+    }
+
+    /// The topic's Kafka ID is `id` (changes when it is recreated).
+    pub fn set_topic_id(&self, topic: &str, id: &str) {
+        let epoch: Arc<str> = Arc::from(format!("{}.{id}", self.base));
+        if let Ok(mut m) = self.per_topic.write()
+            && m.get(topic).is_none_or(|e| *e != epoch)
+        {
+            m.insert(topic.to_owned(), epoch);
+        }
+    }
+
+    /// The epoch of `topic`'s streams.
+    pub fn of(&self, topic: &str) -> Arc<str> {
+        self.per_topic
+            .read()
+            .ok()
+            .and_then(|m| m.get(topic).cloned())
+            .unwrap_or_else(|| self.base.clone())
+    }
+
+    /// Whether a client's `epoch` for a stream of `topic` is this log's.
+    pub fn accepts(&self, topic: &str, epoch: &str) -> bool {
+        epoch == &*self.of(topic) || epoch == &*self.base
+    }
+}
+
 /// One record of the history buffer: the event when it was decoded, or only
 /// its account when the pod skipped it (nobody here could receive it).
 struct Buffered {
@@ -129,6 +174,15 @@ impl HistoryBuffer {
                 .is_some_and(|e| e.timestamp_ms.is_some_and(|t| t < oldest_allowed))
         {
             queue.pop_front();
+        }
+    }
+
+    /// Forget what is buffered for `topic` (every partition, or one): its
+    /// offsets went backwards, so the buffered records belong to another
+    /// incarnation of the log.
+    pub fn clear(&self, topic: &str, partition: Option<i32>) {
+        if let Ok(mut parts) = self.parts.lock() {
+            parts.retain(|(t, p), _| !(**t == *topic && partition.is_none_or(|want| *p == want)));
         }
     }
 
@@ -240,6 +294,22 @@ impl ResumeGate {
         false
     }
 
+    /// Drop the client's positions in `topic` (every partition, or one):
+    /// they belong to a log that was reset, and live events of the new one
+    /// must not be taken for events the client already has.
+    pub fn forget(&self, topic: &str, partition: Option<i32>) {
+        if !self.has_floors.load(Ordering::Acquire) {
+            return;
+        }
+        if let Ok(mut floors) = self.floors.lock() {
+            floors
+                .retain(|((t, p), _)| !(**t == *topic && partition.is_none_or(|want| *p == want)));
+            if floors.is_empty() {
+                self.has_floors.store(false, Ordering::Release);
+            }
+        }
+    }
+
     /// Hold `event` if the gate is closed; false when it is open.
     pub fn hold(&self, event: &Arc<RoutedEvent>) -> bool {
         if self.open.load(Ordering::Acquire) {
@@ -318,7 +388,9 @@ pub struct Gap {
     pub partition: i32,
     /// The first offset the client needed.
     pub from: i64,
-    /// `retention` (gone from Kafka), `age` or `count` (beyond the limits), `unavailable`.
+    /// `retention` (gone from Kafka), `age` or `count` (beyond the limits),
+    /// `reset` (the position is past the partition's end: the topic was
+    /// recreated or its log truncated), `unavailable`.
     pub reason: &'static str,
 }
 
@@ -336,6 +408,13 @@ pub struct Replay {
 }
 
 impl Replay {
+    /// Positions found stale (`reset` gaps) must not filter live events.
+    pub fn release_stale_floors(&self, gate: &ResumeGate) {
+        for gap in self.gaps.iter().filter(|g| g.reason == "reset") {
+            gate.forget(&gap.topic, Some(gap.partition));
+        }
+    }
+
     /// Count where the replay came from and how many events were delivered.
     pub fn record(&self, metrics: &crate::metrics::Metrics, protocol: &str, delivered: u64) {
         metrics
@@ -379,15 +458,28 @@ pub async fn plan(
             },
             (None, None) => continue,
         };
-        if start >= end {
-            continue;
-        }
         let gap = |reason| Gap {
             topic: stream.0.to_string(),
             partition: stream.1,
             from: start,
             reason,
         };
+        if start > end && position.is_some() {
+            // The client claims a record this pod has not dispatched yet:
+            // either it came from a pod further along (its floor then drops
+            // the live events it already has), or the record does not exist
+            // in this log at all — the topic was recreated or truncated
+            // since — and the client must hear so.
+            if let Some(high) = high_watermark(config, stream).await
+                && start > high
+            {
+                replay.gaps.push(gap("reset"));
+            }
+            continue;
+        }
+        if start >= end {
+            continue;
+        }
         if (end - start) as usize > config.max_events {
             replay.gaps.push(gap("count"));
             continue;
@@ -457,6 +549,22 @@ async fn offset_for_time(
             // No record at or after `since`: nothing to replay.
             _ => None,
         }
+    })
+    .await
+    .ok()
+    .flatten()
+}
+
+/// The next offset Kafka will write to `stream` (None when unknown).
+async fn high_watermark(config: &ResumeConfig, stream: &TopicPartition) -> Option<i64> {
+    let config = config.clone();
+    let (topic, partition) = (stream.0.to_string(), stream.1);
+    tokio::task::spawn_blocking(move || {
+        let consumer = reader(&config)?;
+        consumer
+            .fetch_watermarks(&topic, partition, Duration::from_secs(5))
+            .ok()
+            .map(|(_, high)| high)
     })
     .await
     .ok()
@@ -581,6 +689,47 @@ mod tests {
         );
         assert!(!g.hold(&event(3, 0)));
         assert!(!ResumeGate::open().hold(&event(1, 0)));
+    }
+
+    #[test]
+    fn a_reset_log_forgets_floors_and_history() {
+        let b = HistoryBuffer::new(10, Duration::from_secs(3600));
+        let now = now_ms();
+        for o in 0..3 {
+            b.append(&event(o, now));
+        }
+        let s: TopicPartition = ("t".into(), 0);
+        assert!(b.range(&s, 0, 3, "1").is_some());
+        b.clear("t", Some(1));
+        assert!(b.range(&s, 0, 3, "1").is_some(), "another partition");
+        b.clear("t", None);
+        assert!(b.range(&s, 0, 3, "1").is_none());
+
+        let g = ResumeGate::holding(&[("t".into(), 0, 5)]);
+        assert!(g.already_seen(&event(2, 0)));
+        g.forget("u", None);
+        assert!(g.already_seen(&event(3, 0)), "another topic");
+        g.forget("t", Some(0));
+        assert!(
+            !g.already_seen(&event(4, 0)),
+            "the new log's records are new"
+        );
+    }
+
+    #[test]
+    fn epochs_follow_topic_ids() {
+        let e = Epochs::new("herald");
+        assert_eq!(&*e.of("t"), "herald");
+        e.set_topic_id("t", "ID1");
+        assert_eq!(&*e.of("t"), "herald.ID1");
+        assert!(e.accepts("t", "herald.ID1"));
+        assert!(
+            e.accepts("t", "herald"),
+            "positions from before IDs were known"
+        );
+        e.set_topic_id("t", "ID2");
+        assert!(!e.accepts("t", "herald.ID1"), "the old incarnation");
+        assert!(!e.accepts("t", "other"));
     }
 
     #[test]

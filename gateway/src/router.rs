@@ -19,7 +19,7 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 use crate::{
     auth::Identity,
     connection::Stamp,
-    resume::{HistoryBuffer, TopicPartition},
+    resume::{Epochs, HistoryBuffer, TopicPartition},
     ws::WsFrame,
 };
 
@@ -196,6 +196,9 @@ pub trait Recipient: Send + Sync {
             slot.with(|event, cache| self.offer(event, cache));
         }
     }
+    /// The log of `topic` (every partition, or one) was reset: forget the
+    /// client positions in it that live events are compared with.
+    fn forget_stream(&self, _topic: &str, _partition: Option<i32>) {}
 }
 
 /// One account's connections on this pod, by connection id.
@@ -203,12 +206,28 @@ type AccountConnections = HashMap<u64, Arc<dyn Recipient>>;
 
 /// Account -> connection id -> recipient, plus what resuming clients need:
 /// the recent-history buffer and the dispatch frontier.
-#[derive(Default)]
 pub struct Router {
     accounts: RwLock<HashMap<Arc<str>, AccountConnections>>,
     history: HistoryBuffer,
     /// Per partition, the next offset the consumer will hand to the router.
     frontier: Mutex<HashMap<TopicPartition, i64>>,
+    /// The resume epoch of each topic's streams.
+    epochs: Arc<Epochs>,
+    /// Partitions reset because their offsets went backwards, since the
+    /// assignment task last compared topic IDs.
+    resets: Mutex<std::collections::HashSet<TopicPartition>>,
+}
+
+impl Default for Router {
+    fn default() -> Self {
+        Router {
+            accounts: RwLock::default(),
+            history: HistoryBuffer::default(),
+            frontier: Mutex::default(),
+            epochs: Arc::new(Epochs::new("herald")),
+            resets: Mutex::default(),
+        }
+    }
 }
 
 impl Router {
@@ -217,11 +236,41 @@ impl Router {
         Self::default()
     }
 
-    /// An empty router with a history buffer.
-    pub fn with_history(history: HistoryBuffer) -> Self {
+    /// An empty router with a history buffer and resume epochs.
+    pub fn with_history(history: HistoryBuffer, epochs: Epochs) -> Self {
         Router {
             history,
+            epochs: Arc::new(epochs),
             ..Self::default()
+        }
+    }
+
+    /// The resume epoch of each topic's streams.
+    pub fn epochs(&self) -> &Arc<Epochs> {
+        &self.epochs
+    }
+
+    /// The next offset to dispatch in `stream`, if known.
+    pub fn next_offset(&self, stream: &TopicPartition) -> Option<i64> {
+        self.frontier.lock().ok()?.get(stream).copied()
+    }
+
+    /// The log of `stream` went backwards (its next record is at `next`):
+    /// forget its frontier, history and every client position in it, with
+    /// no record being dispatched meanwhile.
+    pub fn reset_stream(&self, stream: &TopicPartition, next: i64) {
+        let Ok(map) = self.accounts.write() else {
+            return;
+        };
+        if let Ok(mut f) = self.frontier.lock() {
+            f.insert(stream.clone(), next);
+        }
+        self.history.clear(&stream.0, Some(stream.1));
+        for recipient in map.values().flat_map(HashMap::values) {
+            recipient.forget_stream(&stream.0, Some(stream.1));
+        }
+        if let Ok(mut r) = self.resets.lock() {
+            r.insert(stream.clone());
         }
     }
 
@@ -230,7 +279,40 @@ impl Router {
         &self.history
     }
 
-    /// Record where the consumer starts reading a partition (kept if known).
+    /// Whether `stream` was reset (offsets went backwards) since the topic
+    /// IDs were last compared; forgets it.
+    pub fn take_reset(&self, stream: &TopicPartition) -> bool {
+        self.resets.lock().is_ok_and(|mut r| r.remove(stream))
+    }
+
+    /// The topic IDs of `topics` were compared and found unchanged: resets
+    /// seen so far were truncations, not recreations.
+    pub fn checked_topics<'t>(&self, topics: impl Iterator<Item = &'t String>) {
+        if let Ok(mut r) = self.resets.lock()
+            && !r.is_empty()
+        {
+            for t in topics {
+                r.retain(|(rt, _)| **rt != **t);
+            }
+        }
+    }
+
+    /// A partition the topic no longer has: forget its frontier and history.
+    pub fn forget_partition(&self, stream: &TopicPartition) {
+        let Ok(map) = self.accounts.write() else {
+            return;
+        };
+        if let Ok(mut f) = self.frontier.lock() {
+            f.remove(stream);
+        }
+        self.history.clear(&stream.0, Some(stream.1));
+        for recipient in map.values().flat_map(HashMap::values) {
+            recipient.forget_stream(&stream.0, Some(stream.1));
+        }
+    }
+
+    /// Record where the consumer starts reading a partition (kept if known;
+    /// a topic reset forgets it first).
     pub fn init_frontier(&self, stream: TopicPartition, offset: i64) {
         if let Ok(mut f) = self.frontier.lock() {
             f.entry(stream).or_insert(offset);

@@ -31,7 +31,7 @@ use crate::{
     limits::{IpSlot, Limits},
     metrics::Metrics,
     presence::PresenceTable,
-    resume::{HistoryBuffer, ResumeConfig},
+    resume::{Epochs, HistoryBuffer, ResumeConfig},
     router::Router,
     stomp::{self, StompConfig, codec::Version},
     typeid::{self as typeid_proto, JoinThrottle, TypeIdConfig},
@@ -207,10 +207,10 @@ pub async fn start(
     };
     let metrics = Metrics::new();
     let resume_config = config.resume()?;
-    let router = Arc::new(Router::with_history(HistoryBuffer::new(
-        resume_config.buffer_events,
-        resume_config.max_age,
-    )));
+    let router = Arc::new(Router::with_history(
+        HistoryBuffer::new(resume_config.buffer_events, resume_config.max_age),
+        Epochs::new(&resume_config.epoch),
+    ));
     let readiness = Readiness::default();
     let kafka_ready = readiness.condition("kafka");
     let identities = Arc::new(IdentityTable::new());
@@ -280,11 +280,14 @@ pub async fn start(
         limits: Limits::new(config.limits(), metrics.clone()),
     });
     let consumer_stop = CancellationToken::new();
+    let recheck = Arc::new(tokio::sync::Notify::new());
     tokio::spawn(consumer::maintain_assignment(
         kafka.clone(),
         router.clone(),
         settings,
         kafka_ready,
+        recheck.clone(),
+        metrics.clone(),
         consumer_stop.clone(),
     ));
     tokio::spawn(consumer::report_lag(
@@ -325,6 +328,7 @@ pub async fn start(
         router,
         metrics,
         presence,
+        recheck,
         consumer_stop.clone(),
     ));
 

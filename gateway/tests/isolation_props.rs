@@ -386,7 +386,7 @@ fn check(principals: &[PrincipalSpec], steps: &[Step]) -> Result<(), TestCaseErr
                     identifier_json: json_string(&identifier),
                     shared_key: None,
                     conn: tx,
-                    ext_epoch: None,
+                    ext_epochs: None,
                     gate: ResumeGate::open(),
                 });
                 // A second id: the router indexes connections, not identities.

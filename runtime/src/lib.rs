@@ -12,6 +12,7 @@ pub mod shutdown;
 pub mod tansu;
 pub mod telemetry;
 pub mod tls;
+pub mod topic_ids;
 
 pub use kafka::KafkaArgs;
 pub use ops::{OpsServer, Readiness};

@@ -646,3 +646,228 @@ async fn read_all(
     })
     .await?
 }
+
+/// Delete this stack's `families` topics and create them again, waiting
+/// until every one has a new topic ID.
+async fn recreate(stack: &Stack, families: &[&str]) -> anyhow::Result<()> {
+    use herald_runtime::topic_ids::{TopicId, describe};
+    use rdkafka::consumer::{BaseConsumer, Consumer as _};
+    let mut kafka = herald_runtime::KafkaArgs::for_brokers(&stack.broker.bootstrap);
+    kafka.topic_prefix = stack.prefix.clone();
+    let topics: Vec<String> = families
+        .iter()
+        .map(|f| format!("{}{f}", stack.prefix))
+        .collect();
+    let client: BaseConsumer = kafka.client_config()?.create()?;
+    let ids = |c: &BaseConsumer| -> anyhow::Result<Vec<TopicId>> {
+        let d = describe(c.client(), &topics, Duration::from_secs(10))?;
+        Ok(topics
+            .iter()
+            .map(|t| d.get(t).map_or(TopicId::Missing, |i| i.id.clone()))
+            .collect())
+    };
+    let before = ids(&client)?;
+    herald_runtime::kafka::delete_topics(&kafka, &topics).await?;
+    herald_tests::retry(Duration::from_secs(60), || async {
+        herald_runtime::kafka::ensure_topics(&kafka, &topics, &[], &stack.layout).await?;
+        let now = ids(&client)?;
+        anyhow::ensure!(
+            now.iter()
+                .zip(&before)
+                .all(|(n, b)| matches!(n, TopicId::Id(_)) && n != b),
+            "not recreated yet: {now:?}"
+        );
+        Ok(())
+    })
+    .await
+}
+
+/// `received` is complete and in order at its end: it ends with `want`,
+/// and anything before that is a repeat of some of `want` (events of the
+/// new topic dispatched before the gateway noticed the recreation, which
+/// come again once it re-reads the new topic from its beginning).
+fn ends_complete(received: &numbered::Seen, want: &numbered::Seen) -> Result<(), String> {
+    for (ty, w) in want {
+        let r = received.get(ty).cloned().unwrap_or_default();
+        let ok = r.len() >= w.len()
+            && r[r.len() - w.len()..] == w[..]
+            && r[..r.len() - w.len()].iter().all(|n| w.contains(n));
+        if !ok {
+            return Err(format!("{ty}: received {r:?}, want {w:?} at the end"));
+        }
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topic_deleted_and_recreated_under_running_gateways_is_noticed() -> anyhow::Result<()> {
+    let stack = Stack::start_with(StackOptions {
+        topics: Some(TopicLayout::partitions(1)),
+        ..Default::default()
+    })
+    .await?;
+    let families = ["conversation", "message", "tag"];
+    let stomp_url = stack.ws_url("/ws.communication");
+    let cable_url = stack.ws_url("/cable");
+    let ext = "actioncable-v1-ext-json";
+    let mut live_stomp = stomp_client(&stomp_url).await?;
+    let mut live_cable = cable_client(&cable_url, ext).await?;
+    let mut left_stomp = stomp_client(&stomp_url).await?;
+    let mut left_cable = cable_client(&cable_url, ext).await?;
+    let (mut ls, mut lc, mut gs, mut gc) = (
+        Log::default(),
+        Log::default(),
+        Log::default(),
+        Log::default(),
+    );
+
+    // The old topics: 20 records each.
+    let old: Vec<Value> = (0..60).map(|i| numbered::event(ACCOUNT, i)).collect();
+    stack.produce(&old).await?;
+    let n = |r: std::ops::Range<u64>, t| numbered::count(&numbered::expected(r, t));
+    for (c, log) in [(&mut live_stomp, &mut ls), (&mut left_stomp, &mut gs)] {
+        while numbered::count(&log.seen()) < n(0..60, STOMP_TYPES) {
+            numbered::read_stomp(c, log, Duration::from_secs(30)).await?;
+        }
+    }
+    for (c, log) in [(&mut live_cable, &mut lc), (&mut left_cable, &mut gc)] {
+        while numbered::count(&log.seen()) < n(0..60, CABLE_TYPES) {
+            numbered::read_cable(c, log, Duration::from_secs(30)).await?;
+        }
+    }
+    drop((left_stomp, left_cable));
+
+    // Recreated with fewer records than the old positions: offsets went
+    // backwards under the gateway.
+    recreate(&stack, &families).await?;
+    let new: Vec<Value> = (100..130).map(|i| numbered::event(ACCOUNT, i)).collect();
+    stack.produce(&new).await?;
+    let (mut ls2, mut lc2) = (Log::default(), Log::default());
+    while numbered::count(&ls2.seen()) < n(100..130, STOMP_TYPES) {
+        numbered::read_stomp(&mut live_stomp, &mut ls2, Duration::from_secs(30)).await?;
+    }
+    while numbered::count(&lc2.seen()) < n(100..130, CABLE_TYPES) {
+        numbered::read_cable(&mut live_cable, &mut lc2, Duration::from_secs(30)).await?;
+    }
+    assert_eq!(
+        ls2.seen(),
+        numbered::expected(100..130, STOMP_TYPES),
+        "STOMP live: the new topic from its start"
+    );
+    assert_eq!(
+        lc2.seen(),
+        numbered::expected(100..130, CABLE_TYPES),
+        "cable live: the new topic from its start"
+    );
+
+    // Clients that were away resume with positions of the old topics.
+    let mut back_stomp = RawStomp::connect(&stomp_url, &token(ACCOUNT, USER, "agent")).await?;
+    let asked: Vec<String> = gs.last_positions().into_values().collect();
+    back_stomp
+        .send(&format!(
+            "SUBSCRIBE\nid:s\ndestination:/events\nx-stream-offset:{}\n\n\0",
+            asked.join(",")
+        ))
+        .await?;
+    let mut bs = Log::default();
+    while bs.gaps.len() < asked.len() {
+        anyhow::ensure!(
+            !numbered::read_stomp(&mut back_stomp, &mut bs, Duration::from_secs(30)).await?,
+            "an event before the gap signals: {bs:?}"
+        );
+    }
+    assert!(
+        bs.gaps.iter().all(|g| g.contains("\"reason\":\"reset\"")),
+        "{:?}",
+        bs.gaps
+    );
+    let mut back_cable = RawCable::open(&cable_url, ext).await?;
+    assert_eq!(
+        back_cable.next().await?.context("closed")?["type"],
+        "welcome"
+    );
+    let ident = numbered::room_identifier(&token(ACCOUNT, USER, "agent"), ACCOUNT, USER);
+    back_cable
+        .send(
+            &json!({"command": "subscribe", "identifier": ident,
+                "history": {"since": 0, "streams": gc.history_streams()}})
+            .to_string(),
+        )
+        .await?;
+    assert_eq!(
+        back_cable.next().await?.context("closed")?["type"],
+        "confirm_subscription"
+    );
+    // Another incarnation of the topics is another epoch: the positions are
+    // refused (`reject_history`); what the new topics hold since the
+    // request's `since` may come first, never anything of the old ones.
+    let new_epochs: Vec<String> = lc2
+        .arrivals
+        .iter()
+        .filter_map(|a| a.epoch.clone())
+        .collect();
+    let old_epochs: Vec<String> = lc.arrivals.iter().filter_map(|a| a.epoch.clone()).collect();
+    assert!(
+        new_epochs.iter().all(|e| !old_epochs.contains(e)),
+        "{new_epochs:?} vs {old_epochs:?}"
+    );
+    loop {
+        let f = back_cable.next().await?.context("closed")?;
+        if f == json!({"identifier": ident, "type": "reject_history"}) {
+            break;
+        }
+        let epoch = f["epoch"].as_str().unwrap_or_default();
+        assert!(
+            new_epochs.iter().any(|e| e == epoch),
+            "only the new topics: {f}"
+        );
+    }
+
+    // Recreated again, and this time the new topics outgrow the old
+    // positions at once (a gateway that keeps reading at the old offset
+    // would skip the first records without a word).
+    let before_skip = lc2.clone();
+    recreate(&stack, &families).await?;
+    let burst: Vec<Value> = (200..320).map(|i| numbered::event(ACCOUNT, i)).collect();
+    stack.produce(&burst).await?;
+    let (mut ls3, mut lc3) = (Log::default(), Log::default());
+    let want_s = numbered::expected(200..320, STOMP_TYPES);
+    let want_c = numbered::expected(200..320, CABLE_TYPES);
+    // Everyone (the live clients, and the two that resumed) gets every
+    // event of the new topics.
+    let mut bc = Log::default();
+    for (c, log) in [(&mut live_stomp, &mut ls3), (&mut back_stomp, &mut bs)] {
+        while ends_complete(&log.seen(), &want_s).is_err() {
+            numbered::read_stomp(c, log, Duration::from_secs(30)).await?;
+        }
+    }
+    for (c, log) in [(&mut live_cable, &mut lc3), (&mut back_cable, &mut bc)] {
+        while ends_complete(&log.seen(), &want_c).is_err() {
+            numbered::read_cable(c, log, Duration::from_secs(30)).await?;
+        }
+    }
+    drop(before_skip);
+    for (name, log, want) in [("live STOMP", &ls3, &want_s), ("live cable", &lc3, &want_c)] {
+        let got = numbered::count(&log.seen());
+        eprintln!(
+            "recreation: {name} received {got} events of the outgrowing new topics for {} published (repeated: {})",
+            numbered::count(want),
+            got - numbered::count(want)
+        );
+    }
+    let metrics = stack.gateway_metrics().await?;
+    for f in families {
+        let line = format!(
+            "herald_partition_resets_total{{topic=\"{}{f}\"}}",
+            stack.prefix
+        );
+        assert!(
+            metrics
+                .lines()
+                .any(|l| l.starts_with(&line) && !l.ends_with(" 0")),
+            "{line} in {metrics}"
+        );
+    }
+    stack.stop().await;
+    Ok(())
+}

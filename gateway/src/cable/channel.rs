@@ -14,7 +14,7 @@ use super::protocol;
 use crate::{
     auth::{Identity, PrincipalKind},
     connection::{self, ConnTx},
-    resume::ResumeGate,
+    resume::{Epochs, ResumeGate},
     router::{FrameCache, Recipient, RoutedEvent, Slot},
     ws::WsFrame,
 };
@@ -41,8 +41,9 @@ pub struct CableRecipient {
     pub shared_key: Option<String>,
     /// The connection's queue.
     pub conn: ConnTx,
-    /// Extended protocol: frames carry `stream_id`/`epoch`/`offset` (the epoch here).
-    pub ext_epoch: Option<String>,
+    /// Extended protocol: frames carry `stream_id`/`epoch`/`offset` (the
+    /// epoch of the event's topic from here).
+    pub ext_epochs: Option<Arc<Epochs>>,
     /// Holds live events while the subscription replays history.
     pub gate: ResumeGate,
 }
@@ -148,6 +149,10 @@ impl Recipient for CableRecipient {
             }));
         });
     }
+
+    fn forget_stream(&self, topic: &str, partition: Option<i32>) {
+        self.gate.forget(topic, partition);
+    }
 }
 
 impl CableRecipient {
@@ -172,12 +177,12 @@ impl CableRecipient {
 
     /// This subscription's frame for `event`, if it takes the event.
     fn frame(&self, event: &RoutedEvent, cache: &mut FrameCache) -> Option<WsFrame> {
-        let wrap = |message: &str| match &self.ext_epoch {
-            Some(epoch) => protocol::broadcast_ext(
+        let wrap = |message: &str| match &self.ext_epochs {
+            Some(epochs) => protocol::broadcast_ext(
                 &self.identifier_json,
                 message,
                 &protocol::stream_id(&event.topic, event.partition),
-                epoch,
+                &epochs.of(&event.topic),
                 event.offset,
             ),
             None => protocol::broadcast(&self.identifier_json, message),
@@ -191,7 +196,7 @@ impl CableRecipient {
                 // Room identifiers embed the client's token: frames are per
                 // subscription, only the body is shared, and the frame is
                 // assembled from the pieces in one buffer.
-                match &self.ext_epoch {
+                match &self.ext_epochs {
                     None => WsFrame::text_parts(&[
                         r#"{"identifier":"#,
                         &self.identifier_json,

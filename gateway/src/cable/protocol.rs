@@ -173,9 +173,13 @@ pub fn stream_id(topic: &str, partition: i32) -> String {
 
 /// Turn an extended-protocol history request
 /// (`{"since":<unix s>,"streams":{"<topic>:<p>":{"epoch":..,"offset":..}}}`)
-/// into a resume request; streams of another epoch cannot be resumed and
+/// into a resume request; streams of another epoch (another incarnation of
+/// the topic, see [`Epochs`](crate::resume::Epochs)) cannot be resumed and
 /// are returned apart.
-pub fn parse_history(history: &Value, epoch: &str) -> (crate::resume::ResumeRequest, Vec<String>) {
+pub fn parse_history(
+    history: &Value,
+    epochs: &crate::resume::Epochs,
+) -> (crate::resume::ResumeRequest, Vec<String>) {
     let mut req = crate::resume::ResumeRequest {
         since_ms: history
             .get("since")
@@ -191,7 +195,7 @@ pub fn parse_history(history: &Value, epoch: &str) -> (crate::resume::ResumeRequ
                 .and_then(|(t, p)| Some((t.to_owned(), p.parse::<i32>().ok()?)));
             let offset = pos.get("offset").and_then(Value::as_i64);
             match (parsed, offset, pos.get("epoch").and_then(Value::as_str)) {
-                (Some((topic, partition)), Some(offset), Some(e)) if e == epoch => {
+                (Some((topic, partition)), Some(offset), Some(e)) if epochs.accepts(&topic, e) => {
                     req.positions.push((topic, partition, offset));
                 }
                 _ => foreign.push(id.clone()),
@@ -306,11 +310,29 @@ mod tests {
             history_result("\"x\"", false),
             r#"{"identifier":"x","type":"reject_history"}"#
         );
-        let h = serde_json::json!({"since": 1700000000, "streams": {"herald.tag:0": {"epoch": "herald", "offset": 7}, "x:1": {"epoch": "old", "offset": 1}}});
-        let (req, foreign) = parse_history(&h, "herald");
-        assert_eq!(req.positions, vec![("herald.tag".to_owned(), 0, 7)]);
+        let epochs = crate::resume::Epochs::new("herald");
+        epochs.set_topic_id("herald.message", "AAAA");
+        let h = serde_json::json!({"since": 1700000000, "streams": {
+            "herald.tag:0": {"epoch": "herald", "offset": 7},
+            "herald.message:0": {"epoch": "herald.AAAA", "offset": 3},
+            "herald.message:1": {"epoch": "herald.BBBB", "offset": 3},
+            "x:1": {"epoch": "old", "offset": 1}}});
+        let (mut req, mut foreign) = parse_history(&h, &epochs);
+        req.positions.sort();
+        foreign.sort();
+        assert_eq!(
+            req.positions,
+            vec![
+                ("herald.message".to_owned(), 0, 3),
+                ("herald.tag".to_owned(), 0, 7)
+            ]
+        );
         assert_eq!(req.since_ms, Some(1_700_000_000_000));
-        assert_eq!(foreign, vec!["x:1".to_owned()]);
+        assert_eq!(
+            foreign,
+            vec!["herald.message:1".to_owned(), "x:1".to_owned()],
+            "another incarnation of the topic, or another epoch altogether"
+        );
         assert_eq!(parse_command(r#"{"command":"pong"}"#), Ok(Command::Pong));
     }
 

@@ -117,6 +117,7 @@ async fn replay(
         &ctx.resume,
     )
     .await;
+    replay.release_stale_floors(&recipient.gate);
     let mut replayed = 0u64;
     for event in &replay.events {
         if recipient.deliver_replayed(event) {
@@ -412,18 +413,18 @@ impl CableSession {
         }
         let shared_key =
             (channel == ChannelKind::Notifications).then(|| format!("cable:{identifier}"));
-        let ext_epoch = self.ext.then(|| self.ctx.resume.epoch.clone());
+        let ext_epochs = self.ext.then(|| self.ctx.router.epochs().clone());
         let shared_key = shared_key.map(|k| if self.ext { format!("{k}:ext") } else { k });
         let resume = history
             .filter(|_| self.ext)
-            .map(|h| protocol::parse_history(&h, &self.ctx.resume.epoch));
+            .map(|h| protocol::parse_history(&h, self.ctx.router.epochs()));
         let recipient = Arc::new(CableRecipient {
             identity,
             channel,
             identifier_json: identifier_json.clone(),
             shared_key,
             conn: self.tx.clone(),
-            ext_epoch,
+            ext_epochs,
             gate: match &resume {
                 Some((request, _)) => ResumeGate::holding(&request.positions),
                 None => ResumeGate::open(),

@@ -128,6 +128,14 @@ impl Recipient for StompRecipient {
             }
         });
     }
+
+    fn forget_stream(&self, topic: &str, partition: Option<i32>) {
+        if let Ok(subs) = self.subscriptions.lock() {
+            for sub in subs.iter() {
+                sub.gate.forget(topic, partition);
+            }
+        }
+    }
 }
 
 impl StompRecipient {
@@ -186,6 +194,7 @@ impl StompRecipient {
         let Some(sub) = subs.iter().find(|s| s.id == sub_id) else {
             return;
         };
+        replay.release_stale_floors(&sub.gate);
         for gap in &replay.gaps {
             let stream = format!("{}:{}:{}", gap.topic, gap.partition, gap.from);
             let body = serde_json::json!({
