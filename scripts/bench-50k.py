@@ -12,7 +12,9 @@ gateways' summed RSS before any connection and once every connection is
 open, and checks that every load generator received its events with no loss
 or duplicate.
 
-    cargo build --release -p herald-gateway -p herald-bench
+ The broker is Apache Kafka, started by `herald-test-services` (herald-testkit).
+
+    cargo build --release -p herald-gateway -p herald-bench -p herald-testkit
     scripts/bench-50k.py                 # STOMP, 50,000 connections, 3 processes
     scripts/bench-50k.py --protocol room
 """
@@ -68,7 +70,6 @@ def main():
     args = ap.parse_args()
     per = -(-args.connections // args.processes)
     tmp = tempfile.mkdtemp(prefix="herald-50k-")
-    kafka = f"127.0.0.1:{free_port()}"
     ws = free_port()
     prefix = f"bench50k{os.getpid()}."
     children = []
@@ -79,8 +80,20 @@ def main():
         return p
 
     try:
-        spawn(["tansu", "broker", "--listener-url", f"tcp://{kafka}", "--advertised-listener-url",
-               f"tcp://{kafka}", "--storage-engine", "memory://tansu/"], "tansu.log")
+        # Apache Kafka for the run; it stops when its stdin (held here) closes.
+        env_file = os.path.join(tmp, "services.env")
+        services = subprocess.Popen([os.path.join(BIN, "herald-test-services"), "--env-file", env_file,
+                                     "--no-postgres"], stdin=subprocess.PIPE,
+                                    stdout=open(os.path.join(tmp, "kafka.log"), "w"), stderr=subprocess.STDOUT)
+        children.append(services)
+        while not os.path.exists(env_file):
+            if services.poll() is not None:
+                print("error: Apache Kafka did not start; see " + os.path.join(tmp, "kafka.log"))
+                return 1
+            time.sleep(0.2)
+        with open(env_file) as f:
+            env = dict(line.strip().split("=", 1) for line in f if "=" in line)
+        kafka = env["HERALD_TEST_KAFKA"]
         gateways = []
         for i in range(args.processes):
             ops = free_port()

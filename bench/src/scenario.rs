@@ -553,9 +553,9 @@ pub struct LatencyArgs {
     #[arg(long, default_value_t = 100)]
     pub accounts: usize,
     /// Publish rates to step through, events/s. Each rate gets a fresh
-    /// broker, gateway and set of connections: the test broker's cost per
-    /// fetch grows with every batch it holds (see `--fetch-wait-ms`), so a
-    /// rate measured after the others would pay for their records.
+    /// broker, gateway and set of connections, so no rate pays for the
+    /// records or connections of another (tansu's cost per fetch even grows
+    /// with every batch it holds).
     #[arg(long, value_delimiter = ',', default_value = "1000")]
     pub rates: Vec<f64>,
     /// Seconds per rate before measuring.
@@ -576,10 +576,10 @@ pub struct LatencyArgs {
     pub servers: Vec<ServerKind>,
     /// `fetch.wait.max.ms` of the gateway's consumer (passed as
     /// `--kafka-property`) and of the bare probe consumer; 0 leaves the
-    /// gateway's default (10 ms). The test broker (tansu 0.6) holds every
-    /// fetch for this long even when records are waiting, where Apache Kafka
-    /// answers as soon as `fetch.min.bytes` are there; so with tansu the
-    /// broker's share of the latency is one to two times this wait.
+    /// gateway's default (100 ms). Apache Kafka answers a fetch as soon as
+    /// records arrive, so this bounds only idle fetches; tansu (`--broker
+    /// tansu`) holds every fetch for the full wait, so there the broker's
+    /// share of the latency is one to two times this wait.
     #[arg(long, default_value_t = 0)]
     pub fetch_wait_ms: u64,
     /// Do not run the bare consumer that measures the broker's share
@@ -600,7 +600,8 @@ pub async fn latency(common: &Common, args: &LatencyArgs) -> anyhow::Result<Valu
     let fetch_wait_ms = if args.fetch_wait_ms > 0 {
         args.fetch_wait_ms
     } else {
-        10
+        // The gateway's default (herald_gateway::consumer::DEFAULT_FETCH_WAIT_MS).
+        100
     };
     let mut runs = serde_json::Map::new();
     for &kind in &args.servers {

@@ -142,19 +142,27 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         shutdown.clone(),
     )
     .await?;
+    let mut gateway_args: Vec<String> = [
+        "herald-gateway",
+        "--kafka-brokers",
+        &brokers,
+        "--listen",
+        &args.gateway_listen,
+        "--ops-listen",
+        &args.gateway_ops_listen,
+        "--jwt-secret",
+        &args.jwt_secret,
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    if _broker.is_some() {
+        // tansu holds every fetch for the full fetch.wait.max.ms even when
+        // records are waiting (Apache Kafka answers at once): a short wait
+        // keeps development-mode latency in milliseconds.
+        gateway_args.push("--kafka-property=fetch.wait.max.ms=10".to_owned());
+    }
     let gateway = herald_gateway::start(
-        GatewayConfig::from_args([
-            "herald-gateway",
-            "--kafka-brokers",
-            &brokers,
-            "--listen",
-            &args.gateway_listen,
-            "--ops-listen",
-            &args.gateway_ops_listen,
-            "--jwt-secret",
-            &args.jwt_secret,
-        ])
-        .unwrap_or_else(|e| e.exit()),
+        GatewayConfig::from_args(gateway_args).unwrap_or_else(|e| e.exit()),
         shutdown.clone(),
     )
     .await?;
