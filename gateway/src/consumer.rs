@@ -62,22 +62,17 @@ pub const DEFAULT_FETCH_WAIT_MS: &str = "100";
 
 /// Create the consumer (fails fast on bad settings).
 pub fn create(settings: &ConsumerSettings) -> Result<Arc<StreamConsumer>, ConsumerError> {
-    let mut cfg = settings.kafka.client_config()?;
-    cfg.set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
+    // No consumer group is joined (partitions are assigned, never
+    // subscribed), but librdkafka's incremental assignment needs a group
+    // handle; a unique id keeps pods from ever sharing offsets.
+    let mut cfg = settings.kafka.consumer_config("herald-gateway")?;
+    cfg.set("enable.auto.offset.store", "false")
         .set("enable.partition.eof", "false")
         // A position the broker no longer has (retention passed it, or the
-        // topic was recreated after an outage): continue from the oldest
-        // record still there rather than skip to the end and lose records.
+        // topic was recreated): continue from the oldest record still
+        // there rather than skip to the end and lose records.
         .set("auto.offset.reset", "earliest")
-        .set("client.id", "herald-gateway")
-        // No consumer group is joined (partitions are assigned, never
-        // subscribed), but librdkafka's incremental assignment needs a group
-        // handle; a unique id keeps pods from ever sharing offsets.
-        .set(
-            "group.id",
-            format!("herald-gateway-{}", uuid::Uuid::new_v4().simple()),
-        );
+        .set("client.id", "herald-gateway");
     // How long the broker may hold a fetch while it has nothing new. Apache
     // Kafka answers as soon as a record arrives (fetch.min.bytes is 1), so
     // this bounds idle fetches, not latency: measured on Apache Kafka 4.3

@@ -161,14 +161,9 @@ pub async fn follow(
     tokens: prometheus::IntGauge,
     shutdown: CancellationToken,
 ) {
-    let consumer: StreamConsumer = match kafka.client_config().map(|mut c| {
-        c.set("enable.auto.commit", "false")
-            .set("enable.partition.eof", "false")
-            .set("fetch.wait.max.ms", "50")
-            .set(
-                "group.id",
-                format!("herald-identities-{}", uuid::Uuid::new_v4().simple()),
-            );
+    let consumer: StreamConsumer = match kafka.consumer_config("herald-identities").map(|mut c| {
+        c.set("enable.partition.eof", "false")
+            .set("fetch.wait.max.ms", "50");
         c
     }) {
         Ok(cfg) => match cfg.create() {

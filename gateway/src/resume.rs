@@ -518,14 +518,9 @@ pub async fn plan(
 }
 
 fn reader(config: &ResumeConfig) -> Option<BaseConsumer> {
-    let mut cfg = config.kafka.client_config().ok()?;
-    cfg.set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "true")
-        .set("auto.offset.reset", "error")
-        .set(
-            "group.id",
-            format!("herald-resume-{}", uuid::Uuid::new_v4().simple()),
-        );
+    let mut cfg = config.kafka.consumer_config("herald-resume").ok()?;
+    cfg.set("enable.partition.eof", "true")
+        .set("auto.offset.reset", "error");
     cfg.create().ok()
 }
 

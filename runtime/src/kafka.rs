@@ -120,6 +120,27 @@ impl KafkaArgs {
         }
         Ok(cfg)
     }
+
+    /// [`client_config`](Self::client_config) for a consumer that is
+    /// assigned partitions (never joins a group, never commits): a unique
+    /// `group.id` starting with `group_prefix` (librdkafka wants one), no
+    /// auto-commit, and `fetch.queue.backoff.ms` 10 unless configured.
+    /// librdkafka's default (1000 ms) postpones the next fetch by a second
+    /// whenever its local queue is over the thresholds, which starves a
+    /// consumer that does work per record: measured on Apache Kafka, the
+    /// gateway read a backlog at 167,000 records/s with the default and
+    /// 800,000/s with 10 ms (README, Benchmarks).
+    pub fn consumer_config(&self, group_prefix: &str) -> Result<ClientConfig, KafkaConfigError> {
+        let mut cfg = self.client_config()?;
+        cfg.set("enable.auto.commit", "false").set(
+            "group.id",
+            format!("{group_prefix}-{}", uuid::Uuid::new_v4().simple()),
+        );
+        if cfg.get("fetch.queue.backoff.ms").is_none() {
+            cfg.set("fetch.queue.backoff.ms", "10");
+        }
+        Ok(cfg)
+    }
 }
 
 /// How topics are created: partitions, replication factor and topic
