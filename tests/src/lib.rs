@@ -182,26 +182,8 @@ impl Stack {
             shutdown.clone(),
         )
         .await?;
-        let mut args: Vec<String> = [
-            "herald-gateway",
-            "--kafka-brokers",
-            &broker.bootstrap,
-            "--topic-prefix",
-            &prefix,
-            "--listen",
-            "127.0.0.1:0",
-            "--ops-listen",
-            "127.0.0.1:0",
-            "--jwt-secret",
-            JWT_SECRET,
-            "--metadata-refresh-secs",
-            "2",
-            "--drain-secs",
-            "2",
-        ]
-        .into_iter()
-        .map(String::from)
-        .collect();
+        let mut args = vec!["herald-gateway".to_owned()];
+        args.extend(gateway_flags(&broker.bootstrap, &prefix));
         args.extend(opts.gateway_args);
         let gateway = herald_gateway::start(
             GatewayConfig::from_args(args).map_err(|e| anyhow::anyhow!("{e}"))?,
@@ -295,25 +277,7 @@ impl Stack {
 
     /// Gateway arguments for another pod of this stack (ports chosen by the OS).
     pub fn gateway_args(&self) -> Vec<String> {
-        [
-            "--kafka-brokers",
-            &self.broker.bootstrap,
-            "--topic-prefix",
-            &self.prefix,
-            "--listen",
-            "127.0.0.1:0",
-            "--ops-listen",
-            "127.0.0.1:0",
-            "--jwt-secret",
-            JWT_SECRET,
-            "--metadata-refresh-secs",
-            "2",
-            "--drain-secs",
-            "2",
-        ]
-        .into_iter()
-        .map(String::from)
-        .collect()
+        gateway_flags(&self.broker.bootstrap, &self.prefix)
     }
 
     /// Produce envelopes straight to Kafka (as a backend would without the
@@ -441,6 +405,30 @@ impl Stack {
                 herald_runtime::kafka::delete_topics(&kafka, &stack_topics(&self.prefix).0).await;
         }
     }
+}
+
+/// The flags of a test gateway on `bootstrap` under `prefix` (ports chosen
+/// by the OS).
+fn gateway_flags(bootstrap: &str, prefix: &str) -> Vec<String> {
+    [
+        "--kafka-brokers",
+        bootstrap,
+        "--topic-prefix",
+        prefix,
+        "--listen",
+        "127.0.0.1:0",
+        "--ops-listen",
+        "127.0.0.1:0",
+        "--jwt-secret",
+        JWT_SECRET,
+        "--metadata-refresh-secs",
+        "2",
+        "--drain-secs",
+        "2",
+    ]
+    .into_iter()
+    .map(String::from)
+    .collect()
 }
 
 /// Every topic of a stack under `prefix`, and the compacted ones among them.

@@ -33,13 +33,24 @@ struct Reader {
 }
 
 impl Reader {
-    fn stomp(name: &str, mut c: RawStomp, want: usize) -> Reader {
+    /// Read with `next` (one frame into the log) until `want` events.
+    fn spawn<C, F>(name: &str, mut client: C, want: usize, next: F) -> Reader
+    where
+        C: Send + 'static,
+        F: for<'a> Fn(
+                &'a mut C,
+                &'a mut Log,
+            )
+                -> std::pin::Pin<Box<dyn Future<Output = anyhow::Result<bool>> + Send + 'a>>
+            + Send
+            + 'static,
+    {
         let log = Arc::new(Mutex::new(Log::default()));
         let l = log.clone();
         let task = tokio::spawn(async move {
             let mut local = Log::default();
             while numbered::count(&local.seen()) < want {
-                numbered::read_stomp(&mut c, &mut local, Duration::from_secs(60)).await?;
+                next(&mut client, &mut local).await?;
                 *l.lock().unwrap() = local.clone();
             }
             Ok(())
@@ -51,22 +62,16 @@ impl Reader {
         }
     }
 
-    fn cable(name: &str, mut c: RawCable, want: usize) -> Reader {
-        let log = Arc::new(Mutex::new(Log::default()));
-        let l = log.clone();
-        let task = tokio::spawn(async move {
-            let mut local = Log::default();
-            while numbered::count(&local.seen()) < want {
-                numbered::read_cable(&mut c, &mut local, Duration::from_secs(60)).await?;
-                *l.lock().unwrap() = local.clone();
-            }
-            Ok(())
-        });
-        Reader {
-            name: name.to_owned(),
-            log,
-            task,
-        }
+    fn stomp(name: &str, c: RawStomp, want: usize) -> Reader {
+        Reader::spawn(name, c, want, |c, log| {
+            Box::pin(numbered::read_stomp(c, log, Duration::from_secs(60)))
+        })
+    }
+
+    fn cable(name: &str, c: RawCable, want: usize) -> Reader {
+        Reader::spawn(name, c, want, |c, log| {
+            Box::pin(numbered::read_cable(c, log, Duration::from_secs(60)))
+        })
     }
 
     fn received(&self) -> usize {

@@ -31,7 +31,7 @@ pub fn init_logging() {
     }
 }
 
-pub use herald_testkit::{free_port, unique};
+pub use herald_testkit::{free_port, retry, unique};
 
 /// Apache Kafka for one test: the run's shared broker (`HERALD_TEST_KAFKA`),
 /// or a broker of the test's own that it can kill and start again with its
@@ -99,22 +99,6 @@ impl Broker {
             herald_runtime::kafka::ensure_topics(&kafka, topics, compacted, &layout)
         })
         .await
-    }
-}
-
-/// Retry an async operation until it succeeds or `within` passes.
-pub async fn retry<F, Fut, T>(within: Duration, mut op: F) -> anyhow::Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = anyhow::Result<T>>,
-{
-    let deadline = Instant::now() + within;
-    loop {
-        match op().await {
-            Ok(v) => return Ok(v),
-            Err(e) if Instant::now() > deadline => return Err(e),
-            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
-        }
     }
 }
 
