@@ -575,7 +575,7 @@ pub struct LatencyArgs {
     #[arg(long, value_enum, value_delimiter = ',', default_value = "gateway")]
     pub servers: Vec<ServerKind>,
     /// `fetch.wait.max.ms` of the gateway's consumer (passed as
-    /// `--kafka-property`) and of the bare probe consumer; 0 leaves the
+    /// `--kafka-fetch-wait-ms`) and of the bare probe consumer; 0 leaves the
     /// gateway's default (100 ms). Apache Kafka answers a fetch as soon as
     /// records arrive, so this bounds only idle fetches; tansu (`--broker
     /// tansu`) holds every fetch for the full wait, so there the broker's
@@ -592,15 +592,14 @@ pub struct LatencyArgs {
 pub async fn latency(common: &Common, args: &LatencyArgs) -> anyhow::Result<Value> {
     let mut common = common.clone();
     if args.fetch_wait_ms > 0 {
-        common.gateway_args.push(format!(
-            "--kafka-property=fetch.wait.max.ms={}",
-            args.fetch_wait_ms
-        ));
+        common
+            .gateway_args
+            .push(format!("--kafka-fetch-wait-ms={}", args.fetch_wait_ms));
     }
     let fetch_wait_ms = if args.fetch_wait_ms > 0 {
         args.fetch_wait_ms
     } else {
-        // The gateway's default (herald_gateway::consumer::DEFAULT_FETCH_WAIT_MS).
+        // The gateway's default (`--kafka-fetch-wait-ms`).
         100
     };
     let mut runs = serde_json::Map::new();

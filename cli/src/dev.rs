@@ -159,7 +159,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         // tansu holds every fetch for the full fetch.wait.max.ms even when
         // records are waiting (Apache Kafka answers at once): a short wait
         // keeps development-mode latency in milliseconds.
-        gateway_args.push("--kafka-property=fetch.wait.max.ms=10".to_owned());
+        gateway_args.push("--kafka-fetch-wait-ms=10".to_owned());
     }
     let gateway = herald_gateway::start(
         GatewayConfig::from_args(gateway_args).unwrap_or_else(|e| e.exit()),

@@ -42,6 +42,13 @@ pub struct GatewayConfig {
     /// How often to look for new topics and partitions, seconds.
     #[arg(long, env = "HERALD_METADATA_REFRESH_SECS", default_value_t = 10)]
     pub metadata_refresh_secs: u64,
+    /// Longest time the broker may hold the consumer's fetch while it has no
+    /// new record (librdkafka `fetch.wait.max.ms`; a `--kafka-property` of
+    /// that name wins). Apache Kafka answers as soon as a record arrives, so
+    /// this bounds idle fetches, not latency; a broker that holds every fetch
+    /// for the full wait (tansu) wants a small value.
+    #[arg(long, env = "HERALD_KAFKA_FETCH_WAIT_MS", default_value_t = 100)]
+    pub kafka_fetch_wait_ms: u64,
     /// HS256 shared secret for JWTs (at least 16 bytes).
     #[arg(long, env = "HERALD_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,

@@ -240,6 +240,7 @@ pub async fn start(
         kafka: config.kafka.clone(),
         topics: config.topics()?,
         metadata_refresh: Duration::from_secs(config.metadata_refresh_secs.max(1)),
+        fetch_wait_ms: config.kafka_fetch_wait_ms,
     };
     let kafka = consumer::create(&settings)?;
 
