@@ -364,17 +364,18 @@ impl Stack {
         Ok(())
     }
 
-    /// Write an identity for an opaque token straight to the identities topic.
-    pub async fn put_identity(&self, token: &str, record: &Value) -> anyhow::Result<()> {
+    /// Write an identity for an opaque token straight to the identities
+    /// topic; returns the record's offset.
+    pub async fn put_identity(&self, token: &str, record: &Value) -> anyhow::Result<i64> {
         self.write_identity(token, Some(record.to_string())).await
     }
 
-    /// Revoke an opaque token (tombstone).
-    pub async fn revoke_identity(&self, token: &str) -> anyhow::Result<()> {
+    /// Revoke an opaque token (tombstone); returns the record's offset.
+    pub async fn revoke_identity(&self, token: &str) -> anyhow::Result<i64> {
         self.write_identity(token, None).await
     }
 
-    async fn write_identity(&self, token: &str, value: Option<String>) -> anyhow::Result<()> {
+    async fn write_identity(&self, token: &str, value: Option<String>) -> anyhow::Result<i64> {
         use rdkafka::producer::{FutureProducer, FutureRecord};
         let producer: FutureProducer = KafkaArgs::for_brokers(&self.broker.bootstrap)
             .client_config()?
@@ -385,11 +386,11 @@ impl Stack {
         if let Some(v) = &value {
             record = record.payload(v);
         }
-        producer
+        let delivered = producer
             .send(record, Duration::from_secs(10))
             .await
             .map_err(|(e, _)| anyhow::anyhow!("{e}"))?;
-        Ok(())
+        Ok(delivered.offset)
     }
 
     /// Stop producer and gateway, and delete the topics from a shared broker.
