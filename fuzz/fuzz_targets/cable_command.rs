@@ -9,9 +9,12 @@ use herald_gateway::cable::protocol::{
 use libfuzzer_sys::fuzz_target;
 
 /// What the session does with a history request: parse it against the
-/// pod's epoch; every position kept names that epoch's stream.
+/// pod's epochs (one topic with a known ID); every stream is either kept as
+/// a position or set apart as foreign.
 fn history(value: &serde_json::Value) {
-    let (request, foreign) = parse_history(value, "epoch-1");
+    let epochs = herald_gateway::resume::Epochs::new("epoch-1");
+    epochs.set_topic_id("herald.tag", "AAAAAAAAAAAAAAAAAAAAAA");
+    let (request, foreign) = parse_history(value, &epochs);
     let streams = value
         .get("streams")
         .and_then(serde_json::Value::as_object)
