@@ -42,6 +42,22 @@ pub struct Identity {
     pub conversations: Option<Vec<String>>,
 }
 
+/// Resolves once a credential expiring at `expires_at` (unix seconds) has
+/// expired; never without an expiry. Client-supplied values cannot
+/// overflow the arithmetic (a far-future `exp` just never fires).
+pub async fn expired(expires_at: Option<i64>) {
+    match expires_at {
+        Some(exp) => {
+            let wait_ms = exp
+                .saturating_mul(1000)
+                .saturating_sub(crate::router::now_ms())
+                .max(0);
+            tokio::time::sleep(std::time::Duration::from_millis(wait_ms as u64)).await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
 impl Identity {
     /// Whether an event with this `audience` (inside the identity's account)
     /// may reach this identity.
@@ -464,6 +480,17 @@ pub fn strip_bearer(value: &str) -> &str {
 
 #[cfg(test)]
 mod tests {
+
+    #[tokio::test]
+    async fn expiry_arithmetic_never_overflows() {
+        use futures_util::FutureExt as _;
+        // Long past: resolves at once; far future: pending, no panic.
+        expired(Some(i64::MIN)).await;
+        expired(Some(0)).await;
+        assert!(expired(Some(i64::MAX)).now_or_never().is_none());
+        assert!(expired(None).now_or_never().is_none());
+    }
+
     use super::*;
     use jsonwebtoken::{EncodingKey, Header, encode};
     use serde_json::json;

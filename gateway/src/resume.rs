@@ -356,7 +356,8 @@ impl ResumeRequest {
         let mut req = ResumeRequest::default();
         for item in value.split(',').map(str::trim).filter(|s| !s.is_empty()) {
             if let Some(ts) = item.strip_prefix("timestamp=") {
-                req.since_ms = Some(ts.parse().map_err(|_| format!("bad timestamp `{ts}`"))?);
+                let ms: i64 = ts.parse().map_err(|_| format!("bad timestamp `{ts}`"))?;
+                req.since_ms = Some(ms.max(0));
                 continue;
             }
             let mut parts = item.rsplitn(3, ':');
@@ -446,7 +447,9 @@ pub async fn plan(
             .positions
             .iter()
             .find(|(t, p, _)| **t == *stream.0 && *p == stream.1)
-            .map(|(_, _, o)| o + 1);
+            // A client's offset is any i64: the next one saturates, and
+            // nothing is before the log's first offset.
+            .map(|(_, _, o)| o.saturating_add(1).max(0));
         let start = match (position, request.since_ms) {
             (Some(start), _) => start,
             (None, Some(since)) => match history.offset_at(stream, since) {

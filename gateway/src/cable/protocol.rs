@@ -184,7 +184,7 @@ pub fn parse_history(
         since_ms: history
             .get("since")
             .and_then(Value::as_i64)
-            .map(|s| s * 1000),
+            .map(|s| s.saturating_mul(1000).max(0)),
         ..Default::default()
     };
     let mut foreign = Vec::new();
@@ -328,6 +328,15 @@ mod tests {
             ]
         );
         assert_eq!(req.since_ms, Some(1_700_000_000_000));
+        let extreme = serde_json::json!({"since": i64::MAX, "streams": {"herald.tag:0": {"epoch": "herald", "offset": i64::MAX}}});
+        let (r, _) = parse_history(&extreme, &epochs);
+        assert_eq!(
+            r.since_ms,
+            Some(i64::MAX),
+            "saturates instead of overflowing"
+        );
+        let (r, _) = parse_history(&serde_json::json!({"since": i64::MIN}), &epochs);
+        assert_eq!(r.since_ms, Some(0));
         assert_eq!(
             foreign,
             vec!["herald.message:1".to_owned(), "x:1".to_owned()],

@@ -284,15 +284,7 @@ impl CableSession {
         let drain = self.ctx.drain_notice(self.conn_id);
         tokio::pin!(drain);
         loop {
-            let expiry = async {
-                match self.expires_at {
-                    Some(exp) => {
-                        let wait = (exp * 1000 - now_ms()).max(0) as u64;
-                        tokio::time::sleep(Duration::from_millis(wait)).await
-                    }
-                    None => std::future::pending().await,
-                }
-            };
+            let expiry = crate::auth::expired(self.expires_at);
             let msg = tokio::select! {
                 biased;
                 _ = self.done.cancelled() => return,

@@ -331,7 +331,7 @@ impl Session {
                     self.fail(1008, "unauthorized", "401 Unauthorized: credential revoked", "", None).await;
                     return;
                 }
-                _ = expiry(self.recipient.as_ref().and_then(|r| r.identity.expires_at)) => {
+                _ = crate::auth::expired(self.recipient.as_ref().and_then(|r| r.identity.expires_at)) => {
                     self.ctx.metrics.auth_failures.with_label_values(&[PROTOCOL, "expired"]).inc();
                     self.fail(1008, "unauthorized", "401 Unauthorized: token expired", "", None).await;
                     return;
@@ -735,17 +735,6 @@ impl Session {
                 .with_label_values(&[PROTOCOL])
                 .sub(n as i64);
         }
-    }
-}
-
-/// Resolves when a credential expiring at `at` (unix seconds) has expired.
-async fn expiry(at: Option<i64>) {
-    match at {
-        Some(at) => {
-            let wait = (at * 1000 - crate::router::now_ms()).max(0) as u64;
-            tokio::time::sleep(Duration::from_millis(wait)).await;
-        }
-        None => std::future::pending().await,
     }
 }
 

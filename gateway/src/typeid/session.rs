@@ -25,7 +25,7 @@ use crate::{
     auth::{Identity, PrincipalKind},
     connection::{self, ConnTx, Opened, Outbound},
     limits::AccountSlot,
-    router::{FrameCache, Recipient, RoutedEvent, now_ms},
+    router::{FrameCache, Recipient, RoutedEvent},
     server::Context,
     ws::{Message, WsSocket},
 };
@@ -324,17 +324,7 @@ impl Session {
         tokio::pin!(drain);
         let expires_at = self.identity.as_ref().and_then(|i| i.expires_at);
         loop {
-            let expiry = async {
-                match expires_at {
-                    Some(exp) => {
-                        tokio::time::sleep(Duration::from_millis(
-                            (exp * 1000 - now_ms()).max(0) as u64
-                        ))
-                        .await
-                    }
-                    None => std::future::pending().await,
-                }
-            };
+            let expiry = crate::auth::expired(expires_at);
             let next = tokio::select! {
                 biased;
                 _ = self.done.cancelled() => return,
