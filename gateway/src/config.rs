@@ -92,9 +92,17 @@ pub struct GatewayConfig {
     /// Longest STOMP header line, bytes.
     #[arg(long, env = "HERALD_MAX_HEADER_BYTES", default_value_t = 8 * 1024)]
     pub max_header_bytes: usize,
-    /// Frames queued per connection before the client counts as too slow and is disconnected.
+    /// Event frames queued per connection before the client counts as too slow and is disconnected.
     #[arg(long, env = "HERALD_OUTBOUND_QUEUE", default_value_t = 1024)]
     pub outbound_queue: usize,
+    /// Bytes queued per connection and not yet written, of every kind (events,
+    /// replies, pongs), at most: live events past it cut the client off,
+    /// replies to its own commands wait (the client is not read meanwhile).
+    #[arg(long, env = "HERALD_MAX_OUTBOUND_BYTES", default_value_t = 1024 * 1024)]
+    pub max_outbound_bytes: usize,
+    /// Seconds a write to a client may make no progress before its socket is closed.
+    #[arg(long, env = "HERALD_WRITE_TIMEOUT_SECS", default_value_t = 10)]
+    pub write_timeout_secs: u64,
     /// Seconds allowed for closing client connections on shutdown.
     #[arg(long, env = "HERALD_DRAIN_SECS", default_value_t = 10)]
     pub drain_secs: u64,
@@ -261,7 +269,29 @@ impl GatewayConfig {
         Ok(topics)
     }
 
-    /// The ActionCable endpoint settings.
+    /// The per-connection outbound bounds, shared by every protocol.
+    pub fn outbound(&self) -> Result<crate::connection::OutboundLimits, ConfigError> {
+        if self.outbound_queue == 0 || self.max_outbound_bytes == 0 || self.write_timeout_secs == 0
+        {
+            return Err(ConfigError::OutOfRange(
+                "--outbound-queue, --max-outbound-bytes and --write-timeout-secs must be positive"
+                    .into(),
+            ));
+        }
+        if self.max_outbound_bytes < self.max_frame_bytes {
+            return Err(ConfigError::OutOfRange(format!(
+                "--max-outbound-bytes ({}) must be at least --max-frame-bytes ({}): a reply can echo a whole client frame",
+                self.max_outbound_bytes, self.max_frame_bytes
+            )));
+        }
+        Ok(crate::connection::OutboundLimits {
+            frames: self.outbound_queue,
+            bytes: self.max_outbound_bytes,
+            write_timeout: Duration::from_secs(self.write_timeout_secs),
+        })
+    }
+
+    /// ActionCable settings.
     pub fn cable(&self) -> Result<crate::cable::CableConfig, ConfigError> {
         if self.cable_ping_interval_ms == 0 || self.presence_window_secs == 0 {
             return Err(ConfigError::OutOfRange(
@@ -272,7 +302,6 @@ impl GatewayConfig {
             ping_interval: Duration::from_millis(self.cable_ping_interval_ms),
             stream_legacy_account_auth: self.stream_legacy_account_auth,
             max_subscriptions: self.max_subscriptions,
-            outbound_queue: self.outbound_queue,
             max_message_bytes: self.max_frame_bytes,
             presence_topic: Family::Presence.topic(&self.kafka.topic_prefix),
         })
@@ -356,7 +385,6 @@ impl GatewayConfig {
             produce_timeout: Duration::from_millis(self.typeid_produce_timeout_ms),
             require_conversation_grant: self.typeid_require_conversation_grant,
             commands_topic: Family::ClientCommands.topic(&self.kafka.topic_prefix),
-            outbound_queue: self.outbound_queue,
         })
     }
 
@@ -367,9 +395,9 @@ impl GatewayConfig {
                 "--max-frame-bytes must be at least 1024".into(),
             ));
         }
-        if self.outbound_queue == 0 || self.max_subscriptions == 0 || self.max_headers == 0 {
+        if self.max_subscriptions == 0 || self.max_headers == 0 {
             return Err(ConfigError::OutOfRange(
-                "--outbound-queue, --max-subscriptions and --max-headers must be positive".into(),
+                "--max-subscriptions and --max-headers must be positive".into(),
             ));
         }
         if self.connect_timeout_ms == 0 || self.idle_timeout_secs == 0 {
@@ -386,7 +414,6 @@ impl GatewayConfig {
                 max_headers: self.max_headers,
                 max_header_bytes: self.max_header_bytes,
             },
-            outbound_queue: self.outbound_queue,
         })
     }
 

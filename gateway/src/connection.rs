@@ -1,6 +1,22 @@
 //! The outbound half of a client connection, shared by every protocol: a
 //! bounded queue, a writer task that coalesces queued frames into few socket
-//! writes, heart-beats, and the slow-client cut-off.
+//! writes, heart-beats, and the cut-offs.
+//!
+//! Every byte a connection will be sent counts against one bound
+//! ([`OutboundLimits::bytes`]) until it is written: event frames, the
+//! session's replies, the WebSocket library's pongs and close replies. What
+//! happens at the bound depends on who queues:
+//! - the router's live events are never waited for: a client whose queue is
+//!   full (frames or bytes) is cut off as slow;
+//! - the session's replies to the client's own commands, and resume
+//!   replays, wait for room ([`ConnTx::send`], [`ConnTx::push_paced`]): the
+//!   session stops reading that client meanwhile, so the client's own TCP
+//!   window pushes back (backpressure);
+//! - the WebSocket library's replies cannot wait: past the bound the client
+//!   is cut off.
+//!
+//! A write that makes no progress for [`OutboundLimits::write_timeout`]
+//! closes the socket, so a client that never reads frees its queue.
 
 use std::{
     collections::VecDeque,
@@ -65,6 +81,20 @@ pub enum Outbound {
 }
 
 impl Outbound {
+    /// Bytes this item will put on the wire.
+    pub fn len(&self) -> usize {
+        match self {
+            Outbound::Frame { frame, .. } => frame.bytes().len(),
+            Outbound::Raw(bytes) => bytes.len(),
+            Outbound::HeartBeat { .. } | Outbound::Close { .. } => 0,
+        }
+    }
+
+    /// Whether the item puts nothing on the wire by itself.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// A control text frame (not an event delivery).
     pub fn text(text: &str) -> Self {
         Outbound::Frame {
@@ -97,6 +127,9 @@ pub enum HeartBeatKind {
 #[derive(Default)]
 struct Queue {
     items: VecDeque<Outbound>,
+    /// Bytes of the frames in `items` and of those the writer has taken
+    /// but not yet written.
+    bytes: usize,
     /// The writer, when it waits for items.
     waker: Option<Waker>,
     /// Every sender is gone: the writer ends once it has written the rest.
@@ -112,13 +145,65 @@ struct Shared {
     senders: AtomicUsize,
     /// Event frames queued before the client counts as slow.
     capacity: usize,
-    /// Wakes the writer for the slow-client cut-off (a permit is kept if
-    /// the writer is not waiting at that moment).
+    /// Bytes queued (and not yet written) at most.
+    max_bytes: usize,
+    /// Wakes the writer for a cut-off (a permit is kept if the writer is
+    /// not waiting at that moment).
     slow: Notify,
-    /// Whether the client was found slow: the router reads it for every frame.
+    /// Whether the client is being cut off: the router reads it for every frame.
     is_slow: AtomicBool,
+    /// Why (the first reason wins).
+    cutoff: Mutex<Option<Cutoff>>,
+    /// Wakes senders waiting for room (after a write, and when stopped).
+    room: Notify,
     dropped: IntCounter,
     slow_disconnects: IntCounter,
+    disconnects: prometheus::IntCounterVec,
+    protocol: &'static str,
+}
+
+/// Why a connection was cut off by its outbound side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cutoff {
+    /// Live events did not fit (the client does not read fast enough).
+    Slow,
+    /// Replies the server could not hold back (pongs, close answers) went
+    /// past the byte bound.
+    OutboundBytes,
+    /// A write made no progress within the write timeout.
+    WriteTimeout,
+}
+
+impl Cutoff {
+    /// The metric label and close reason.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Cutoff::Slow => "slow",
+            Cutoff::OutboundBytes => "outbound_bytes",
+            Cutoff::WriteTimeout => "write_timeout",
+        }
+    }
+}
+
+/// The per-connection outbound bounds, one setting for every protocol.
+#[derive(Debug, Clone, Copy)]
+pub struct OutboundLimits {
+    /// Event frames queued before the client counts as slow.
+    pub frames: usize,
+    /// Bytes queued and not yet written, of every kind, at most.
+    pub bytes: usize,
+    /// A write that makes no progress this long closes the socket.
+    pub write_timeout: Duration,
+}
+
+impl Default for OutboundLimits {
+    fn default() -> Self {
+        OutboundLimits {
+            frames: 1024,
+            bytes: 1024 * 1024,
+            write_timeout: Duration::from_secs(10),
+        }
+    }
 }
 
 /// The outcome of queueing one item.
@@ -128,21 +213,37 @@ enum Queued {
     Stopped,
 }
 
+/// How an item is queued.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Admit {
+    /// A live event: within the frame capacity and the byte bound, or refused.
+    Event,
+    /// Anything else: within the byte bound (a lone item always fits an
+    /// empty queue), or refused.
+    Bytes,
+}
+
 impl Shared {
-    /// Queue `item`; event frames (`bounded`) only while below capacity.
-    fn enqueue(&self, item: Outbound, bounded: bool) -> Queued {
+    /// Queue `item` if it is admitted.
+    fn enqueue(&self, item: Outbound, admit: Admit) -> Result<Queued, Outbound> {
+        let len = item.len();
         let waker = {
             let Ok(mut q) = self.queue.lock() else {
-                return Queued::Stopped;
+                return Ok(Queued::Stopped);
             };
             // Closed: every `ConnTx` is gone, so only the WebSocket
             // library's replies can still arrive, and nobody waits for them.
             if q.stopped || q.closed {
-                return Queued::Stopped;
+                return Ok(Queued::Stopped);
             }
-            if bounded && q.items.len() >= self.capacity {
-                return Queued::Full;
+            let over_bytes = q.bytes > 0 && q.bytes + len > self.max_bytes;
+            if admit == Admit::Event && (q.items.len() >= self.capacity || over_bytes) {
+                return Ok(Queued::Full);
             }
+            if over_bytes {
+                return Err(item);
+            }
+            q.bytes += len;
             q.items.push_back(item);
             q.waker.take()
         };
@@ -150,7 +251,51 @@ impl Shared {
         if let Some(waker) = waker {
             waker.wake();
         }
-        Queued::Yes
+        Ok(Queued::Yes)
+    }
+
+    /// `written` bytes left the queue: make room for waiting senders.
+    fn written(&self, written: usize) {
+        if written == 0 {
+            return;
+        }
+        if let Ok(mut q) = self.queue.lock() {
+            q.bytes = q.bytes.saturating_sub(written);
+        }
+        self.room.notify_waiters();
+    }
+
+    /// Queue `item`, waiting for room under the byte bound (and, for
+    /// events, the frame capacity); false once the writer has stopped.
+    async fn enqueue_waiting(&self, mut item: Outbound, event: bool) -> bool {
+        loop {
+            let room = self.room.notified();
+            tokio::pin!(room);
+            room.as_mut().enable();
+            if event {
+                let fits = match self.queue.lock() {
+                    Ok(q) => {
+                        if q.stopped || q.closed {
+                            return false;
+                        }
+                        q.items.len() < self.capacity
+                    }
+                    Err(_) => return false,
+                };
+                if !fits {
+                    room.await;
+                    continue;
+                }
+            }
+            match self.enqueue(item, Admit::Bytes) {
+                Ok(Queued::Yes) => return true,
+                Ok(Queued::Full | Queued::Stopped) => return false,
+                Err(back) => {
+                    item = back;
+                    room.await;
+                }
+            }
+        }
     }
 
     /// Move everything queued into `into` (which must be empty); `false`
@@ -176,13 +321,32 @@ impl Shared {
         Poll::Pending
     }
 
-    /// The client does not keep up: count it once and wake the writer to cut it off.
-    fn mark_slow(&self) {
-        self.dropped.inc();
+    /// Cut the client off for `why`: counted once, and the writer is woken
+    /// to write the goodbye and close.
+    fn cut_off(&self, why: Cutoff) {
+        if why == Cutoff::Slow {
+            self.dropped.inc();
+        }
         if !self.is_slow.swap(true, Ordering::Relaxed) {
-            self.slow_disconnects.inc();
+            if let Ok(mut c) = self.cutoff.lock() {
+                *c = Some(why);
+            }
+            if why == Cutoff::Slow {
+                self.slow_disconnects.inc();
+            }
+            self.disconnects
+                .with_label_values(&[self.protocol, why.as_str()])
+                .inc();
             self.slow.notify_one();
         }
+    }
+
+    fn cutoff_reason(&self) -> Cutoff {
+        self.cutoff
+            .lock()
+            .ok()
+            .and_then(|c| *c)
+            .unwrap_or(Cutoff::Slow)
     }
 
     /// The writer has ended: refuse further items and free queued ones.
@@ -190,11 +354,13 @@ impl Shared {
         let items = match self.queue.lock() {
             Ok(mut q) => {
                 q.stopped = true;
+                q.bytes = 0;
                 std::mem::take(&mut q.items)
             }
             Err(_) => return,
         };
         drop(items);
+        self.room.notify_waiters();
     }
 }
 
@@ -238,14 +404,26 @@ impl ConnTx {
         if self.shared.is_slow.load(Ordering::Relaxed) {
             return false;
         }
-        match self.shared.enqueue(Outbound::Frame { frame, stamp }, true) {
-            Queued::Yes => true,
-            Queued::Full => {
-                self.shared.mark_slow();
+        match self
+            .shared
+            .enqueue(Outbound::Frame { frame, stamp }, Admit::Event)
+        {
+            Ok(Queued::Yes) => true,
+            Ok(Queued::Full) | Err(_) => {
+                self.shared.cut_off(Cutoff::Slow);
                 false
             }
-            Queued::Stopped => false,
+            Ok(Queued::Stopped) => false,
         }
+    }
+
+    /// Queue an event frame of a resume replay, waiting while the queue is
+    /// full (frames or bytes): a replay is paced by how fast the client
+    /// reads, never taken for a slow client. False once the writer stopped.
+    pub async fn push_paced(&self, frame: WsFrame, stamp: Option<Stamp>) -> bool {
+        self.shared
+            .enqueue_waiting(Outbound::Frame { frame, stamp }, true)
+            .await
     }
 
     /// Queue several event frames, in order, with one lock and at most one
@@ -267,17 +445,23 @@ impl ConnTx {
                 return false;
             }
             let room = self.shared.capacity.saturating_sub(q.items.len());
-            let all = frames.len() <= room;
-            q.items.extend(
-                frames
-                    .drain(..)
-                    .take(room)
-                    .map(|(frame, stamp)| Outbound::Frame { frame, stamp }),
-            );
+            let mut all = frames.len() <= room;
+            let mut bytes = q.bytes;
+            for (frame, stamp) in frames.drain(..).take(room) {
+                let len = frame.bytes().len();
+                if bytes > 0 && bytes + len > self.shared.max_bytes {
+                    all = false;
+                    break;
+                }
+                bytes += len;
+                q.items.push_back(Outbound::Frame { frame, stamp });
+            }
+            frames.clear();
+            q.bytes = bytes;
             (all, q.waker.take())
         };
         if !all {
-            self.shared.mark_slow();
+            self.shared.cut_off(Cutoff::Slow);
         }
         if let Some(waker) = waker {
             waker.wake();
@@ -285,11 +469,12 @@ impl ConnTx {
         all
     }
 
-    /// Queue a control item (used by the session: answers to the client's
-    /// own commands, so never refused for room). False once the writer has
-    /// stopped.
+    /// Queue a control item (the session's answers to the client's own
+    /// commands), waiting while the byte bound is reached: the session reads
+    /// nothing more from that client meanwhile. False once the writer has
+    /// stopped (closed, cut off, or its writes timed out).
     pub async fn send(&self, item: Outbound) -> bool {
-        matches!(self.shared.enqueue(item, false), Queued::Yes)
+        self.shared.enqueue_waiting(item, false).await
     }
 
     /// A handle for the WebSocket library's own replies that does not keep
@@ -297,8 +482,11 @@ impl ConnTx {
     fn replies(&self) -> impl Fn(Bytes) + Send + Sync + 'static {
         let shared = self.shared.clone();
         move |bytes| {
-            // A client whose queue is full is being cut off anyway.
-            let _ = shared.enqueue(Outbound::Raw(bytes), false);
+            // These cannot wait (the library writes them while reading):
+            // past the byte bound the client is cut off.
+            if shared.enqueue(Outbound::Raw(bytes), Admit::Bytes).is_err() {
+                shared.cut_off(Cutoff::OutboundBytes);
+            }
         }
     }
 }
@@ -330,15 +518,24 @@ pub fn push_batch(conn: &ConnTx, fill: impl FnOnce(&mut Vec<(WsFrame, Option<Sta
 }
 
 /// Create a connection's queue: the sender, and the writer to run.
-pub fn channel(capacity: usize, protocol: &'static str, metrics: &Metrics) -> (ConnTx, Writer) {
+pub fn channel(
+    limits: &OutboundLimits,
+    protocol: &'static str,
+    metrics: &Metrics,
+) -> (ConnTx, Writer) {
     let shared = Arc::new(Shared {
         queue: Mutex::new(Queue::default()),
         senders: AtomicUsize::new(1),
-        capacity: capacity.max(1),
+        capacity: limits.frames.max(1),
+        max_bytes: limits.bytes.max(1),
         slow: Notify::new(),
         is_slow: AtomicBool::new(false),
+        cutoff: Mutex::new(None),
+        room: Notify::new(),
         dropped: metrics.frames_dropped.with_label_values(&[protocol]),
         slow_disconnects: metrics.slow_disconnects.with_label_values(&[protocol]),
+        disconnects: metrics.outbound_disconnects.clone(),
+        protocol,
     });
     (
         ConnTx {
@@ -346,6 +543,7 @@ pub fn channel(capacity: usize, protocol: &'static str, metrics: &Metrics) -> (C
         },
         Writer {
             shared,
+            write_timeout: limits.write_timeout,
             sent: metrics.frames_sent.with_label_values(&[protocol]),
             delivery_latency: metrics.delivery_latency.clone(),
             gateway_latency: metrics.gateway_latency.clone(),
@@ -367,20 +565,20 @@ pub struct Opened {
     pub writer: WriterTask,
 }
 
-/// Start a connection on `socket`: its queue (`capacity` frames), its
+/// Start a connection on `socket`: its queue (bounded by `limits`), its
 /// writer task, and the stream of client messages. `slow_frame` is written
-/// to a client cut off for not reading. The connection counts in
+/// to a client cut off by its outbound side. The connection counts in
 /// `herald_connections` until its [`WriterTask`] is finished or dropped.
 pub async fn open(
     socket: WsSocket,
-    capacity: usize,
+    limits: &OutboundLimits,
     protocol: &'static str,
     metrics: &Metrics,
     slow_frame: Option<WsFrame>,
 ) -> Opened {
     let open = metrics.connections.with_label_values(&[protocol]);
     open.inc();
-    let (tx, writer) = channel(capacity, protocol, metrics);
+    let (tx, writer) = channel(limits, protocol, metrics);
     let (stream, write) = socket.into_parts(tx.replies()).await;
     let done = CancellationToken::new();
     let task = tokio::spawn(writer.run(write, slow_frame, done.clone()));
@@ -430,6 +628,7 @@ impl Drop for WriterTask {
 /// The writer half: owns the socket's write half.
 pub struct Writer {
     shared: Arc<Shared>,
+    write_timeout: Duration,
     sent: IntCounter,
     delivery_latency: Histogram,
     gateway_latency: Histogram,
@@ -483,9 +682,9 @@ impl Writer {
                         _ => None,
                     };
                     let step = match frame {
-                        Some(frame) => match write_frames(&mut out, &[&frame]).await {
+                        Some(frame) => match write_frames(&mut out, &[&frame], self.write_timeout).await {
                             Ok(()) => Step::Continue,
-                            Err(_) => Step::Stop,
+                            Err(e) => self.failed(&e),
                         },
                         None => Step::Continue,
                     };
@@ -499,13 +698,14 @@ impl Writer {
                 Step::Stop => break,
                 Step::Slow => {
                     // Best effort: the socket may be full, so do not wait long.
-                    let close = WsFrame::close(1008, "slow consumer");
+                    let reason = match self.shared.cutoff_reason() {
+                        Cutoff::Slow => "slow consumer",
+                        Cutoff::OutboundBytes => "outbound limit exceeded",
+                        Cutoff::WriteTimeout => "write timeout",
+                    };
+                    let close = WsFrame::close(1008, reason);
                     let goodbye: Vec<&WsFrame> = slow_frame.iter().chain([&close]).collect();
-                    let _ = tokio::time::timeout(
-                        Duration::from_secs(1),
-                        write_frames(&mut out, &goodbye),
-                    )
-                    .await;
+                    let _ = write_frames(&mut out, &goodbye, Duration::from_secs(1)).await;
                     break;
                 }
             }
@@ -558,11 +758,13 @@ impl Writer {
             if let Some(close) = &close {
                 slices.push(IoSlice::new(close.bytes()));
             }
-            write_slices(out, &mut slices).await
+            write_slices(out, &mut slices, self.write_timeout).await
         };
-        if written.is_err() {
-            return Step::Stop;
+        if let Err(e) = written {
+            return self.failed(&e);
         }
+        self.shared
+            .written(batch.iter().take(upto).map(Outbound::len).sum());
         self.record(batch.iter().take(upto));
         batch.clear();
         // A connection that gets a few frames now and then should not keep
@@ -579,6 +781,18 @@ impl Writer {
 }
 
 impl Writer {
+    /// A write failed: a timed-out one is counted as a cut-off.
+    fn failed(&self, e: &io::Error) -> Step {
+        if e.kind() == io::ErrorKind::TimedOut && !self.shared.is_slow.swap(true, Ordering::Relaxed)
+        {
+            self.shared
+                .disconnects
+                .with_label_values(&[self.shared.protocol, Cutoff::WriteTimeout.as_str()])
+                .inc();
+        }
+        Step::Stop
+    }
+
     /// Count written frames and observe their latencies. A busy writer
     /// writes many frames at once: those are summed locally and added to the
     /// shared histograms once, instead of a few contended atomic updates per
@@ -614,29 +828,39 @@ impl Writer {
     }
 }
 
-/// Write every slice, with as few system calls as the socket allows.
-async fn write_slices<W>(out: &mut W, slices: &mut [IoSlice<'_>]) -> io::Result<()>
+/// Write every slice, with as few system calls as the socket allows; a
+/// write that makes no progress within `timeout` fails with `TimedOut`.
+async fn write_slices<W>(
+    out: &mut W,
+    slices: &mut [IoSlice<'_>],
+    timeout: Duration,
+) -> io::Result<()>
 where
     W: AsyncWrite + Unpin,
 {
+    let timed_out = || io::Error::from(io::ErrorKind::TimedOut);
     let mut rest = slices;
     while !rest.is_empty() {
-        let n = out.write_vectored(rest).await?;
+        let n = tokio::time::timeout(timeout, out.write_vectored(rest))
+            .await
+            .map_err(|_| timed_out())??;
         if n == 0 {
             return Err(io::ErrorKind::WriteZero.into());
         }
         IoSlice::advance_slices(&mut rest, n);
     }
-    out.flush().await
+    tokio::time::timeout(timeout, out.flush())
+        .await
+        .map_err(|_| timed_out())?
 }
 
 /// Write whole frames (heart-beats, goodbyes).
-async fn write_frames<W>(out: &mut W, frames: &[&WsFrame]) -> io::Result<()>
+async fn write_frames<W>(out: &mut W, frames: &[&WsFrame], timeout: Duration) -> io::Result<()>
 where
     W: AsyncWrite + Unpin,
 {
     let mut slices: Vec<IoSlice<'_>> = frames.iter().map(|f| IoSlice::new(f.bytes())).collect();
-    write_slices(out, &mut slices).await
+    write_slices(out, &mut slices, timeout).await
 }
 
 enum Step {

@@ -22,6 +22,9 @@ pub struct Metrics {
     pub frames_dropped: IntCounterVec,
     /// Clients disconnected for falling behind, by protocol.
     pub slow_disconnects: IntCounterVec,
+    /// Clients cut off by their outbound side, by protocol and reason
+    /// (`slow`, `outbound_bytes`, `write_timeout`).
+    pub outbound_disconnects: IntCounterVec,
     /// Refused credentials by protocol and reason.
     pub auth_failures: IntCounterVec,
     /// Protocol errors sent to clients by protocol.
@@ -130,6 +133,11 @@ impl Metrics {
                 "herald_slow_client_disconnects_total",
                 "Clients disconnected for falling behind",
                 &["protocol"],
+            ),
+            outbound_disconnects: counter(
+                "herald_outbound_disconnects_total",
+                "Clients cut off by their outbound side: live events did not fit (slow), replies past the byte bound (outbound_bytes), writes without progress (write_timeout)",
+                &["protocol", "reason"],
             ),
             auth_failures: counter(
                 "herald_auth_failures_total",

@@ -34,7 +34,11 @@ use rdkafka::{
     consumer::{BaseConsumer, Consumer},
 };
 
-use crate::router::{RoutedEvent, now_ms};
+use crate::{
+    connection::{ConnTx, Outbound},
+    router::{RoutedEvent, now_ms},
+    ws::WsFrame,
+};
 
 /// A topic-partition.
 pub type TopicPartition = (Arc<str>, i32);
@@ -235,14 +239,36 @@ impl HistoryBuffer {
 /// drops live events the client already has: this pod may be behind the pod
 /// the client came from, so it can still dispatch events at or below the
 /// client's positions.
+///
+/// Held events are bounded: past the limit the gate drops them (they are
+/// in Kafka) and says so ([`Taken::Overflowed`]), and the catch-up reads
+/// them again, so a client that reads slower than its account's live
+/// traffic is paced, never left with an unbounded list.
 #[derive(Default)]
 pub struct ResumeGate {
     /// Fast path: once open, live events never touch the lock.
     open: AtomicBool,
-    held: Mutex<Option<Vec<Arc<RoutedEvent>>>>,
+    held: Mutex<Held>,
     /// Per stream, the client's last offset; removed once the stream passes it.
     floors: Mutex<Vec<(TopicPartition, i64)>>,
     has_floors: AtomicBool,
+}
+
+#[derive(Default)]
+struct Held {
+    /// `None` once the gate is open.
+    events: Option<Vec<Arc<RoutedEvent>>>,
+    /// Events were dropped since the last [`ResumeGate::rearm`].
+    overflowed: bool,
+    limit: usize,
+}
+
+/// What [`ResumeGate::take_held`] found.
+pub enum Taken {
+    /// The events held so far, in arrival order (possibly none).
+    Events(Vec<Arc<RoutedEvent>>),
+    /// Too many arrived: they were dropped and must be read again.
+    Overflowed,
 }
 
 impl ResumeGate {
@@ -254,16 +280,20 @@ impl ResumeGate {
         }
     }
 
-    /// A closed gate: live events are held until [`finish`](Self::finish);
-    /// events at or below the client's `positions` are dropped.
-    pub fn holding(positions: &[(String, i32, i64)]) -> Self {
+    /// A closed gate: live events are held (at most `limit` at a time)
+    /// until it opens; events at or below the client's `positions` are dropped.
+    pub fn holding(positions: &[(String, i32, i64)], limit: usize) -> Self {
         let floors: Vec<(TopicPartition, i64)> = positions
             .iter()
             .map(|(t, p, o)| ((Arc::from(t.as_str()), *p), *o))
             .collect();
         ResumeGate {
             open: AtomicBool::new(false),
-            held: Mutex::new(Some(Vec::new())),
+            held: Mutex::new(Held {
+                events: Some(Vec::new()),
+                overflowed: false,
+                limit: limit.max(1),
+            }),
             has_floors: AtomicBool::new(!floors.is_empty()),
             floors: Mutex::new(floors),
         }
@@ -310,31 +340,201 @@ impl ResumeGate {
         }
     }
 
-    /// Hold `event` if the gate is closed; false when it is open.
+    /// Hold `event` if the gate is closed (or drop it, past the limit);
+    /// false when it is open.
     pub fn hold(&self, event: &Arc<RoutedEvent>) -> bool {
         if self.open.load(Ordering::Acquire) {
             return false;
         }
-        match self.held.lock() {
-            Ok(mut held) => match held.as_mut() {
-                Some(list) => {
-                    list.push(event.clone());
-                    true
-                }
-                None => false,
-            },
-            Err(_) => false,
+        let Ok(mut held) = self.held.lock() else {
+            return false;
+        };
+        let Held {
+            events,
+            overflowed,
+            limit,
+        } = &mut *held;
+        let Some(list) = events.as_mut() else {
+            return false;
+        };
+        if *overflowed {
+            return true;
         }
+        if list.len() >= *limit {
+            *overflowed = true;
+            *list = Vec::new();
+            return true;
+        }
+        list.push(event.clone());
+        true
     }
 
-    /// Deliver the held events (in arrival order) and open the gate. Runs
-    /// under the gate's lock so a concurrent live event waits and follows.
-    pub fn finish(&self, mut deliver: impl FnMut(&Arc<RoutedEvent>)) {
+    /// Take what is held so far (the gate keeps holding).
+    pub fn take_held(&self) -> Taken {
+        let Ok(mut held) = self.held.lock() else {
+            return Taken::Events(Vec::new());
+        };
+        if held.overflowed {
+            return Taken::Overflowed;
+        }
+        Taken::Events(held.events.as_mut().map(std::mem::take).unwrap_or_default())
+    }
+
+    /// Open the gate if nothing is held (live events then pass straight
+    /// through); false when events arrived meanwhile or were dropped.
+    pub fn try_open(&self) -> bool {
+        let Ok(mut held) = self.held.lock() else {
+            return true;
+        };
+        if held.overflowed || held.events.as_ref().is_some_and(|e| !e.is_empty()) {
+            return false;
+        }
+        held.events = None;
+        self.open.store(true, Ordering::Release);
+        true
+    }
+
+    /// Hold again from empty after an overflow (call while no record is
+    /// dispatched, see [`Router::exclusive`](crate::router::Router::exclusive)).
+    pub fn rearm(&self) {
         if let Ok(mut held) = self.held.lock() {
-            for event in held.take().unwrap_or_default() {
-                deliver(&event);
+            held.overflowed = false;
+            if let Some(list) = held.events.as_mut() {
+                list.clear();
             }
-            self.open.store(true, Ordering::Release);
+        }
+    }
+}
+
+/// A subscription's part of a catch-up: how it frames events and tells
+/// the client about gaps.
+pub trait Replayer {
+    /// The frame of `event` for this subscription, if it takes it
+    /// (entitlement is checked here: replayed events bypass the router).
+    fn frame(&self, event: &RoutedEvent) -> Option<WsFrame>;
+    /// What tells the client about `gaps` (STOMP's gap messages).
+    fn gap_frames(&self, gaps: &[Gap]) -> Vec<WsFrame>;
+    /// What follows the first replay (AnyCable's `confirm_history` or
+    /// `reject_history`).
+    fn verdict(&self, replay: &Replay) -> Option<WsFrame>;
+}
+
+/// Where a catch-up reads and writes.
+pub struct CatchUp<'a> {
+    /// The router (frontier, history, exclusive registration).
+    pub router: &'a crate::router::Router,
+    /// Resume limits and Kafka settings.
+    pub config: &'a ResumeConfig,
+    /// The subscription's account.
+    pub account: &'a str,
+    /// The subscription's gate.
+    pub gate: &'a ResumeGate,
+    /// The connection's queue.
+    pub conn: &'a ConnTx,
+    /// Metrics, and the protocol label.
+    pub metrics: &'a crate::metrics::Metrics,
+    /// Protocol label.
+    pub protocol: &'static str,
+}
+
+impl CatchUp<'_> {
+    /// Replay what `request` asks for up to `frontier`, then the live events
+    /// held meanwhile, then open the gate. Everything is written paced by
+    /// the client (the task waits for room; no lock is held while it
+    /// waits, so the consumer and other clients never wait for it). If
+    /// live events outgrow the gate while the client reads, they are read
+    /// again from where the delivery got to. Returns when the gate is open
+    /// or the connection is gone.
+    pub async fn run(
+        &self,
+        mut request: ResumeRequest,
+        mut frontier: HashMap<TopicPartition, i64>,
+        replayer: &impl Replayer,
+    ) {
+        // The last offset delivered per stream.
+        let mut delivered: HashMap<TopicPartition, i64> = HashMap::new();
+        let mut first = true;
+        loop {
+            let replay = plan(
+                &request,
+                self.account,
+                &frontier,
+                self.router.history(),
+                self.config,
+            )
+            .await;
+            replay.release_stale_floors(self.gate);
+            for gap in &replay.gaps {
+                self.metrics
+                    .resume_gaps
+                    .with_label_values(&[self.protocol, gap.reason])
+                    .inc();
+            }
+            for frame in replayer.gap_frames(&replay.gaps) {
+                if !self.conn.send(Outbound::Frame { frame, stamp: None }).await {
+                    return;
+                }
+            }
+            let mut replayed = 0u64;
+            for event in &replay.events {
+                if let Some(frame) = replayer.frame(event) {
+                    if !self.conn.push_paced(frame, Some(event.stamp())).await {
+                        return;
+                    }
+                    replayed += 1;
+                }
+                delivered.insert((event.topic.clone(), event.partition), event.offset);
+            }
+            replay.record(self.metrics, self.protocol, replayed);
+            if first {
+                first = false;
+                if let Some(frame) = replayer.verdict(&replay)
+                    && !self.conn.send(Outbound::Frame { frame, stamp: None }).await
+                {
+                    return;
+                }
+            }
+            // Then the held live events, a batch at a time.
+            loop {
+                match self.gate.take_held() {
+                    Taken::Events(batch) if batch.is_empty() => {
+                        if self.gate.try_open() {
+                            return;
+                        }
+                    }
+                    Taken::Events(batch) => {
+                        for event in batch {
+                            if self.gate.already_seen(&event) {
+                                continue;
+                            }
+                            if let Some(frame) = replayer.frame(&event)
+                                && !self.conn.push_paced(frame, Some(event.stamp())).await
+                            {
+                                return;
+                            }
+                            delivered.insert((event.topic.clone(), event.partition), event.offset);
+                        }
+                    }
+                    Taken::Overflowed => {
+                        // Read again what was dropped: everything after what
+                        // was delivered, up to the frontier at this instant.
+                        let ((), next) = self.router.exclusive(|| self.gate.rearm());
+                        request = ResumeRequest {
+                            positions: next
+                                .keys()
+                                .map(|stream| {
+                                    let replayed_to = frontier.get(stream).map_or(-1, |f| f - 1);
+                                    let got = delivered.get(stream).copied().unwrap_or(-1);
+                                    (stream.0.to_string(), stream.1, replayed_to.max(got))
+                                })
+                                .collect(),
+                            since_ms: None,
+                        };
+                        frontier = next;
+                        break;
+                    }
+                }
+            }
         }
     }
 }
@@ -672,14 +872,18 @@ mod tests {
 
     #[test]
     fn gate_holds_then_releases_in_order() {
-        let g = ResumeGate::holding(&[("t".into(), 0, 1)]);
+        let g = ResumeGate::holding(&[("t".into(), 0, 1)], 10);
         assert!(g.already_seen(&event(0, 0)));
         assert!(g.already_seen(&event(1, 0)), "the client's own position");
         assert!(g.hold(&event(1, 0)));
         assert!(g.hold(&event(2, 0)));
-        let mut seen = Vec::new();
-        g.finish(|e| seen.push(e.offset));
+        assert!(!g.try_open(), "events are held");
+        let Taken::Events(held) = g.take_held() else {
+            panic!("no overflow")
+        };
+        let seen: Vec<i64> = held.iter().map(|e| e.offset).collect();
         assert_eq!(seen, vec![1, 2]);
+        assert!(g.try_open());
         assert!(!g.already_seen(&event(2, 0)));
         assert!(
             !g.already_seen(&event(1, 0)),
@@ -703,7 +907,7 @@ mod tests {
         b.clear("t", None);
         assert!(b.range(&s, 0, 3, "1").is_none());
 
-        let g = ResumeGate::holding(&[("t".into(), 0, 5)]);
+        let g = ResumeGate::holding(&[("t".into(), 0, 5)], 10);
         assert!(g.already_seen(&event(2, 0)));
         g.forget("u", None);
         assert!(g.already_seen(&event(3, 0)), "another topic");
@@ -728,6 +932,27 @@ mod tests {
         e.set_topic_id("t", "ID2");
         assert!(!e.accepts("t", "herald.ID1"), "the old incarnation");
         assert!(!e.accepts("t", "other"));
+    }
+
+    #[test]
+    fn held_events_past_the_limit_are_dropped_and_reported() {
+        let g = ResumeGate::holding(&[], 2);
+        for o in 0..5 {
+            assert!(
+                g.hold(&event(o, 0)),
+                "held or dropped, never delivered live"
+            );
+        }
+        assert!(matches!(g.take_held(), Taken::Overflowed));
+        assert!(!g.try_open(), "an overflowed gate stays closed");
+        g.rearm();
+        assert!(g.hold(&event(9, 0)));
+        let Taken::Events(held) = g.take_held() else {
+            panic!("rearmed")
+        };
+        assert_eq!(held.len(), 1);
+        assert!(g.try_open());
+        assert!(!g.hold(&event(10, 0)), "open: live events pass");
     }
 
     #[test]

@@ -92,6 +92,8 @@ pub struct Context {
     pub drain_spread: Duration,
     /// Abuse limits.
     pub limits: Arc<Limits>,
+    /// Per-connection outbound bounds (every protocol).
+    pub outbound: crate::connection::OutboundLimits,
 }
 
 impl Context {
@@ -279,6 +281,7 @@ pub async fn start(
         // for the last clients to close.
         drain_spread: Duration::from_millis(config.drain_secs * 800),
         limits: Limits::new(config.limits(), metrics.clone()),
+        outbound: config.outbound()?,
     });
     let consumer_stop = CancellationToken::new();
     let recheck = Arc::new(tokio::sync::Notify::new());

@@ -375,7 +375,14 @@ fn check(principals: &[PrincipalSpec], steps: &[Step]) -> Result<(), TestCaseErr
             });
             router.insert(conn_id, recorder.clone());
             let cable = with_room.then(|| {
-                let (tx, writer) = connection::channel(4096, "cable", &Metrics::new());
+                let (tx, writer) = connection::channel(
+                    &connection::OutboundLimits {
+                        frames: 4096,
+                        ..Default::default()
+                    },
+                    "cable",
+                    &Metrics::new(),
+                );
                 let identifier = format!(
                     r#"{{"channel":"RoomChannel","pubsub_token":"token-{conn_id}","account_id":"{}"}}"#,
                     ACCOUNTS[p.account]

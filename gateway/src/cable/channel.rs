@@ -156,15 +156,15 @@ impl Recipient for CableRecipient {
 }
 
 impl CableRecipient {
-    /// Deliver an event that bypassed the router (replay): entitlement is
-    /// checked here as the router would.
-    pub fn deliver_replayed(&self, event: &RoutedEvent) -> bool {
+    /// The frame of an event that bypassed the router (replay), if this
+    /// subscription takes it: entitlement is checked here as the router would.
+    pub fn replay_frame(&self, event: &RoutedEvent) -> Option<WsFrame> {
         if *event.envelope.account_id != *self.identity.account_id
             || !self.identity.entitled(event.envelope.audience.as_ref())
         {
-            return false;
+            return None;
         }
-        self.deliver(event, &mut FrameCache::default())
+        self.frame(event, &mut FrameCache::default())
     }
 
     /// Queue `event` if this subscription takes it; true when queued.

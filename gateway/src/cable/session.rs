@@ -34,8 +34,6 @@ pub struct CableConfig {
     pub stream_legacy_account_auth: bool,
     /// Most subscriptions per connection.
     pub max_subscriptions: usize,
-    /// Frames queued before a client counts as slow.
-    pub outbound_queue: usize,
     /// Largest client message, bytes.
     pub max_message_bytes: usize,
     /// Topic that presence heartbeats are written to.
@@ -67,14 +65,7 @@ pub async fn serve(socket: WsSocket, ctx: Arc<Context>, endpoint: Endpoint) {
         mut stream,
         done,
         writer,
-    } = connection::open(
-        socket,
-        ctx.cable.outbound_queue,
-        PROTOCOL,
-        &metrics,
-        Some(slow),
-    )
-    .await;
+    } = connection::open(socket, &ctx.outbound, PROTOCOL, &metrics, Some(slow)).await;
 
     let mut session = CableSession {
         conn_id,
@@ -109,52 +100,54 @@ async fn replay(
     foreign: Vec<String>,
     frontier: HashMap<TopicPartition, i64>,
 ) {
-    let replay = resume::plan(
-        &request,
-        &recipient.identity.account_id,
-        &frontier,
-        ctx.router.history(),
-        &ctx.resume,
-    )
-    .await;
-    replay.release_stale_floors(&recipient.gate);
-    let mut replayed = 0u64;
-    for event in &replay.events {
-        if recipient.deliver_replayed(event) {
-            replayed += 1;
-        }
-    }
-    replay.record(&ctx.metrics, PROTOCOL, replayed);
-    for gap in &replay.gaps {
-        ctx.metrics
-            .resume_gaps
-            .with_label_values(&[PROTOCOL, gap.reason])
-            .inc();
-    }
     if !foreign.is_empty() {
         ctx.metrics
             .resume_gaps
             .with_label_values(&[PROTOCOL, "epoch"])
             .inc();
     }
-    let complete = replay.gaps.is_empty() && foreign.is_empty();
-    if !complete {
-        tracing::info!(gaps = ?replay.gaps, ?foreign, "history could not be served completely");
+    let catch_up = resume::CatchUp {
+        router: &ctx.router,
+        config: &ctx.resume,
+        account: &recipient.identity.account_id,
+        gate: &recipient.gate,
+        conn: &recipient.conn,
+        metrics: &ctx.metrics,
+        protocol: PROTOCOL,
+    };
+    let replayer = CableReplay {
+        recipient: &recipient,
+        foreign: &foreign,
+    };
+    catch_up.run(request, frontier, &replayer).await;
+}
+
+/// A RoomChannel or NotificationsChannel subscription's replay.
+struct CableReplay<'a> {
+    recipient: &'a CableRecipient,
+    /// Streams of another epoch: the history is incomplete.
+    foreign: &'a [String],
+}
+
+impl resume::Replayer for CableReplay<'_> {
+    fn frame(&self, event: &crate::router::RoutedEvent) -> Option<WsFrame> {
+        self.recipient.replay_frame(event)
     }
-    // History, then its verdict, then the live events held meanwhile (and
-    // everything after them, in order).
-    recipient.conn.push(
-        WsFrame::text(&protocol::history_result(
-            &recipient.identifier_json,
-            complete,
-        )),
-        None,
-    );
-    recipient.gate.finish(|event| {
-        if !recipient.gate.already_seen(event) {
-            recipient.deliver(event, &mut crate::router::FrameCache::default());
+
+    fn gap_frames(&self, _: &[resume::Gap]) -> Vec<WsFrame> {
+        Vec::new()
+    }
+
+    fn verdict(&self, replay: &resume::Replay) -> Option<WsFrame> {
+        let complete = replay.gaps.is_empty() && self.foreign.is_empty();
+        if !complete {
+            tracing::info!(gaps = ?replay.gaps, foreign = ?self.foreign, "history could not be served completely");
         }
-    });
+        Some(WsFrame::text(&protocol::history_result(
+            &self.recipient.identifier_json,
+            complete,
+        )))
+    }
 }
 
 struct Subscription {
@@ -418,7 +411,9 @@ impl CableSession {
             conn: self.tx.clone(),
             ext_epochs,
             gate: match &resume {
-                Some((request, _)) => ResumeGate::holding(&request.positions),
+                Some((request, _)) => {
+                    ResumeGate::holding(&request.positions, self.ctx.outbound.frames)
+                }
                 None => ResumeGate::open(),
             },
         });

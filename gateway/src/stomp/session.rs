@@ -41,8 +41,6 @@ pub struct StompConfig {
     pub max_subscriptions: usize,
     /// Frame and header size limits.
     pub limits: Limits,
-    /// Frames a connection may have queued before it counts as slow.
-    pub outbound_queue: usize,
 }
 
 /// The acknowledgement mode of a subscription.
@@ -180,64 +178,91 @@ impl StompRecipient {
         request: ResumeRequest,
         frontier: HashMap<TopicPartition, i64>,
     ) {
-        let replay = resume::plan(
-            &request,
-            &self.identity.account_id,
-            &frontier,
-            ctx.router.history(),
-            &ctx.resume,
-        )
-        .await;
-        let Ok(subs) = self.subscriptions.lock() else {
+        let Some(gate) = self.subscription_gate(&sub_id) else {
             return;
         };
-        let Some(sub) = subs.iter().find(|s| s.id == sub_id) else {
-            return;
+        let catch_up = resume::CatchUp {
+            router: &ctx.router,
+            config: &ctx.resume,
+            account: &self.identity.account_id,
+            gate: &gate,
+            conn: &self.conn,
+            metrics: &ctx.metrics,
+            protocol: PROTOCOL,
         };
-        replay.release_stale_floors(&sub.gate);
-        for gap in &replay.gaps {
-            let stream = format!("{}:{}:{}", gap.topic, gap.partition, gap.from);
-            let body = serde_json::json!({
-                "type": "herald.gap",
-                "stream": format!("{}:{}", gap.topic, gap.partition),
-                "from": gap.from,
-                "reason": gap.reason,
-            })
-            .to_string();
-            let message_id = format!("gap:{stream}");
-            let headers = [
-                ("subscription", sub.id.as_str()),
-                ("message-id", message_id.as_str()),
-                ("destination", sub.destination.as_str()),
-                ("content-type", "application/json"),
-                ("herald-gap", stream.as_str()),
-            ];
-            self.conn.push(
-                WsFrame::text(&codec::encode_message_text(&headers, &body, self.version)),
-                None,
-            );
-            ctx.metrics
-                .resume_gaps
-                .with_label_values(&[PROTOCOL, gap.reason])
-                .inc();
+        let replayer = StompReplay {
+            recipient: &self,
+            sub_id: &sub_id,
+        };
+        catch_up.run(request, frontier, &replayer).await;
+    }
+
+    fn subscription_gate(&self, id: &str) -> Option<Arc<ResumeGate>> {
+        let subs = self.subscriptions.lock().ok()?;
+        subs.iter().find(|s| s.id == id).map(|s| s.gate.clone())
+    }
+}
+
+/// A STOMP subscription's replay: its MESSAGE frames and gap messages,
+/// made under the subscription lock, which is never held while writing.
+struct StompReplay<'a> {
+    recipient: &'a StompRecipient,
+    sub_id: &'a str,
+}
+
+impl StompReplay<'_> {
+    fn with_sub<R>(&self, f: impl FnOnce(&Subscription) -> R) -> Option<R> {
+        let subs = self.recipient.subscriptions.lock().ok()?;
+        subs.iter().find(|s| s.id == self.sub_id).map(f)
+    }
+}
+
+impl resume::Replayer for StompReplay<'_> {
+    fn frame(&self, event: &RoutedEvent) -> Option<WsFrame> {
+        let identity = &self.recipient.identity;
+        if *event.envelope.account_id != *identity.account_id
+            || !identity.entitled(event.envelope.audience.as_ref())
+        {
+            return None;
         }
-        let mut replayed = 0u64;
-        for event in &replay.events {
-            // Replayed events bypass the router: check entitlement here too.
-            if *event.envelope.account_id == *self.identity.account_id
-                && self.identity.entitled(event.envelope.audience.as_ref())
-                && sub.destination.accepts(&event.envelope.event_type)
-            {
-                self.deliver(sub, event, &mut FrameCache::default());
-                replayed += 1;
-            }
-        }
-        replay.record(&ctx.metrics, PROTOCOL, replayed);
-        sub.gate.finish(|event| {
-            if !sub.gate.already_seen(event) {
-                self.deliver(sub, event, &mut FrameCache::default());
-            }
-        });
+        self.with_sub(|sub| {
+            sub.destination
+                .accepts(&event.envelope.event_type)
+                .then(|| self.recipient.frame(sub, event, &mut FrameCache::default()))
+        })
+        .flatten()
+    }
+
+    fn gap_frames(&self, gaps: &[resume::Gap]) -> Vec<WsFrame> {
+        let version = self.recipient.version;
+        self.with_sub(|sub| {
+            gaps.iter()
+                .map(|gap| {
+                    let stream = format!("{}:{}:{}", gap.topic, gap.partition, gap.from);
+                    let body = serde_json::json!({
+                        "type": "herald.gap",
+                        "stream": format!("{}:{}", gap.topic, gap.partition),
+                        "from": gap.from,
+                        "reason": gap.reason,
+                    })
+                    .to_string();
+                    let message_id = format!("gap:{stream}");
+                    let headers = [
+                        ("subscription", sub.id.as_str()),
+                        ("message-id", message_id.as_str()),
+                        ("destination", sub.destination.as_str()),
+                        ("content-type", "application/json"),
+                        ("herald-gap", stream.as_str()),
+                    ];
+                    WsFrame::text(&codec::encode_message_text(&headers, &body, version))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+    }
+
+    fn verdict(&self, _: &resume::Replay) -> Option<WsFrame> {
+        None
     }
 }
 
@@ -263,14 +288,7 @@ pub async fn serve(
         mut stream,
         done,
         writer,
-    } = connection::open(
-        socket,
-        ctx.stomp.outbound_queue,
-        PROTOCOL,
-        &metrics,
-        Some(slow_frame),
-    )
-    .await;
+    } = connection::open(socket, &ctx.outbound, PROTOCOL, &metrics, Some(slow_frame)).await;
 
     let mut session = Session {
         conn_id,
@@ -597,6 +615,7 @@ impl Session {
                     .as_ref()
                     .map(|r| r.positions.clone())
                     .unwrap_or_default(),
+                self.ctx.outbound.frames,
             )
         } else {
             ResumeGate::open()

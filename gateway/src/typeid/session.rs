@@ -55,8 +55,6 @@ pub struct TypeIdConfig {
     pub require_conversation_grant: bool,
     /// Topic client writes go to.
     pub commands_topic: String,
-    /// Frames queued before a client counts as slow.
-    pub outbound_queue: usize,
 }
 
 /// Per-IP join counter (fixed one-minute windows).
@@ -127,7 +125,7 @@ pub async fn serve(socket: WsSocket, ctx: Arc<Context>, peer: IpAddr) {
         mut stream,
         done,
         writer,
-    } = connection::open(socket, ctx.typeid.outbound_queue, PROTOCOL, &metrics, None).await;
+    } = connection::open(socket, &ctx.outbound, PROTOCOL, &metrics, None).await;
     let mut session = Session {
         conn_id,
         ctx: ctx.clone(),
