@@ -1,0 +1,250 @@
+//! Hostile clients cost a bounded amount: a client that writes but never
+//! reads, on every endpoint and with every kind of reply, is paced and then
+//! closed; the gateway's memory stays under its bound; a healthy client on
+//! the same gateway receives every event.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use futures_util::SinkExt;
+use herald_tests::{
+    GatewayProcess, Stack,
+    numbered::{self, Log, STOMP_TYPES},
+    stomp::RawStomp,
+    token,
+};
+use serde_json::json;
+use tokio_tungstenite::{
+    WebSocketStream,
+    tungstenite::{Message, client::IntoClientRequest, http::HeaderValue},
+};
+
+const ACCOUNT: &str = "61";
+
+/// Resident memory of process `pid`, bytes.
+fn rss(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        })
+        .map_or(0, |kib| kib * 1024)
+}
+
+/// A WebSocket client whose socket has a tiny receive buffer and that never
+/// reads: whatever the server sends stays on the server's side.
+async fn never_reading(
+    url: &str,
+    protocol: &str,
+) -> anyhow::Result<WebSocketStream<tokio::net::TcpStream>> {
+    let mut req = url.into_client_request()?;
+    if !protocol.is_empty() {
+        req.headers_mut()
+            .insert("Sec-WebSocket-Protocol", HeaderValue::from_str(protocol)?);
+    }
+    let addr = req
+        .uri()
+        .authority()
+        .map(|a| a.as_str().to_owned())
+        .unwrap_or_default();
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.set_recv_buffer_size(4096)?;
+    let tcp = socket.connect(addr.parse()?).await?;
+    let (ws, _) = tokio_tungstenite::client_async(req, tcp).await?;
+    Ok(ws)
+}
+
+/// Send `message()` until the server drops the connection (the send fails);
+/// fails after `within`. Returns how many were sent.
+async fn send_until_dropped(
+    ws: &mut WebSocketStream<tokio::net::TcpStream>,
+    within: Duration,
+    message: impl Fn(u64) -> Message,
+) -> anyhow::Result<u64> {
+    let deadline = Instant::now() + within;
+    let mut n = 0;
+    loop {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "still connected after {n} messages"
+        );
+        match tokio::time::timeout(Duration::from_secs(1), ws.send(message(n))).await {
+            Ok(Ok(())) => n += 1,
+            Ok(Err(_)) => return Ok(n),
+            // Blocked: our send buffer is full because the server stopped
+            // reading us; keep waiting for it to let go.
+            Err(_) => {}
+        }
+    }
+}
+
+fn metric(text: &str, prefix: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_that_never_read_are_paced_then_closed_and_cost_a_bounded_amount()
+-> anyhow::Result<()> {
+    let stack = Arc::new(Stack::start().await?);
+    let mut args = stack.gateway_args();
+    args.extend(["--write-timeout-secs", "2"].map(String::from));
+    let pod = GatewayProcess::start(args).await?;
+    let pid = pod.child.id().unwrap_or_default();
+    let tok = token(ACCOUNT, "7", "agent");
+
+    // A healthy client, and a stream of events for it throughout.
+    let mut healthy = RawStomp::connect(&pod.ws_url("/ws.communication"), &tok).await?;
+    healthy.subscribe("s", "/events").await?;
+    const TOTAL: u64 = 300;
+    let publisher = {
+        let stack = stack.clone();
+        tokio::spawn(async move {
+            for i in 0..TOTAL {
+                stack.produce(&[numbered::event(ACCOUNT, i)]).await?;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            anyhow::Ok(())
+        })
+    };
+    let baseline = rss(pid);
+    let peak = Arc::new(AtomicU64::new(baseline));
+    let sampler = {
+        let peak = peak.clone();
+        tokio::spawn(async move {
+            loop {
+                peak.fetch_max(rss(pid), Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
+
+    // STOMP: receipts it never reads.
+    let stomp = {
+        let url = pod.ws_url("/ws.communication");
+        let tok = tok.clone();
+        tokio::spawn(async move {
+            let mut ws = never_reading(&url, "v12.stomp").await?;
+            ws.send(Message::text(format!(
+                "CONNECT\naccept-version:1.2\nheart-beat:0,0\nAuthorization:Bearer {tok}\n\n\0"
+            )))
+            .await?;
+            let pad = "x".repeat(4000);
+            send_until_dropped(&mut ws, Duration::from_secs(60), |n| {
+                Message::text(format!("ACK\nid:m-{n}\nreceipt:{n}-{pad}\n\n\0"))
+            })
+            .await
+        })
+    };
+    // ActionCable, no credential at all: rejected subscriptions it never reads.
+    let cable = {
+        let url = pod.ws_url("/cable");
+        tokio::spawn(async move {
+            let mut ws = never_reading(&url, "actioncable-v1-json").await?;
+            let pad = "y".repeat(4000);
+            send_until_dropped(&mut ws, Duration::from_secs(60), |n| {
+                let ident = json!({"channel": "RoomChannel", "pubsub_token": format!("bad-{n}-{pad}")}).to_string();
+                Message::text(json!({"command": "subscribe", "identifier": ident}).to_string())
+            })
+            .await
+        })
+    };
+    // TypeID: large pings echoed back, never read.
+    let typeid = {
+        let url = pod.ws_url("/notifications");
+        let tok = tok.clone();
+        tokio::spawn(async move {
+            let mut ws = never_reading(&url, "").await?;
+            ws.send(Message::text(
+                herald_tests::typeid::join(&tok, 7, "7.0.30").to_string(),
+            ))
+            .await?;
+            let pad = "z".repeat(30_000);
+            send_until_dropped(&mut ws, Duration::from_secs(60), |_| {
+                Message::text(
+                    json!({"TypeID": -476754606, "Body": {"Signal": true, "Pad": pad}}).to_string(),
+                )
+            })
+            .await
+        })
+    };
+    // WebSocket pings: the library's pongs cannot wait.
+    let pings = {
+        let url = pod.ws_url("/ws.communication");
+        let tok = tok.clone();
+        tokio::spawn(async move {
+            let mut ws = never_reading(&url, "v12.stomp").await?;
+            ws.send(Message::text(format!(
+                "CONNECT\naccept-version:1.2\nheart-beat:0,0\nAuthorization:Bearer {tok}\n\n\0"
+            )))
+            .await?;
+            send_until_dropped(&mut ws, Duration::from_secs(60), |_| {
+                Message::Ping(vec![7u8; 125].into())
+            })
+            .await
+        })
+    };
+    let mut sent = Vec::new();
+    for (name, task) in [
+        ("stomp", stomp),
+        ("cable", cable),
+        ("typeid", typeid),
+        ("pings", pings),
+    ] {
+        let n = task.await??;
+        sent.push(format!("{name}: {n} messages before the gateway let go"));
+    }
+
+    // The healthy client got everything, in order.
+    let mut log = Log::default();
+    let want = numbered::count(&numbered::expected(0..TOTAL, STOMP_TYPES));
+    while numbered::count(&log.seen()) < want {
+        numbered::read_stomp(&mut healthy, &mut log, Duration::from_secs(30)).await?;
+    }
+    publisher.await??;
+    assert_eq!(log.seen(), numbered::expected(0..TOTAL, STOMP_TYPES));
+    sampler.abort();
+    let grew = peak.load(Ordering::Relaxed).saturating_sub(baseline);
+    let metrics = reqwest::get(format!("http://{}/metrics", pod.ops_addr))
+        .await?
+        .text()
+        .await?;
+    eprintln!(
+        "hostile: {}; gateway RSS {} MiB -> peak {} MiB (+{} KiB)",
+        sent.join("; "),
+        baseline >> 20,
+        peak.load(Ordering::Relaxed) >> 20,
+        grew >> 10
+    );
+    // Four offenders, each bounded by --max-outbound-bytes (1 MiB) plus
+    // read buffers: far below this generous bound.
+    assert!(grew < 64 << 20, "gateway RSS grew by {grew} bytes");
+    // Every offender was cut off by its outbound side (a write timeout, or
+    // the ping flood's pongs past the byte bound), and counted.
+    let cut: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("herald_outbound_disconnects_total{"))
+        .collect();
+    eprintln!("hostile: {}", cut.join("; "));
+    for protocol in ["stomp", "actioncable", "typeid"] {
+        let n = metric(
+            &metrics,
+            &format!("herald_outbound_disconnects_total{{protocol=\"{protocol}\""),
+        );
+        assert!(n >= 1.0, "{protocol} offender cut off: {cut:?}");
+    }
+    assert!(
+        metric(&metrics, "herald_outbound_disconnects_total{protocol=\"stomp\"") >= 2.0,
+        "both STOMP offenders: {cut:?}"
+    );
+    Ok(())
+}
