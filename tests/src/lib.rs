@@ -298,7 +298,10 @@ impl Stack {
                 self.kafka_producer.get_or_init(|| p).clone()
             }
         };
-        let mut out = Vec::with_capacity(events.len());
+        // Every record is handed to the producer first, then the
+        // acknowledgements are awaited in order (idempotence keeps the
+        // order per partition): thousands of events take milliseconds.
+        let mut pending = Vec::with_capacity(events.len());
         for e in events {
             let mut e = e.clone();
             if e.get("id").is_none() {
@@ -322,9 +325,16 @@ impl Stack {
                 .key(&account)
                 .payload(&payload)
                 .headers(headers);
-            let d = producer
-                .send(record, Duration::from_secs(10))
+            let delivery = producer
+                .send_result(record)
+                .map_err(|(e, _)| anyhow::anyhow!("{e}"))?;
+            pending.push((topic, delivery));
+        }
+        let mut out = Vec::with_capacity(pending.len());
+        for (topic, delivery) in pending {
+            let d = delivery
                 .await
+                .map_err(|_| anyhow::anyhow!("the producer went away"))?
                 .map_err(|(e, _)| anyhow::anyhow!("{e}"))?;
             out.push((topic, d.partition, d.offset));
         }

@@ -69,7 +69,42 @@ impl RawStomp {
 
     /// Open, CONNECT with `token` in the frame, expect CONNECTED.
     pub async fn connect(url: &str, token: &str) -> anyhow::Result<RawStomp> {
-        let mut c = Self::open(url, "v12.stomp", None).await?;
+        let c = Self::open(url, "v12.stomp", None).await?;
+        c.connected(token).await
+    }
+
+    /// [`connect`](Self::connect) over a socket whose receive buffer is
+    /// `bytes` (the kernel then absorbs almost nothing of what the server
+    /// sends, so the server's own queue and pacing are what is tested).
+    pub async fn connect_small_buffer(
+        url: &str,
+        token: &str,
+        bytes: u32,
+    ) -> anyhow::Result<RawStomp> {
+        let mut req = url.into_client_request()?;
+        req.headers_mut().insert(
+            "Sec-WebSocket-Protocol",
+            HeaderValue::from_static("v12.stomp"),
+        );
+        let addr = req
+            .uri()
+            .authority()
+            .map(|a| a.as_str().to_owned())
+            .context("no host in the URL")?;
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.set_recv_buffer_size(bytes)?;
+        let tcp = socket.connect(addr.parse()?).await?;
+        let (ws, resp) = tokio_tungstenite::client_async(req, MaybeTlsStream::Plain(tcp)).await?;
+        let protocol = resp
+            .headers()
+            .get("Sec-WebSocket-Protocol")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        RawStomp { ws, protocol }.connected(token).await
+    }
+
+    async fn connected(mut self, token: &str) -> anyhow::Result<RawStomp> {
+        let c = &mut self;
         c.send(&format!(
             "CONNECT\naccept-version:1.2\nheart-beat:0,0\nAuthorization:Bearer {token}\n\n\0"
         ))
@@ -78,7 +113,7 @@ impl RawStomp {
         if f.command != "CONNECTED" {
             bail!("expected CONNECTED, got {}", f.raw);
         }
-        Ok(c)
+        Ok(self)
     }
 
     /// Subscribe and wait for the receipt.

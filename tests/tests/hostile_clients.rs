@@ -152,7 +152,9 @@ async fn clients_that_never_read_are_paced_then_closed_and_cost_a_bounded_amount
             let mut ws = never_reading(&url, "actioncable-v1-json").await?;
             let pad = "y".repeat(4000);
             send_until_dropped(&mut ws, Duration::from_secs(60), |n| {
-                let ident = json!({"channel": "RoomChannel", "pubsub_token": format!("bad-{n}-{pad}")}).to_string();
+                let ident =
+                    json!({"channel": "RoomChannel", "pubsub_token": format!("bad-{n}-{pad}")})
+                        .to_string();
                 Message::text(json!({"command": "subscribe", "identifier": ident}).to_string())
             })
             .await
@@ -243,8 +245,85 @@ async fn clients_that_never_read_are_paced_then_closed_and_cost_a_bounded_amount
         assert!(n >= 1.0, "{protocol} offender cut off: {cut:?}");
     }
     assert!(
-        metric(&metrics, "herald_outbound_disconnects_total{protocol=\"stomp\"") >= 2.0,
+        metric(
+            &metrics,
+            "herald_outbound_disconnects_total{protocol=\"stomp\""
+        ) >= 2.0,
         "both STOMP offenders: {cut:?}"
     );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_ten_times_the_queue_is_paced_not_cut_off() -> anyhow::Result<()> {
+    // 10,000 missed events against a queue of 1,024 frames, through a
+    // receive buffer the kernel cannot hide them in; read back from Kafka
+    // (no history buffer) and from the buffer.
+    for buffer in ["0", "20000"] {
+        let stack = Stack::start_with(herald_tests::StackOptions {
+            gateway_args: [
+                "--history-buffer-events",
+                buffer,
+                "--resume-max-events",
+                "20000",
+            ]
+            .map(String::from)
+            .to_vec(),
+            ..Default::default()
+        })
+        .await?;
+        let url = stack.ws_url("/ws.communication");
+        let tok = token(ACCOUNT, "7", "agent");
+        // An idle client of the account makes the pod decode its records
+        // (so the history buffer holds them).
+        let mut anchor = RawStomp::connect(&url, &tok).await?;
+        anchor.subscribe("a", "/queue/nothing").await.ok();
+        let mut first = RawStomp::connect(&url, &tok).await?;
+        first.subscribe("s", "/events").await?;
+        let mut log = Log::default();
+        stack.produce(&[numbered::event(ACCOUNT, 2)]).await?;
+        while log.arrivals.is_empty() {
+            numbered::read_stomp(&mut first, &mut log, Duration::from_secs(30)).await?;
+        }
+        let position = log.arrivals[0].position.clone().unwrap_or_default();
+        drop(first);
+
+        // Tag events only: one stream, 10,000 records past the position.
+        const MISSED: u64 = 10_000;
+        let missed: Vec<_> = (1..=MISSED)
+            .map(|k| numbered::event(ACCOUNT, 2 + 3 * k))
+            .collect();
+        stack.produce(&missed).await?;
+        let mut back = RawStomp::connect_small_buffer(&url, &tok, 4096).await?;
+        back.send(&format!(
+            "SUBSCRIBE\nid:s\ndestination:/events\nx-stream-offset:{position}\n\n\0"
+        ))
+        .await?;
+        let mut replay = Log::default();
+        while replay.arrivals.len() < MISSED as usize {
+            numbered::read_stomp(&mut back, &mut replay, Duration::from_secs(30)).await?;
+        }
+        let got: Vec<u64> = replay.arrivals.iter().map(|a| a.n).collect();
+        let want: Vec<u64> = (1..=MISSED).map(|k| 2 + 3 * k).collect();
+        assert!(
+            got == want,
+            "buffer {buffer}: every missed event once, in order"
+        );
+        assert!(replay.gaps.is_empty(), "{:?}", replay.gaps);
+        // Still connected: live events follow.
+        stack.produce(&[numbered::event(ACCOUNT, 5)]).await?;
+        let mut tail = Log::default();
+        while tail.arrivals.is_empty() {
+            numbered::read_stomp(&mut back, &mut tail, Duration::from_secs(30)).await?;
+        }
+        assert_eq!(tail.arrivals[0].n, 5);
+        let metrics = stack.gateway_metrics().await?;
+        assert_eq!(
+            metric(&metrics, "herald_outbound_disconnects_total{"),
+            0.0,
+            "nobody was cut off: {metrics}"
+        );
+        stack.stop().await;
+    }
     Ok(())
 }
