@@ -140,6 +140,19 @@ pub struct GatewayConfig {
     /// Client commands per second per connection (ActionCable `message`), burst of the same size (0: no limit).
     #[arg(long, env = "HERALD_MAX_COMMANDS_PER_SECOND", default_value_t = 20)]
     pub max_commands_per_second: u32,
+    /// Subscribe and unsubscribe commands per second per connection, STOMP and
+    /// ActionCable, burst of the same size; past it the connection is read no
+    /// faster (0: no limit).
+    #[arg(long, env = "HERALD_MAX_SUBSCRIBES_PER_SECOND", default_value_t = 20)]
+    pub max_subscribes_per_second: u32,
+    /// Seconds an ActionCable socket may stay open without an accepted
+    /// subscription before it is closed (`disconnect`, `unauthorized`).
+    #[arg(
+        long,
+        env = "HERALD_CABLE_ANONYMOUS_TIMEOUT_SECS",
+        default_value_t = 30
+    )]
+    pub cable_anonymous_timeout_secs: u64,
     /// PEM certificate chain: serve `wss://` directly (with --tls-key).
     #[arg(long, env = "HERALD_TLS_CERT")]
     pub tls_cert: Option<String>,
@@ -332,6 +345,8 @@ impl GatewayConfig {
                 .filter(|o| !o.is_empty())
                 .collect(),
             commands_per_second: self.max_commands_per_second,
+            subscribes_per_second: self.max_subscribes_per_second,
+            cable_anonymous_timeout: Duration::from_secs(self.cable_anonymous_timeout_secs.max(1)),
         }
     }
 

@@ -94,6 +94,15 @@ impl IdentityTable {
         token
     }
 
+    /// Live connections watched, over every token (a bounded table: one
+    /// entry per connection and token in use).
+    pub fn watchers_len(&self) -> usize {
+        self.watchers
+            .lock()
+            .map(|w| w.values().map(Vec::len).sum())
+            .unwrap_or(0)
+    }
+
     /// Forget a connection registered with [`watch`](Self::watch).
     pub fn unwatch(&self, key: &str, conn_id: u64) {
         if let Ok(mut w) = self.watchers.lock()

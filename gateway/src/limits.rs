@@ -7,7 +7,6 @@ use std::{
     hash::Hash,
     net::IpAddr,
     sync::{Arc, Mutex},
-    time::Instant,
 };
 
 use crate::metrics::Metrics;
@@ -22,8 +21,13 @@ pub struct LimitConfig {
     /// Origins browsers may connect from; empty: any (non-browser clients
     /// send no Origin and are not affected).
     pub allowed_origins: Vec<String>,
-    /// Client commands per second per connection (ActionCable `message`, STOMP frames).
+    /// ActionCable `message` commands per second per connection (over it: dropped).
     pub commands_per_second: u32,
+    /// Subscribe and unsubscribe commands per second per connection, STOMP
+    /// and ActionCable (over it: the connection is read no faster).
+    pub subscribes_per_second: u32,
+    /// An ActionCable socket without an accepted subscription this long is closed.
+    pub cable_anonymous_timeout: std::time::Duration,
 }
 
 /// Counts of open connections, per key.
@@ -173,7 +177,8 @@ impl Limits {
 pub struct CommandRate {
     rate: f64,
     tokens: f64,
-    last: Instant,
+    // tokio's clock, so tests can pause it.
+    last: tokio::time::Instant,
 }
 
 impl CommandRate {
@@ -182,7 +187,16 @@ impl CommandRate {
         CommandRate {
             rate: f64::from(per_second),
             tokens: f64::from(per_second),
-            last: Instant::now(),
+            last: tokio::time::Instant::now(),
+        }
+    }
+
+    /// Wait until a token is there, then spend it: the caller (a session's
+    /// read loop) reads nothing more from its client meanwhile.
+    pub async fn wait(&mut self) {
+        while !self.allow() {
+            let missing = (1.0 - self.tokens).max(0.0) / self.rate;
+            tokio::time::sleep(std::time::Duration::from_secs_f64(missing.max(0.001))).await;
         }
     }
 
@@ -191,7 +205,7 @@ impl CommandRate {
         if self.rate == 0.0 {
             return true;
         }
-        let now = Instant::now();
+        let now = tokio::time::Instant::now();
         self.tokens =
             (self.tokens + now.duration_since(self.last).as_secs_f64() * self.rate).min(self.rate);
         self.last = now;
@@ -215,6 +229,8 @@ mod tests {
                 connections_per_account: account,
                 allowed_origins: origins.iter().map(|s| s.to_string()).collect(),
                 commands_per_second: 0,
+                subscribes_per_second: 0,
+                cable_anonymous_timeout: std::time::Duration::from_secs(30),
             },
             Metrics::new(),
         )
@@ -259,5 +275,24 @@ mod tests {
         assert!((0..3).all(|_| r.allow()));
         assert!(!r.allow());
         assert!(CommandRate::new(0).allow());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn waiting_spends_a_token_once_it_is_there() {
+        let mut r = CommandRate::new(10);
+        for _ in 0..10 {
+            assert!(r.allow());
+        }
+        assert!(!r.allow());
+        let before = tokio::time::Instant::now();
+        r.wait().await;
+        // The paused clock moved as far as one token takes (10/s: 100 ms).
+        let waited = before.elapsed();
+        assert!(
+            waited >= std::time::Duration::from_millis(100)
+                && waited < std::time::Duration::from_millis(110),
+            "{waited:?}"
+        );
+        assert!(!r.allow(), "the token waited for was spent");
     }
 }

@@ -43,6 +43,8 @@ pub struct Metrics {
     pub ready: prometheus::IntGauge,
     /// Opaque tokens in this pod's identities table.
     pub identities: prometheus::IntGauge,
+    /// Live connections watched for revocation of their opaque token.
+    pub identity_watchers: prometheus::IntGauge,
     /// Partitions whose positions this pod reset because their offsets went
     /// backwards (topic deleted and recreated, or the log truncated), by topic.
     pub partition_resets: IntCounterVec,
@@ -178,6 +180,10 @@ impl Metrics {
             identities: single_gauge(
                 "herald_identities",
                 "Opaque tokens in this pod's identities table",
+            ),
+            identity_watchers: single_gauge(
+                "herald_identity_watchers",
+                "Connections watched for the revocation of the opaque token they use",
             ),
             partition_resets: counter(
                 "herald_partition_resets_total",

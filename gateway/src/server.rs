@@ -307,9 +307,11 @@ pub async fn start(
             metrics.ready.clone(),
             consumer_stop.clone(),
         );
+        let (watchers, table) = (metrics.identity_watchers.clone(), identities.clone());
         tokio::spawn(async move {
             loop {
                 gauge.set(i64::from(readiness.check().0));
+                watchers.set(table.watchers_len() as i64);
                 tokio::select! {
                     _ = stop.cancelled() => return,
                     _ = tokio::time::sleep(Duration::from_secs(1)) => {}

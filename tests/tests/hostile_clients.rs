@@ -11,6 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use anyhow::Context as _;
 use futures_util::SinkExt;
 use herald_tests::{
     GatewayProcess, Stack,
@@ -97,7 +98,17 @@ async fn clients_that_never_read_are_paced_then_closed_and_cost_a_bounded_amount
 -> anyhow::Result<()> {
     let stack = Arc::new(Stack::start().await?);
     let mut args = stack.gateway_args();
-    args.extend(["--write-timeout-secs", "2"].map(String::from));
+    // Subscribe pacing off: here the replies' bound is what is tested (the
+    // subscribe-rate and anonymous-socket limits have their own test).
+    args.extend(
+        [
+            "--write-timeout-secs",
+            "2",
+            "--max-subscribes-per-second",
+            "0",
+        ]
+        .map(String::from),
+    );
     let pod = GatewayProcess::start(args).await?;
     let pid = pod.child.id().unwrap_or_default();
     let tok = token(ACCOUNT, "7", "agent");
@@ -325,5 +336,102 @@ async fn a_replay_ten_times_the_queue_is_paced_not_cut_off() -> anyhow::Result<(
         );
         stack.stop().await;
     }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anonymous_cable_sockets_are_closed_and_subscribe_loops_leak_nothing() -> anyhow::Result<()>
+{
+    use herald_tests::cable::RawCable;
+    let stack = Stack::start_with(herald_tests::StackOptions {
+        gateway_args: [
+            "--cable-anonymous-timeout-secs",
+            "1",
+            "--max-subscribes-per-second",
+            "1000",
+        ]
+        .map(String::from)
+        .to_vec(),
+        ..Default::default()
+    })
+    .await?;
+    let identity = json!({"account_id": ACCOUNT, "kind": "user", "id": "7", "role": "agent"});
+    stack.put_identity("loop-tok", &identity).await?;
+    let metrics = || async { stack.gateway_metrics().await.unwrap_or_default() };
+
+    // A subscribed socket and an anonymous one, opened together.
+    let ident = json!({"channel": "RoomChannel", "pubsub_token": "loop-tok", "account_id": 61, "user_id": 7}).to_string();
+    let mut member = RawCable::open(&stack.ws_url("/cable"), "actioncable-v1-json").await?;
+    member.expect_welcome().await?;
+    // The identity may still be on its way to the gateway.
+    herald_tests::retry(Duration::from_secs(20), || async {
+        let mut c = RawCable::open(&stack.ws_url("/cable"), "actioncable-v1-json").await?;
+        c.expect_welcome().await?;
+        c.subscribe_confirmed(&ident).await
+    })
+    .await?;
+    member.subscribe_confirmed(&ident).await?;
+    for path in ["/cable", "/stream"] {
+        let mut anonymous = RawCable::open(&stack.ws_url(path), "actioncable-v1-json").await?;
+        let mut frames = Vec::new();
+        while let Some(f) = anonymous.next_within(Duration::from_secs(30)).await? {
+            frames.push(f);
+        }
+        assert_eq!(
+            frames.last(),
+            Some(&json!({"type": "disconnect", "reason": "unauthorized", "reconnect": false})),
+            "{path}: closed for saying nothing: {frames:?}"
+        );
+    }
+    // (`/stream` refuses a socket without a credential at once; `/cable`
+    // admits it and waits for a subscription.)
+    let m = metrics().await;
+    assert!(
+        metric(
+            &m,
+            "herald_limit_rejections_total{limit=\"cable_anonymous\"}"
+        ) >= 1.0,
+        "{m}"
+    );
+    // The subscribed socket outlived the timeout and still receives.
+    stack
+        .publish(&json!({"type": "conversation.created", "account_id": ACCOUNT, "payload": {"id": 1, "inbox_id": 1, "status": "open"}}))
+        .await?;
+    let f = member.next().await?.context("member closed")?;
+    assert_eq!(f["message"]["event"], "conversation.created", "{f}");
+
+    // Subscribe/unsubscribe loops, ActionCable (opaque token) and STOMP.
+    let mut looper = RawCable::open(&stack.ws_url("/cable"), "actioncable-v1-json").await?;
+    looper.expect_welcome().await?;
+    let mut stomp = RawStomp::connect(
+        &stack.ws_url("/ws.communication"),
+        &token(ACCOUNT, "7", "agent"),
+    )
+    .await?;
+    for n in 0..300 {
+        looper.subscribe_confirmed(&ident).await?;
+        looper
+            .send(&json!({"command": "unsubscribe", "identifier": ident}).to_string())
+            .await?;
+        stomp.subscribe(&format!("s{n}"), "/events").await?;
+        stomp
+            .send(&format!("UNSUBSCRIBE\nid:s{n}\nreceipt:u{n}\n\n\0"))
+            .await?;
+        let f = stomp.next_frame().await?;
+        anyhow::ensure!(f.command == "RECEIPT", "{}", f.raw);
+    }
+    // Only the member's subscription and watch are left.
+    herald_tests::wait_until(
+        Duration::from_secs(30),
+        "the loops' state to be gone",
+        || async {
+            let m = metrics().await;
+            metric(&m, "herald_identity_watchers ") == 1.0
+                && metric(&m, "herald_subscriptions{protocol=\"actioncable\"}") == 1.0
+                && metric(&m, "herald_subscriptions{protocol=\"stomp\"}") == 0.0
+        },
+    )
+    .await?;
+    stack.stop().await;
     Ok(())
 }

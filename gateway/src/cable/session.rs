@@ -79,7 +79,12 @@ pub async fn serve(socket: WsSocket, ctx: Arc<Context>, endpoint: Endpoint) {
         revoked: CancellationToken::new(),
         account_slots: HashMap::new(),
         rate: CommandRate::new(ctx.limits.config().commands_per_second),
+        sub_rate: CommandRate::new(ctx.limits.config().subscribes_per_second),
         expires_at: None,
+        anonymous_until: Some(
+            tokio::time::Instant::now() + ctx.limits.config().cable_anonymous_timeout,
+        ),
+        watched: HashMap::new(),
     };
     if session.open(&endpoint).await {
         session.read_loop(&mut stream).await;
@@ -172,8 +177,15 @@ struct CableSession {
     account_slots: HashMap<Arc<str>, AccountSlot>,
     /// `message` commands allowed per second.
     rate: CommandRate,
+    /// Subscribe and unsubscribe commands allowed per second.
+    sub_rate: CommandRate,
     /// Earliest expiry of a credential in use (unix seconds).
     expires_at: Option<i64>,
+    /// Until a subscription is accepted, the socket is anonymous: closed at this instant.
+    anonymous_until: Option<tokio::time::Instant>,
+    /// Opaque tokens in use, watched once each: (subscriptions using it,
+    /// the watch task's stop).
+    watched: HashMap<String, (usize, CancellationToken)>,
 }
 
 impl CableSession {
@@ -257,15 +269,40 @@ impl CableSession {
             self.expires_at = Some(self.expires_at.map_or(exp, |e| e.min(exp)));
         }
         if let Some(key) = &identity.token_key {
+            // One watch per token, however many subscriptions use it: a
+            // subscribe/unsubscribe loop must not pile them up.
+            if let Some((uses, _)) = self.watched.get_mut(key) {
+                *uses += 1;
+                return;
+            }
             let watch = self.ctx.auth.identities.watch(key, self.conn_id);
             let revoked = self.revoked.clone();
             let done = self.done.clone();
+            let stop = CancellationToken::new();
+            let stopped = stop.clone();
             tokio::spawn(async move {
                 tokio::select! {
                     _ = watch.cancelled() => revoked.cancel(),
                     _ = done.cancelled() => {}
+                    _ = stopped.cancelled() => {}
                 }
             });
+            self.watched.insert(key.clone(), (1, stop));
+        }
+    }
+
+    /// A subscription using `identity` went away.
+    fn release_credential(&mut self, identity: &Identity) {
+        let Some(key) = &identity.token_key else {
+            return;
+        };
+        if let Some((uses, stop)) = self.watched.get_mut(key) {
+            *uses = uses.saturating_sub(1);
+            if *uses == 0 {
+                stop.cancel();
+                self.watched.remove(key);
+                self.ctx.auth.identities.unwatch(key, self.conn_id);
+            }
         }
     }
 
@@ -278,9 +315,22 @@ impl CableSession {
         tokio::pin!(drain);
         loop {
             let expiry = crate::auth::expired(self.expires_at);
+            let anonymous = async {
+                match self.anonymous_until {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
             let msg = tokio::select! {
                 biased;
                 _ = self.done.cancelled() => return,
+                _ = anonymous => {
+                    // Nothing accepted in time: whatever it is, it costs a
+                    // socket and earns nothing.
+                    self.ctx.limits.rejected("cable_anonymous");
+                    self.disconnect(DisconnectReason::Unauthorized).await;
+                    return;
+                }
                 _ = &mut drain => {
                     self.disconnect(DisconnectReason::ServerRestart).await;
                     return;
@@ -330,6 +380,14 @@ impl CableSession {
                 return;
             }
         };
+        if matches!(
+            command,
+            Command::Subscribe { .. } | Command::Unsubscribe { .. }
+        ) {
+            // Subscribing verifies tokens, takes locks and may start a
+            // replay: past the rate, this client is read no faster.
+            self.sub_rate.wait().await;
+        }
         match command {
             Command::Subscribe {
                 identifier,
@@ -351,6 +409,10 @@ impl CableSession {
             Command::Unsubscribe { identifier } => {
                 if let Some(sub) = self.subscriptions.remove(&identifier) {
                     self.unregister(&sub);
+                    if self.room {
+                        let identity = sub.recipient.identity.clone();
+                        self.release_credential(&identity);
+                    }
                 } else {
                     tracing::debug!(conn = self.conn_id, "unsubscribe from unknown identifier");
                 }
@@ -448,6 +510,7 @@ impl CableSession {
                 recipient,
             },
         );
+        self.anonymous_until = None;
     }
 
     /// Decide a subscription: its channel and identity, or why it is rejected.
@@ -556,9 +619,10 @@ impl CableSession {
     fn close(&mut self) {
         for (_, sub) in std::mem::take(&mut self.subscriptions) {
             self.unregister(&sub);
-            if let Some(key) = &sub.recipient.identity.token_key {
-                self.ctx.auth.identities.unwatch(key, self.conn_id);
-            }
+        }
+        for (key, (_, stop)) in std::mem::take(&mut self.watched) {
+            stop.cancel();
+            self.ctx.auth.identities.unwatch(&key, self.conn_id);
         }
         if let Some(key) = self
             .conn_identity

@@ -290,6 +290,7 @@ pub async fn serve(
         writer,
     } = connection::open(socket, &ctx.outbound, PROTOCOL, &metrics, Some(slow_frame)).await;
 
+    let ctx_rate = ctx.limits.config().subscribes_per_second;
     let mut session = Session {
         conn_id,
         read_timeout: ctx.stomp.connect_timeout,
@@ -302,6 +303,7 @@ pub async fn serve(
         done: done.clone(),
         revoked: CancellationToken::new(),
         account_slot: None,
+        sub_rate: crate::limits::CommandRate::new(ctx_rate),
     };
     session.read_loop(&mut stream).await;
     connection::answer_close(&mut stream).await;
@@ -326,6 +328,8 @@ struct Session {
     revoked: CancellationToken,
     /// This connection's place in its account's connection limit.
     account_slot: Option<AccountSlot>,
+    /// SUBSCRIBE and UNSUBSCRIBE frames allowed per second.
+    sub_rate: crate::limits::CommandRate,
 }
 
 impl Session {
@@ -405,6 +409,13 @@ impl Session {
 
     async fn handle(&mut self, frame: Frame) -> ControlFlow<()> {
         let receipt = frame.header("receipt").map(str::to_owned);
+        if self.version.is_some()
+            && matches!(frame.command, Command::Subscribe | Command::Unsubscribe)
+        {
+            // Subscribing verifies positions, takes locks and may start a
+            // replay: past the rate, this client is read no faster.
+            self.sub_rate.wait().await;
+        }
         let result = match (self.version.is_some(), frame.command) {
             (false, Command::Connect | Command::Stomp) => return self.connect(&frame).await,
             (false, Command::Disconnect) => return ControlFlow::Break(()),
