@@ -1,7 +1,7 @@
 //! Gateway configuration: flags, `HERALD_*` environment variables and an
 //! optional TOML file (`--config`), checked before anything starts.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use clap::Parser;
 use herald_runtime::{KafkaArgs, telemetry::LogFormat};
@@ -168,7 +168,11 @@ pub struct GatewayConfig {
     /// Most events one stream may replay on resume (more: gap signal).
     #[arg(long, env = "HERALD_RESUME_MAX_EVENTS", default_value_t = 10_000)]
     pub resume_max_events: usize,
-    /// Stream epoch reported to AnyCable clients; change it when topics are recreated.
+    /// Kafka reads for resuming clients (read-backs, offset lookups) at once,
+    /// pod-wide; more wait their turn.
+    #[arg(long, env = "HERALD_RESUME_KAFKA_READS", default_value_t = 4)]
+    pub resume_kafka_reads: usize,
+    /// Stream epoch reported to AnyCable clients (joined with each topic's Kafka ID).
     #[arg(long, env = "HERALD_RESUME_EPOCH", default_value = "herald")]
     pub resume_epoch: String,
     /// Path of the TypeID JSON endpoint.
@@ -363,6 +367,7 @@ impl GatewayConfig {
             max_events: self.resume_max_events,
             kafka: self.kafka.clone(),
             epoch: self.resume_epoch.clone(),
+            kafka_reads: Arc::new(tokio::sync::Semaphore::new(self.resume_kafka_reads.max(1))),
         })
     }
 

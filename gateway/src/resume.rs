@@ -56,6 +56,9 @@ pub struct ResumeConfig {
     pub kafka: KafkaArgs,
     /// Epoch reported to AnyCable ext clients (changes when history is reset).
     pub epoch: String,
+    /// Kafka reads (read-backs, offset and watermark lookups) at once, pod-wide:
+    /// a resume storm queues here instead of opening a consumer per client.
+    pub kafka_reads: Arc<tokio::sync::Semaphore>,
 }
 
 /// The AnyCable `epoch` of each stream: the configured `--resume-epoch`
@@ -435,6 +438,9 @@ pub struct CatchUp<'a> {
     pub metrics: &'a crate::metrics::Metrics,
     /// Protocol label.
     pub protocol: &'static str,
+    /// Fires when the connection is gone: the catch-up stops, and so do
+    /// its Kafka reads.
+    pub cancel: &'a tokio_util::sync::CancellationToken,
 }
 
 impl CatchUp<'_> {
@@ -446,6 +452,18 @@ impl CatchUp<'_> {
     /// again from where the delivery got to. Returns when the gate is open
     /// or the connection is gone.
     pub async fn run(
+        &self,
+        request: ResumeRequest,
+        frontier: HashMap<TopicPartition, i64>,
+        replayer: &impl Replayer,
+    ) {
+        tokio::select! {
+            _ = self.cancel.cancelled() => {}
+            _ = self.run_until_open(request, frontier, replayer) => {}
+        }
+    }
+
+    async fn run_until_open(
         &self,
         mut request: ResumeRequest,
         mut frontier: HashMap<TopicPartition, i64>,
@@ -461,6 +479,7 @@ impl CatchUp<'_> {
                 &frontier,
                 self.router.history(),
                 self.config,
+                self.cancel,
             )
             .await;
             replay.release_stale_floors(self.gate);
@@ -634,12 +653,15 @@ impl Replay {
 }
 
 /// Gather the events `request` asks for, up to `frontier`, for `account`.
+/// Reads from Kafka wait for one of the pod's read permits and stop when
+/// `cancel` fires (the client went away).
 pub async fn plan(
     request: &ResumeRequest,
     account: &str,
     frontier: &HashMap<TopicPartition, i64>,
     history: &HistoryBuffer,
     config: &ResumeConfig,
+    cancel: &tokio_util::sync::CancellationToken,
 ) -> Replay {
     let mut replay = Replay::default();
     for (stream, &end) in frontier {
@@ -654,7 +676,7 @@ pub async fn plan(
             (Some(start), _) => start,
             (None, Some(since)) => match history.offset_at(stream, since) {
                 Some(o) => o,
-                None => match offset_for_time(config, stream, since).await {
+                None => match offset_for_time(config, stream, since, cancel).await {
                     Some(o) => o,
                     None => continue,
                 },
@@ -673,7 +695,7 @@ pub async fn plan(
             // the live events it already has), or the record does not exist
             // in this log at all — the topic was recreated or truncated
             // since — and the client must hear so.
-            if let Some(high) = high_watermark(config, stream).await
+            if let Some(high) = high_watermark(config, stream, cancel).await
                 && start > high
             {
                 replay.gaps.push(gap("reset"));
@@ -692,7 +714,7 @@ pub async fn plan(
                 replay.from_buffer += 1;
                 events
             }
-            None => match read_back(config, stream, start, end).await {
+            None => match read_back(config, stream, start, end, cancel).await {
                 Ok(events) => {
                     replay.from_kafka += 1;
                     events
@@ -731,7 +753,9 @@ async fn offset_for_time(
     config: &ResumeConfig,
     stream: &TopicPartition,
     since_ms: i64,
+    cancel: &tokio_util::sync::CancellationToken,
 ) -> Option<i64> {
+    let _permit = read_permit(config, cancel).await?;
     let config = config.clone();
     let (topic, partition) = (stream.0.to_string(), stream.1);
     tokio::task::spawn_blocking(move || {
@@ -753,8 +777,24 @@ async fn offset_for_time(
     .flatten()
 }
 
+/// One of the pod's Kafka read permits, unless the client goes away first.
+async fn read_permit(
+    config: &ResumeConfig,
+    cancel: &tokio_util::sync::CancellationToken,
+) -> Option<tokio::sync::OwnedSemaphorePermit> {
+    tokio::select! {
+        _ = cancel.cancelled() => None,
+        permit = config.kafka_reads.clone().acquire_owned() => permit.ok(),
+    }
+}
+
 /// The next offset Kafka will write to `stream` (None when unknown).
-async fn high_watermark(config: &ResumeConfig, stream: &TopicPartition) -> Option<i64> {
+async fn high_watermark(
+    config: &ResumeConfig,
+    stream: &TopicPartition,
+    cancel: &tokio_util::sync::CancellationToken,
+) -> Option<i64> {
+    let _permit = read_permit(config, cancel).await?;
     let config = config.clone();
     let (topic, partition) = (stream.0.to_string(), stream.1);
     tokio::task::spawn_blocking(move || {
@@ -769,13 +809,17 @@ async fn high_watermark(config: &ResumeConfig, stream: &TopicPartition) -> Optio
     .flatten()
 }
 
-/// Read `[from, to)` of `stream` back from Kafka.
+/// Read `[from, to)` of `stream` back from Kafka (stops early, with
+/// `unavailable`, once `cancel` fires).
 pub async fn read_back(
     config: &ResumeConfig,
     stream: &TopicPartition,
     from: i64,
     to: i64,
+    cancel: &tokio_util::sync::CancellationToken,
 ) -> Result<Vec<Arc<RoutedEvent>>, &'static str> {
+    let _permit = read_permit(config, cancel).await.ok_or("unavailable")?;
+    let cancel = cancel.clone();
     let config = config.clone();
     let topic: Arc<str> = stream.0.clone();
     let partition = stream.1;
@@ -795,7 +839,7 @@ pub async fn read_back(
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         let mut next = from;
         while next < to {
-            if std::time::Instant::now() > deadline {
+            if std::time::Instant::now() > deadline || cancel.is_cancelled() {
                 return Err("unavailable");
             }
             let Some(msg) = consumer.poll(Duration::from_millis(200)) else {

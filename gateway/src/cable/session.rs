@@ -104,6 +104,7 @@ async fn replay(
     request: ResumeRequest,
     foreign: Vec<String>,
     frontier: HashMap<TopicPartition, i64>,
+    done: CancellationToken,
 ) {
     if !foreign.is_empty() {
         ctx.metrics
@@ -119,6 +120,7 @@ async fn replay(
         conn: &recipient.conn,
         metrics: &ctx.metrics,
         protocol: PROTOCOL,
+        cancel: &done,
     };
     let replayer = CableReplay {
         recipient: &recipient,
@@ -495,6 +497,7 @@ impl CableSession {
                     request,
                     foreign,
                     frontier,
+                    self.done.clone(),
                 ));
             }
         }

@@ -177,6 +177,7 @@ impl StompRecipient {
         sub_id: String,
         request: ResumeRequest,
         frontier: HashMap<TopicPartition, i64>,
+        done: CancellationToken,
     ) {
         let Some(gate) = self.subscription_gate(&sub_id) else {
             return;
@@ -189,6 +190,7 @@ impl StompRecipient {
             conn: &self.conn,
             metrics: &ctx.metrics,
             protocol: PROTOCOL,
+            cancel: &done,
         };
         let replayer = StompReplay {
             recipient: &self,
@@ -673,6 +675,7 @@ impl Session {
                     id.clone(),
                     request,
                     frontier,
+                    self.done.clone(),
                 ));
             }
         }
