@@ -100,6 +100,15 @@ pub struct GatewayConfig {
     /// replies to its own commands wait (the client is not read meanwhile).
     #[arg(long, env = "HERALD_MAX_OUTBOUND_BYTES", default_value_t = 1024 * 1024)]
     pub max_outbound_bytes: usize,
+    /// Seconds a client has for its TLS handshake, and again for its HTTP
+    /// upgrade request; a connection that has not finished is closed.
+    #[arg(long, env = "HERALD_HANDSHAKE_TIMEOUT_SECS", default_value_t = 10)]
+    pub handshake_timeout_secs: u64,
+    /// Seconds sent data may stay unacknowledged by a client before the
+    /// kernel drops the connection (TCP_USER_TIMEOUT; 0: the kernel's
+    /// default, about 15 minutes). Reaps peers that vanished without a FIN.
+    #[arg(long, env = "HERALD_TCP_USER_TIMEOUT_SECS", default_value_t = 30)]
+    pub tcp_user_timeout_secs: u64,
     /// Seconds a write to a client may make no progress before its socket is closed.
     #[arg(long, env = "HERALD_WRITE_TIMEOUT_SECS", default_value_t = 10)]
     pub write_timeout_secs: u64,

@@ -55,14 +55,26 @@ fn bind_listener(addr: SocketAddr, reuse_port: bool) -> std::io::Result<TcpListe
     socket.listen(4096)
 }
 
+/// Options of every accepted client socket.
+fn tune_socket(tcp: &tokio::net::TcpStream, user_timeout: Duration) {
+    // Frames are coalesced by each connection's writer already; small ones
+    // must not wait for an ACK (Nagle).
+    let _ = tcp.set_nodelay(true);
+    // A peer that vanished without a FIN (a phone that lost its network)
+    // never acknowledges what is sent to it: the kernel drops the
+    // connection after this long instead of retransmitting for ~15
+    // minutes. ActionCable clients never speak, so for them this is the
+    // idle timeout (the server pings every few seconds).
+    if !user_timeout.is_zero() {
+        let _ = socket2::SockRef::from(tcp).set_tcp_user_timeout(Some(user_timeout));
+    }
+}
+
 /// The WebSocket listener, with or without TLS.
 enum Listening {
     Plain(TcpListener),
     Tls(TlsListener),
 }
-
-/// Time a client has to complete a TLS handshake.
-const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What every connection task shares.
 pub struct Context {
@@ -351,20 +363,19 @@ pub async fn start(
         });
     let drain = Duration::from_secs(config.drain_secs);
     let stop = shutdown.clone();
+    let user_timeout = Duration::from_secs(config.tcp_user_timeout_secs);
+    let handshake = Duration::from_secs(config.handshake_timeout_secs.max(1));
+    let tune = move |tcp: &tokio::net::TcpStream| tune_socket(tcp, user_timeout);
     let listening = match config.tls()? {
-        Some(tls) => Listening::Tls(TlsListener::new(listener, tls, TLS_HANDSHAKE_TIMEOUT)?),
+        Some(tls) => Listening::Tls(TlsListener::new(listener, tls, handshake, tune)?),
         None => Listening::Plain(listener),
     };
     let task = tokio::spawn(async move {
         match listening {
-            Listening::Tls(listener) => ws::serve(listener, app, stop).await,
+            Listening::Tls(listener) => ws::serve(listener, app, stop, handshake).await,
             Listening::Plain(listener) => {
-                // Frames are coalesced by each connection's writer already;
-                // small ones must not wait for an ACK (Nagle).
-                let listener = listener.tap_io(|tcp| {
-                    let _ = tcp.set_nodelay(true);
-                });
-                ws::serve(listener, app, stop).await
+                let listener = listener.tap_io(move |tcp| tune(tcp));
+                ws::serve(listener, app, stop, handshake).await
             }
         }
         // Sessions see the same token and send their goodbye frames.
@@ -523,4 +534,25 @@ async fn typeid_upgrade(
         typeid_proto::serve(socket, state.context, peer.ip()).await;
         drop((slot, token));
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn accepted_sockets_get_nodelay_and_the_user_timeout() -> std::io::Result<()> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let client = tokio::net::TcpStream::connect(listener.local_addr()?).await?;
+        let (server, _) = listener.accept().await?;
+        tune_socket(&server, Duration::from_secs(7));
+        assert!(server.nodelay()?);
+        assert_eq!(
+            socket2::SockRef::from(&server).tcp_user_timeout()?,
+            Some(Duration::from_secs(7))
+        );
+        tune_socket(&client, Duration::ZERO);
+        assert_eq!(socket2::SockRef::from(&client).tcp_user_timeout()?, None);
+        Ok(())
+    }
 }

@@ -55,9 +55,6 @@ use tower_service::Service;
 
 pub use tokio_tungstenite::tungstenite::Message;
 
-/// How long a client has to send its upgrade request.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// Per-connection read buffer for client frames, and the most read from the
 /// socket at once. tungstenite's default (128 KiB, zero-filled on the first
 /// read) dominated the memory of idle connections, and 4 KiB was still 40 %
@@ -399,8 +396,14 @@ impl AsyncWrite for ReadSide {
 /// close idle keep-alive connections and wait for requests in flight.
 /// Upgraded connections are not tracked here (their sessions drain
 /// themselves). Each request carries the peer address as `ConnectInfo<PeerAddr>`.
-pub async fn serve<L>(mut listener: L, app: axum::Router, stop: CancellationToken)
-where
+/// A connection that has not sent a complete request head within
+/// `header_timeout` (counted from its first byte, or from accept) is closed.
+pub async fn serve<L>(
+    mut listener: L,
+    app: axum::Router,
+    stop: CancellationToken,
+    header_timeout: Duration,
+) where
     L: Listener<Addr = SocketAddr>,
     L::Io: 'static,
 {
@@ -420,7 +423,7 @@ where
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .header_read_timeout(header_timeout)
                 .serve_connection(TokioIo::new(io), service)
                 .with_upgrades();
             tokio::pin!(conn);

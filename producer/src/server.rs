@@ -140,6 +140,9 @@ pub async fn start(
                 listener,
                 tls,
                 std::time::Duration::from_secs(10),
+                |tcp| {
+                    let _ = tcp.set_nodelay(true);
+                },
             ) {
                 Ok(l) => {
                     axum::serve(l, app)

@@ -74,11 +74,13 @@ pub struct TlsListener {
 
 impl TlsListener {
     /// Accept TCP connections on `listener` and complete handshakes (each
-    /// within `handshake_timeout`) in the background.
+    /// within `handshake_timeout`) in the background; `tune` sets each
+    /// accepted socket's options first.
     pub fn new(
         listener: TcpListener,
         config: Arc<rustls::ServerConfig>,
         handshake_timeout: Duration,
+        tune: impl Fn(&tokio::net::TcpStream) + Send + Sync + 'static,
     ) -> io::Result<Self> {
         let local = listener.local_addr()?;
         let acceptor = TlsAcceptor::from(config);
@@ -93,6 +95,7 @@ impl TlsListener {
                         continue;
                     }
                 };
+                tune(&stream);
                 let (acceptor, ready) = (acceptor.clone(), tx.clone());
                 tokio::spawn(async move {
                     match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {

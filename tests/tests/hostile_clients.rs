@@ -544,3 +544,38 @@ async fn a_resume_storm_queues_for_kafka_reads_and_live_delivery_goes_on() -> an
     assert!(peak < baseline + 40, "threads {baseline} -> {peak}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handshakes_that_never_finish_are_closed() -> anyhow::Result<()> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let stack = Stack::start_with(herald_tests::StackOptions {
+        gateway_args: ["--handshake-timeout-secs", "1"].map(String::from).to_vec(),
+        ..Default::default()
+    })
+    .await?;
+    let addr = stack.gateway.ws_addr;
+    for (what, bytes) in [
+        ("silent", &b""[..]),
+        (
+            "half a request head",
+            &b"GET /cable HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"[..],
+        ),
+    ] {
+        let mut tcp = tokio::net::TcpStream::connect(addr).await?;
+        tcp.write_all(bytes).await?;
+        let mut buf = [0u8; 512];
+        // The gateway closes it (EOF, possibly after a 408) well within this.
+        let closed = tokio::time::timeout(Duration::from_secs(30), async {
+            loop {
+                match tcp.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => continue,
+                }
+            }
+        })
+        .await;
+        assert!(closed.is_ok(), "{what}: still open");
+    }
+    stack.stop().await;
+    Ok(())
+}
