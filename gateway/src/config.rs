@@ -171,6 +171,10 @@ pub struct GatewayConfig {
     /// Records kept per partition in the recent-history buffer (resume without Kafka).
     #[arg(long, env = "HERALD_HISTORY_BUFFER_EVENTS", default_value_t = 10_000)]
     pub history_buffer_events: usize,
+    /// Bytes the recent-history buffer holds at most, over every partition
+    /// (estimated; the oldest records go first).
+    #[arg(long, env = "HERALD_HISTORY_BUFFER_BYTES", default_value_t = 64 * 1024 * 1024)]
+    pub history_buffer_bytes: usize,
     /// Oldest position a client may resume from, seconds (older: gap signal).
     #[arg(long, env = "HERALD_RESUME_MAX_AGE_SECS", default_value_t = 86_400)]
     pub resume_max_age_secs: u64,
@@ -372,6 +376,7 @@ impl GatewayConfig {
         }
         Ok(crate::resume::ResumeConfig {
             buffer_events: self.history_buffer_events,
+            buffer_bytes: self.history_buffer_bytes,
             max_age: Duration::from_secs(self.resume_max_age_secs),
             max_events: self.resume_max_events,
             kafka: self.kafka.clone(),

@@ -22,6 +22,19 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::{AuthError, Identity, PrincipalKind};
 
+/// An identity's expiry in unix seconds, if it has one.
+fn expires_at_secs(record: &IdentityRecord) -> Result<Option<i64>, AuthError> {
+    record
+        .expires_at
+        .as_deref()
+        .map(|t| {
+            time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
+                .map(|at| at.unix_timestamp())
+                .map_err(|_| AuthError::Claims("identity has an invalid expires_at".into()))
+        })
+        .transpose()
+}
+
 /// Watchers of one token: (connection id, cancellation).
 type Watchers = Vec<(u64, CancellationToken)>;
 
@@ -57,14 +70,7 @@ impl IdentityTable {
             .ok()
             .and_then(|m| m.get(&key).cloned())
             .ok_or(AuthError::UnknownToken)?;
-        let expires_at = match &record.expires_at {
-            Some(t) => Some(
-                time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
-                    .map_err(|_| AuthError::Claims("identity has an invalid expires_at".into()))?
-                    .unix_timestamp(),
-            ),
-            None => None,
-        };
+        let expires_at = expires_at_secs(&record)?;
         if expires_at.is_some_and(|e| e <= crate::router::now_ms() / 1000) {
             return Err(AuthError::Expired);
         }
@@ -92,6 +98,23 @@ impl IdentityTable {
                 .push((conn_id, token.clone()));
         }
         token
+    }
+
+    /// Drop identities whose expiry has passed (they resolve to nothing
+    /// already; their live connections close at their own expiry). Returns
+    /// the tokens kept.
+    pub fn prune_expired(&self) -> usize {
+        let now = crate::router::now_ms() / 1000;
+        let Ok(mut entries) = self.entries.write() else {
+            return 0;
+        };
+        entries.retain(|_, record| {
+            expires_at_secs(record)
+                .ok()
+                .flatten()
+                .is_none_or(|at| at > now)
+        });
+        entries.len()
     }
 
     /// Live connections watched, over every token (a bounded table: one
@@ -346,5 +369,9 @@ mod tests {
         )
         .unwrap();
         assert_eq!(t.resolve("tok"), Err(AuthError::Expired));
+        t.apply(&token_key("live"), Some(&record("1"))).unwrap();
+        assert_eq!(t.prune_expired(), 1, "the expired identity is dropped");
+        assert_eq!(t.resolve("tok"), Err(AuthError::UnknownToken));
+        assert!(t.resolve("live").is_ok());
     }
 }

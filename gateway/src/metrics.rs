@@ -45,6 +45,8 @@ pub struct Metrics {
     pub identities: prometheus::IntGauge,
     /// Live connections watched for revocation of their opaque token.
     pub identity_watchers: prometheus::IntGauge,
+    /// Estimated bytes in the recent-history buffer.
+    pub history_bytes: prometheus::IntGauge,
     /// Partitions whose positions this pod reset because their offsets went
     /// backwards (topic deleted and recreated, or the log truncated), by topic.
     pub partition_resets: IntCounterVec,
@@ -180,6 +182,10 @@ impl Metrics {
             identities: single_gauge(
                 "herald_identities",
                 "Opaque tokens in this pod's identities table",
+            ),
+            history_bytes: single_gauge(
+                "herald_history_buffer_bytes",
+                "Estimated bytes held by the recent-history buffer (bounded by --history-buffer-bytes)",
             ),
             identity_watchers: single_gauge(
                 "herald_identity_watchers",

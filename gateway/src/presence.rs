@@ -27,8 +27,12 @@ impl PresenceTable {
         }
     }
 
-    /// Record a heartbeat sent at `at_ms`.
+    /// Record a heartbeat sent at `at_ms` (one already outside the window
+    /// is not kept).
     pub fn beat(&self, account: &str, kind: PrincipalKind, id: &str, at_ms: i64) {
+        if now_ms().saturating_sub(at_ms) >= self.window_ms {
+            return;
+        }
         let Ok(mut accounts) = self.accounts.lock() else {
             return;
         };
@@ -39,6 +43,26 @@ impl PresenceTable {
         };
         let last = map.entry(id.to_owned()).or_insert(at_ms);
         *last = (*last).max(at_ms);
+    }
+
+    /// Drop every heartbeat outside the window, and accounts left empty:
+    /// the table holds who is online now, whoever asks about it. Returns the
+    /// entries kept.
+    pub fn prune(&self) -> usize {
+        let now = now_ms();
+        let Ok(mut accounts) = self.accounts.lock() else {
+            return 0;
+        };
+        let window = self.window_ms;
+        accounts.retain(|_, entry| {
+            entry.users.retain(|_, t| now - *t < window);
+            entry.contacts.retain(|_, t| now - *t < window);
+            !entry.users.is_empty() || !entry.contacts.is_empty()
+        });
+        accounts
+            .values()
+            .map(|e| e.users.len() + e.contacts.len())
+            .sum()
     }
 
     /// The `presence.update` data for `account`: users online (and contacts
@@ -100,5 +124,21 @@ mod tests {
             t.snapshot("acct-x", true),
             r#"{"account_id":"acct-x","contacts":{},"users":{}}"#
         );
+    }
+
+    #[test]
+    fn pruning_keeps_only_who_is_online() {
+        let t = PresenceTable::new(Duration::from_millis(50));
+        let now = now_ms();
+        t.beat("old", PrincipalKind::User, "1", now - 60);
+        assert_eq!(t.prune(), 0, "a heartbeat outside the window is not kept");
+        t.beat("a", PrincipalKind::User, "1", now);
+        t.beat("b", PrincipalKind::Contact, "c", now);
+        assert_eq!(t.prune(), 2);
+        let t = PresenceTable::new(Duration::from_secs(60));
+        t.beat("a", PrincipalKind::User, "1", now - 59_000);
+        t.beat("a", PrincipalKind::User, "2", now);
+        assert_eq!(t.prune(), 2);
+        assert_eq!(t.accounts.lock().unwrap().len(), 1);
     }
 }

@@ -48,6 +48,8 @@ pub type TopicPartition = (Arc<str>, i32);
 pub struct ResumeConfig {
     /// Events kept per partition in the per-pod history buffer.
     pub buffer_events: usize,
+    /// Bytes the history buffer holds at most, over every partition.
+    pub buffer_bytes: usize,
     /// Oldest event age the buffer keeps, and the oldest position served at all.
     pub max_age: Duration,
     /// Most events one stream may replay (beyond: a gap).
@@ -115,22 +117,58 @@ struct Buffered {
     event: Option<Arc<RoutedEvent>>,
 }
 
-/// The recent records of each partition, bounded by count and age.
+/// The recent records of each partition, bounded by count and age per
+/// partition and by bytes over all of them.
 #[derive(Default)]
 pub struct HistoryBuffer {
-    parts: Mutex<HashMap<TopicPartition, VecDeque<Buffered>>>,
+    parts: Mutex<Parts>,
     max_events: usize,
     max_age_ms: i64,
+    max_bytes: usize,
+}
+
+#[derive(Default)]
+struct Parts {
+    queues: HashMap<TopicPartition, VecDeque<Buffered>>,
+    /// Estimated memory of every buffered record.
+    bytes: usize,
+}
+
+impl Buffered {
+    /// What keeping this record costs, estimated: the decoded event's text
+    /// (shared with recipients while it is delivered) plus bookkeeping.
+    fn cost(&self) -> usize {
+        let event = self.event.as_ref().map_or(0, |e| {
+            e.envelope.payload.get().len()
+                + e.envelope.id.len()
+                + e.envelope.event_type.len()
+                + e.envelope.account_id.len()
+                + 256
+        });
+        event + self.account.len() + 64
+    }
 }
 
 impl HistoryBuffer {
     /// A buffer keeping `max_events` per partition, none older than `max_age`.
     pub fn new(max_events: usize, max_age: Duration) -> Self {
+        Self::with_budget(max_events, max_age, usize::MAX)
+    }
+
+    /// [`new`](Self::new), and at most `max_bytes` over all partitions
+    /// (the oldest records of the partition being appended to go first).
+    pub fn with_budget(max_events: usize, max_age: Duration, max_bytes: usize) -> Self {
         HistoryBuffer {
-            parts: Mutex::new(HashMap::new()),
+            parts: Mutex::new(Parts::default()),
             max_events,
             max_age_ms: max_age.as_millis() as i64,
+            max_bytes,
         }
+    }
+
+    /// Estimated bytes held.
+    pub fn bytes(&self) -> usize {
+        self.parts.lock().map(|p| p.bytes).unwrap_or(0)
     }
 
     /// Append a dispatched event (records of a partition arrive in offset order).
@@ -172,15 +210,38 @@ impl HistoryBuffer {
         let Ok(mut parts) = self.parts.lock() else {
             return;
         };
-        let queue = parts.entry(stream).or_default();
+        let Parts { queues, bytes } = &mut *parts;
+        *bytes += record.cost();
+        let queue = queues.entry(stream.clone()).or_default();
         queue.push_back(record);
         let oldest_allowed = now_ms() - self.max_age_ms;
         while queue.len() > self.max_events
             || queue
                 .front()
                 .is_some_and(|e| e.timestamp_ms.is_some_and(|t| t < oldest_allowed))
+            || (*bytes > self.max_bytes && queue.len() > 1)
         {
-            queue.pop_front();
+            if let Some(old) = queue.pop_front() {
+                *bytes = bytes.saturating_sub(old.cost());
+            }
+        }
+        // Still over budget (this partition is down to its newest record):
+        // the others give up their oldest.
+        if *bytes > self.max_bytes {
+            for (key, other) in queues.iter_mut() {
+                if *key == stream {
+                    continue;
+                }
+                while *bytes > self.max_bytes
+                    && let Some(old) = other.pop_front()
+                {
+                    *bytes = bytes.saturating_sub(old.cost());
+                }
+                if *bytes <= self.max_bytes {
+                    break;
+                }
+            }
+            queues.retain(|_, q| !q.is_empty());
         }
     }
 
@@ -189,7 +250,14 @@ impl HistoryBuffer {
     /// incarnation of the log.
     pub fn clear(&self, topic: &str, partition: Option<i32>) {
         if let Ok(mut parts) = self.parts.lock() {
-            parts.retain(|(t, p), _| !(**t == *topic && partition.is_none_or(|want| *p == want)));
+            let Parts { queues, bytes } = &mut *parts;
+            queues.retain(|(t, p), q| {
+                let gone = **t == *topic && partition.is_none_or(|want| *p == want);
+                if gone {
+                    *bytes = bytes.saturating_sub(q.iter().map(Buffered::cost).sum());
+                }
+                !gone
+            });
         }
     }
 
@@ -207,7 +275,7 @@ impl HistoryBuffer {
             return Some(Vec::new());
         }
         let parts = self.parts.lock().ok()?;
-        let queue = parts.get(stream)?;
+        let queue = parts.queues.get(stream)?;
         if queue.front()?.offset > from {
             return None;
         }
@@ -225,7 +293,7 @@ impl HistoryBuffer {
     /// buffer reaches back that far.
     pub fn offset_at(&self, stream: &TopicPartition, since_ms: i64) -> Option<i64> {
         let parts = self.parts.lock().ok()?;
-        let queue = parts.get(stream)?;
+        let queue = parts.queues.get(stream)?;
         let first = queue.front()?;
         if first.timestamp_ms.unwrap_or(0) > since_ms {
             return None;
@@ -935,6 +1003,41 @@ mod tests {
         );
         assert!(!g.hold(&event(3, 0)));
         assert!(!ResumeGate::open().hold(&event(1, 0)));
+    }
+
+    #[test]
+    fn the_buffer_stays_within_its_byte_budget() {
+        let one = Buffered {
+            offset: 0,
+            timestamp_ms: None,
+            account: Arc::from("1"),
+            event: Some(event(0, 0)),
+        }
+        .cost();
+        let b = HistoryBuffer::with_budget(1000, Duration::from_secs(3600), one * 10);
+        let now = now_ms();
+        for o in 0..100 {
+            b.append(&event(o, now));
+        }
+        assert!(b.bytes() <= one * 10, "{} > {}", b.bytes(), one * 10);
+        let s: TopicPartition = ("t".into(), 0);
+        assert!(b.range(&s, 89, 100, "1").is_none(), "the oldest went first");
+        assert_eq!(b.range(&s, 90, 100, "1").unwrap().len(), 10);
+        // Another partition's records push the first one's out.
+        let other = |o| {
+            let env = Envelope::decode(
+                br#"{"id":"e","type":"tag.updated","account_id":"1","payload":{}}"#,
+            )
+            .unwrap();
+            Arc::new(RoutedEvent::new("u".into(), 0, o, env, Some(now)))
+        };
+        for o in 0..10 {
+            b.append(&other(o));
+        }
+        assert!(b.bytes() <= one * 10);
+        b.clear("u", None);
+        b.clear("t", None);
+        assert_eq!(b.bytes(), 0);
     }
 
     #[test]

@@ -222,7 +222,11 @@ pub async fn start(
     let metrics = Metrics::new();
     let resume_config = config.resume()?;
     let router = Arc::new(Router::with_history(
-        HistoryBuffer::new(resume_config.buffer_events, resume_config.max_age),
+        HistoryBuffer::with_budget(
+            resume_config.buffer_events,
+            resume_config.max_age,
+            resume_config.buffer_bytes,
+        ),
         Epochs::new(&resume_config.epoch),
     ));
     let readiness = Readiness::default();
@@ -320,10 +324,21 @@ pub async fn start(
             consumer_stop.clone(),
         );
         let (watchers, table) = (metrics.identity_watchers.clone(), identities.clone());
+        let (tokens, online) = (metrics.identities.clone(), presence.clone());
+        let (history_bytes, history) = (metrics.history_bytes.clone(), router.clone());
         tokio::spawn(async move {
+            let mut tick = 0u64;
             loop {
                 gauge.set(i64::from(readiness.check().0));
                 watchers.set(table.watchers_len() as i64);
+                history_bytes.set(history.history().bytes() as i64);
+                // Tables that grow with traffic are pruned: heartbeats past
+                // the presence window, identities past their expiry.
+                tick += 1;
+                if tick.is_multiple_of(10) {
+                    online.prune();
+                    tokens.set(table.prune_expired() as i64);
+                }
                 tokio::select! {
                     _ = stop.cancelled() => return,
                     _ = tokio::time::sleep(Duration::from_secs(1)) => {}
