@@ -12,6 +12,7 @@
 pub mod client;
 pub mod cluster;
 pub mod hist;
+pub mod hostile;
 pub mod procstat;
 pub mod prom;
 pub mod publish;

@@ -30,6 +30,13 @@ enum Command {
         #[command(flatten)]
         args: scenario::FanoutArgs,
     },
+    /// Healthy clients' latency with and without hostile clients, gateway memory.
+    Hostile {
+        #[command(flatten)]
+        common: scenario::Common,
+        #[command(flatten)]
+        args: scenario::HostileArgs,
+    },
     /// End-to-end latency at fixed publish rates.
     Latency {
         #[command(flatten)]
@@ -123,6 +130,7 @@ fn main() -> anyhow::Result<()> {
         Command::Idle { args, .. } => args.connections,
         Command::Fanout { args, .. } => args.connections,
         Command::Latency { args, .. } => args.connections,
+        Command::Hostile { args, .. } => args.connections + args.hostile,
         Command::Storm { args, .. } => args.connections,
         _ => 0,
     };
@@ -137,6 +145,7 @@ fn main() -> anyhow::Result<()> {
     if let Command::Idle { common, .. }
     | Command::Fanout { common, .. }
     | Command::Latency { common, .. }
+    | Command::Hostile { common, .. }
     | Command::Storm { common, .. }
     | Command::Ingest { common, .. } = &cli.command
     {
@@ -154,6 +163,9 @@ fn main() -> anyhow::Result<()> {
             }
             Command::Latency { common, args } => {
                 ("latency", common, scenario::latency(common, args).await)
+            }
+            Command::Hostile { common, args } => {
+                ("hostile", common, scenario::hostile(common, args).await)
             }
             Command::Ingest { common, args } => {
                 ("ingest", common, scenario::ingest(common, args).await)

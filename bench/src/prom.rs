@@ -77,6 +77,13 @@ impl Scrape {
         })
     }
 
+    /// Every sample of `name`: its label text and value.
+    pub fn series(&self, name: &str) -> Vec<(String, f64)> {
+        self.samples(name, "")
+            .map(|(labels, v)| (labels.to_owned(), v))
+            .collect()
+    }
+
     /// Sum of every sample of `name` whose labels contain `filter`.
     pub fn sum(&self, name: &str, filter: &str) -> f64 {
         self.samples(name, filter).map(|(_, v)| v).sum()

@@ -965,3 +965,142 @@ pub async fn ingest(common: &Common, args: &IngestArgs) -> anyhow::Result<Value>
         "lost": records.saturating_sub(gateway_read as u64),
     }))
 }
+
+/// `hostile`: healthy subscribed clients at a steady event rate, first
+/// alone and then with hostile clients of every pattern in
+/// [`crate::hostile::PATTERNS`], on the same gateway in the same run.
+#[derive(Debug, Clone, clap::Args)]
+pub struct HostileArgs {
+    /// Healthy subscribed connections.
+    #[arg(long, default_value_t = 10_000)]
+    pub connections: usize,
+    /// Accounts of the healthy connections.
+    #[arg(long, default_value_t = 100)]
+    pub accounts: usize,
+    /// Events per second published throughout.
+    #[arg(long, default_value_t = 250.0)]
+    pub rate: f64,
+    /// Hostile clients (spread over the patterns).
+    #[arg(long, default_value_t = 100)]
+    pub hostile: usize,
+    /// Seconds measured without the hostile clients.
+    #[arg(long, default_value_t = 20)]
+    pub calm_secs: u64,
+    /// Seconds measured with them.
+    #[arg(long, default_value_t = 60)]
+    pub duration_secs: u64,
+    /// Seconds before each measurement.
+    #[arg(long, default_value_t = 3)]
+    pub warmup_secs: u64,
+}
+
+/// Run `hostile`.
+pub async fn hostile(common: &Common, args: &HostileArgs) -> anyhow::Result<Value> {
+    use crate::hostile::{self, Tally};
+    let setup = Setup::start(common, ServerKind::Gateway).await?;
+    let pid = setup.server.pid;
+    let fleet = setup
+        .open_fleet(common, args.connections, args.accounts)
+        .await?;
+    let mut publisher = setup.publisher(common, args.accounts, 5).await?;
+    let rss_before = setup.server.rss().unwrap_or(0);
+    let peak = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(rss_before));
+    let sampler = {
+        let peak = peak.clone();
+        tokio::spawn(async move {
+            loop {
+                if let Some(rss) = pid.and_then(procstat::rss_bytes) {
+                    peak.fetch_max(rss, std::sync::atomic::Ordering::Relaxed);
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
+    };
+    let phase = async |publisher: &mut Publisher, secs: u64| -> anyhow::Result<Value> {
+        let total = Duration::from_secs(args.warmup_secs + secs);
+        let measure = setup.measure(
+            &fleet,
+            Duration::from_secs(args.warmup_secs),
+            Duration::from_secs(secs),
+        );
+        let (published, window) = tokio::join!(publisher.at_rate(args.rate, total), measure);
+        published?;
+        let latency = Percentiles::of(&hist::DELIVERY.take());
+        Ok(
+            json!({"latency": latency, "frames_per_second": window.frames as f64 / window.secs,
+                  "cpu": window.cpu, "gateway": window.gateway}),
+        )
+    };
+    let calm = phase(&mut publisher, args.calm_secs).await?;
+    let calm_peak = peak.load(std::sync::atomic::Ordering::Relaxed);
+
+    let tally = std::sync::Arc::new(Tally::default());
+    let stop = tokio_util::sync::CancellationToken::new();
+    let creds = client::credentials(args.hostile, 1, &common.jwt_secret)?;
+    let mut attackers = tokio::task::JoinSet::new();
+    for (i, cred) in creds.into_iter().enumerate() {
+        let pattern = hostile::PATTERNS[i % hostile::PATTERNS.len()];
+        attackers.spawn(hostile::run(
+            pattern,
+            setup.server.ws_addr,
+            (cred.user.parse().unwrap_or_default(), cred.token),
+            tally.clone(),
+            stop.clone(),
+        ));
+    }
+    let attacked = phase(&mut publisher, args.duration_secs).await?;
+    stop.cancel();
+    while attackers.join_next().await.is_some() {}
+    sampler.abort();
+    let complete = fleet
+        .wait_delivered(&publisher.sent, Duration::from_secs(30))
+        .await;
+    publisher.finish();
+    let (lost, dups) = fleet.audit(&publisher.sent);
+    let scrape = setup.scrape().await;
+    let cut: serde_json::Map<String, Value> = scrape
+        .as_ref()
+        .map(|s| {
+            s.series("herald_outbound_disconnects_total")
+                .into_iter()
+                .map(|(labels, v)| (labels, json!(v)))
+                .collect()
+        })
+        .unwrap_or_default();
+    let peak = peak.load(std::sync::atomic::Ordering::Relaxed);
+    let p99 = |v: &Value| v["latency"]["p99_ms"].as_f64().unwrap_or(f64::NAN);
+    eprintln!(
+        "hostile: {} healthy clients at {} events/s; p99 {:.1} ms alone, {:.1} ms with {} hostile clients ({} connections, {} messages, {} dropped by the gateway); gateway RSS {:.1} MiB before, peak {:.1} MiB alone, {:.1} MiB with them; lost {lost} duplicated {dups}",
+        args.connections,
+        args.rate,
+        p99(&calm),
+        p99(&attacked),
+        args.hostile,
+        tally.connections.load(std::sync::atomic::Ordering::Relaxed),
+        tally.messages.load(std::sync::atomic::Ordering::Relaxed),
+        tally.dropped.load(std::sync::atomic::Ordering::Relaxed),
+        mib(rss_before),
+        mib(calm_peak),
+        mib(peak),
+    );
+    let result = json!({
+        "params": {"connections": args.connections, "accounts": args.accounts, "rate": args.rate,
+                   "hostile": args.hostile, "patterns": hostile::PATTERNS.iter().map(|p| p.name()).collect::<Vec<_>>(),
+                   "calm_secs": args.calm_secs, "duration_secs": args.duration_secs},
+        "calm": calm,
+        "attacked": attacked,
+        "gateway_rss_bytes": {"before": rss_before, "peak_calm": calm_peak, "peak_attacked": peak},
+        "hostile_clients": {"connections": tally.connections.load(std::sync::atomic::Ordering::Relaxed),
+                             "messages": tally.messages.load(std::sync::atomic::Ordering::Relaxed),
+                             "dropped_by_gateway": tally.dropped.load(std::sync::atomic::Ordering::Relaxed)},
+        "outbound_disconnects": cut,
+        "delivered_all": complete,
+        "events_sent": publisher.total,
+        "lost": lost,
+        "duplicated": dups,
+        "clients": fleet_health(&fleet),
+    });
+    fleet.close().await;
+    setup.stop().await;
+    Ok(result)
+}

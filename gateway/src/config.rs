@@ -109,6 +109,15 @@ pub struct GatewayConfig {
     /// default, about 15 minutes). Reaps peers that vanished without a FIN.
     #[arg(long, env = "HERALD_TCP_USER_TIMEOUT_SECS", default_value_t = 30)]
     pub tcp_user_timeout_secs: u64,
+    /// Client WebSocket messages (pings included) read per second per
+    /// connection, burst of the same size; past it the socket is read no
+    /// faster (0: no limit).
+    #[arg(
+        long,
+        env = "HERALD_MAX_CLIENT_FRAMES_PER_SECOND",
+        default_value_t = 200
+    )]
+    pub max_client_frames_per_second: u32,
     /// Seconds a write to a client may make no progress before its socket is closed.
     #[arg(long, env = "HERALD_WRITE_TIMEOUT_SECS", default_value_t = 10)]
     pub write_timeout_secs: u64,
@@ -300,7 +309,7 @@ impl GatewayConfig {
     }
 
     /// The per-connection outbound bounds, shared by every protocol.
-    pub fn outbound(&self) -> Result<crate::connection::OutboundLimits, ConfigError> {
+    pub fn outbound(&self) -> Result<crate::connection::ConnLimits, ConfigError> {
         if self.outbound_queue == 0 || self.max_outbound_bytes == 0 || self.write_timeout_secs == 0
         {
             return Err(ConfigError::OutOfRange(
@@ -314,10 +323,11 @@ impl GatewayConfig {
                 self.max_outbound_bytes, self.max_frame_bytes
             )));
         }
-        Ok(crate::connection::OutboundLimits {
+        Ok(crate::connection::ConnLimits {
             frames: self.outbound_queue,
             bytes: self.max_outbound_bytes,
             write_timeout: Duration::from_secs(self.write_timeout_secs),
+            client_frames_per_second: self.max_client_frames_per_second,
         })
     }
 

@@ -3,7 +3,7 @@
 //! writes, heart-beats, and the cut-offs.
 //!
 //! Every byte a connection will be sent counts against one bound
-//! ([`OutboundLimits::bytes`]) until it is written: event frames, the
+//! ([`ConnLimits::bytes`]) until it is written: event frames, the
 //! session's replies, the WebSocket library's pongs and close replies. What
 //! happens at the bound depends on who queues:
 //! - the router's live events are never waited for: a client whose queue is
@@ -15,7 +15,7 @@
 //! - the WebSocket library's replies cannot wait: past the bound the client
 //!   is cut off.
 //!
-//! A write that makes no progress for [`OutboundLimits::write_timeout`]
+//! A write that makes no progress for [`ConnLimits::write_timeout`]
 //! closes the socket, so a client that never reads frees its queue.
 
 use std::{
@@ -185,23 +185,26 @@ impl Cutoff {
     }
 }
 
-/// The per-connection outbound bounds, one setting for every protocol.
+/// The per-connection bounds, one setting for every protocol.
 #[derive(Debug, Clone, Copy)]
-pub struct OutboundLimits {
+pub struct ConnLimits {
     /// Event frames queued before the client counts as slow.
     pub frames: usize,
     /// Bytes queued and not yet written, of every kind, at most.
     pub bytes: usize,
     /// A write that makes no progress this long closes the socket.
     pub write_timeout: Duration,
+    /// Client messages (pings included) read per second at most (0: no limit).
+    pub client_frames_per_second: u32,
 }
 
-impl Default for OutboundLimits {
+impl Default for ConnLimits {
     fn default() -> Self {
-        OutboundLimits {
+        ConnLimits {
             frames: 1024,
             bytes: 1024 * 1024,
             write_timeout: Duration::from_secs(10),
+            client_frames_per_second: 0,
         }
     }
 }
@@ -518,11 +521,7 @@ pub fn push_batch(conn: &ConnTx, fill: impl FnOnce(&mut Vec<(WsFrame, Option<Sta
 }
 
 /// Create a connection's queue: the sender, and the writer to run.
-pub fn channel(
-    limits: &OutboundLimits,
-    protocol: &'static str,
-    metrics: &Metrics,
-) -> (ConnTx, Writer) {
+pub fn channel(limits: &ConnLimits, protocol: &'static str, metrics: &Metrics) -> (ConnTx, Writer) {
     let shared = Arc::new(Shared {
         queue: Mutex::new(Queue::default()),
         senders: AtomicUsize::new(1),
@@ -571,7 +570,7 @@ pub struct Opened {
 /// `herald_connections` until its [`WriterTask`] is finished or dropped.
 pub async fn open(
     socket: WsSocket,
-    limits: &OutboundLimits,
+    limits: &ConnLimits,
     protocol: &'static str,
     metrics: &Metrics,
     slow_frame: Option<WsFrame>,
@@ -579,7 +578,9 @@ pub async fn open(
     let open = metrics.connections.with_label_values(&[protocol]);
     open.inc();
     let (tx, writer) = channel(limits, protocol, metrics);
-    let (stream, write) = socket.into_parts(tx.replies()).await;
+    let (stream, write) = socket
+        .into_parts(tx.replies(), limits.client_frames_per_second)
+        .await;
     let done = CancellationToken::new();
     let task = tokio::spawn(writer.run(write, slow_frame, done.clone()));
     Opened {
@@ -595,8 +596,7 @@ pub async fn open(
 /// answer to a client's close frame is queued when the close is read, and
 /// written on the next read or flush). Call before the session's senders go.
 pub async fn answer_close(stream: &mut WsStream) {
-    use futures_util::SinkExt;
-    let _ = stream.flush().await;
+    stream.flush().await;
 }
 
 /// A running writer task; its connection counts as open until this is

@@ -191,17 +191,8 @@ impl CommandRate {
         }
     }
 
-    /// Wait until a token is there, then spend it: the caller (a session's
-    /// read loop) reads nothing more from its client meanwhile.
-    pub async fn wait(&mut self) {
-        while !self.allow() {
-            let missing = (1.0 - self.tokens).max(0.0) / self.rate;
-            tokio::time::sleep(std::time::Duration::from_secs_f64(missing.max(0.001))).await;
-        }
-    }
-
-    /// Spend one token; false when the client is over its rate.
-    pub fn allow(&mut self) -> bool {
+    /// Whether a token is there now (refilled, not spent).
+    pub fn ready(&mut self) -> bool {
         if self.rate == 0.0 {
             return true;
         }
@@ -209,8 +200,38 @@ impl CommandRate {
         self.tokens =
             (self.tokens + now.duration_since(self.last).as_secs_f64() * self.rate).min(self.rate);
         self.last = now;
-        if self.tokens >= 1.0 {
+        self.tokens >= 1.0
+    }
+
+    /// Spend a token [`ready`](Self::ready) found.
+    pub fn spend(&mut self) {
+        if self.rate > 0.0 {
             self.tokens -= 1.0;
+        }
+    }
+
+    /// How long until the next token.
+    pub fn until_next(&self) -> std::time::Duration {
+        if self.rate == 0.0 {
+            return std::time::Duration::ZERO;
+        }
+        let missing = (1.0 - self.tokens).max(0.0) / self.rate;
+        std::time::Duration::from_secs_f64(missing.max(0.001))
+    }
+
+    /// Wait until a token is there, then spend it: the caller (a session's
+    /// read loop) reads nothing more from its client meanwhile.
+    pub async fn wait(&mut self) {
+        while !self.ready() {
+            tokio::time::sleep(self.until_next()).await;
+        }
+        self.spend();
+    }
+
+    /// Spend one token; false when the client is over its rate.
+    pub fn allow(&mut self) -> bool {
+        if self.ready() {
+            self.spend();
             true
         } else {
             false

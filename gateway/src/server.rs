@@ -105,7 +105,7 @@ pub struct Context {
     /// Abuse limits.
     pub limits: Arc<Limits>,
     /// Per-connection outbound bounds (every protocol).
-    pub outbound: crate::connection::OutboundLimits,
+    pub outbound: crate::connection::ConnLimits,
 }
 
 impl Context {

@@ -332,11 +332,13 @@ impl WsSocket {
         }
     }
 
-    /// Split into the inbound message stream and the write half. Whatever
-    /// tungstenite itself must send is given to `replies`.
+    /// Split into the inbound message stream (read no faster than
+    /// `frames_per_second` messages, pings included; 0: no limit) and the
+    /// write half. Whatever tungstenite itself must send is given to `replies`.
     pub async fn into_parts(
         self,
         replies: impl Fn(Bytes) + Send + Sync + 'static,
+        frames_per_second: u32,
     ) -> (WsStream, Box<dyn AsyncWrite + Send + Unpin>) {
         let config = WebSocketConfig::default()
             .read_buffer_size(READ_BUFFER)
@@ -347,13 +349,57 @@ impl WsSocket {
             read: self.read,
             replies: Box::new(replies),
         };
-        let stream = WebSocketStream::from_raw_socket(side, Role::Server, Some(config)).await;
+        let inner = WebSocketStream::from_raw_socket(side, Role::Server, Some(config)).await;
+        let stream = WsStream {
+            inner,
+            rate: crate::limits::CommandRate::new(frames_per_second),
+            wait: None,
+        };
         (stream, self.write)
     }
 }
 
-/// Client messages of one connection.
-pub type WsStream = WebSocketStream<ReadSide>;
+/// Client messages of one connection, read no faster than its frame rate:
+/// past it, the socket is not read (the client's own TCP window then
+/// pushes back), so a client looping messages, pings included, costs a
+/// bounded amount of CPU.
+pub struct WsStream {
+    inner: WebSocketStream<ReadSide>,
+    rate: crate::limits::CommandRate,
+    wait: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl WsStream {
+    /// Let the library hand over what it still owes the client (see
+    /// [`answer_close`](crate::connection::answer_close)).
+    pub async fn flush(&mut self) {
+        use futures_util::SinkExt;
+        let _ = self.inner.flush().await;
+    }
+}
+
+impl futures_util::Stream for WsStream {
+    type Item = Result<Message, tokio_tungstenite::tungstenite::Error>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        loop {
+            if let Some(wait) = this.wait.as_mut() {
+                std::task::ready!(wait.as_mut().poll(cx));
+                this.wait = None;
+            }
+            if this.rate.ready() {
+                break;
+            }
+            this.wait = Some(Box::pin(tokio::time::sleep(this.rate.until_next())));
+        }
+        let next = Pin::new(&mut this.inner).poll_next(cx);
+        if matches!(next, Poll::Ready(Some(_))) {
+            this.rate.spend();
+        }
+        next
+    }
+}
 
 /// What tungstenite reads from: the socket's read half. What it writes
 /// (whole frames: pongs and close replies, serialised before each write) is
@@ -477,5 +523,54 @@ mod tests {
         let close = WsFrame::close(1000, &reason);
         assert!(close.payload().len() <= 125);
         assert!(std::str::from_utf8(&close.payload()[2..]).is_ok());
+    }
+
+    /// A masked client text frame, as a browser sends it.
+    fn client_text(text: &str) -> Vec<u8> {
+        let mask = [1u8, 2, 3, 4];
+        let mut out = vec![0x81, 0x80 | text.len() as u8];
+        out.extend_from_slice(&mask);
+        out.extend(text.bytes().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        out
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn client_messages_are_read_no_faster_than_the_frame_rate() {
+        use futures_util::StreamExt;
+        let (server, mut client) = tokio::io::duplex(64 * 1024);
+        let socket = WsSocket::from_io(server, None, 1 << 20);
+        let (mut stream, _write) = socket.into_parts(|_| {}, 4).await;
+        // Ten messages are there at once; the bucket holds four.
+        let mut all = Vec::new();
+        for i in 0..10 {
+            all.extend(client_text(&format!("m{i}")));
+        }
+        tokio::io::AsyncWriteExt::write_all(&mut client, &all)
+            .await
+            .unwrap();
+        let start = tokio::time::Instant::now();
+        for i in 0..4 {
+            let msg = stream.next().await.unwrap().unwrap();
+            assert_eq!(msg.into_text().unwrap().as_str(), format!("m{i}"));
+        }
+        assert_eq!(
+            tokio::time::Instant::now(),
+            start,
+            "the burst is read at once"
+        );
+        // The fifth waits for a token: not ready now, ready a quarter second on.
+        let mut next = Box::pin(stream.next());
+        assert!(futures_util::poll!(next.as_mut()).is_pending());
+        let msg = next.await.unwrap().unwrap();
+        assert_eq!(msg.into_text().unwrap().as_str(), "m4");
+        let waited = tokio::time::Instant::now() - start;
+        assert!(waited >= Duration::from_millis(249), "waited {waited:?}");
+        for i in 5..10 {
+            let msg = stream.next().await.unwrap().unwrap();
+            assert_eq!(msg.into_text().unwrap().as_str(), format!("m{i}"));
+        }
+        // Six messages past the burst at four per second: 1.5 s of the (virtual) clock.
+        let waited = tokio::time::Instant::now() - start;
+        assert!(waited >= Duration::from_millis(1_490), "waited {waited:?}");
     }
 }

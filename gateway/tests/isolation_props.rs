@@ -376,7 +376,7 @@ fn check(principals: &[PrincipalSpec], steps: &[Step]) -> Result<(), TestCaseErr
             router.insert(conn_id, recorder.clone());
             let cable = with_room.then(|| {
                 let (tx, writer) = connection::channel(
-                    &connection::OutboundLimits {
+                    &connection::ConnLimits {
                         frames: 4096,
                         ..Default::default()
                     },
