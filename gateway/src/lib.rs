@@ -23,6 +23,7 @@ pub mod presence;
 pub mod resume;
 pub mod router;
 pub mod server;
+pub mod session;
 pub mod stomp;
 pub mod typeid;
 pub mod ws;

@@ -5,8 +5,7 @@
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
-use futures_util::{Stream, StreamExt};
-use tokio_tungstenite::tungstenite::Error as WsError;
+use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
 
 use super::{
@@ -15,12 +14,13 @@ use super::{
 };
 use crate::{
     auth::{AuthError, Identity, PrincipalKind},
-    connection::{self, ConnTx, HeartBeatKind, Opened, Outbound},
+    connection::{self, HeartBeatKind, Outbound},
     limits::{AccountSlot, CommandRate},
     resume::{self, ResumeGate, ResumeRequest, TopicPartition},
     router::now_ms,
     server::Context,
-    ws::{Message, WsFrame, WsSocket},
+    session::{Conn, Interrupt},
+    ws::{Message, WsFrame, WsSocket, WsStream},
 };
 
 const PROTOCOL: &str = "actioncable";
@@ -57,43 +57,35 @@ pub enum Endpoint {
 /// Serve one upgraded WebSocket.
 pub async fn serve(socket: WsSocket, ctx: Arc<Context>, endpoint: Endpoint) {
     let ext = socket.protocol == Some(protocol::EXT_PROTOCOL);
-    let metrics = ctx.metrics.clone();
     let slow = WsFrame::text(&protocol::disconnect(DisconnectReason::Remote));
-    let Opened {
-        conn_id,
-        tx,
-        mut stream,
-        done,
-        writer,
-    } = connection::open(socket, &ctx.outbound, PROTOCOL, &metrics, Some(slow)).await;
-
-    let mut session = CableSession {
-        conn_id,
-        ctx: ctx.clone(),
-        tx,
-        done: done.clone(),
-        conn_identity: None,
-        room: matches!(endpoint, Endpoint::Room),
-        ext,
-        subscriptions: HashMap::new(),
-        revoked: CancellationToken::new(),
-        account_slots: HashMap::new(),
-        rate: CommandRate::new(ctx.limits.config().commands_per_second),
-        sub_rate: CommandRate::new(ctx.limits.config().subscribes_per_second),
-        expires_at: None,
-        anonymous_until: Some(
-            tokio::time::Instant::now() + ctx.limits.config().cable_anonymous_timeout,
-        ),
-        watched: HashMap::new(),
-    };
-    if session.open(&endpoint).await {
-        session.read_loop(&mut stream).await;
-    }
-    connection::answer_close(&mut stream).await;
-    session.close();
-    drop(session);
-    drop(stream);
-    writer.finish().await;
+    let drain = |id| ctx.drain_notice(id);
+    crate::session::serve(
+        socket,
+        &ctx.outbound,
+        PROTOCOL,
+        &ctx.metrics,
+        Some(slow),
+        drain,
+        |conn| CableSession {
+            conn,
+            ctx: ctx.clone(),
+            conn_identity: None,
+            room: matches!(endpoint, Endpoint::Room),
+            endpoint,
+            ext,
+            subscriptions: HashMap::new(),
+            revoked: CancellationToken::new(),
+            account_slots: HashMap::new(),
+            rate: CommandRate::new(ctx.limits.config().commands_per_second),
+            sub_rate: CommandRate::new(ctx.limits.config().subscribes_per_second),
+            expires_at: None,
+            anonymous_until: Some(
+                tokio::time::Instant::now() + ctx.limits.config().cable_anonymous_timeout,
+            ),
+            watched: HashMap::new(),
+        },
+    )
+    .await;
 }
 
 /// Replay what a resuming subscription missed, then `confirm_history`
@@ -163,10 +155,10 @@ struct Subscription {
 }
 
 struct CableSession {
-    conn_id: u64,
+    conn: Conn,
     ctx: Arc<Context>,
-    tx: ConnTx,
-    done: CancellationToken,
+    /// Where the client connected.
+    endpoint: Endpoint,
     /// `/stream`: the connection's identity.
     conn_identity: Option<Identity>,
     room: bool,
@@ -190,14 +182,40 @@ struct CableSession {
     watched: HashMap<String, (usize, CancellationToken)>,
 }
 
+impl crate::session::Protocol for CableSession {
+    async fn run(&mut self, stream: &mut WsStream) {
+        if self.open().await {
+            self.read_loop(stream).await;
+        }
+    }
+
+    fn release(&mut self) {
+        for (_, sub) in std::mem::take(&mut self.subscriptions) {
+            self.unregister(&sub);
+        }
+        for (key, (_, stop)) in std::mem::take(&mut self.watched) {
+            stop.cancel();
+            self.ctx.auth.identities.unwatch(&key, self.conn.id);
+        }
+        if let Some(key) = self
+            .conn_identity
+            .as_ref()
+            .and_then(|i| i.token_key.as_ref())
+        {
+            self.ctx.auth.identities.unwatch(key, self.conn.id);
+        }
+    }
+}
+
 impl CableSession {
     /// Authenticate (for `/stream`), then `welcome` and pings. False when the
     /// connection was refused.
-    async fn open(&mut self, endpoint: &Endpoint) -> bool {
+    async fn open(&mut self) -> bool {
+        let endpoint = self.endpoint.clone();
         if let Endpoint::Stream {
             account_id,
             credential,
-        } = endpoint
+        } = &endpoint
         {
             match self.authenticate_stream(account_id.as_deref(), credential.as_deref()) {
                 Ok(identity) => {
@@ -215,7 +233,7 @@ impl CableSession {
                         .auth_failures
                         .with_label_values(&[PROTOCOL, e.as_label()])
                         .inc();
-                    tracing::debug!(conn = self.conn_id, reason = %e, "ActionCable connection refused");
+                    tracing::debug!(conn = self.conn.id, reason = %e, "ActionCable connection refused");
                     self.disconnect(DisconnectReason::Unauthorized).await;
                     return false;
                 }
@@ -226,12 +244,13 @@ impl CableSession {
         } else {
             protocol::welcome().to_owned()
         };
-        self.emit_text(welcome).await;
-        self.emit(Outbound::HeartBeat {
-            every: self.ctx.cable.ping_interval,
-            kind: HeartBeatKind::CablePing,
-        })
-        .await
+        self.conn.emit_text(&welcome).await;
+        self.conn
+            .emit(Outbound::HeartBeat {
+                every: self.ctx.cable.ping_interval,
+                kind: HeartBeatKind::CablePing,
+            })
+            .await
     }
 
     fn authenticate_stream(
@@ -277,9 +296,9 @@ impl CableSession {
                 *uses += 1;
                 return;
             }
-            let watch = self.ctx.auth.identities.watch(key, self.conn_id);
+            let watch = self.ctx.auth.identities.watch(key, self.conn.id);
             let revoked = self.revoked.clone();
-            let done = self.done.clone();
+            let done = self.conn.done.clone();
             let stop = CancellationToken::new();
             let stopped = stop.clone();
             tokio::spawn(async move {
@@ -303,20 +322,13 @@ impl CableSession {
             if *uses == 0 {
                 stop.cancel();
                 self.watched.remove(key);
-                self.ctx.auth.identities.unwatch(key, self.conn_id);
+                self.ctx.auth.identities.unwatch(key, self.conn.id);
             }
         }
     }
 
-    async fn read_loop<R>(&mut self, stream: &mut R)
-    where
-        R: Stream<Item = Result<Message, WsError>> + Unpin,
-    {
-        // Told to leave at this connection's moment of the drain window.
-        let drain = self.ctx.drain_notice(self.conn_id);
-        tokio::pin!(drain);
+    async fn read_loop(&mut self, stream: &mut WsStream) {
         loop {
-            let expiry = crate::auth::expired(self.expires_at);
             let anonymous = async {
                 match self.anonymous_until {
                     Some(at) => tokio::time::sleep_until(at).await,
@@ -325,25 +337,20 @@ impl CableSession {
             };
             let msg = tokio::select! {
                 biased;
-                _ = self.done.cancelled() => return,
+                interrupt = self.conn.interrupted(&self.revoked, self.expires_at) => {
+                    match interrupt {
+                        Interrupt::Gone => {}
+                        Interrupt::Drain => self.disconnect(DisconnectReason::ServerRestart).await,
+                        Interrupt::Revoked | Interrupt::Expired => {
+                            self.disconnect(DisconnectReason::Unauthorized).await;
+                        }
+                    }
+                    return;
+                }
                 _ = anonymous => {
                     // Nothing accepted in time: whatever it is, it costs a
                     // socket and earns nothing.
                     self.ctx.limits.rejected("cable_anonymous");
-                    self.disconnect(DisconnectReason::Unauthorized).await;
-                    return;
-                }
-                _ = &mut drain => {
-                    self.disconnect(DisconnectReason::ServerRestart).await;
-                    return;
-                }
-                _ = self.revoked.cancelled() => {
-                    self.ctx.metrics.auth_failures.with_label_values(&[PROTOCOL, "revoked"]).inc();
-                    self.disconnect(DisconnectReason::Unauthorized).await;
-                    return;
-                }
-                _ = expiry => {
-                    self.ctx.metrics.auth_failures.with_label_values(&[PROTOCOL, "expired"]).inc();
                     self.disconnect(DisconnectReason::Unauthorized).await;
                     return;
                 }
@@ -358,7 +365,7 @@ impl CableSession {
             };
             if text.len() > self.ctx.cable.max_message_bytes {
                 tracing::debug!(
-                    conn = self.conn_id,
+                    conn = self.conn.id,
                     "ActionCable message over the size limit"
                 );
                 self.disconnect(DisconnectReason::InvalidRequest).await;
@@ -378,7 +385,7 @@ impl CableSession {
                     .protocol_errors
                     .with_label_values(&[PROTOCOL])
                     .inc();
-                tracing::debug!(conn = self.conn_id, error = %e, "ignoring ActionCable frame");
+                tracing::debug!(conn = self.conn.id, error = %e, "ignoring ActionCable frame");
                 return;
             }
         };
@@ -400,11 +407,12 @@ impl CableSession {
                 // after a reconnect); sessions are not restored, so a bare
                 // history request cannot be served without duplicates.
                 if self.subscriptions.contains_key(&identifier) {
-                    self.emit_text(protocol::history_result(
-                        &protocol::json_string(&identifier),
-                        false,
-                    ))
-                    .await;
+                    self.conn
+                        .emit_text(&protocol::history_result(
+                            &protocol::json_string(&identifier),
+                            false,
+                        ))
+                        .await;
                 }
             }
             Command::Pong => {}
@@ -416,7 +424,7 @@ impl CableSession {
                         self.release_credential(&identity);
                     }
                 } else {
-                    tracing::debug!(conn = self.conn_id, "unsubscribe from unknown identifier");
+                    tracing::debug!(conn = self.conn.id, "unsubscribe from unknown identifier");
                 }
             }
             Command::Message { identifier, data } => {
@@ -432,7 +440,7 @@ impl CableSession {
 
     async fn subscribe(&mut self, identifier: String, history: Option<serde_json::Value>) {
         if self.subscriptions.contains_key(&identifier) {
-            tracing::debug!(conn = self.conn_id, "duplicate subscribe ignored");
+            tracing::debug!(conn = self.conn.id, "duplicate subscribe ignored");
             return;
         }
         let identifier_json = protocol::json_string(&identifier);
@@ -440,20 +448,26 @@ impl CableSession {
         let (channel, identity) = match decision {
             Ok(ok) => ok,
             Err(reason) => {
-                tracing::debug!(conn = self.conn_id, reason, "subscription rejected");
-                self.emit_text(protocol::reject(&identifier_json)).await;
+                tracing::debug!(conn = self.conn.id, reason, "subscription rejected");
+                self.conn
+                    .emit_text(&protocol::reject(&identifier_json))
+                    .await;
                 return;
             }
         };
         if self.subscriptions.len() >= self.ctx.cable.max_subscriptions {
-            tracing::debug!(conn = self.conn_id, "subscription limit reached");
-            self.emit_text(protocol::reject(&identifier_json)).await;
+            tracing::debug!(conn = self.conn.id, "subscription limit reached");
+            self.conn
+                .emit_text(&protocol::reject(&identifier_json))
+                .await;
             return;
         }
         if self.room {
             if !self.account_slots.contains_key(&identity.account_id) {
                 let Some(slot) = self.ctx.limits.admit_account(&identity.account_id) else {
-                    self.emit_text(protocol::reject(&identifier_json)).await;
+                    self.conn
+                        .emit_text(&protocol::reject(&identifier_json))
+                        .await;
                     return;
                 };
                 self.account_slots.insert(identity.account_id.clone(), slot);
@@ -472,7 +486,7 @@ impl CableSession {
             channel,
             identifier_json: identifier_json.clone(),
             shared_key,
-            conn: self.tx.clone(),
+            conn: self.conn.tx.clone(),
             ext_epochs,
             gate: match &resume {
                 Some((request, _)) => {
@@ -482,7 +496,9 @@ impl CableSession {
             },
         });
         // Confirm before registering so no broadcast can precede the confirmation.
-        self.emit_text(protocol::confirm(&identifier_json)).await;
+        self.conn
+            .emit_text(&protocol::confirm(&identifier_json))
+            .await;
         let router_id = connection::next_conn_id();
         match resume {
             None => self.ctx.router.insert(router_id, recipient.clone()),
@@ -497,7 +513,7 @@ impl CableSession {
                     request,
                     foreign,
                     frontier,
-                    self.done.clone(),
+                    self.conn.done.clone(),
                 ));
             }
         }
@@ -575,7 +591,7 @@ impl CableSession {
     async fn message(&mut self, identifier: &str, data: &str) {
         let Some(sub) = self.subscriptions.get(identifier) else {
             tracing::debug!(
-                conn = self.conn_id,
+                conn = self.conn.id,
                 "message for unknown identifier ignored"
             );
             return;
@@ -587,7 +603,7 @@ impl CableSession {
                 let identifier_json = sub.recipient.identifier_json.clone();
                 self.update_presence(&identity, &identifier_json).await;
             }
-            _ => tracing::debug!(conn = self.conn_id, ?action, "unable to process action"),
+            _ => tracing::debug!(conn = self.conn.id, ?action, "unable to process action"),
         }
     }
 
@@ -604,7 +620,8 @@ impl CableSession {
             .presence
             .snapshot(&identity.account_id, identity.kind == PrincipalKind::User);
         let body = format!(r#"{{"event":"presence.update","data":{data}}}"#);
-        self.emit_text(protocol::broadcast(identifier_json, &body))
+        self.conn
+            .emit_text(&protocol::broadcast(identifier_json, &body))
             .await;
     }
 
@@ -619,46 +636,18 @@ impl CableSession {
             .dec();
     }
 
-    fn close(&mut self) {
-        for (_, sub) in std::mem::take(&mut self.subscriptions) {
-            self.unregister(&sub);
-        }
-        for (key, (_, stop)) in std::mem::take(&mut self.watched) {
-            stop.cancel();
-            self.ctx.auth.identities.unwatch(&key, self.conn_id);
-        }
-        if let Some(key) = self
-            .conn_identity
-            .as_ref()
-            .and_then(|i| i.token_key.as_ref())
-        {
-            self.ctx.auth.identities.unwatch(key, self.conn_id);
-        }
-    }
-
     async fn disconnect(&self, reason: DisconnectReason) {
-        self.emit_text(protocol::disconnect(reason)).await;
+        self.conn.emit_text(&protocol::disconnect(reason)).await;
         let code = match reason {
             DisconnectReason::ServerRestart => 1012,
             DisconnectReason::Unauthorized => 1008,
             _ => 1000,
         };
-        self.emit(Outbound::Close {
-            code,
-            reason: reason.as_str(),
-        })
-        .await;
-    }
-
-    async fn emit_text(&self, text: String) -> bool {
-        self.emit(Outbound::text(&text)).await
-    }
-
-    async fn emit(&self, item: Outbound) -> bool {
-        tokio::select! {
-            biased;
-            _ = self.done.cancelled() => false,
-            ok = self.tx.send(item) => ok,
-        }
+        self.conn
+            .emit(Outbound::Close {
+                code,
+                reason: reason.as_str(),
+            })
+            .await;
     }
 }

@@ -8,20 +8,20 @@ use std::{
     time::Duration,
 };
 
-use futures_util::{Stream, StreamExt};
-use tokio_tungstenite::tungstenite::Error as WsError;
+use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
 
 use super::codec::{self, Command, Decoded, Frame, Limits, Version};
 use super::destination::Destination;
 use crate::{
     auth::Identity,
-    connection::{self, ConnTx, HeartBeatKind, Opened, Outbound},
+    connection::{self, ConnTx, HeartBeatKind, Outbound},
     limits::AccountSlot,
     resume::{self, ResumeGate, ResumeRequest, TopicPartition},
     router::{FrameCache, Recipient, RoutedEvent, Slot},
     server::Context,
-    ws::{Message, WsFrame, WsSocket},
+    session::{Conn, Interrupt},
+    ws::{Message, WsFrame, WsSocket, WsStream},
 };
 
 const PROTOCOL: &str = "stomp";
@@ -277,55 +277,46 @@ pub async fn serve(
     upgrade_auth: Option<String>,
     max_version: Version,
 ) {
-    let metrics = ctx.metrics.clone();
     let slow_frame = error_frame(
         "slow consumer disconnected",
         None,
         "the client did not read its frames fast enough",
         None,
     );
-    let Opened {
-        conn_id,
-        tx,
-        mut stream,
-        done,
-        writer,
-    } = connection::open(socket, &ctx.outbound, PROTOCOL, &metrics, Some(slow_frame)).await;
-
-    let ctx_rate = ctx.limits.config().subscribes_per_second;
-    let mut session = Session {
-        conn_id,
-        read_timeout: ctx.stomp.connect_timeout,
-        ctx,
-        tx,
-        upgrade_auth,
-        max_version,
-        version: None,
-        recipient: None,
-        done: done.clone(),
-        revoked: CancellationToken::new(),
-        account_slot: None,
-        sub_rate: crate::limits::CommandRate::new(ctx_rate),
-    };
-    session.read_loop(&mut stream).await;
-    connection::answer_close(&mut stream).await;
-    session.close();
-    drop(session);
-    drop(stream);
-    writer.finish().await;
+    let drain = |id| ctx.drain_notice(id);
+    let sub_rate = ctx.limits.config().subscribes_per_second;
+    crate::session::serve(
+        socket,
+        &ctx.outbound,
+        PROTOCOL,
+        &ctx.metrics,
+        Some(slow_frame),
+        drain,
+        |conn| Session {
+            conn,
+            read_timeout: ctx.stomp.connect_timeout,
+            ctx: ctx.clone(),
+            upgrade_auth,
+            max_version,
+            version: None,
+            recipient: None,
+            revoked: CancellationToken::new(),
+            account_slot: None,
+            sub_rate: crate::limits::CommandRate::new(sub_rate),
+        },
+    )
+    .await;
 }
 
 struct Session {
-    conn_id: u64,
+    conn: Conn,
     ctx: Arc<Context>,
-    tx: ConnTx,
     upgrade_auth: Option<String>,
     max_version: Version,
     /// Negotiated version, once CONNECTED was sent.
     version: Option<Version>,
     recipient: Option<Arc<StompRecipient>>,
     read_timeout: Duration,
-    done: CancellationToken,
     /// Cancelled when the opaque token in use is revoked or changed.
     revoked: CancellationToken,
     /// This connection's place in its account's connection limit.
@@ -334,30 +325,48 @@ struct Session {
     sub_rate: crate::limits::CommandRate,
 }
 
+impl crate::session::Protocol for Session {
+    async fn run(&mut self, stream: &mut WsStream) {
+        self.read_loop(stream).await;
+    }
+
+    fn release(&mut self) {
+        if let Some(recipient) = self.recipient.take() {
+            if let Some(key) = &recipient.identity.token_key {
+                self.ctx.auth.identities.unwatch(key, self.conn.id);
+            }
+            self.ctx
+                .router
+                .remove(&recipient.identity.account_id, self.conn.id);
+            let n = recipient.subscriptions.lock().map(|s| s.len()).unwrap_or(0);
+            self.ctx
+                .metrics
+                .subscriptions
+                .with_label_values(&[PROTOCOL])
+                .sub(n as i64);
+        }
+    }
+}
+
 impl Session {
-    async fn read_loop<R>(&mut self, stream: &mut R)
-    where
-        R: Stream<Item = Result<Message, WsError>> + Unpin,
-    {
-        // Told to leave at this connection's moment of the drain window.
-        let drain = self.ctx.drain_notice(self.conn_id);
-        tokio::pin!(drain);
+    async fn read_loop(&mut self, stream: &mut WsStream) {
         loop {
+            let expires_at = self.recipient.as_ref().and_then(|r| r.identity.expires_at);
             let next = tokio::select! {
                 biased;
-                _ = self.done.cancelled() => return,
-                _ = &mut drain => {
-                    self.fail(1012, "server restart", "server restart: reconnect", "the gateway is shutting down; reconnect", None).await;
-                    return;
-                }
-                _ = self.revoked.cancelled() => {
-                    self.ctx.metrics.auth_failures.with_label_values(&[PROTOCOL, "revoked"]).inc();
-                    self.fail(1008, "unauthorized", "401 Unauthorized: credential revoked", "", None).await;
-                    return;
-                }
-                _ = crate::auth::expired(self.recipient.as_ref().and_then(|r| r.identity.expires_at)) => {
-                    self.ctx.metrics.auth_failures.with_label_values(&[PROTOCOL, "expired"]).inc();
-                    self.fail(1008, "unauthorized", "401 Unauthorized: token expired", "", None).await;
+                interrupt = self.conn.interrupted(&self.revoked, expires_at) => {
+                    match interrupt {
+                        Interrupt::Gone => {}
+                        Interrupt::Drain => {
+                            self.fail(1012, "server restart", "server restart: reconnect", "the gateway is shutting down; reconnect", None).await;
+                        }
+                        Interrupt::Revoked => {
+                            self.fail(1008, "unauthorized", "401 Unauthorized: credential revoked", "", None).await;
+                        }
+                        Interrupt::Expired => {
+                            self.fail(1008, "unauthorized", "401 Unauthorized: token expired", "", None).await;
+                        }
+                    }
                     return;
                 }
                 r = tokio::time::timeout(self.read_timeout, stream.next()) => r,
@@ -434,17 +443,19 @@ impl Session {
             }
             (true, Command::Disconnect) => {
                 if let Some(r) = &receipt {
-                    self.emit(Outbound::Frame {
-                        frame: receipt_frame(r, self.version),
-                        stamp: None,
+                    self.conn
+                        .emit(Outbound::Frame {
+                            frame: receipt_frame(r, self.version),
+                            stamp: None,
+                        })
+                        .await;
+                }
+                self.conn
+                    .emit(Outbound::Close {
+                        code: 1000,
+                        reason: "disconnect",
                     })
                     .await;
-                }
-                self.emit(Outbound::Close {
-                    code: 1000,
-                    reason: "disconnect",
-                })
-                .await;
                 return ControlFlow::Break(());
             }
             (true, other) => Err(format!("unexpected {} frame from a client", other.as_str())),
@@ -452,11 +463,12 @@ impl Session {
         match result {
             Ok(()) => {
                 if let Some(r) = &receipt {
-                    self.emit(Outbound::Frame {
-                        frame: receipt_frame(r, self.version),
-                        stamp: None,
-                    })
-                    .await;
+                    self.conn
+                        .emit(Outbound::Frame {
+                            frame: receipt_frame(r, self.version),
+                            stamp: None,
+                        })
+                        .await;
                 }
                 ControlFlow::Continue(())
             }
@@ -477,16 +489,18 @@ impl Session {
                 "",
                 None,
             );
-            self.emit(Outbound::Frame {
-                frame: text,
-                stamp: None,
-            })
-            .await;
-            self.emit(Outbound::Close {
-                code: 1002,
-                reason: "unsupported version",
-            })
-            .await;
+            self.conn
+                .emit(Outbound::Frame {
+                    frame: text,
+                    stamp: None,
+                })
+                .await;
+            self.conn
+                .emit(Outbound::Close {
+                    code: 1002,
+                    reason: "unsupported version",
+                })
+                .await;
             self.ctx
                 .metrics
                 .protocol_errors
@@ -509,7 +523,7 @@ impl Session {
                     .auth_failures
                     .with_label_values(&[PROTOCOL, e.as_label()])
                     .inc();
-                tracing::debug!(conn = self.conn_id, reason = %e, "STOMP authentication refused");
+                tracing::debug!(conn = self.conn.id, reason = %e, "STOMP authentication refused");
                 self.fail(
                     1008,
                     "unauthorized",
@@ -552,7 +566,7 @@ impl Session {
         );
         let session_id = format!(
             "herald-{:x}-{}",
-            self.conn_id,
+            self.conn.id,
             uuid::Uuid::new_v4().simple()
         );
         let heart_beat = format!("{sx},{sy}");
@@ -564,6 +578,7 @@ impl Session {
             .with_header("session", session_id);
         let text = frame_text(&connected, version);
         if !self
+            .conn
             .emit(Outbound::Frame {
                 frame: text,
                 stamp: None,
@@ -574,11 +589,12 @@ impl Session {
         }
         if version != Version::V1_0 && sx > 0 && cy > 0 {
             let every = Duration::from_millis(sx.max(cy));
-            self.emit(Outbound::HeartBeat {
-                every,
-                kind: HeartBeatKind::WhenIdle(WsFrame::text("\n")),
-            })
-            .await;
+            self.conn
+                .emit(Outbound::HeartBeat {
+                    every,
+                    kind: HeartBeatKind::WhenIdle(WsFrame::text("\n")),
+                })
+                .await;
         }
         self.read_timeout = if version != Version::V1_0 && cx > 0 && sy > 0 {
             // Tolerate about twice the agreed interval, as the spec suggests.
@@ -588,15 +604,15 @@ impl Session {
         };
         self.version = Some(version);
         if let Some(key) = &identity.token_key {
-            self.revoked = self.ctx.auth.identities.watch(key, self.conn_id);
+            self.revoked = self.ctx.auth.identities.watch(key, self.conn.id);
         }
         let recipient = Arc::new(StompRecipient {
             identity,
             version,
             subscriptions: Mutex::new(Vec::new()),
-            conn: self.tx.clone(),
+            conn: self.conn.tx.clone(),
         });
-        self.ctx.router.insert(self.conn_id, recipient.clone());
+        self.ctx.router.insert(self.conn.id, recipient.clone());
         self.recipient = Some(recipient);
         ControlFlow::Continue(())
     }
@@ -675,7 +691,7 @@ impl Session {
                     id.clone(),
                     request,
                     frontier,
-                    self.done.clone(),
+                    self.conn.done.clone(),
                 ));
             }
         }
@@ -714,22 +730,13 @@ impl Session {
         Ok(())
     }
 
-    /// Queue a control item unless the connection is already finished.
-    async fn emit(&self, item: Outbound) -> bool {
-        tokio::select! {
-            biased;
-            _ = self.done.cancelled() => false,
-            ok = self.tx.send(item) => ok,
-        }
-    }
-
     async fn protocol_error(&self, message: &str, detail: &str, receipt: Option<&str>) {
         self.ctx
             .metrics
             .protocol_errors
             .with_label_values(&[PROTOCOL])
             .inc();
-        tracing::debug!(conn = self.conn_id, message, "STOMP protocol error");
+        tracing::debug!(conn = self.conn.id, message, "STOMP protocol error");
         self.fail(1002, "protocol error", message, detail, receipt)
             .await;
     }
@@ -744,30 +751,13 @@ impl Session {
         receipt: Option<&str>,
     ) {
         let text = error_frame(message, receipt, detail, self.version);
-        self.emit(Outbound::Frame {
-            frame: text,
-            stamp: None,
-        })
-        .await;
-        self.emit(Outbound::Close { code, reason }).await;
-    }
-
-    /// Unregister from the router and release the subscription gauge.
-    fn close(&mut self) {
-        if let Some(recipient) = self.recipient.take() {
-            if let Some(key) = &recipient.identity.token_key {
-                self.ctx.auth.identities.unwatch(key, self.conn_id);
-            }
-            self.ctx
-                .router
-                .remove(&recipient.identity.account_id, self.conn_id);
-            let n = recipient.subscriptions.lock().map(|s| s.len()).unwrap_or(0);
-            self.ctx
-                .metrics
-                .subscriptions
-                .with_label_values(&[PROTOCOL])
-                .sub(n as i64);
-        }
+        self.conn
+            .emit(Outbound::Frame {
+                frame: text,
+                stamp: None,
+            })
+            .await;
+        self.conn.emit(Outbound::Close { code, reason }).await;
     }
 }
 

@@ -23,11 +23,12 @@ use super::protocol::{
 };
 use crate::{
     auth::{Identity, PrincipalKind},
-    connection::{self, ConnTx, Opened, Outbound},
-    limits::AccountSlot,
+    connection::{ConnTx, Outbound},
+    limits::{AccountSlot, CommandRate},
     router::{FrameCache, Recipient, RoutedEvent},
     server::Context,
-    ws::{Message, WsSocket},
+    session::{Conn, Interrupt},
+    ws::{Message, WsSocket, WsStream},
 };
 
 const PROTOCOL: &str = "typeid";
@@ -118,45 +119,59 @@ impl Recipient for TypeIdRecipient {
 
 /// Serve one upgraded WebSocket from `peer`.
 pub async fn serve(socket: WsSocket, ctx: Arc<Context>, peer: IpAddr) {
-    let metrics = ctx.metrics.clone();
-    let Opened {
-        conn_id,
-        tx,
-        mut stream,
-        done,
-        writer,
-    } = connection::open(socket, &ctx.outbound, PROTOCOL, &metrics, None).await;
-    let mut session = Session {
-        conn_id,
-        ctx: ctx.clone(),
-        tx,
-        done: done.clone(),
-        identity: None,
-        revoked: CancellationToken::new(),
-        account_slot: None,
-        bucket: (f64::from(ctx.typeid.messages_per_second), Instant::now()),
-    };
-    if session.join(&mut stream, peer).await {
-        session.read_loop(&mut stream).await;
-    }
-    connection::answer_close(&mut stream).await;
-    session.close();
-    drop(session);
-    drop(stream);
-    writer.finish().await;
+    let drain = |id| ctx.drain_notice(id);
+    crate::session::serve(
+        socket,
+        &ctx.outbound,
+        PROTOCOL,
+        &ctx.metrics,
+        None,
+        drain,
+        |conn| Session {
+            conn,
+            ctx: ctx.clone(),
+            peer,
+            identity: None,
+            revoked: CancellationToken::new(),
+            account_slot: None,
+            bucket: CommandRate::new(ctx.typeid.messages_per_second),
+        },
+    )
+    .await;
 }
 
 struct Session {
-    conn_id: u64,
+    conn: Conn,
     ctx: Arc<Context>,
-    tx: ConnTx,
-    done: CancellationToken,
+    peer: IpAddr,
     identity: Option<Identity>,
     revoked: CancellationToken,
     /// This connection's place in its account's connection limit.
     account_slot: Option<AccountSlot>,
-    /// Token bucket for message requests: (tokens, last refill).
-    bucket: (f64, Instant),
+    /// Message requests allowed per second.
+    bucket: CommandRate,
+}
+
+impl crate::session::Protocol for Session {
+    async fn run(&mut self, stream: &mut WsStream) {
+        if self.join(stream).await {
+            self.read_loop(stream).await;
+        }
+    }
+
+    fn release(&mut self) {
+        if let Some(identity) = self.identity.take() {
+            self.ctx.router.remove(&identity.account_id, self.conn.id);
+            self.ctx
+                .metrics
+                .subscriptions
+                .with_label_values(&[PROTOCOL])
+                .dec();
+            if let Some(key) = &identity.token_key {
+                self.ctx.auth.identities.unwatch(key, self.conn.id);
+            }
+        }
+    }
 }
 
 /// The next text frame, or None when the socket ended.
@@ -176,10 +191,7 @@ where
 
 impl Session {
     /// The join handshake; true when the client joined.
-    async fn join<R>(&mut self, stream: &mut R, peer: IpAddr) -> bool
-    where
-        R: Stream<Item = Result<Message, WsError>> + Unpin,
-    {
+    async fn join(&mut self, stream: &mut WsStream) -> bool {
         let first = tokio::select! {
             _ = self.ctx.shutdown.cancelled() => return false,
             r = tokio::time::timeout(self.ctx.typeid.join_timeout, next_text(stream)) => r,
@@ -195,7 +207,7 @@ impl Session {
         let frame = match protocol::parse(&text) {
             Ok(f) => f,
             Err(e) => {
-                tracing::info!(conn = self.conn_id, error = %e, "TypeID: malformed first frame; closing");
+                tracing::info!(conn = self.conn.id, error = %e, "TypeID: malformed first frame; closing");
                 self.ctx
                     .metrics
                     .protocol_errors
@@ -207,7 +219,7 @@ impl Session {
         };
         if frame.type_id != protocol::JOIN_REQUEST {
             tracing::info!(
-                conn = self.conn_id,
+                conn = self.conn.id,
                 type_id = frame.type_id,
                 "TypeID: first frame is not a JoinRequest; closing"
             );
@@ -219,7 +231,7 @@ impl Session {
             self.close_with(1008, "JoinRequest expected").await;
             return false;
         }
-        let status = self.admit(frame.body, peer);
+        let status = self.admit(frame.body, self.peer);
         match status {
             Ok(identity) => {
                 let Some(slot) = self.ctx.limits.admit_account(&identity.account_id) else {
@@ -229,13 +241,13 @@ impl Session {
                 self.account_slot = Some(slot);
                 self.respond_join(JoinStatus::Successful).await;
                 if let Some(key) = &identity.token_key {
-                    self.revoked = self.ctx.auth.identities.watch(key, self.conn_id);
+                    self.revoked = self.ctx.auth.identities.watch(key, self.conn.id);
                 }
                 let recipient = Arc::new(TypeIdRecipient {
                     identity: identity.clone(),
-                    conn: self.tx.clone(),
+                    conn: self.conn.tx.clone(),
                 });
-                self.ctx.router.insert(self.conn_id, recipient);
+                self.ctx.router.insert(self.conn.id, recipient);
                 self.ctx
                     .metrics
                     .subscriptions
@@ -306,45 +318,33 @@ impl Session {
             server_time: protocol::server_time(time::OffsetDateTime::now_utc()),
             encrypted_session_key: None,
         };
-        self.emit_text(protocol::frame(protocol::JOIN_RESPONSE, &body))
+        self.conn
+            .emit_text(&protocol::frame(protocol::JOIN_RESPONSE, &body))
             .await;
         if status != JoinStatus::Successful {
             self.close_with(1008, "join refused").await;
         }
     }
 
-    async fn read_loop<R>(&mut self, stream: &mut R)
-    where
-        R: Stream<Item = Result<Message, WsError>> + Unpin,
-    {
-        // Told to leave at this connection's moment of the drain window.
-        let drain = self.ctx.drain_notice(self.conn_id);
-        tokio::pin!(drain);
+    async fn read_loop(&mut self, stream: &mut WsStream) {
         let expires_at = self.identity.as_ref().and_then(|i| i.expires_at);
         loop {
-            let expiry = crate::auth::expired(expires_at);
             let next = tokio::select! {
                 biased;
-                _ = self.done.cancelled() => return,
-                _ = &mut drain => {
-                    self.close_with(1012, "server restart").await;
-                    return;
-                }
-                _ = self.revoked.cancelled() => {
-                    self.ctx.metrics.auth_failures.with_label_values(&[PROTOCOL, "revoked"]).inc();
-                    self.close_with(1008, "session revoked").await;
-                    return;
-                }
-                _ = expiry => {
-                    self.ctx.metrics.auth_failures.with_label_values(&[PROTOCOL, "expired"]).inc();
-                    self.close_with(1008, "session expired").await;
+                interrupt = self.conn.interrupted(&self.revoked, expires_at) => {
+                    match interrupt {
+                        Interrupt::Gone => {}
+                        Interrupt::Drain => self.close_with(1012, "server restart").await,
+                        Interrupt::Revoked => self.close_with(1008, "session revoked").await,
+                        Interrupt::Expired => self.close_with(1008, "session expired").await,
+                    }
                     return;
                 }
                 r = tokio::time::timeout(self.ctx.typeid.idle_timeout, next_text(stream)) => r,
             };
             let text = match next {
                 Err(_) => {
-                    tracing::debug!(conn = self.conn_id, "TypeID client idle; closing");
+                    tracing::debug!(conn = self.conn.id, "TypeID client idle; closing");
                     self.close_with(1000, "idle timeout").await;
                     return;
                 }
@@ -354,7 +354,7 @@ impl Session {
             let frame = match protocol::parse(&text) {
                 Ok(f) => f,
                 Err(e) => {
-                    tracing::info!(conn = self.conn_id, error = %e, "TypeID: malformed frame; closing");
+                    tracing::info!(conn = self.conn.id, error = %e, "TypeID: malformed frame; closing");
                     self.ctx
                         .metrics
                         .protocol_errors
@@ -367,20 +367,21 @@ impl Session {
             match frame.type_id {
                 protocol::PING => {
                     let echo = protocol::frame_raw(protocol::PING, &frame.body.to_string());
-                    self.emit_text(echo).await;
+                    self.conn.emit_text(&echo).await;
                 }
                 protocol::CONVERSATION_MESSAGE_REQUEST => {
                     let response = self.message(frame.body).await;
-                    self.emit_text(protocol::frame(
-                        protocol::CONVERSATION_MESSAGE_RESPONSE,
-                        &response,
-                    ))
-                    .await;
+                    self.conn
+                        .emit_text(&protocol::frame(
+                            protocol::CONVERSATION_MESSAGE_RESPONSE,
+                            &response,
+                        ))
+                        .await;
                 }
                 other => {
                     // Well-formed but unknown: logged and counted; the connection stays.
                     tracing::debug!(
-                        conn = self.conn_id,
+                        conn = self.conn.id,
                         type_id = other,
                         "TypeID: unknown frame ignored"
                     );
@@ -429,15 +430,9 @@ impl Session {
         let Some(identity) = self.identity.clone() else {
             return MessageStatus::UnknownUser;
         };
-        // Token bucket: refill, then spend one.
-        let rate = f64::from(cfg.messages_per_second);
-        let (tokens, last) = self.bucket;
-        let tokens = (tokens + last.elapsed().as_secs_f64() * rate).min(rate);
-        if tokens < 1.0 {
-            self.bucket = (tokens, Instant::now());
+        if !self.bucket.allow() {
             return MessageStatus::Throttled;
         }
-        self.bucket = (tokens - 1.0, Instant::now());
 
         let conversation = protocol::id_text(request.conversation_id.as_ref());
         let client_id = protocol::id_text(request.client_id.as_ref());
@@ -501,39 +496,13 @@ impl Session {
                 MessageStatus::Successful
             }
             Err((e, _)) => {
-                tracing::warn!(conn = self.conn_id, error = %e, "TypeID message not acknowledged by Kafka");
+                tracing::warn!(conn = self.conn.id, error = %e, "TypeID message not acknowledged by Kafka");
                 MessageStatus::Error
             }
         }
     }
 
-    fn close(&mut self) {
-        if let Some(identity) = self.identity.take() {
-            self.ctx.router.remove(&identity.account_id, self.conn_id);
-            self.ctx
-                .metrics
-                .subscriptions
-                .with_label_values(&[PROTOCOL])
-                .dec();
-            if let Some(key) = &identity.token_key {
-                self.ctx.auth.identities.unwatch(key, self.conn_id);
-            }
-        }
-    }
-
     async fn close_with(&self, code: u16, reason: &'static str) {
-        self.emit(Outbound::Close { code, reason }).await;
-    }
-
-    async fn emit_text(&self, text: String) -> bool {
-        self.emit(Outbound::text(&text)).await
-    }
-
-    async fn emit(&self, item: Outbound) -> bool {
-        tokio::select! {
-            biased;
-            _ = self.done.cancelled() => false,
-            ok = self.tx.send(item) => ok,
-        }
+        self.conn.emit(Outbound::Close { code, reason }).await;
     }
 }
