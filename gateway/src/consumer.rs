@@ -342,11 +342,13 @@ pub async fn consume(
                         refresh_epoch(&consumer, &router, msg.topic()).await;
                         recheck.notify_one();
                     }
-                    let Some(view) = router.view() else { break };
-                    handle(&msg, &view, &presence, &mut topics, &mut batch);
+                    // Decoded before the router is locked: registrations
+                    // and removals wait only for the routing below, never
+                    // for JSON parsing.
+                    let mut read = vec![prepare(msg, &router, &presence, &mut topics)];
                     // Records the client library has already fetched are taken
                     // now, without waiting, and dispatched together.
-                    while batch.len() < MAX_BATCH {
+                    while read.len() < MAX_BATCH {
                         match consumer.recv().now_or_never() {
                             Some(Ok(next)) if topics.is_behind(&next) => {
                                 // Dispatch what came before it, then reset.
@@ -354,13 +356,18 @@ pub async fn consume(
                                 break;
                             }
                             Some(Ok(next)) => {
-                                handle(&next, &view, &presence, &mut topics, &mut batch)
+                                read.push(prepare(next, &router, &presence, &mut topics))
                             }
                             _ => break,
                         }
                     }
+                    let Some(view) = router.view() else { break };
+                    for record in read {
+                        route(record, &view, &topics, &mut batch);
+                    }
                     if !batch.is_empty() {
                         view.dispatch_batch(&batch);
+                        drop(view);
                         for slot in batch.drain(..) {
                             metrics
                                 .dispatch_latency
@@ -513,64 +520,117 @@ fn header<'a>(msg: &'a BorrowedMessage<'_>, name: &str) -> Option<&'a str> {
 /// Most records dispatched together (taken only when already fetched).
 const MAX_BATCH: usize = 64;
 
-/// Route one record: skip, pass or record it, and add what is to be
-/// delivered to `batch`.
-fn handle(
-    msg: &BorrowedMessage<'_>,
-    view: &RouterView<'_>,
+/// A record read from Kafka, parsed as far as it needs to be before the
+/// router is locked.
+struct Read<'a> {
+    msg: BorrowedMessage<'a>,
+    topic: Arc<str>,
+    received: Instant,
+    parsed: Parsed,
+}
+
+enum Parsed {
+    /// A presence heartbeat, already applied to the online table.
+    Presence,
+    /// Not deliverable: counted in `herald_records_skipped_total` by reason.
+    Invalid(&'static str),
+    /// Its header names an account nobody here had when it was read: not
+    /// decoded (decoded under the lock after all if one arrived meanwhile).
+    Undecoded,
+    Decoded(Envelope),
+}
+
+/// Take one record in: count it, apply presence heartbeats, and decode
+/// its envelope unless its header says nobody here can receive it. No
+/// router lock is held here (`has_account` takes a read lock for a lookup).
+fn prepare<'a>(
+    msg: BorrowedMessage<'a>,
+    router: &Router,
     presence: &PresenceTable,
     topics: &mut Topics,
-    batch: &mut Vec<Slot>,
-) {
+) -> Read<'a> {
     let received = Instant::now();
-    let topic = msg.topic();
-    let (partition, offset, timestamp) =
-        (msg.partition(), msg.offset(), msg.timestamp().to_millis());
-    let state = topics.state(topic);
+    let state = topics.state(msg.topic());
     state.consumed.inc();
-    state.handled(partition, offset);
-    let topic_arc = state.name.clone();
-    let metrics = &topics.metrics;
-    let header_account = header(msg, "account_id");
-    if header(msg, "type") == Some("presence.heartbeat") {
+    state.handled(msg.partition(), msg.offset());
+    let topic = state.name.clone();
+    let parsed = if header(&msg, "type") == Some("presence.heartbeat") {
         // Every pod keeps the whole online table, subscribers here or not.
-        record_heartbeat(msg, presence, metrics);
-        view.pass(&topic_arc, partition, offset, timestamp, None);
-        return;
-    }
-    if let Some(account) = header_account
-        && !view.has_account(account)
-    {
-        view.pass(&topic_arc, partition, offset, timestamp, Some(account));
-        return;
-    }
-    let skip = |reason: &'static str| {
-        skipped(metrics, topic, reason);
-        view.pass(&topic_arc, partition, offset, timestamp, None);
+        record_heartbeat(&msg, presence, &topics.metrics);
+        Parsed::Presence
+    } else if header(&msg, "account_id").is_some_and(|a| !router.has_account(a)) {
+        Parsed::Undecoded
+    } else {
+        decode(&msg)
     };
+    Read {
+        msg,
+        topic,
+        received,
+        parsed,
+    }
+}
+
+/// Decode a record's envelope and check it against its headers.
+fn decode(msg: &BorrowedMessage<'_>) -> Parsed {
     let Some(payload) = msg.payload() else {
-        skip("empty");
-        return;
+        return Parsed::Invalid("empty");
     };
     let envelope = match Envelope::decode(payload) {
         Ok(e) => e,
         Err(e) => {
-            tracing::debug!(topic, partition, offset, error = %e, "skipping invalid record");
-            skip("invalid_envelope");
-            return;
+            tracing::debug!(topic = msg.topic(), partition = msg.partition(), offset = msg.offset(), error = %e, "skipping invalid record");
+            return Parsed::Invalid("invalid_envelope");
         }
     };
-    if header_account.is_some_and(|a| a != envelope.account_id) {
-        skip("account_mismatch");
-        return;
+    if header(msg, "account_id").is_some_and(|a| a != envelope.account_id) {
+        return Parsed::Invalid("account_mismatch");
     }
     if header(msg, "type").is_some_and(|t| t != envelope.event_type) {
-        skip("type_mismatch");
-        return;
+        return Parsed::Invalid("type_mismatch");
     }
-    if header_account.is_none() && !view.has_account(&envelope.account_id) {
+    Parsed::Decoded(envelope)
+}
+
+/// Route one record under the router's read lock: pass it (not
+/// delivered here) or record it and add it to `batch`.
+fn route(record: Read<'_>, view: &RouterView<'_>, topics: &Topics, batch: &mut Vec<Slot>) {
+    let Read {
+        msg,
+        topic,
+        received,
+        mut parsed,
+    } = record;
+    let (partition, offset, timestamp) =
+        (msg.partition(), msg.offset(), msg.timestamp().to_millis());
+    let header_account = header(&msg, "account_id");
+    if let Parsed::Undecoded = parsed {
+        match header_account {
+            // A connection of this account registered since the record was
+            // read: it must get the record live, so decode it now.
+            Some(account) if view.has_account(account) => parsed = decode(&msg),
+            _ => {}
+        }
+    }
+    let envelope = match parsed {
+        Parsed::Presence => {
+            view.pass(&topic, partition, offset, timestamp, None);
+            return;
+        }
+        Parsed::Undecoded => {
+            view.pass(&topic, partition, offset, timestamp, header_account);
+            return;
+        }
+        Parsed::Invalid(reason) => {
+            skipped(&topics.metrics, &topic, reason);
+            view.pass(&topic, partition, offset, timestamp, None);
+            return;
+        }
+        Parsed::Decoded(envelope) => envelope,
+    };
+    if !view.has_account(&envelope.account_id) {
         view.pass(
-            &topic_arc,
+            &topic,
             partition,
             offset,
             timestamp,
@@ -578,7 +638,7 @@ fn handle(
         );
         return;
     }
-    let mut event = RoutedEvent::new(topic_arc.clone(), partition, offset, envelope, timestamp);
+    let mut event = RoutedEvent::new(topic, partition, offset, envelope, timestamp);
     event.received = received;
     let event = Arc::new(event);
     view.record(&event);
