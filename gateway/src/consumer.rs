@@ -8,7 +8,7 @@
 use std::{
     collections::{HashMap, HashSet},
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicBool, Ordering},
     },
     time::{Duration, Instant},
@@ -84,18 +84,38 @@ pub fn create(settings: &ConsumerSettings) -> Result<Arc<StreamConsumer>, Consum
     Ok(Arc::new(cfg.create()?))
 }
 
+/// What the assignment task and the record loop tell each other.
+#[derive(Default)]
+pub struct Link {
+    /// The record loop saw offsets go backwards: compare topic IDs now.
+    recheck: tokio::sync::Notify,
+    /// Partitions of recreated topics to read again from the new log's
+    /// beginning. The record loop rewinds them between batches, so no
+    /// record it already holds is dispatched after the rewind (and again
+    /// after it); bounded by the number of served partitions.
+    /// Each with the new topic's ID.
+    rewinds: Mutex<HashMap<(String, i32), String>>,
+    rewind: tokio::sync::Notify,
+}
+
+impl Link {
+    /// A new link.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
 /// Keep the assignment complete until `shutdown`: discover topics and
 /// partitions, assign the new ones, notice topics that were deleted and
 /// created again (their Kafka topic ID changed), and keep `ready` true
-/// while every served topic is assigned and the broker answers. `recheck`
-/// makes it look at once (the consumer saw offsets go backwards).
+/// while every served topic is assigned and the broker answers. The record
+/// loop can make it look at once through `link` (it saw offsets go backwards).
 pub async fn maintain_assignment(
     consumer: Arc<StreamConsumer>,
     router: Arc<Router>,
     settings: ConsumerSettings,
     ready: Arc<AtomicBool>,
-    recheck: Arc<tokio::sync::Notify>,
-    metrics: Metrics,
+    link: Arc<Link>,
     shutdown: CancellationToken,
 ) {
     let mut assigned: HashSet<(String, i32)> = HashSet::new();
@@ -115,12 +135,14 @@ pub async fn maintain_assignment(
         match outcome {
             Ok(Ok(found)) => {
                 for (topic, partitions) in &found.recreated {
+                    let id = found.ids.get(topic).cloned().unwrap_or_default();
                     follow_recreated(
                         &consumer,
                         &router,
-                        &metrics,
+                        &link,
                         &mut assigned,
                         topic,
+                        &id,
                         partitions,
                     );
                 }
@@ -182,7 +204,7 @@ pub async fn maintain_assignment(
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(wait) => {}
-            _ = recheck.notified() => {}
+            _ = link.recheck.notified() => {}
         }
     }
 }
@@ -191,16 +213,16 @@ pub async fn maintain_assignment(
 /// every partition whose records did not already go backwards under the
 /// consumer (librdkafka jumps to the new log's start only when the old
 /// position is past its end) may be reading the new log at the old offset,
-/// silently past its first records: such partitions are read again from
-/// the new log's beginning (events dispatched meanwhile come again, none is
-/// skipped), and their positions, history and client floors are reset.
-/// Partitions the new topic no longer has are dropped.
+/// silently past its first records: such partitions are handed to the
+/// record loop to be read again from the new log's beginning (see
+/// [`rewind`]). Partitions the new topic no longer has are dropped.
 fn follow_recreated(
     consumer: &StreamConsumer,
     router: &Router,
-    metrics: &Metrics,
+    link: &Link,
     assigned: &mut HashSet<(String, i32)>,
     topic: &str,
+    id: &str,
     partitions: &[i32],
 ) {
     tracing::warn!(
@@ -215,28 +237,71 @@ fn follow_recreated(
         .collect();
     let mut gone = TopicPartitionList::new();
     for p in mine {
-        let stream: crate::resume::TopicPartition = (Arc::from(topic), p);
         if !partitions.contains(&p) {
             gone.add_partition(topic, p);
             assigned.remove(&(topic.to_owned(), p));
-            router.forget_partition(&stream);
+            router.forget_partition(&(Arc::from(topic), p));
             continue;
         }
-        if router.take_reset(&stream) {
-            // The consumer already saw this partition start over.
-            continue;
+        if let Ok(mut pending) = link.rewinds.lock() {
+            pending.insert((topic.to_owned(), p), id.to_owned());
         }
-        if let Err(e) = consumer.seek(topic, p, Offset::Beginning, Duration::from_secs(5)) {
-            tracing::warn!(topic, partition = p, error = %e, "cannot rewind to the new topic's start");
-        }
-        router.reset_stream(&stream, 0);
-        router.take_reset(&stream);
-        metrics.partition_resets.with_label_values(&[topic]).inc();
     }
+    link.rewind.notify_one();
     if gone.count() > 0
         && let Err(e) = consumer.incremental_unassign(&gone)
     {
         tracing::warn!(topic, error = %e, "cannot unassign partitions the new topic lacks");
+    }
+}
+
+/// In the record loop, between batches: read the partitions of recreated
+/// topics again from the new log's beginning, unless the loop already saw
+/// them start over in the new topic (`restarted`: the topic ID read when
+/// a partition's offsets went backwards), and reset their positions,
+/// history and client floors (events dispatched from the new log meanwhile
+/// come again; none is skipped). The loop dispatches nothing until the
+/// seek is done; records fetched before it are discarded by librdkafka.
+async fn rewind(
+    consumer: &Arc<StreamConsumer>,
+    router: &Router,
+    metrics: &Metrics,
+    link: &Link,
+    restarted: &HashMap<(String, i32), String>,
+) {
+    let pending = match link.rewinds.lock() {
+        Ok(mut pending) => std::mem::take(&mut *pending),
+        Err(_) => return,
+    };
+    for ((topic, p), id) in pending {
+        let stream: crate::resume::TopicPartition = (Arc::from(topic.as_str()), p);
+        router.take_reset(&stream);
+        if !id.is_empty() && restarted.get(&(topic.clone(), p)) == Some(&id) {
+            tracing::info!(
+                topic,
+                partition = p,
+                "recreated partition already read from its start"
+            );
+            continue;
+        }
+        tracing::info!(
+            topic,
+            partition = p,
+            "reading the recreated partition from its start"
+        );
+        let c = consumer.clone();
+        let t = topic.clone();
+        // librdkafka's seek blocks until the fetcher has moved.
+        let sought = tokio::task::spawn_blocking(move || {
+            c.seek(&t, p, Offset::Beginning, Duration::from_secs(5))
+        })
+        .await;
+        if let Ok(Err(e)) = sought {
+            tracing::warn!(topic, partition = p, error = %e, "cannot rewind to the new topic's start");
+        }
+        router.reset_stream(&stream, 0);
+        router.take_reset(&stream);
+        metrics.partition_resets.with_label_values(&[&topic]).inc();
     }
 }
 
@@ -311,14 +376,14 @@ enum DiscoverError {
 /// Read records until `shutdown`, routing each to the router. A record
 /// below the partition's next expected offset means the log went backwards
 /// (the topic was recreated, or a broker truncated it): the partition's
-/// positions, history and client floors are reset first, and `recheck`
-/// asks the assignment task to compare topic IDs now.
+/// positions, history and client floors are reset first, and `link` asks
+/// the assignment task to compare topic IDs now.
 pub async fn consume(
     consumer: Arc<StreamConsumer>,
     router: Arc<Router>,
     metrics: Metrics,
     presence: Arc<PresenceTable>,
-    recheck: Arc<tokio::sync::Notify>,
+    link: Arc<Link>,
     shutdown: CancellationToken,
 ) {
     let mut batch: Vec<Slot> = Vec::with_capacity(MAX_BATCH);
@@ -327,9 +392,15 @@ pub async fn consume(
         by_name: HashMap::new(),
     };
     let mut last_error_log: Option<Instant> = None;
+    // Partitions seen starting over, with the topic ID they started over in.
+    let mut restarted: HashMap<(String, i32), String> = HashMap::new();
     loop {
         let msg = tokio::select! {
             _ = shutdown.cancelled() => return,
+            _ = link.rewind.notified() => {
+                rewind(&consumer, &router, &metrics, &link, &restarted).await;
+                continue;
+            }
             m = consumer.recv() => m,
         };
         match msg {
@@ -339,8 +410,10 @@ pub async fn consume(
                     if topics.went_back(&msg, &router) {
                         // Before anything of the new log is dispatched, learn
                         // its topic ID, so no frame carries the old epoch.
-                        refresh_epoch(&consumer, &router, msg.topic()).await;
-                        recheck.notify_one();
+                        if let Some(id) = refresh_epoch(&consumer, &router, msg.topic()).await {
+                            restarted.insert((msg.topic().to_owned(), msg.partition()), id);
+                        }
+                        link.recheck.notify_one();
                     }
                     // Decoded before the router is locked: registrations
                     // and removals wait only for the routing below, never
@@ -387,9 +460,12 @@ pub async fn consume(
     }
 }
 
-/// What the consumer task keeps per topic, looked up once per record.
 /// Look up `topic`'s ID now and make it the epoch of its streams.
-async fn refresh_epoch(consumer: &Arc<StreamConsumer>, router: &Router, topic: &str) {
+async fn refresh_epoch(
+    consumer: &Arc<StreamConsumer>,
+    router: &Router,
+    topic: &str,
+) -> Option<String> {
     let c = consumer.clone();
     let name = topic.to_owned();
     let described = tokio::task::spawn_blocking(move || {
@@ -404,13 +480,16 @@ async fn refresh_epoch(consumer: &Arc<StreamConsumer>, router: &Router, topic: &
         Ok(Ok(found)) => {
             if let Some(TopicId::Id(id)) = found.get(topic).map(|i| &i.id) {
                 router.epochs().set_topic_id(topic, id);
+                return Some(id.clone());
             }
         }
         Ok(Err(e)) => tracing::warn!(topic, error = %e, "cannot read the topic's ID"),
         Err(e) => tracing::warn!(topic, error = %e, "topic ID task failed"),
     }
+    None
 }
 
+/// What the consumer task keeps per topic, looked up once per record.
 struct TopicState {
     /// One shared name, so events do not allocate it.
     name: Arc<str>,

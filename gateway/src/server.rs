@@ -300,14 +300,13 @@ pub async fn start(
         outbound: config.outbound()?,
     });
     let consumer_stop = CancellationToken::new();
-    let recheck = Arc::new(tokio::sync::Notify::new());
+    let link = Arc::new(consumer::Link::new());
     tokio::spawn(consumer::maintain_assignment(
         kafka.clone(),
         router.clone(),
         settings,
         kafka_ready,
-        recheck.clone(),
-        metrics.clone(),
+        link.clone(),
         consumer_stop.clone(),
     ));
     tokio::spawn(consumer::report_lag(
@@ -361,7 +360,7 @@ pub async fn start(
         router,
         metrics,
         presence,
-        recheck,
+        link,
         consumer_stop.clone(),
     ));
 

@@ -59,10 +59,13 @@ impl RawCable {
         self.next_within(Duration::from_secs(15)).await
     }
 
-    /// Next non-ping frame within `within`.
+    /// Next non-ping frame within `within` (pings do not extend it).
     pub async fn next_within(&mut self, within: Duration) -> anyhow::Result<Option<Value>> {
+        let deadline = tokio::time::Instant::now() + within;
         loop {
-            match self.next_any(within).await? {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            anyhow::ensure!(!left.is_zero(), "timed out waiting for a frame other than ping");
+            match self.next_any(left).await? {
                 Some(v) if v["type"] == "ping" => continue,
                 other => return Ok(other),
             }
