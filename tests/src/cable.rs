@@ -64,7 +64,10 @@ impl RawCable {
         let deadline = tokio::time::Instant::now() + within;
         loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            anyhow::ensure!(!left.is_zero(), "timed out waiting for a frame other than ping");
+            anyhow::ensure!(
+                !left.is_zero(),
+                "timed out waiting for a frame other than ping"
+            );
             match self.next_any(left).await? {
                 Some(v) if v["type"] == "ping" => continue,
                 other => return Ok(other),
