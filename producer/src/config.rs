@@ -79,11 +79,12 @@ pub struct ProducerConfig {
     pub allow_unauthenticated: bool,
 
     /// How long a client-supplied event id is remembered: a retry with the
-    /// same id inside the window gets the first result instead of a new
-    /// record (per producer instance), seconds; 0 disables.
+    /// same id for the same account inside the window gets the first result
+    /// instead of a new record (per producer instance), seconds; 0 disables.
     #[arg(long, env = "HERALD_IDEMPOTENCY_WINDOW_SECS", default_value_t = 300)]
     pub idempotency_window_secs: u64,
-    /// Most event ids remembered; the oldest are forgotten first beyond it.
+    /// Most (account, event id) pairs remembered; the oldest are forgotten
+    /// first beyond it.
     #[arg(
         long,
         env = "HERALD_IDEMPOTENCY_MAX_ENTRIES",

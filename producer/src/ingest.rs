@@ -4,8 +4,9 @@
 //!
 //! A batch is all or nothing at validation: one invalid event refuses the
 //! request (400, a precise reason per event) and nothing is produced. An
-//! event whose client-supplied id was produced inside the idempotency window
-//! is answered with its first position instead of being produced again.
+//! event whose client-supplied id was produced for the same account inside
+//! the idempotency window is answered with its first position instead of
+//! being produced again.
 
 use std::{collections::HashMap, sync::Arc};
 
@@ -22,7 +23,7 @@ use serde_json::{json, value::RawValue};
 use utoipa::ToSchema;
 
 use crate::{
-    idempotency::Claim,
+    idempotency::{Claim, EventKey},
     openapi::{ErrorBody, EventsRequest},
     publish::Produced,
     server::AppState,
@@ -298,10 +299,12 @@ async fn ingest(state: &AppState, body: &[u8]) -> Result<Vec<Produced>, ApiError
     }
 }
 
-/// Produce an event unless its id was produced inside the idempotency window.
+/// Produce an event unless its (account, id) was produced inside the
+/// idempotency window.
 async fn produce_once(state: &AppState, p: &Prepared) -> Result<Produced, String> {
     let guard = if p.id_supplied {
-        match state.idempotency.claim(&p.envelope.id).await {
+        let key = EventKey::new(&p.envelope.account_id, &p.envelope.id);
+        match state.idempotency.claim(&key).await {
             Claim::Replay(first) => {
                 state.metrics.idempotent_replays.inc();
                 return Ok(first);

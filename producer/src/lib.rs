@@ -2,8 +2,8 @@
 //!
 //! - [`ingest`]: `POST /v1/events` validates events against the schemas and
 //!   publishes them to their family's topic, keyed by account, answering
-//!   only once Kafka acknowledged; retries are idempotent by event id
-//!   ([`idempotency`]).
+//!   only once Kafka acknowledged; retries are idempotent by (account, event
+//!   id) ([`idempotency`]).
 //! - [`identities`]: register and revoke opaque tokens on the identities topic.
 //! - [`outbox`]: the transactional-outbox relay from a Postgres table.
 //! - [`auth`]: API keys and scoped JWTs; [`openapi`]: the API's document;

@@ -38,7 +38,9 @@ pub struct AudienceInput {
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct EventInput {
     /// Unique event id; a UUIDv7 is generated when missing. Retrying with the
-    /// same id inside the idempotency window does not produce a second record.
+    /// same id for the same `account_id` inside the idempotency window does
+    /// not produce a second record (the same id for another account is
+    /// another event).
     #[serde(default)]
     pub id: Option<String>,
     /// The event name (`message.created`, `added_message`, ...).

@@ -36,8 +36,9 @@ pub struct Produced {
     pub partition: i32,
     /// Offset.
     pub offset: i64,
-    /// True when this event id was already produced inside the idempotency
-    /// window: nothing new was written and this is the original position.
+    /// True when this event id was already produced for this account inside
+    /// the idempotency window: nothing new was written and this is the
+    /// original position.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub duplicate: bool,
 }

@@ -1,7 +1,7 @@
 //! The producer's HTTP API through a real broker: authentication (API keys
 //! and scoped JWTs, 401/403 with reasons), invalid events and oversize
-//! bodies refused with nothing published, idempotent retries by event id,
-//! the identities endpoints, and the served OpenAPI document.
+//! bodies refused with nothing published, idempotent retries by (account,
+//! event id), the identities endpoints, and the served OpenAPI document.
 
 mod support;
 
@@ -460,6 +460,142 @@ async fn retries_with_the_same_event_id_produce_one_record() -> anyhow::Result<(
         .await?;
     assert!(b["results"][0].get("duplicate").is_none(), "{b}");
     assert_ne!(a["results"][0]["offset"], b["results"][0]["offset"]);
+    api.shutdown.cancel();
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_event_id_in_two_accounts_is_two_events_and_retries_stay_per_account()
+-> anyhow::Result<()> {
+    let api = Api::new().await?;
+    let p = api.secured(&[]).await?;
+    let key = Some(API_KEY);
+    let topic = api.topic(Family::Tag);
+    // Two backends that happen to choose the same id.
+    let shared = unique("evt-");
+
+    let (status, a) = api
+        .post_events(&p, key, &with_id(tag_event("acct-a", 0), &shared))
+        .await?;
+    assert_eq!(status, StatusCode::OK, "{a}");
+    let (status, b) = api
+        .post_events(&p, key, &with_id(tag_event("acct-b", 0), &shared))
+        .await?;
+    assert_eq!(status, StatusCode::OK, "{b}");
+    let (a, b) = (a["results"][0].clone(), b["results"][0].clone());
+    assert!(a.get("duplicate").is_none(), "{a}");
+    assert!(
+        b.get("duplicate").is_none(),
+        "account b's event was answered as a retry of account a's: {b}"
+    );
+    assert_eq!(a["id"], shared.as_str());
+    assert_eq!(b["id"], shared.as_str());
+    assert_ne!(
+        (&a["partition"], &a["offset"]),
+        (&b["partition"], &b["offset"]),
+        "both accounts were given one position"
+    );
+
+    // Retries of each (account, id) replay that account's own first answer.
+    for (account, first) in [("acct-a", &a), ("acct-b", &b)] {
+        let (status, again) = api
+            .post_events(&p, key, &with_id(tag_event(account, 0), &shared))
+            .await?;
+        assert_eq!(status, StatusCode::OK, "{again}");
+        let replay = &again["results"][0];
+        for field in ["id", "type", "topic", "partition", "offset"] {
+            assert_eq!(replay[field], first[field], "{account}: {field} differs");
+        }
+        assert_eq!(replay["duplicate"], true, "{account}: {replay}");
+    }
+
+    // One batch, and concurrent requests, holding one id for both accounts:
+    // two events each time, neither waiting for nor replaying the other.
+    let batched = unique("evt-");
+    let (status, batch) = api
+        .post_events(
+            &p,
+            key,
+            &json!([
+                with_id(tag_event("acct-a", 1), &batched),
+                with_id(tag_event("acct-b", 1), &batched)
+            ]),
+        )
+        .await?;
+    assert_eq!(status, StatusCode::OK, "{batch}");
+    let results = batch["results"].as_array().cloned().unwrap_or_default();
+    assert_eq!(results.len(), 2, "{batch}");
+    assert!(
+        results.iter().all(|r| r.get("duplicate").is_none()),
+        "{batch}"
+    );
+    let concurrent = unique("evt-");
+    let bodies = [
+        with_id(tag_event("acct-a", 2), &concurrent),
+        with_id(tag_event("acct-b", 2), &concurrent),
+    ];
+    let answers =
+        futures_util::future::join_all(bodies.iter().map(|b| api.post_events(&p, key, b))).await;
+    let mut answered = Vec::new();
+    for answer in answers {
+        let (status, body) = answer?;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert!(body["results"][0].get("duplicate").is_none(), "{body}");
+        answered.push(body["results"][0].clone());
+    }
+
+    // On Kafka: each id once per account, at the positions answered.
+    let records = read_topic(&api.broker.bootstrap, &topic).await?;
+    let mut seen: Vec<(String, String)> = records
+        .iter()
+        .filter_map(|r| {
+            let v = r.value.as_ref()?;
+            Some((
+                v["account_id"].as_str()?.to_owned(),
+                v["id"].as_str()?.to_owned(),
+            ))
+        })
+        .collect();
+    seen.sort();
+    let mut want: Vec<(String, String)> = [&shared, &batched, &concurrent]
+        .iter()
+        .flat_map(|id| ["acct-a", "acct-b"].map(|account| (account.to_owned(), (*id).clone())))
+        .collect();
+    want.sort();
+    assert_eq!(seen, want, "records differ from one per (account, id)");
+    let expected = [
+        ("acct-a", &a),
+        ("acct-b", &b),
+        ("acct-a", &results[0]),
+        ("acct-b", &results[1]),
+        ("acct-a", &answered[0]),
+        ("acct-b", &answered[1]),
+    ];
+    for (account, answer) in expected {
+        assert_eq!(answer["topic"], topic.as_str());
+        let record = records
+            .iter()
+            .find(|r| {
+                answer["partition"].as_i64() == Some(i64::from(r.partition))
+                    && answer["offset"].as_i64() == Some(r.offset)
+            })
+            .ok_or_else(|| anyhow::anyhow!("no record at the answered position {answer}"))?;
+        let v = record
+            .value
+            .as_ref()
+            .ok_or_else(|| anyhow::anyhow!("tombstone at {answer}"))?;
+        assert_eq!(
+            v["account_id"], account,
+            "{answer} points at another account's record"
+        );
+        assert_eq!(v["id"], answer["id"]);
+        assert_eq!(record.key.as_deref(), Some(account));
+    }
+    let metrics = api.metrics(&p).await?;
+    assert_eq!(
+        metric_value(&metrics, "herald_producer_idempotent_replays_total", ""),
+        2.0
+    );
     api.shutdown.cancel();
     Ok(())
 }
