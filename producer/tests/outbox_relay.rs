@@ -2,7 +2,9 @@
 //! Kafka-protocol broker, run as the `herald-producer` binary so it can be
 //! SIGKILLed: at-least-once delivery, per-account order, stable event ids
 //! across crashes, one leader among several relays, poison rows set aside,
-//! database connection loss and broker outages survived without help.
+//! database connection loss and broker outages survived without help;
+//! per-account commit order under concurrent writers (migration 2's insert
+//! trigger), with the relay SIGKILLed too, and a version-1 table upgraded.
 
 mod support;
 
@@ -463,7 +465,7 @@ async fn relay_recovers_from_a_broker_outage() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn migrations_are_idempotent_and_inserts_wake_the_relay() -> anyhow::Result<()> {
     let s = Setup::new(Broker::start().await?).await?;
-    // Setup applied version 1; a second run applies nothing.
+    // Setup applied every version; a second run applies nothing.
     assert!(s.migrate()?.contains("0 migration(s) applied"));
     let versions: Vec<i32> =
         s.db.client
@@ -478,7 +480,9 @@ async fn migrations_are_idempotent_and_inserts_wake_the_relay() -> anyhow::Resul
             .iter()
             .map(|r| r.get(0))
             .collect();
-    assert_eq!(versions, vec![1]);
+    let mut versions = versions;
+    versions.sort_unstable();
+    assert_eq!(versions, vec![1, 2]);
 
     // With a one-minute polling fallback, only NOTIFY can wake the relay in time.
     let relay =
@@ -492,5 +496,541 @@ async fn migrations_are_idempotent_and_inserts_wake_the_relay() -> anyhow::Resul
     s.db.insert(&[tag_event("acct", 0)]).await?;
     s.wait_drained(Duration::from_secs(20)).await?;
     check_deliveries(&s.records().await?, &[("acct".to_owned(), 1)].into())?;
+    Ok(())
+}
+
+/// One database session of its own, so its transactions run concurrently
+/// with other writers'.
+#[derive(Clone)]
+struct Writer {
+    client: Arc<tokio_postgres::Client>,
+    /// Its backend's pid, to see whom it waits for.
+    pid: i32,
+}
+
+impl Writer {
+    async fn connect(url: &str) -> anyhow::Result<Writer> {
+        let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        let pid = client
+            .query_one("SELECT pg_backend_pid()", &[])
+            .await?
+            .get(0);
+        Ok(Writer {
+            client: Arc::new(client),
+            pid,
+        })
+    }
+
+    /// `BEGIN`, then insert `events` in one statement, in order; returns
+    /// the seq of each (in `events` order).
+    async fn begin_insert(&self, table: &str, events: &[Value]) -> anyhow::Result<Vec<i64>> {
+        self.client.batch_execute("BEGIN").await?;
+        let text: Vec<String> = events.iter().map(Value::to_string).collect();
+        let rows = self
+            .client
+            .query(
+                &format!(
+                    "INSERT INTO {table} (event) SELECT e::jsonb FROM unnest($1::text[]) WITH ORDINALITY AS t(e, i) ORDER BY i \
+                     RETURNING seq, event->'payload'->>'id'"
+                ),
+                &[&text],
+            )
+            .await?;
+        let seqs: HashMap<String, i64> = rows.iter().map(|r| (r.get(1), r.get(0))).collect();
+        events
+            .iter()
+            .map(|e| {
+                e["payload"]["id"]
+                    .as_str()
+                    .and_then(|id| seqs.get(id).copied())
+                    .ok_or_else(|| anyhow::anyhow!("no seq returned for {e}"))
+            })
+            .collect()
+    }
+
+    async fn commit(&self) -> anyhow::Result<()> {
+        self.client.batch_execute("COMMIT").await?;
+        Ok(())
+    }
+}
+
+/// Of `pids`, those waiting for a lock another session holds.
+async fn waiting(db: &TestDb, pids: &[i32]) -> anyhow::Result<Vec<i32>> {
+    Ok(db
+        .client
+        .query(
+            "SELECT pid FROM unnest($1::int4[]) AS pid WHERE cardinality(pg_blocking_pids(pid)) > 0",
+            &[&pids],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect())
+}
+
+/// Rows of `tag_event(account, n)` still in the outbox.
+async fn left_in_outbox(db: &TestDb, account: &str, n: u64) -> anyhow::Result<i64> {
+    Ok(db
+        .client
+        .query_one(
+            &format!(
+                "SELECT count(*) FROM {} WHERE event->'payload'->>'id' = $1",
+                db.outbox()
+            ),
+            &[&format!("{account}-{n}")],
+        )
+        .await?
+        .get(0))
+}
+
+/// `events` sorted by account (stable): a transaction inserting them takes
+/// the per-account locks in one global order, so writers never deadlock.
+fn by_account(mut events: Vec<(String, u64)>) -> Vec<(String, u64)> {
+    events.sort_by(|a, b| a.0.cmp(&b.0));
+    events
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_later_writer_of_an_account_waits_for_the_earlier_one_to_commit() -> anyhow::Result<()> {
+    let s = Setup::new(Broker::start().await?).await?;
+    let _relay = ProducerProcess::spawn(&s.relay_args(&unique("relay_"), &[]))?;
+    let table = s.db.outbox();
+    let (t1, t2, t3) = (
+        Writer::connect(&s.db.url).await?,
+        Writer::connect(&s.db.url).await?,
+        Writer::connect(&s.db.url).await?,
+    );
+
+    // T1 inserts event 0 of account A and keeps its transaction open.
+    let seq0 = t1.begin_insert(&table, &[tag_event("A", 0)]).await?[0];
+    // T2 inserts event 1 of A and commits as soon as Postgres lets it.
+    let t2_task = tokio::spawn({
+        let (t2, table) = (t2.clone(), table.clone());
+        async move {
+            let seq = t2.begin_insert(&table, &[tag_event("A", 1)]).await?[0];
+            t2.commit().await?;
+            anyhow::Ok(seq)
+        }
+    });
+    // Another account is not held up by T1, neither in Postgres nor by the relay.
+    tokio::time::timeout(Duration::from_secs(20), async {
+        t3.begin_insert(&table, &[tag_event("B", 0)]).await?;
+        t3.commit().await
+    })
+    .await
+    .map_err(|_| anyhow::anyhow!("account B's writer waited for account A's transaction"))??;
+    wait_until(
+        Duration::from_secs(30),
+        "account B's event to be published",
+        || async { Ok(left_in_outbox(&s.db, "B", 0).await? == 0) },
+    )
+    .await?;
+
+    // Without the per-account lock T2 commits at once and the relay may
+    // publish event 1 before T1 (holding event 0, a lower seq) commits.
+    // With it, T2 waits inside its insert for T1.
+    wait_until(
+        Duration::from_secs(30),
+        "T2 to be published or to wait for T1",
+        || async {
+            if t2_task.is_finished() {
+                Ok(left_in_outbox(&s.db, "A", 1).await? == 0)
+            } else {
+                let blockers: Vec<i32> =
+                    s.db.client
+                        .query_one("SELECT pg_blocking_pids($1)", &[&t2.pid])
+                        .await?
+                        .get(0);
+                Ok(blockers.contains(&t1.pid))
+            }
+        },
+    )
+    .await?;
+    let t2_committed_first = t2_task.is_finished();
+    t1.commit().await?;
+    let seq1 = tokio::time::timeout(Duration::from_secs(20), t2_task)
+        .await
+        .map_err(|_| anyhow::anyhow!("T2 still waits after T1 committed"))???;
+    s.wait_drained(Duration::from_secs(30)).await?;
+
+    let (kafka, duplicates) = support::first_copies(&s.records().await?)?;
+    assert_eq!(duplicates, 0);
+    assert_eq!(kafka.get("B"), Some(&vec![0]));
+    let in_kafka = kafka.get("A").cloned().unwrap_or_default();
+    let seq_order = if seq0 < seq1 { vec![0, 1] } else { vec![1, 0] };
+    let commit_order = if t2_committed_first {
+        vec![1, 0]
+    } else {
+        vec![0, 1]
+    };
+    eprintln!(
+        "seqs {seq0} and {seq1}, T2 committed first: {t2_committed_first}, Kafka order {in_kafka:?}"
+    );
+    assert_eq!(
+        in_kafka, seq_order,
+        "account A reached Kafka out of seq order"
+    );
+    assert_eq!(
+        in_kafka, commit_order,
+        "account A reached Kafka out of commit order"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_concurrent_writers_publish_each_account_in_commit_order() -> anyhow::Result<()> {
+    const WRITERS: usize = 6;
+    const ROUNDS: usize = 8;
+    let s = Setup::new(Broker::start().await?).await?;
+    let _relay = ProducerProcess::spawn(&s.relay_args(&unique("relay_"), &[]))?;
+    let table = s.db.outbox();
+    let accounts = ["a", "b", "c"];
+    let mut writers = Vec::new();
+    for _ in 0..WRITERS {
+        writers.push(Writer::connect(&s.db.url).await?);
+    }
+    let mut rng = Rng::seeded();
+    let mut n = 0u64;
+    // Per account: event numbers in the order their transactions committed,
+    // and each event's seq.
+    let mut committed: HashMap<String, Vec<u64>> = HashMap::new();
+    let mut seqs: HashMap<(String, u64), i64> = HashMap::new();
+
+    for round in 0..ROUNDS {
+        // Every writer opens a transaction and inserts 1-3 events.
+        let mut pending = Vec::new();
+        for w in &writers {
+            let events = by_account(
+                (0..1 + rng.below(3))
+                    .map(|_| {
+                        n += 1;
+                        (accounts[rng.below(3) as usize].to_owned(), n)
+                    })
+                    .collect(),
+            );
+            let values: Vec<Value> = events.iter().map(|(a, n)| tag_event(a, *n)).collect();
+            let task = tokio::spawn({
+                let (w, table) = (w.clone(), table.clone());
+                async move { w.begin_insert(&table, &values).await }
+            });
+            pending.push((w.clone(), events, task));
+        }
+        // Commit them one at a time in a random order, each time choosing
+        // among those whose insert went through (the others wait for a lock).
+        let mut open = Vec::new();
+        let mut commits = 0;
+        while commits < WRITERS {
+            let pids: Vec<i32> = pending.iter().map(|(w, _, _)| w.pid).collect();
+            wait_until(
+                Duration::from_secs(30),
+                "every insert to finish or to wait for a lock",
+                || async {
+                    let blocked = waiting(&s.db, &pids).await?;
+                    Ok(pending
+                        .iter()
+                        .all(|(w, _, t)| t.is_finished() || blocked.contains(&w.pid)))
+                },
+            )
+            .await?;
+            let mut still = Vec::new();
+            for (w, events, task) in pending {
+                if task.is_finished() {
+                    let got = task.await??;
+                    open.push((w, events, got));
+                } else {
+                    still.push((w, events, task));
+                }
+            }
+            pending = still;
+            anyhow::ensure!(
+                !open.is_empty(),
+                "round {round}: every writer waits for another (deadlock)"
+            );
+            let (w, events, got) = open.swap_remove(rng.below(open.len() as u64) as usize);
+            w.commit().await?;
+            commits += 1;
+            for ((account, n), seq) in events.into_iter().zip(got) {
+                committed.entry(account.clone()).or_default().push(n);
+                seqs.insert((account, n), seq);
+            }
+        }
+    }
+    s.wait_drained(Duration::from_secs(60)).await?;
+
+    let (kafka, duplicates) = support::first_copies(&s.records().await?)?;
+    assert_eq!(duplicates, 0, "duplicates without a crash");
+    assert_eq!(
+        kafka.keys().collect::<std::collections::BTreeSet<_>>(),
+        committed.keys().collect(),
+        "accounts differ"
+    );
+    for (account, order) in &committed {
+        assert_eq!(
+            &kafka[account], order,
+            "account {account}: Kafka order is not commit order"
+        );
+        let mut by_seq = order.clone();
+        by_seq.sort_by_key(|n| seqs[&(account.clone(), *n)]);
+        assert_eq!(
+            &by_seq, order,
+            "account {account}: seq order is not commit order"
+        );
+    }
+    eprintln!("{n} events from {} transactions", ROUNDS * WRITERS);
+    Ok(())
+}
+
+/// One committed writer transaction of the SIGKILL test.
+#[derive(Debug, Clone)]
+struct Committed {
+    /// `(account, n, seq)` of its events.
+    events: Vec<(String, u64, i64)>,
+    /// Clock reading just before `COMMIT` was sent.
+    sent: u64,
+    /// Clock reading just after it was acknowledged.
+    acked: u64,
+}
+
+/// Write random small transactions until `stop`, each inserting 1-4 events
+/// of random `accounts`, recording every commit.
+async fn write_until(
+    writer: Writer,
+    table: String,
+    accounts: Vec<String>,
+    numbers: Arc<std::sync::atomic::AtomicU64>,
+    clock: Arc<std::sync::atomic::AtomicU64>,
+    stop: Arc<AtomicBool>,
+    seed: u64,
+) -> anyhow::Result<Vec<Committed>> {
+    let mut rng = Rng(seed | 1);
+    let mut log = Vec::new();
+    while !stop.load(Ordering::Acquire) {
+        let events = by_account(
+            (0..1 + rng.below(4))
+                .map(|_| {
+                    let account = accounts[rng.below(accounts.len() as u64) as usize].clone();
+                    (account, numbers.fetch_add(1, Ordering::SeqCst))
+                })
+                .collect(),
+        );
+        let values: Vec<Value> = events.iter().map(|(a, n)| tag_event(a, *n)).collect();
+        let seqs = writer.begin_insert(&table, &values).await?;
+        let sent = clock.fetch_add(1, Ordering::SeqCst);
+        writer.commit().await?;
+        let acked = clock.fetch_add(1, Ordering::SeqCst);
+        log.push(Committed {
+            events: events
+                .into_iter()
+                .zip(seqs)
+                .map(|((a, n), seq)| (a, n, seq))
+                .collect(),
+            sent,
+            acked,
+        });
+    }
+    Ok(log)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writers_and_sigkilled_relays_lose_nothing_and_keep_commit_order()
+-> anyhow::Result<()> {
+    const KILLS: u64 = 6;
+    const BATCH: usize = 50;
+    let s = Setup::new(Broker::start().await?).await?;
+    let mut rng = Rng::seeded();
+    let accounts: Vec<String> = (1..=3).map(|i| format!("acct{i}")).collect();
+    let numbers = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let clock = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for _ in 0..4 {
+        writers.push(tokio::spawn(write_until(
+            Writer::connect(&s.db.url).await?,
+            s.db.outbox(),
+            accounts.clone(),
+            numbers.clone(),
+            clock.clone(),
+            stop.clone(),
+            rng.below(u64::MAX),
+        )));
+    }
+
+    let args = s.relay_args(&unique("relay_"), &["--outbox-batch", &BATCH.to_string()]);
+    for round in 0..KILLS {
+        let mut relay = ProducerProcess::spawn(&args)?;
+        // Kill it once it has published a random number of rows, while
+        // the writers keep committing.
+        let target = 1 + rng.below(3 * BATCH as u64);
+        let written_before = numbers.load(Ordering::SeqCst);
+        wait_until(
+            Duration::from_secs(60),
+            "the relay to publish rows while writers commit",
+            || async {
+                Ok(relay
+                    .metric("herald_producer_outbox_rows_total", "")
+                    .await?
+                    >= target as f64
+                    && numbers.load(Ordering::SeqCst) > written_before)
+            },
+        )
+        .await
+        .map_err(|e| e.context(relay.log_text()))?;
+        relay.kill();
+        eprintln!("round {round}: SIGKILL after at least {target} rows");
+    }
+    stop.store(true, Ordering::Release);
+    let mut log = Vec::new();
+    for w in writers {
+        log.extend(w.await??);
+    }
+    let relay = ProducerProcess::spawn(&args)?;
+    s.wait_drained(Duration::from_secs(120)).await?;
+    let records = s.records().await?;
+    drop(relay);
+
+    let (kafka, duplicates) = support::first_copies(&records)?;
+    let total: usize = log.iter().map(|c| c.events.len()).sum();
+    assert_eq!(records.len(), total + duplicates);
+    assert!(
+        duplicates <= KILLS as usize * BATCH,
+        "{duplicates} duplicates: more than one batch per kill"
+    );
+    // Per account: each event's seq and its transaction's commit window.
+    let mut rows: HashMap<u64, (i64, u64, u64)> = HashMap::new();
+    let mut per_account: HashMap<&str, Vec<u64>> = HashMap::new();
+    for c in &log {
+        for (account, n, seq) in &c.events {
+            rows.insert(*n, (*seq, c.sent, c.acked));
+            per_account.entry(account).or_default().push(*n);
+        }
+    }
+    for (account, mut events) in per_account {
+        let arrived = kafka.get(account).cloned().unwrap_or_default();
+        let mut sorted = arrived.clone();
+        sorted.sort_unstable();
+        events.sort_unstable();
+        assert_eq!(sorted, events, "account {account}: events lost or foreign");
+        // First copies in seq order...
+        let mut by_seq = arrived.clone();
+        by_seq.sort_by_key(|n| rows[n].0);
+        assert_eq!(
+            by_seq, arrived,
+            "account {account}: first copies out of seq order"
+        );
+        // ...and in commit order: no event arrives after one whose
+        // transaction committed only after its own was acknowledged.
+        let mut min_acked_after = u64::MAX;
+        for n in arrived.iter().rev() {
+            let (_, sent, acked) = rows[n];
+            assert!(
+                min_acked_after > sent,
+                "account {account}: event {n} arrived before an event whose transaction committed before its own"
+            );
+            min_acked_after = min_acked_after.min(acked);
+        }
+    }
+    eprintln!(
+        "{total} events in {} transactions, {} records, {duplicates} duplicates",
+        log.len(),
+        records.len()
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migration_2_upgrades_a_version_1_table_in_place() -> anyhow::Result<()> {
+    use herald_producer::outbox::{OutboxTable, migrate};
+    let s = Setup::new(Broker::start().await?).await?;
+    // A second outbox table in the test's schema, as Herald's version 1 left it.
+    let table = OutboxTable::new(&s.db.schema, "legacy")?;
+    let (mut client, connection) =
+        tokio_postgres::connect(&s.db.url, tokio_postgres::NoTls).await?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    assert_eq!(migrate::apply_up_to(&mut client, &table, 1).await?, 1);
+    let insert = format!(
+        "INSERT INTO {} (event) SELECT e::jsonb FROM unnest($1::text[]) WITH ORDINALITY AS t(e, i) ORDER BY i RETURNING seq",
+        table.qualified()
+    );
+    let text =
+        |events: Vec<Value>| -> Vec<String> { events.iter().map(Value::to_string).collect() };
+    let old: Vec<i64> = client
+        .query(
+            &insert,
+            &[&text((0..5).map(|n| tag_event("acct", n)).collect())],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        old,
+        vec![1, 2, 3, 4, 5],
+        "version 1 numbers rows by its identity"
+    );
+
+    assert_eq!(migrate::apply(&mut client, &table).await?, 1);
+    assert_eq!(migrate::apply(&mut client, &table).await?, 0);
+    let kept: Vec<i64> = client
+        .query(
+            &format!("SELECT seq FROM {} ORDER BY seq", table.qualified()),
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(kept, old, "existing rows were renumbered");
+    // New rows are numbered by the trigger, after the old ones, and take
+    // the account's lock: a second writer of the account waits.
+    let first = Writer::connect(&s.db.url).await?;
+    let new = first
+        .begin_insert(
+            &table.qualified(),
+            &[tag_event("acct", 5), tag_event("acct", 6)],
+        )
+        .await?;
+    assert!(new[0] > 5 && new[1] > new[0], "{new:?}");
+    let second = Writer::connect(&s.db.url).await?;
+    let task = tokio::spawn({
+        let (second, t) = (second.clone(), table.qualified());
+        async move {
+            let seqs = second.begin_insert(&t, &[tag_event("acct", 7)]).await?;
+            second.commit().await?;
+            anyhow::Ok(seqs)
+        }
+    });
+    wait_until(
+        Duration::from_secs(30),
+        "the second writer to wait",
+        || async { Ok(waiting(&s.db, &[second.pid]).await? == vec![second.pid]) },
+    )
+    .await?;
+    first.commit().await?;
+    let last = tokio::time::timeout(Duration::from_secs(20), task)
+        .await
+        .map_err(|_| anyhow::anyhow!("the second writer still waits"))???;
+    assert!(last[0] > new[1]);
+
+    let relay =
+        ProducerProcess::spawn(&s.relay_args(&unique("relay_"), &["--outbox-table", "legacy"]))?;
+    wait_until(
+        Duration::from_secs(30),
+        "the legacy outbox to drain",
+        || async {
+            let left: i64 = client
+                .query_one(&format!("SELECT count(*) FROM {}", table.qualified()), &[])
+                .await?
+                .get(0);
+            Ok(left == 0)
+        },
+    )
+    .await?;
+    check_deliveries(&s.records().await?, &[("acct".to_owned(), 8)].into())?;
+    drop(relay);
     Ok(())
 }

@@ -2,12 +2,14 @@
 //! the same transaction as their business write, and the [`OutboxRelay`]
 //! publishes them to Kafka.
 //!
-//! - [`migrate`]: the table, its dead-letter table and the NOTIFY trigger,
-//!   as numbered migrations (`herald-producer migrate` or `--outbox-migrate`).
+//! - [`migrate`]: the table, its dead-letter table, the NOTIFY trigger and
+//!   the trigger that numbers rows per account in commit order, as numbered
+//!   migrations (`herald-producer migrate` or `--outbox-migrate`).
 //! - [`relay`]: one leader at a time (a Postgres advisory lock) reads rows
-//!   in insertion order, publishes them in batches through the idempotent
-//!   producer, and deletes them only after Kafka acknowledged them; invalid
-//!   rows go to the dead-letter table with their reason.
+//!   in `seq` order (per account, commit order), publishes them in batches
+//!   through the idempotent producer, and deletes them only after Kafka
+//!   acknowledged them; invalid rows go to the dead-letter table with their
+//!   reason.
 
 pub mod migrate;
 pub mod relay;
@@ -118,6 +120,17 @@ impl OutboxTable {
         format!("\"{}_notify\"", self.table)
     }
 
+    /// The trigger function that locks a row's account and then numbers
+    /// the row (migration 2).
+    pub fn order_function(&self) -> String {
+        self.qualified_with("_order")
+    }
+
+    /// The `BEFORE INSERT` trigger calling [`OutboxTable::order_function`].
+    pub fn order_trigger_name(&self) -> String {
+        format!("\"{}_order\"", self.table)
+    }
+
     fn digest(&self, purpose: &str) -> [u8; 32] {
         Sha256::digest(format!(
             "herald-outbox:{purpose}:{}.{}",
@@ -151,6 +164,15 @@ impl OutboxTable {
     /// Advisory-lock key serialising migrations of this table.
     pub fn migration_lock_key(&self) -> i64 {
         self.key("migrate")
+    }
+
+    /// First half of the per-account advisory locks the insert trigger takes
+    /// (`pg_advisory_xact_lock(<this>, hashtext(account_id))`). The
+    /// two-`int4` form never conflicts with the single-`bigint` leader and
+    /// migration locks: Postgres keeps the two key spaces apart.
+    pub fn account_lock_key(&self) -> i32 {
+        let d = self.digest("account");
+        i32::from_be_bytes([d[0], d[1], d[2], d[3]])
     }
 }
 
@@ -240,6 +262,14 @@ mod tests {
         assert_eq!(t.to_string(), "app.herald_outbox");
         assert!(t.channel().len() <= 63);
         assert_ne!(t.leader_lock_key(), t.migration_lock_key());
+        assert_eq!(t.order_function(), "\"app\".\"herald_outbox_order\"");
+        assert_eq!(t.order_trigger_name(), "\"herald_outbox_order\"");
+        assert_ne!(
+            t.account_lock_key(),
+            OutboxTable::new("other", "herald_outbox")
+                .unwrap()
+                .account_lock_key()
+        );
         assert_ne!(
             t.channel(),
             OutboxTable::new("other", "herald_outbox")

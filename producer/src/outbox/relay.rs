@@ -1,5 +1,12 @@
 //! The outbox relay: Postgres rows -> Kafka records, at least once, in
-//! insertion order per account.
+//! commit order per account.
+//!
+//! The order comes from the table: the insert trigger of migration 2 locks
+//! the row's account before numbering it, so one account's `seq` order is the
+//! order its transactions committed, and every snapshot holds a gap-free
+//! prefix of each account's committed rows (see [`super::migrate`]). Reading
+//! `ORDER BY seq` and publishing batch after batch therefore publishes each
+//! account's rows in commit order, whatever commits meanwhile.
 //!
 //! One relay at a time is the leader: it holds a session-level advisory lock
 //! (`pg_try_advisory_lock`) on the same connection it reads and deletes

@@ -410,6 +410,53 @@ pub fn check_deliveries(
     Ok(duplicates)
 }
 
+/// The `tag_event` number of a record (`payload.id` is `<account>-<n>`).
+fn event_number(v: &Value) -> anyhow::Result<u64> {
+    v["payload"]["id"]
+        .as_str()
+        .and_then(|id| id.rsplit('-').next())
+        .and_then(|s| s.parse().ok())
+        .context("payload id number")
+}
+
+/// The first copy of every `tag_event` per account, in arrival order:
+/// account -> event numbers, plus the number of later copies. Checks that
+/// each record is keyed by its account, carries its envelope id in the
+/// `event_id` header, and that every copy of one event has one id.
+pub fn first_copies(records: &[Record]) -> anyhow::Result<(HashMap<String, Vec<u64>>, usize)> {
+    let mut ids: HashMap<(String, u64), String> = HashMap::new();
+    let mut order: HashMap<String, Vec<u64>> = HashMap::new();
+    let mut duplicates = 0;
+    for r in records {
+        let v = r.value.as_ref().context("unexpected tombstone")?;
+        let account = v["account_id"].as_str().context("account_id")?.to_owned();
+        anyhow::ensure!(
+            r.key.as_deref() == Some(account.as_str()),
+            "key is not the account"
+        );
+        let id = v["id"].as_str().context("id")?.to_owned();
+        anyhow::ensure!(
+            r.headers.get("event_id") == Some(&id),
+            "event_id header differs from the envelope id"
+        );
+        let n = event_number(v)?;
+        match ids.get(&(account.clone(), n)) {
+            Some(first) => {
+                anyhow::ensure!(
+                    *first == id,
+                    "event {account}-{n} was published under two ids: {first} and {id}"
+                );
+                duplicates += 1;
+            }
+            None => {
+                ids.insert((account.clone(), n), id);
+                order.entry(account).or_default().push(n);
+            }
+        }
+    }
+    Ok((order, duplicates))
+}
+
 /// `herald-producer` as a child process.
 pub struct ProducerProcess {
     child: Child,
