@@ -9,6 +9,8 @@
 #   - PostgreSQL: Debian's postgresql package when no server binaries exist,
 #     and a throwaway cluster in a temp dir on a free port
 #     (HERALD_TEST_POSTGRES=postgres://... uses a running server instead);
+#   - nginx: Debian's package (installed, not started as a service; the
+#     proxy tests run the shipped deploy/nginx/nginx.conf on loopback);
 #   - cargo-nextest, and the npm clients the end-to-end tests drive.
 # Needs Java 17+ and Maven (for Kafka), Node.js 20+ and npm.
 #
@@ -37,6 +39,15 @@ if [ -z "${HERALD_TEST_POSTGRES:-}" ] && [ -z "${HERALD_PG_BINDIR:-}" ] \
   && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
   echo "==> installing Debian's postgresql (server binaries for a throwaway test cluster)"
   apt_install postgresql
+fi
+if ! command -v nginx >/dev/null 2>&1 && [ ! -x /usr/sbin/nginx ]; then
+  echo "==> installing Debian's nginx (the proxy tests run the shipped nginx.conf in front of gateways)"
+  # Installed only, never started as a service: tests run their own.
+  sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
+  printf '#!/bin/sh\nexit 101\n' | $sudo tee /usr/sbin/policy-rc.d >/dev/null
+  $sudo chmod +x /usr/sbin/policy-rc.d
+  apt_install nginx || { $sudo rm -f /usr/sbin/policy-rc.d; exit 1; }
+  $sudo rm -f /usr/sbin/policy-rc.d
 fi
 if ! command -v cargo-nextest >/dev/null 2>&1; then
   echo "==> installing cargo-nextest"

@@ -229,6 +229,8 @@ impl Server {
             "false".into(),
             "--metadata-refresh-secs".into(),
             "2".into(),
+            "--drain-delay-secs".into(),
+            "0".into(),
         ];
         // Every load client comes from a handful of loopback addresses: lift
         // the per-address admission limit (when this gateway has one) so it

@@ -152,6 +152,9 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         &args.gateway_ops_listen,
         "--jwt-secret",
         &args.jwt_secret,
+        // One process on a laptop: no load balancer to wait for on Ctrl-C.
+        "--drain-delay-secs",
+        "0",
     ]
     .map(str::to_owned)
     .to_vec();

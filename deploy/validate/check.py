@@ -424,11 +424,17 @@ def check_workload(dep, p: Problems, ctx: str, secrets: dict, configmaps: dict,
         env = env_of(c)
         if require_drain:
             drain = int(env.get("HERALD_DRAIN_SECS", {}).get("value", 10))
+            # The gateway's own delay (readyz 503, still serving), default 5 s.
+            delay = int(env.get("HERALD_DRAIN_DELAY_SECS", {}).get("value", 5))
             pre = c.get("lifecycle", {}).get("preStop", {}).get("exec", {}).get("command", [])
             sleep = int(pre[1]) if len(pre) == 2 and pre[0] == "sleep" else 0
             grace = spec.get("terminationGracePeriodSeconds", 30)
-            p.check(grace > drain + sleep,
-                    f"{cctx}: terminationGracePeriodSeconds {grace} must exceed preStop sleep {sleep} + drain {drain}")
+            p.check(grace > drain + delay + sleep,
+                    f"{cctx}: terminationGracePeriodSeconds {grace} must exceed preStop sleep {sleep} + "
+                    f"drain delay {delay} + drain {drain}")
+            if "HERALD_PROXY_PROTOCOL" in env:
+                p.check(bool(env.get("HERALD_TRUSTED_PROXIES", {}).get("value")),
+                        f"{cctx}: HERALD_PROXY_PROTOCOL needs HERALD_TRUSTED_PROXIES")
     check_references(spec, p, ctx, secrets, configmaps)
 
 

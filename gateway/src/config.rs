@@ -121,9 +121,17 @@ pub struct GatewayConfig {
     /// Seconds a write to a client may make no progress before its socket is closed.
     #[arg(long, env = "HERALD_WRITE_TIMEOUT_SECS", default_value_t = 10)]
     pub write_timeout_secs: u64,
-    /// Seconds allowed for closing client connections on shutdown.
+    /// Seconds over which clients are told to reconnect on shutdown (their
+    /// notices are spread over the first 80 %), then the rest are closed.
     #[arg(long, env = "HERALD_DRAIN_SECS", default_value_t = 10)]
     pub drain_secs: u64,
+    /// Seconds between SIGTERM and the drain: `/readyz` answers 503
+    /// ("draining") while the pod keeps serving and accepting, so load
+    /// balancers stop sending it new clients before it asks its clients to
+    /// leave (Kubernetes removes a pod from its endpoints only after it
+    /// started terminating).
+    #[arg(long, env = "HERALD_DRAIN_DELAY_SECS", default_value_t = 5)]
+    pub drain_delay_secs: u64,
     /// Interval of ActionCable `ping` frames, ms (Rails: 3000).
     #[arg(long, env = "HERALD_CABLE_PING_INTERVAL_MS", default_value_t = 3000)]
     pub cable_ping_interval_ms: u64,
@@ -152,6 +160,16 @@ pub struct GatewayConfig {
         default_value_t = 10_000
     )]
     pub max_connections_per_account: u32,
+    /// Proxies and load balancers whose word on the client's address is
+    /// believed (`X-Forwarded-For`, `Forwarded`, the PROXY protocol), as
+    /// CIDR ranges or addresses, comma-separated (empty: nobody; the TCP
+    /// peer is the client). Per-address limits key on that address.
+    #[arg(long, env = "HERALD_TRUSTED_PROXIES", value_delimiter = ',')]
+    pub trusted_proxies: Vec<String>,
+    /// Connections from trusted proxies start with a PROXY protocol v1/v2
+    /// header (HAProxy, AWS NLB, ingress-nginx `use-proxy-protocol`).
+    #[arg(long, env = "HERALD_PROXY_PROTOCOL", default_value_t = false)]
+    pub proxy_protocol: bool,
     /// Origins browsers may open WebSockets from, comma-separated (empty: any); 403 otherwise.
     #[arg(long, env = "HERALD_ALLOWED_ORIGINS", value_delimiter = ',')]
     pub allowed_origins: Vec<String>,
@@ -461,9 +479,28 @@ impl GatewayConfig {
         })
     }
 
+    /// The trusted proxies.
+    pub fn proxies(&self) -> Result<crate::proxy::TrustedProxies, ConfigError> {
+        let proxies = crate::proxy::TrustedProxies::parse(&self.trusted_proxies)
+            .map_err(|e| ConfigError::OutOfRange(format!("--trusted-proxies: {e}")))?;
+        if self.proxy_protocol && proxies.is_empty() {
+            return Err(ConfigError::OutOfRange(
+                "--proxy-protocol needs --trusted-proxies: the header is read only from those peers".into(),
+            ));
+        }
+        if self.proxy_protocol && self.tls_cert.is_some() {
+            return Err(ConfigError::OutOfRange(
+                "--proxy-protocol with --tls-cert is not supported: terminate TLS at the proxy"
+                    .into(),
+            ));
+        }
+        Ok(proxies)
+    }
+
     /// Check everything that can be checked without I/O on the network.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.topics()?;
+        self.proxies()?;
         self.stomp()?;
         self.cable()?;
         self.typeid()?;

@@ -20,6 +20,7 @@ pub mod identities;
 pub mod limits;
 pub mod metrics;
 pub mod presence;
+pub mod proxy;
 pub mod resume;
 pub mod router;
 pub mod server;

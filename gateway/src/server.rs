@@ -31,6 +31,7 @@ use crate::{
     limits::{IpSlot, Limits},
     metrics::Metrics,
     presence::PresenceTable,
+    proxy::ProxyProtocolListener,
     resume::{Epochs, HistoryBuffer, ResumeConfig},
     router::Router,
     stomp::{self, StompConfig, codec::Version},
@@ -74,6 +75,8 @@ fn tune_socket(tcp: &tokio::net::TcpStream, user_timeout: Duration) {
 enum Listening {
     Plain(TcpListener),
     Tls(TlsListener),
+    /// Plain TCP; trusted proxies send a PROXY protocol header first.
+    Proxied(ProxyProtocolListener),
 }
 
 /// What every connection task shares.
@@ -106,6 +109,8 @@ pub struct Context {
     pub limits: Arc<Limits>,
     /// Per-connection outbound bounds (every protocol).
     pub outbound: crate::connection::ConnLimits,
+    /// Peers whose word on the client's address is believed.
+    pub proxies: Arc<crate::proxy::TrustedProxies>,
 }
 
 impl Context {
@@ -189,12 +194,19 @@ impl GatewayHandle {
 }
 
 /// Start a gateway; returns once its listeners are bound. Cancelling
-/// `shutdown` drains it.
+/// `signal` (SIGTERM) drains it as Kubernetes expects: `/readyz` answers
+/// 503 at once while the pod keeps serving for `--drain-delay-secs` (so
+/// load balancers stop sending it clients), then clients are told to
+/// reconnect spread over `--drain-secs`, then the process ends.
 pub async fn start(
     config: GatewayConfig,
-    shutdown: CancellationToken,
+    signal: CancellationToken,
 ) -> anyhow::Result<GatewayHandle> {
     config.validate()?;
+    // Cancelled when the drain proper begins (after the delay).
+    let shutdown = CancellationToken::new();
+    // The ops server outlives the drain: probes and scrapes keep working.
+    let ops_stop = CancellationToken::new();
     let verifier = JwtVerifier::new(
         config.jwt_secret.as_deref(),
         &config.jwt_public_key_file,
@@ -231,6 +243,26 @@ pub async fn start(
     ));
     let readiness = Readiness::default();
     let kafka_ready = readiness.condition("kafka");
+    // "not ready: draining" from SIGTERM on.
+    let serving = readiness.condition("draining");
+    serving.store(true, std::sync::atomic::Ordering::Release);
+    {
+        let (signal, shutdown) = (signal.clone(), shutdown.clone());
+        let delay = Duration::from_secs(config.drain_delay_secs);
+        tokio::spawn(async move {
+            signal.cancelled().await;
+            serving.store(false, std::sync::atomic::Ordering::Release);
+            tracing::info!(
+                delay_secs = delay.as_secs(),
+                "draining: /readyz answers 503; still serving until the delay is over"
+            );
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = shutdown.cancelled() => {}
+            }
+            shutdown.cancel();
+        });
+    }
     let identities = Arc::new(IdentityTable::new());
     let presence = Arc::new(PresenceTable::new(Duration::from_secs(
         config.presence_window_secs,
@@ -271,7 +303,7 @@ pub async fn start(
         registry: metrics.registry.clone(),
         readiness,
     }
-    .spawn(config.ops_listen, shutdown.child_token())
+    .spawn(config.ops_listen, ops_stop.clone())
     .await
     .map_err(|e| anyhow::anyhow!("cannot bind ops listener {}: {e}", config.ops_listen))?;
     let listener = bind_listener(config.listen, config.reuse_port)
@@ -298,6 +330,7 @@ pub async fn start(
         drain_spread: Duration::from_millis(config.drain_secs * 800),
         limits: Limits::new(config.limits(), metrics.clone()),
         outbound: config.outbound()?,
+        proxies: Arc::new(config.proxies()?),
     });
     let consumer_stop = CancellationToken::new();
     let link = Arc::new(consumer::Link::new());
@@ -382,11 +415,22 @@ pub async fn start(
     let tune = move |tcp: &tokio::net::TcpStream| tune_socket(tcp, user_timeout);
     let listening = match config.tls()? {
         Some(tls) => Listening::Tls(TlsListener::new(listener, tls, handshake, tune)?),
+        None if config.proxy_protocol => {
+            let limits = context.limits.clone();
+            Listening::Proxied(ProxyProtocolListener::new(
+                listener,
+                context.proxies.clone(),
+                handshake,
+                tune,
+                move || limits.rejected("proxy_protocol"),
+            )?)
+        }
         None => Listening::Plain(listener),
     };
     let task = tokio::spawn(async move {
         match listening {
             Listening::Tls(listener) => ws::serve(listener, app, stop, handshake).await,
+            Listening::Proxied(listener) => ws::serve(listener, app, stop, handshake).await,
             Listening::Plain(listener) => {
                 let listener = listener.tap_io(move |tcp| tune(tcp));
                 ws::serve(listener, app, stop, handshake).await
@@ -401,6 +445,7 @@ pub async fn start(
             );
         }
         consumer_stop.cancel();
+        ops_stop.cancel();
         tracing::info!("gateway stopped");
     });
     tracing::info!(%ws_addr, %ops_addr, "gateway listening");
@@ -408,7 +453,7 @@ pub async fn start(
         ws_addr,
         ops_addr,
         context,
-        shutdown,
+        shutdown: signal,
         task,
     })
 }
@@ -433,10 +478,17 @@ fn admit(state: &AppState, headers: &HeaderMap, peer: SocketAddr) -> Result<IpSl
             "origin not allowed\n",
         ));
     }
-    limits.admit_ip(peer.ip()).ok_or(Refusal(
-        axum::http::StatusCode::TOO_MANY_REQUESTS,
-        "too many connections from this address\n",
-    ))
+    limits
+        .admit_ip(client_ip(state, headers, peer))
+        .ok_or(Refusal(
+            axum::http::StatusCode::TOO_MANY_REQUESTS,
+            "too many connections from this address\n",
+        ))
+}
+
+/// The client's address: the TCP peer, or whom a trusted proxy names.
+fn client_ip(state: &AppState, headers: &HeaderMap, peer: SocketAddr) -> std::net::IpAddr {
+    state.context.proxies.client_ip(peer.ip(), headers)
 }
 
 /// An upgrade refused before it happened: status and reason.
@@ -542,10 +594,11 @@ async fn typeid_upgrade(
         Ok(slot) => slot,
         Err(refusal) => return axum::response::IntoResponse::into_response(refusal),
     };
+    let client = client_ip(&state, &headers, peer);
     let limit = state.context.stomp.limits.max_frame_bytes;
     let token = state.tracker.token();
     ws.on_upgrade(&[], limit, move |socket| async move {
-        typeid_proto::serve(socket, state.context, peer.ip()).await;
+        typeid_proto::serve(socket, state.context, client).await;
         drop((slot, token));
     })
 }

@@ -436,6 +436,9 @@ fn gateway_flags(bootstrap: &str, prefix: &str) -> Vec<String> {
         "2",
         "--drain-secs",
         "2",
+        // Tests stop gateways at once; the drain test sets its own delay.
+        "--drain-delay-secs",
+        "0",
     ]
     .into_iter()
     .map(String::from)

@@ -40,6 +40,32 @@ impl Received {
     }
 }
 
+/// Why a WebSocket could not be opened.
+#[derive(Debug)]
+pub enum OpenError {
+    /// The server answered the upgrade with this HTTP status.
+    Refused(u16),
+    /// Anything else.
+    Other(anyhow::Error),
+}
+
+impl OpenError {
+    fn other(e: impl std::fmt::Display) -> Self {
+        OpenError::Other(anyhow::anyhow!("{e}"))
+    }
+}
+
+impl std::fmt::Display for OpenError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            OpenError::Refused(status) => write!(f, "upgrade refused with HTTP {status}"),
+            OpenError::Other(e) => write!(f, "{e:#}"),
+        }
+    }
+}
+
+impl std::error::Error for OpenError {}
+
 impl RawStomp {
     /// Connect the WebSocket offering `protocols`, with an optional upgrade `Authorization`.
     pub async fn open(
@@ -101,6 +127,73 @@ impl RawStomp {
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
         RawStomp { ws, protocol }.connected(token).await
+    }
+
+    /// Open the WebSocket from source address `from` (any of 127.0.0.0/8
+    /// on loopback), with extra upgrade `headers`; the upgrade response's
+    /// status is the error when it is refused (e.g. 429).
+    pub async fn open_from(
+        from: std::net::IpAddr,
+        url: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<RawStomp, OpenError> {
+        let mut req = url.into_client_request().map_err(OpenError::other)?;
+        req.headers_mut().insert(
+            "Sec-WebSocket-Protocol",
+            HeaderValue::from_static("v12.stomp"),
+        );
+        for (k, v) in headers {
+            let name = tokio_tungstenite::tungstenite::http::HeaderName::from_bytes(k.as_bytes())
+                .map_err(OpenError::other)?;
+            req.headers_mut()
+                .append(name, HeaderValue::from_str(v).map_err(OpenError::other)?);
+        }
+        let addr = req
+            .uri()
+            .authority()
+            .map(|a| a.as_str().to_owned())
+            .ok_or_else(|| OpenError::other("no host in the URL"))?;
+        let socket = if from.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()
+        } else {
+            tokio::net::TcpSocket::new_v6()
+        }
+        .map_err(OpenError::other)?;
+        socket
+            .bind(std::net::SocketAddr::new(from, 0))
+            .map_err(OpenError::other)?;
+        let tcp = socket
+            .connect(addr.parse().map_err(OpenError::other)?)
+            .await
+            .map_err(OpenError::other)?;
+        match tokio_tungstenite::client_async(req, MaybeTlsStream::Plain(tcp)).await {
+            Ok((ws, resp)) => {
+                let protocol = resp
+                    .headers()
+                    .get("Sec-WebSocket-Protocol")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned);
+                Ok(RawStomp { ws, protocol })
+            }
+            Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+                Err(OpenError::Refused(resp.status().as_u16()))
+            }
+            Err(e) => Err(OpenError::other(e)),
+        }
+    }
+
+    /// [`open_from`](Self::open_from), then CONNECT with `token`.
+    pub async fn connect_from(
+        from: std::net::IpAddr,
+        url: &str,
+        headers: &[(&str, &str)],
+        token: &str,
+    ) -> Result<RawStomp, OpenError> {
+        Self::open_from(from, url, headers)
+            .await?
+            .connected(token)
+            .await
+            .map_err(OpenError::Other)
     }
 
     async fn connected(mut self, token: &str) -> anyhow::Result<RawStomp> {

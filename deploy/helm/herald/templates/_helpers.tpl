@@ -153,9 +153,9 @@ true
 {{- if and $pa.jwtSecret (lt (len $pa.jwtSecret) 32) -}}
 {{- fail "producer.auth.jwtSecret must be at least 32 bytes" -}}
 {{- end -}}
-{{- $minGrace := add $v.gateway.preStopSleepSeconds $v.gateway.drainSeconds -}}
+{{- $minGrace := add $v.gateway.drainDelaySeconds $v.gateway.drainSeconds -}}
 {{- if and $v.gateway.terminationGracePeriodSeconds (le (int $v.gateway.terminationGracePeriodSeconds) (int $minGrace)) -}}
-{{- fail (printf "gateway.terminationGracePeriodSeconds (%v) must exceed preStopSleepSeconds + drainSeconds (%v), or the drain is cut short" $v.gateway.terminationGracePeriodSeconds $minGrace) -}}
+{{- fail (printf "gateway.terminationGracePeriodSeconds (%v) must exceed drainDelaySeconds + drainSeconds (%v), or the drain is cut short" $v.gateway.terminationGracePeriodSeconds $minGrace) -}}
 {{- end -}}
 {{- end }}
 
