@@ -1,6 +1,7 @@
 //! The real services Herald is tested and benchmarked against, started by
 //! the tests themselves on loopback: Apache Kafka ([`kafka`]: one KRaft
-//! broker, or a cluster for failover) and PostgreSQL ([`postgres`]).
+//! broker, or a cluster for failover), PostgreSQL ([`postgres`]) and nginx
+//! ([`nginx`], the shipped proxy configuration).
 //!
 //! A whole test run shares one broker and one database server, started by
 //! `herald-test-services` (see `scripts/test.sh`) and named by
@@ -11,6 +12,7 @@
 //! PostgreSQL binaries, the error says what to install or set.
 
 pub mod kafka;
+pub mod nginx;
 pub mod postgres;
 pub mod process;
 

@@ -4,13 +4,12 @@
 
 use std::{
     net::{IpAddr, SocketAddr},
-    path::PathBuf,
     time::Duration,
 };
 
 use anyhow::Context as _;
 use futures_util::StreamExt;
-use herald_testkit::{free_port, retry};
+use herald_testkit::{free_port, nginx::Nginx, retry};
 use herald_tests::{
     GatewayProcess, Stack,
     cable::RawCable,
@@ -18,122 +17,6 @@ use herald_tests::{
     token, typeid,
 };
 use serde_json::json;
-
-/// Debian's nginx running `deploy/nginx/nginx.conf`, adapted to loopback:
-/// its own port, the given upstream gateways, files in a temp dir.
-struct Nginx {
-    port: u16,
-    // Stopped with SIGTERM (its workers with it) when dropped, or when the
-    // test process dies.
-    _process: herald_testkit::process::Supervised,
-    dir: tempfile::TempDir,
-}
-
-fn nginx_binary() -> anyhow::Result<PathBuf> {
-    for candidate in ["/usr/sbin/nginx", "/usr/bin/nginx"] {
-        if std::path::Path::new(candidate).is_file() {
-            return Ok(candidate.into());
-        }
-    }
-    anyhow::bail!("nginx is not installed (scripts/test.sh installs Debian's nginx package)")
-}
-
-impl Nginx {
-    async fn start(upstreams: &[SocketAddr]) -> anyhow::Result<Nginx> {
-        let shipped = std::fs::read_to_string(
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/nginx/nginx.conf"),
-        )?;
-        let dir = tempfile::tempdir()?;
-        let path = dir.path();
-        // Workers run as nobody when the master is root.
-        std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o777))?;
-        let port = free_port()?;
-        let servers: String = upstreams
-            .iter()
-            .map(|a| format!("server {a};\n        "))
-            .collect();
-        let mut conf = String::new();
-        let mut skipping_servers = false;
-        for line in shipped.lines() {
-            let t = line.trim();
-            if t.starts_with("resolver ") {
-                // Docker's DNS: nothing to resolve on loopback.
-                continue;
-            }
-            if t.starts_with("server gateway-") {
-                if !skipping_servers {
-                    conf.push_str("        ");
-                    conf.push_str(&servers);
-                    conf.push('\n');
-                    skipping_servers = true;
-                }
-                continue;
-            }
-            if t == "listen 8080;" {
-                conf.push_str(&format!("        listen 127.0.0.1:{port};\n"));
-                continue;
-            }
-            conf.push_str(line);
-            conf.push('\n');
-            if t == "http {" {
-                let p = path.display();
-                conf.push_str(&format!(
-                    "    client_body_temp_path {p}/body;\n    proxy_temp_path {p}/proxy;\n    \
-                     fastcgi_temp_path {p}/fastcgi;\n    uwsgi_temp_path {p}/uwsgi;\n    \
-                     scgi_temp_path {p}/scgi;\n"
-                ));
-            }
-        }
-        anyhow::ensure!(
-            skipping_servers,
-            "the shipped nginx.conf names no gateway upstreams"
-        );
-        let conf = format!(
-            "daemon off;\npid {p}/nginx.pid;\nerror_log {p}/error.log warn;\n{conf}",
-            p = path.display()
-        );
-        let file = path.join("nginx.conf");
-        std::fs::write(&file, conf)?;
-        let process = herald_testkit::process::Supervised::spawn(&herald_testkit::process::Spec {
-            argv: vec![
-                nginx_binary()?.display().to_string(),
-                "-p".into(),
-                path.display().to_string(),
-                "-c".into(),
-                file.display().to_string(),
-            ],
-            cwd: path.to_owned(),
-            env: Vec::new(),
-            log: path.join("stdout.log"),
-            stop_signal: "TERM",
-        })
-        .await
-        .context("cannot start nginx")?;
-        let nginx = Nginx {
-            port,
-            _process: process,
-            dir,
-        };
-        let http = reqwest::Client::new();
-        let health = format!("http://127.0.0.1:{port}/nginx-health");
-        retry(Duration::from_secs(20), || async {
-            let r = http.get(&health).send().await?;
-            anyhow::ensure!(r.status().is_success(), "nginx not up");
-            Ok(())
-        })
-        .await
-        .with_context(|| nginx.log())?;
-        Ok(nginx)
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("ws://127.0.0.1:{}{path}", self.port)
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("error.log")).unwrap_or_default()
-    }
-}
 
 /// `herald_connections{protocol="stomp"}` of a gateway process.
 async fn stomp_connections(pod: &GatewayProcess) -> anyhow::Result<u64> {
@@ -188,7 +71,7 @@ async fn behind_the_shipped_nginx_limits_key_on_the_real_client() -> anyhow::Res
     let port_b = free_port()?;
     let a = GatewayProcess::start(args.clone()).await?;
     let b_addr: SocketAddr = format!("127.0.0.1:{port_b}").parse()?;
-    let nginx = Nginx::start(&[a.ws_addr, b_addr]).await?;
+    let nginx = Nginx::start(&Nginx::shipped_conf(), &[a.ws_addr, b_addr]).await?;
     let url = nginx.url("/ws.communication");
     let t = token("42", "7", "agent");
 
