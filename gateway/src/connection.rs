@@ -731,8 +731,19 @@ impl Writer {
         for (i, item) in batch.iter().enumerate() {
             match item {
                 Outbound::HeartBeat { every, kind } => {
+                    // An idle beat goes out when a whole tick passed without
+                    // a write. Ticking at half the interval keeps every gap
+                    // between writes within the interval itself (ticking at
+                    // the interval let a write just after a tick push the
+                    // next beat to twice the interval, the limit at which
+                    // @stomp/stompjs declares the server dead; the first
+                    // beat after CONNECTED came at 2x).
+                    let period = match kind {
+                        HeartBeatKind::WhenIdle(_) => (*every / 2).max(Duration::from_millis(1)),
+                        HeartBeatKind::CablePing => *every,
+                    };
                     let mut iv =
-                        tokio::time::interval_at(tokio::time::Instant::now() + *every, *every);
+                        tokio::time::interval_at(tokio::time::Instant::now() + period, period);
                     iv.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                     *heartbeat = Some((iv, kind.clone()));
                 }
@@ -883,4 +894,71 @@ async fn tick(heartbeat: &mut Option<(tokio::time::Interval, HeartBeatKind)>) {
 pub fn next_conn_id() -> u64 {
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
     NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::AsyncReadExt;
+
+    use super::*;
+
+    /// Read what the writer wrote so far (the duplex end never blocks it).
+    async fn drain(client: &mut tokio::io::DuplexStream) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut buf = [0u8; 4096];
+        while let Ok(Ok(n)) =
+            tokio::time::timeout(Duration::from_millis(1), client.read(&mut buf)).await
+        {
+            if n == 0 {
+                break;
+            }
+            out.extend_from_slice(&buf[..n]);
+        }
+        out
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_beats_keep_every_gap_within_the_interval() {
+        let metrics = Metrics::new();
+        let (tx, writer) = channel(&ConnLimits::default(), "stomp", &metrics);
+        let (server, mut client) = tokio::io::duplex(1 << 20);
+        let done = CancellationToken::new();
+        let task = tokio::spawn(writer.run(server, None, done.clone()));
+        let beat = WsFrame::text("\n");
+        let every = Duration::from_secs(10);
+        // CONNECTED, then the heart-beat set up, in one batch (as STOMP does).
+        assert!(tx.send(Outbound::text("CONNECTED")).await);
+        assert!(
+            tx.send(Outbound::HeartBeat {
+                every,
+                kind: HeartBeatKind::WhenIdle(beat.clone()),
+            })
+            .await
+        );
+        let start = tokio::time::Instant::now();
+        let mut last_write = start;
+        let mut longest = Duration::ZERO;
+        // 60 s of virtual time in 100 ms steps; a frame of data at 10.1 s
+        // (just after a tick, the worst case before).
+        let mut sent_data = false;
+        while start.elapsed() < Duration::from_secs(60) {
+            tokio::time::advance(Duration::from_millis(100)).await;
+            if !sent_data && start.elapsed() >= Duration::from_millis(10_100) {
+                assert!(tx.send(Outbound::text("MESSAGE")).await);
+                sent_data = true;
+            }
+            if !drain(&mut client).await.is_empty() {
+                longest = longest.max(last_write.elapsed());
+                last_write = tokio::time::Instant::now();
+            }
+        }
+        // (Measured in 100 ms steps.)
+        assert!(
+            longest <= every + Duration::from_millis(100),
+            "a gap of {longest:?} between writes, over the {every:?} interval"
+        );
+        done.cancel();
+        drop(tx);
+        let _ = task.await;
+    }
 }
