@@ -359,6 +359,12 @@ impl WsSocket {
     }
 }
 
+/// Whether a read failed because the client's message is over the size
+/// limit (the session then answers with its protocol's reason and closes).
+pub fn is_oversize(e: &tokio_tungstenite::tungstenite::Error) -> bool {
+    matches!(e, tokio_tungstenite::tungstenite::Error::Capacity(_))
+}
+
 /// Client messages of one connection, read no faster than its frame rate:
 /// past it, the socket is not read (the client's own TCP window then
 /// pushes back), so a client looping messages, pings included, costs a

@@ -357,6 +357,14 @@ impl CableSession {
                 m = stream.next() => m,
             };
             let text = match msg {
+                Some(Err(e)) if crate::ws::is_oversize(&e) => {
+                    tracing::debug!(
+                        conn = self.conn.id,
+                        "ActionCable message over the size limit"
+                    );
+                    self.disconnect(DisconnectReason::InvalidRequest).await;
+                    return;
+                }
                 None | Some(Err(_)) => return,
                 Some(Ok(Message::Text(t))) => t.to_string(),
                 Some(Ok(Message::Binary(b))) => String::from_utf8_lossy(&b).into_owned(),

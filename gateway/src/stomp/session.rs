@@ -390,6 +390,23 @@ impl Session {
                     .await;
                     return;
                 }
+                Ok(Some(Err(e))) if crate::ws::is_oversize(&e) => {
+                    self.ctx
+                        .metrics
+                        .protocol_errors
+                        .with_label_values(&[PROTOCOL])
+                        .inc();
+                    let max = self.ctx.stomp.limits.max_frame_bytes;
+                    self.fail(
+                        1009,
+                        "frame too large",
+                        "frame too large",
+                        &format!("a WebSocket message over the {max}-byte frame limit"),
+                        None,
+                    )
+                    .await;
+                    return;
+                }
                 Ok(None) | Ok(Some(Err(_))) => return,
                 Ok(Some(Ok(m))) => m,
             };

@@ -174,17 +174,29 @@ impl crate::session::Protocol for Session {
     }
 }
 
-/// The next text frame, or None when the socket ended.
-async fn next_text<R>(stream: &mut R) -> Option<String>
+/// What the client sent next.
+enum Next {
+    Text(String),
+    /// A message over the size limit.
+    Oversize,
+    /// The socket ended.
+    Ended,
+}
+
+/// The next text frame.
+async fn next_text<R>(stream: &mut R) -> Next
 where
     R: Stream<Item = Result<Message, WsError>> + Unpin,
 {
     loop {
-        match stream.next().await? {
-            Ok(Message::Text(t)) => return Some(t.to_string()),
-            Ok(Message::Binary(b)) => return Some(String::from_utf8_lossy(&b).into_owned()),
-            Ok(Message::Close(_)) | Err(_) => return None,
-            Ok(_) => continue,
+        match stream.next().await {
+            Some(Ok(Message::Text(t))) => return Next::Text(t.to_string()),
+            Some(Ok(Message::Binary(b))) => {
+                return Next::Text(String::from_utf8_lossy(&b).into_owned());
+            }
+            Some(Err(e)) if crate::ws::is_oversize(&e) => return Next::Oversize,
+            None | Some(Ok(Message::Close(_))) | Some(Err(_)) => return Next::Ended,
+            Some(Ok(_)) => continue,
         }
     }
 }
@@ -201,8 +213,12 @@ impl Session {
                 self.respond_join(JoinStatus::Timeout).await;
                 return false;
             }
-            Ok(None) => return false,
-            Ok(Some(t)) => t,
+            Ok(Next::Ended) => return false,
+            Ok(Next::Oversize) => {
+                self.oversize().await;
+                return false;
+            }
+            Ok(Next::Text(t)) => t,
         };
         let frame = match protocol::parse(&text) {
             Ok(f) => f,
@@ -348,8 +364,12 @@ impl Session {
                     self.close_with(1000, "idle timeout").await;
                     return;
                 }
-                Ok(None) => return,
-                Ok(Some(t)) => t,
+                Ok(Next::Ended) => return,
+                Ok(Next::Oversize) => {
+                    self.oversize().await;
+                    return;
+                }
+                Ok(Next::Text(t)) => t,
             };
             let frame = match protocol::parse(&text) {
                 Ok(f) => f,
@@ -500,6 +520,20 @@ impl Session {
                 MessageStatus::Error
             }
         }
+    }
+
+    /// A message over the size limit: counted, closed with 1009.
+    async fn oversize(&self) {
+        tracing::info!(
+            conn = self.conn.id,
+            "TypeID: message over the size limit; closing"
+        );
+        self.ctx
+            .metrics
+            .protocol_errors
+            .with_label_values(&[PROTOCOL])
+            .inc();
+        self.close_with(1009, "message too big").await;
     }
 
     async fn close_with(&self, code: u16, reason: &'static str) {

@@ -1,0 +1,117 @@
+//! Compatibility with what clients of the reference servers expect, found
+//! in acceptance testing: oversize messages get the protocol's error and a
+//! close frame on every endpoint (not a dropped TCP connection).
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use futures_util::{SinkExt, StreamExt};
+use herald_tests::{Stack, StackOptions, token, typeid};
+use tokio_tungstenite::tungstenite::{
+    Message,
+    client::IntoClientRequest,
+    http::HeaderValue,
+    protocol::{CloseFrame, frame::coding::CloseCode},
+};
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn open(url: &str, protocol: Option<&str>) -> anyhow::Result<Ws> {
+    let mut req = url.into_client_request()?;
+    if let Some(p) = protocol {
+        req.headers_mut()
+            .insert("Sec-WebSocket-Protocol", HeaderValue::from_str(p)?);
+    }
+    Ok(tokio_tungstenite::connect_async(req).await?.0)
+}
+
+/// Text frames until the close frame (which must come).
+async fn until_close(ws: &mut Ws) -> anyhow::Result<(Vec<String>, CloseFrame)> {
+    let mut texts = Vec::new();
+    loop {
+        let msg = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .context("no close frame")?;
+        match msg {
+            Some(Ok(Message::Text(t))) => texts.push(t.to_string()),
+            Some(Ok(Message::Close(Some(frame)))) => return Ok((texts, frame)),
+            Some(Ok(Message::Close(None))) => anyhow::bail!("close frame without a code"),
+            Some(Ok(_)) => continue,
+            other => anyhow::bail!(
+                "the connection ended without a close frame: {other:?} after {texts:?}"
+            ),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversize_messages_get_the_protocols_error_and_a_close_frame() -> anyhow::Result<()> {
+    let stack = Stack::start_with(StackOptions {
+        gateway_args: vec!["--max-frame-bytes".into(), "4096".into()],
+        ..Default::default()
+    })
+    .await?;
+    let t = token("42", "7", "agent");
+    let big = "x".repeat(70 * 1024);
+
+    // STOMP: ERROR (message header) then close 1009.
+    let mut ws = open(&stack.ws_url("/ws.communication"), Some("v12.stomp")).await?;
+    ws.send(Message::text(format!(
+        "CONNECT\naccept-version:1.2\nheart-beat:0,0\nAuthorization:Bearer {t}\n\n\0"
+    )))
+    .await?;
+    let connected = ws.next().await.context("closed")??;
+    assert!(
+        connected.to_text()?.starts_with("CONNECTED"),
+        "{connected:?}"
+    );
+    ws.send(Message::text(format!("SEND\ndestination:/x\n\n{big}\0")))
+        .await?;
+    let (texts, close) = until_close(&mut ws).await?;
+    assert!(
+        texts
+            .iter()
+            .any(|t| t.starts_with("ERROR\n") && t.contains("message:frame too large")),
+        "{texts:?}"
+    );
+    assert_eq!(close.code, CloseCode::Size, "{close:?}");
+
+    // ActionCable (both endpoints): disconnect invalid_request, then a close.
+    let ident = serde_json::json!({"channel": "RoomChannel", "pubsub_token": t, "account_id": 42, "user_id": 7})
+        .to_string();
+    for path in [
+        "/cable".to_owned(),
+        format!("/stream?account_id=42&token={t}"),
+    ] {
+        let mut ws = open(&stack.ws_url(&path), Some("actioncable-v1-json")).await?;
+        let welcome = ws.next().await.context("closed")??;
+        assert!(welcome.to_text()?.contains("welcome"), "{welcome:?}");
+        let cmd = serde_json::json!({"command": "subscribe", "identifier": ident, "data": big})
+            .to_string();
+        ws.send(Message::text(cmd)).await?;
+        let (texts, _close) = until_close(&mut ws).await?;
+        assert!(
+            texts.iter().any(|t| t.contains(r#""type":"disconnect""#)
+                && t.contains(r#""reason":"invalid_request""#)),
+            "{path}: {texts:?}"
+        );
+    }
+
+    // TypeID: close 1009 after a join.
+    let mut ws = typeid::joined(&stack.ws_url("/notifications"), &t, 7).await?;
+    ws.send(Message::text(big.clone())).await?;
+    let close = loop {
+        match tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .context("no close frame")?
+        {
+            Some(Ok(Message::Close(Some(frame)))) => break frame,
+            Some(Ok(_)) => continue,
+            other => anyhow::bail!("TypeID ended without a close frame: {other:?}"),
+        }
+    };
+    assert_eq!(close.code, CloseCode::Size, "{close:?}");
+    stack.stop().await;
+    Ok(())
+}
