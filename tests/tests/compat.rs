@@ -115,3 +115,30 @@ async fn oversize_messages_get_the_protocols_error_and_a_close_frame() -> anyhow
     stack.stop().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stomp_frame_may_continue_in_the_next_websocket_message() -> anyhow::Result<()> {
+    let stack = Stack::start().await?;
+    let t = token("42", "7", "agent");
+    let mut c =
+        herald_tests::stomp::RawStomp::connect(&stack.ws_url("/ws.communication"), &t).await?;
+    // As RabbitMQ Web-STOMP accepts: one SUBSCRIBE over three messages.
+    c.send("SUBSCRIBE\nid:s\ndesti").await?;
+    c.send("nation:/events\nreceipt:r1").await?;
+    c.send("\n\n\0").await?;
+    let f = c.next_frame().await?;
+    assert_eq!(f.command, "RECEIPT", "{}", f.raw);
+    assert_eq!(f.header("receipt-id"), Some("r1"));
+    // And it works: an event arrives on the subscription.
+    stack
+        .publish(
+            &serde_json::json!({"type": "tag.updated", "account_id": "42",
+            "payload": {"id": "t1", "name": "vip", "color": "tag-red"}}),
+        )
+        .await?;
+    let f = c.next_frame().await?;
+    assert_eq!(f.command, "MESSAGE", "{}", f.raw);
+    assert_eq!(f.header("subscription"), Some("s"));
+    stack.stop().await;
+    Ok(())
+}

@@ -316,6 +316,76 @@ pub fn decode_message(
     Ok(items)
 }
 
+/// Decodes a connection's WebSocket messages, where a frame may continue
+/// in the next message (RabbitMQ Web-STOMP accepts that, and some clients
+/// split large frames): the incomplete tail of a message is kept, at most
+/// [`Limits::max_frame_bytes`] of it, and decoded with the next one.
+#[derive(Debug, Default)]
+pub struct Decoder {
+    pending: Vec<u8>,
+}
+
+impl Decoder {
+    /// Decode what `message` completes; like [`decode_message`], except
+    /// that a frame cut off by the end of the message waits for the next.
+    pub fn feed(
+        &mut self,
+        message: &[u8],
+        version: Version,
+        limits: &Limits,
+    ) -> Result<Vec<Decoded>, CodecError> {
+        let too_large = CodecError::FrameTooLarge {
+            limit: limits.max_frame_bytes,
+        };
+        if message.len() > limits.max_frame_bytes {
+            return Err(too_large);
+        }
+        let joined;
+        let buf: &[u8] = if self.pending.is_empty() {
+            message
+        } else {
+            if self.pending.len() + message.len() > limits.max_frame_bytes {
+                return Err(too_large);
+            }
+            let mut b = std::mem::take(&mut self.pending);
+            b.extend_from_slice(message);
+            joined = b;
+            &joined
+        };
+        let mut items = Vec::new();
+        let mut rest = buf;
+        while !rest.is_empty() {
+            let eol = eol_len(rest);
+            if eol > 0 {
+                items.push(Decoded::HeartBeat);
+                rest = rest.get(eol..).unwrap_or_default();
+                continue;
+            }
+            // A lone CR may be the first half of a CRLF heart-beat.
+            if rest == b"\r" {
+                self.pending = rest.to_vec();
+                break;
+            }
+            match decode_frame(rest, version, limits)? {
+                Some((frame, used)) => {
+                    items.push(Decoded::Frame(frame));
+                    rest = rest.get(used..).unwrap_or_default();
+                }
+                None => {
+                    self.pending = rest.to_vec();
+                    break;
+                }
+            }
+        }
+        Ok(items)
+    }
+
+    /// Whether part of a frame is waiting for the next message.
+    pub fn has_pending(&self) -> bool {
+        !self.pending.is_empty()
+    }
+}
+
 /// Length of the EOL (`\n` or `\r\n`) at the start of `buf`, 0 if none.
 fn eol_len(buf: &[u8]) -> usize {
     match buf {

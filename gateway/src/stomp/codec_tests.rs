@@ -657,3 +657,63 @@ fn random_headers_round_trip() {
         let _ = one_frame(&encode(&connected, Version::V1_2), Version::V1_2);
     }
 }
+
+#[test]
+fn frames_may_continue_in_the_next_message() {
+    let l = limits();
+    let mut d = Decoder::default();
+    let frame = b"SUBSCRIBE\nid:0\ndestination:/events\n\n\0";
+    // Cut at every position: the frame comes out once, when complete.
+    for cut in 1..frame.len() {
+        let first = d.feed(&frame[..cut], Version::V1_2, &l).unwrap();
+        assert!(first.is_empty(), "cut at {cut}: {first:?}");
+        assert!(d.has_pending());
+        let second = d.feed(&frame[cut..], Version::V1_2, &l).unwrap();
+        assert!(
+            matches!(second.as_slice(), [Decoded::Frame(f)] if f.command == Command::Subscribe),
+            "cut at {cut}: {second:?}"
+        );
+        assert!(!d.has_pending());
+    }
+    // A frame, heart-beats and the start of the next in one message.
+    let items = d
+        .feed(
+            b"SEND\ndestination:/a\n\nx\0\n\r\nSEND\ndest",
+            Version::V1_2,
+            &l,
+        )
+        .unwrap();
+    assert_eq!(items.len(), 3, "{items:?}");
+    let items = d.feed(b"ination:/b\n\ny\0", Version::V1_2, &l).unwrap();
+    assert!(
+        matches!(items.as_slice(), [Decoded::Frame(f)] if f.header("destination") == Some("/b"))
+    );
+    // A CRLF heart-beat split in two.
+    assert!(d.feed(b"\r", Version::V1_2, &l).unwrap().is_empty());
+    assert!(matches!(
+        d.feed(b"\n", Version::V1_2, &l).unwrap().as_slice(),
+        [Decoded::HeartBeat]
+    ));
+}
+
+#[test]
+fn a_continued_frame_is_bounded_by_the_frame_limit() {
+    let l = Limits {
+        max_frame_bytes: 64,
+        ..limits()
+    };
+    let mut d = Decoder::default();
+    assert!(
+        d.feed(b"SEND\ndestination:/a\n\n", Version::V1_2, &l)
+            .unwrap()
+            .is_empty()
+    );
+    let body = [b'x'; 50];
+    assert!(matches!(
+        d.feed(&body, Version::V1_2, &l),
+        Err(CodecError::FrameTooLarge { limit: 64 })
+    ));
+    // Garbage is still refused at once, not buffered.
+    let mut d = Decoder::default();
+    assert!(d.feed(b"NOPE\n", Version::V1_2, &l).is_err());
+}

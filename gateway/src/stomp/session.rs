@@ -303,6 +303,7 @@ pub async fn serve(
             revoked: CancellationToken::new(),
             account_slot: None,
             sub_rate: crate::limits::CommandRate::new(sub_rate),
+            decoder: codec::Decoder::default(),
         },
     )
     .await;
@@ -323,6 +324,8 @@ struct Session {
     account_slot: Option<AccountSlot>,
     /// SUBSCRIBE and UNSUBSCRIBE frames allowed per second.
     sub_rate: crate::limits::CommandRate,
+    /// Frames may continue in the next WebSocket message.
+    decoder: codec::Decoder,
 }
 
 impl crate::session::Protocol for Session {
@@ -417,7 +420,7 @@ impl Session {
                 Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => continue,
             };
             let version = self.version.unwrap_or(Version::V1_2);
-            let items = match codec::decode_message(bytes, version, &self.ctx.stomp.limits) {
+            let items = match self.decoder.feed(bytes, version, &self.ctx.stomp.limits) {
                 Ok(items) => items,
                 Err(e) => {
                     self.protocol_error(&e.to_string(), "the frame could not be parsed", None)
