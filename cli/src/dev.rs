@@ -182,11 +182,12 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
          \n  Producer API      http://{p}/v1/events\
          \n  STOMP (Airy)      ws://{g}/ws.communication\
          \n  ActionCable       ws://{g}/cable (RoomChannel), ws://{g}/stream?account_id=1&token=<token> (NotificationsChannel)\
+         \n  TypeID            ws://{g}/notifications\
          \n  Gateway metrics   http://{gops}/metrics   (/healthz, /readyz)\
          \n  Producer metrics  http://{pops}/metrics\
          \n\nDevelopment token (account 1, user 1, agent; valid 7 days):\n\n  {token}\n\
          \nWatch what that token receives (another terminal):\n\
-         \n  herald tail --url ws://{g} --token <the token above>\n\
+         \n  {herald} tail --url ws://{g} --token <the token above>\n\
          \nPublish an event:\n\
          \n  curl -s http://{p}/v1/events -H 'content-type: application/json' -d \
          '{{\"type\":\"tag.updated\",\"account_id\":\"1\",\"payload\":{{\"id\":\"t1\",\"name\":\"vip\",\"color\":\"tag-red\"}}}}'\n\
@@ -196,6 +197,11 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         } else {
             ""
         },
+        // The binary that is running: works as printed whether or not
+        // `herald` is on PATH (scripts/dev.sh runs it from target/).
+        herald = std::env::current_exe()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|_| "herald".into()),
         p = producer.addr,
         g = gateway.ws_addr,
         gops = gateway.ops_addr,
