@@ -450,6 +450,9 @@ pub struct Authenticator {
     pub jwt: JwtVerifier,
     /// Opaque tokens.
     pub identities: Arc<crate::identities::IdentityTable>,
+    /// How long an opaque token this pod does not know yet may wait for
+    /// the identities topic to be read up to its end (read-your-writes).
+    pub unknown_token_wait: std::time::Duration,
 }
 
 impl Authenticator {
@@ -463,6 +466,18 @@ impl Authenticator {
             return self.jwt.verify(token);
         }
         self.identities.resolve(token)
+    }
+
+    /// [`resolve`](Self::resolve), with read-your-writes for opaque tokens
+    /// registered a moment ago (see [`IdentityTable::resolve_fresh`](crate::identities::IdentityTable::resolve_fresh)).
+    pub async fn resolve_fresh(&self, credential: &str) -> Result<Identity, AuthError> {
+        let token = strip_bearer(credential);
+        if token.is_empty() || looks_like_jwt(token) {
+            return self.resolve(credential);
+        }
+        self.identities
+            .resolve_fresh(token, self.unknown_token_wait)
+            .await
     }
 }
 

@@ -160,6 +160,12 @@ pub struct GatewayConfig {
         default_value_t = 10_000
     )]
     pub max_connections_per_account: u32,
+    /// Milliseconds an opaque token this pod does not know yet waits for
+    /// the identities topic to be read up to its end before it is refused:
+    /// a token registered (PUT /v1/identities) right before the client
+    /// connects is accepted (0: refuse at once).
+    #[arg(long, env = "HERALD_UNKNOWN_TOKEN_WAIT_MS", default_value_t = 2000)]
+    pub unknown_token_wait_ms: u64,
     /// Proxies and load balancers whose word on the client's address is
     /// believed (`X-Forwarded-For`, `Forwarded`, the PROXY protocol), as
     /// CIDR ranges or addresses, comma-separated (empty: nobody; the TCP

@@ -2,6 +2,13 @@
 //! from its beginning, keeps token key -> identity in memory, and follows it
 //! live. A tombstone or a changed identity cancels the live connections that
 //! authenticated with that token.
+//!
+//! Read-your-writes: a backend registers a token (`PUT /v1/identities`,
+//! answered once Kafka acknowledged it) and hands it to a client that
+//! connects at once. A token this pod does not know yet is therefore not
+//! refused straight away: [`IdentityTable::resolve_fresh`] waits (bounded)
+//! until this pod's follower has read the topic up to its end as of the
+//! moment the token was presented, and only then answers.
 
 use std::{
     collections::HashMap,
@@ -43,6 +50,76 @@ type Watchers = Vec<(u64, CancellationToken)>;
 pub struct IdentityTable {
     entries: RwLock<HashMap<String, IdentityRecord>>,
     watchers: Mutex<HashMap<String, Watchers>>,
+    freshness: Freshness,
+}
+
+/// How far the follower has read, and how to learn where the topic ends.
+#[derive(Default)]
+struct Freshness {
+    /// Per partition, the next offset to apply; bumped by the follower.
+    applied: Mutex<HashMap<i32, i64>>,
+    /// Ticks once per applied record (waiters re-check `applied`).
+    progress: std::sync::OnceLock<tokio::sync::watch::Sender<u64>>,
+    /// The follower's consumer and topic, once it runs.
+    source: std::sync::OnceLock<(Arc<StreamConsumer>, String)>,
+    /// The last end offsets fetched, with the instant the fetch started;
+    /// one fetch at a time, shared by every waiter presented before it began.
+    ends: tokio::sync::Mutex<Option<(tokio::time::Instant, HashMap<i32, (i64, i64)>)>>,
+}
+
+impl Freshness {
+    fn progress(&self) -> &tokio::sync::watch::Sender<u64> {
+        self.progress
+            .get_or_init(|| tokio::sync::watch::channel(0).0)
+    }
+
+    /// (low, high) watermarks of every partition, fetched at or after `since`.
+    async fn ends_since(&self, since: tokio::time::Instant) -> Option<HashMap<i32, (i64, i64)>> {
+        let (consumer, topic) = self.source.get()?.clone();
+        let mut cached = self.ends.lock().await;
+        if let Some((at, ends)) = cached.as_ref()
+            && *at >= since
+        {
+            return Some(ends.clone());
+        }
+        let started = tokio::time::Instant::now();
+        let fetched =
+            tokio::task::spawn_blocking(move || -> Result<HashMap<i32, (i64, i64)>, String> {
+                let md = consumer
+                    .fetch_metadata(Some(&topic), Duration::from_secs(2))
+                    .map_err(|e| e.to_string())?;
+                let tm = md.topics().first().ok_or("topic not found")?;
+                let mut ends = HashMap::new();
+                for p in tm.partitions() {
+                    let w = consumer
+                        .fetch_watermarks(&topic, p.id(), Duration::from_secs(2))
+                        .map_err(|e| e.to_string())?;
+                    ends.insert(p.id(), w);
+                }
+                Ok(ends)
+            })
+            .await;
+        match fetched {
+            Ok(Ok(ends)) => {
+                *cached = Some((started, ends.clone()));
+                Some(ends)
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "cannot read the identities topic's end");
+                None
+            }
+            Err(_) => None,
+        }
+    }
+
+    /// Whether every record below `ends` has been applied.
+    fn reached(&self, ends: &HashMap<i32, (i64, i64)>) -> bool {
+        let Ok(applied) = self.applied.lock() else {
+            return false;
+        };
+        ends.iter()
+            .all(|(p, (low, high))| applied.get(p).copied().unwrap_or(*low) >= *high)
+    }
 }
 
 impl IdentityTable {
@@ -86,6 +163,48 @@ impl IdentityTable {
             token_key: Some(key),
             conversations: (!record.conversations.is_empty()).then_some(record.conversations),
         })
+    }
+
+    /// [`resolve`](Self::resolve), but a token unknown here is looked up
+    /// again once this pod has read the identities topic up to its end as
+    /// of now (at most `within`; without a follower, at once). Waits only
+    /// the caller.
+    pub async fn resolve_fresh(
+        &self,
+        token: &str,
+        within: Duration,
+    ) -> Result<Identity, AuthError> {
+        match self.resolve(token) {
+            Err(AuthError::UnknownToken) if !within.is_zero() => {}
+            other => return other,
+        }
+        let presented = tokio::time::Instant::now();
+        let deadline = presented + within;
+        let mut progress = self.freshness.progress().subscribe();
+        let Ok(Some(ends)) =
+            tokio::time::timeout_at(deadline, self.freshness.ends_since(presented)).await
+        else {
+            return self.resolve(token);
+        };
+        while !self.freshness.reached(&ends) {
+            match tokio::time::timeout_at(deadline, progress.changed()).await {
+                Ok(Ok(())) => {}
+                // Out of time, or no follower any more.
+                _ => break,
+            }
+        }
+        self.resolve(token)
+    }
+
+    /// The follower applied the record at `offset` of `partition`.
+    fn applied(&self, partition: i32, offset: i64) {
+        if let Ok(mut a) = self.freshness.applied.lock() {
+            let next = a.entry(partition).or_insert(0);
+            *next = (*next).max(offset + 1);
+        }
+        self.freshness
+            .progress()
+            .send_modify(|n| *n = n.wrapping_add(1));
     }
 
     /// Register a live connection using token `key`; the returned token is
@@ -211,6 +330,10 @@ pub async fn follow(
         }
     };
     let consumer = Arc::new(consumer);
+    let _ = table
+        .freshness
+        .source
+        .set((consumer.clone(), topic.clone()));
     // Assign every partition from the beginning and note where "loaded" is.
     let mut targets: HashMap<i32, i64> = loop {
         let c = consumer.clone();
@@ -309,6 +432,7 @@ pub async fn follow(
             }
             tokens.set(table.len() as i64);
         }
+        table.applied(msg.partition(), msg.offset());
         if !targets.is_empty() {
             let p = msg.partition();
             if targets

@@ -316,6 +316,7 @@ pub async fn start(
         auth: Authenticator {
             jwt: verifier,
             identities: identities.clone(),
+            unknown_token_wait: Duration::from_millis(config.unknown_token_wait_ms),
         },
         stomp: config.stomp()?,
         cable: config.cable()?,

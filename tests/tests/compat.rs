@@ -142,3 +142,75 @@ async fn a_stomp_frame_may_continue_in_the_next_websocket_message() -> anyhow::R
     stack.stop().await;
     Ok(())
 }
+
+/// Register `token` for user 7 of account 42 through the producer's API
+/// (answered once Kafka acknowledged).
+async fn register(stack: &Stack, token: &str) -> anyhow::Result<()> {
+    let url = format!("http://{}/v1/identities", stack.producer.addr);
+    let r = stack
+        .http
+        .put(&url)
+        .json(&serde_json::json!({"token": token, "account_id": "42", "kind": "user", "id": "7", "role": "agent"}))
+        .send()
+        .await?;
+    anyhow::ensure!(
+        r.status().is_success(),
+        "PUT /v1/identities: {}",
+        r.status()
+    );
+    Ok(())
+}
+
+/// Fails with `--unknown-token-wait-ms 0` (checked: "round 2: /stream
+/// refused a fresh token").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_opaque_token_works_right_after_it_was_registered_on_every_endpoint()
+-> anyhow::Result<()> {
+    use herald_tests::{cable::RawCable, numbered::room_identifier, stomp::RawStomp};
+    let stack = Stack::start().await?;
+    let stomp_url = stack.ws_url("/ws.communication");
+    for i in 0..100 {
+        // Registered, then used at once, as Chatwoot hands a new contact's
+        // pubsub_token to its widget. Four fresh tokens per round, one per endpoint.
+        let token = |e: &str| format!("fresh-{e}-{i}-{}", herald_testkit::unique("t"));
+
+        let t = token("stomp");
+        register(&stack, &t).await?;
+        RawStomp::connect(&stomp_url, &t)
+            .await
+            .with_context(|| format!("round {i}: STOMP refused a token registered a moment ago"))?;
+
+        let t = token("cable");
+        register(&stack, &t).await?;
+        let mut c = RawCable::open(&stack.ws_url("/cable"), "actioncable-v1-json").await?;
+        c.expect_welcome().await?;
+        c.subscribe_confirmed(&room_identifier(&t, "42", "7"))
+            .await
+            .with_context(|| format!("round {i}: RoomChannel rejected a fresh token"))?;
+
+        let t = token("stream");
+        register(&stack, &t).await?;
+        let mut c = RawCable::open(
+            &stack.ws_url(&format!("/stream?account_id=42&token={t}")),
+            "actioncable-v1-json",
+        )
+        .await?;
+        c.expect_welcome()
+            .await
+            .with_context(|| format!("round {i}: /stream refused a fresh token"))?;
+        c.subscribe_confirmed(&serde_json::json!({"channel": "NotificationsChannel"}).to_string())
+            .await
+            .with_context(|| format!("round {i}: NotificationsChannel rejected a fresh token"))?;
+
+        let t = token("typeid");
+        register(&stack, &t).await?;
+        typeid::joined(&stack.ws_url("/notifications"), &t, 7)
+            .await
+            .with_context(|| format!("round {i}: TypeID refused a fresh token"))?;
+    }
+    // Unknown tokens are still refused (once the topic is read to its end).
+    let refused = RawStomp::connect(&stomp_url, "never-registered-token-0123").await;
+    assert!(refused.is_err(), "an unknown token was accepted");
+    stack.stop().await;
+    Ok(())
+}

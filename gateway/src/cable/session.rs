@@ -217,7 +217,10 @@ impl CableSession {
             credential,
         } = &endpoint
         {
-            match self.authenticate_stream(account_id.as_deref(), credential.as_deref()) {
+            match self
+                .authenticate_stream(account_id.as_deref(), credential.as_deref())
+                .await
+            {
                 Ok(identity) => {
                     let Some(slot) = self.ctx.limits.admit_account(&identity.account_id) else {
                         self.disconnect(DisconnectReason::InvalidRequest).await;
@@ -253,7 +256,7 @@ impl CableSession {
             .await
     }
 
-    fn authenticate_stream(
+    async fn authenticate_stream(
         &self,
         account_id: Option<&str>,
         credential: Option<&str>,
@@ -263,7 +266,7 @@ impl CableSession {
             .ok_or(AuthError::Claims("account_id is required".into()))?;
         match credential.filter(|c| !c.trim().is_empty()) {
             Some(c) => {
-                let identity = self.ctx.auth.resolve(c)?;
+                let identity = self.ctx.auth.resolve_fresh(c).await?;
                 if *identity.account_id != *account_id {
                     return Err(AuthError::Claims(
                         "credential belongs to another account".into(),
@@ -452,7 +455,7 @@ impl CableSession {
             return;
         }
         let identifier_json = protocol::json_string(&identifier);
-        let decision = self.admit(&identifier);
+        let decision = self.admit(&identifier).await;
         let (channel, identity) = match decision {
             Ok(ok) => ok,
             Err(reason) => {
@@ -541,7 +544,7 @@ impl CableSession {
     }
 
     /// Decide a subscription: its channel and identity, or why it is rejected.
-    fn admit(&self, identifier: &str) -> Result<(ChannelKind, Identity), &'static str> {
+    async fn admit(&self, identifier: &str) -> Result<(ChannelKind, Identity), &'static str> {
         let params =
             protocol::parse_identifier(identifier).ok_or("identifier is not a JSON object")?;
         let channel = params
@@ -554,7 +557,7 @@ impl CableSession {
                     .get("pubsub_token")
                     .and_then(|t| t.as_str())
                     .ok_or("no pubsub_token")?;
-                let identity = self.ctx.auth.resolve(token).map_err(|e| {
+                let identity = self.ctx.auth.resolve_fresh(token).await.map_err(|e| {
                     self.ctx
                         .metrics
                         .auth_failures

@@ -535,7 +535,7 @@ impl Session {
             .or_else(|| frame.header("authorization").map(str::to_owned))
             .or_else(|| frame.header("passcode").map(str::to_owned))
             .unwrap_or_default();
-        let identity = match self.ctx.auth.resolve(&credential) {
+        let identity = match self.ctx.auth.resolve_fresh(&credential).await {
             Ok(identity) => identity,
             Err(e) => {
                 self.ctx

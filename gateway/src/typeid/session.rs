@@ -247,7 +247,7 @@ impl Session {
             self.close_with(1008, "JoinRequest expected").await;
             return false;
         }
-        let status = self.admit(frame.body, self.peer);
+        let status = self.admit(frame.body, self.peer).await;
         match status {
             Ok(identity) => {
                 let Some(slot) = self.ctx.limits.admit_account(&identity.account_id) else {
@@ -279,7 +279,7 @@ impl Session {
         }
     }
 
-    fn admit(&self, body: Value, peer: IpAddr) -> Result<Identity, JoinStatus> {
+    async fn admit(&self, body: Value, peer: IpAddr) -> Result<Identity, JoinStatus> {
         let cfg = &self.ctx.typeid;
         if !self
             .ctx
@@ -303,7 +303,7 @@ impl Session {
             return Err(JoinStatus::InvalidClientVersion);
         }
         let session = request.session_id.unwrap_or_default();
-        let identity = self.ctx.auth.resolve(&session).map_err(|e| {
+        let identity = self.ctx.auth.resolve_fresh(&session).await.map_err(|e| {
             self.ctx
                 .metrics
                 .auth_failures
