@@ -53,6 +53,9 @@ pub struct IdentityTable {
     freshness: Freshness,
 }
 
+/// Per partition of the identities topic: (low, high) watermarks.
+type Ends = HashMap<i32, (i64, i64)>;
+
 /// How far the follower has read, and how to learn where the topic ends.
 #[derive(Default)]
 struct Freshness {
@@ -64,7 +67,7 @@ struct Freshness {
     source: std::sync::OnceLock<(Arc<StreamConsumer>, String)>,
     /// The last end offsets fetched, with the instant the fetch started;
     /// one fetch at a time, shared by every waiter presented before it began.
-    ends: tokio::sync::Mutex<Option<(tokio::time::Instant, HashMap<i32, (i64, i64)>)>>,
+    ends: tokio::sync::Mutex<Option<(tokio::time::Instant, Ends)>>,
 }
 
 impl Freshness {
@@ -74,7 +77,7 @@ impl Freshness {
     }
 
     /// (low, high) watermarks of every partition, fetched at or after `since`.
-    async fn ends_since(&self, since: tokio::time::Instant) -> Option<HashMap<i32, (i64, i64)>> {
+    async fn ends_since(&self, since: tokio::time::Instant) -> Option<Ends> {
         let (consumer, topic) = self.source.get()?.clone();
         let mut cached = self.ends.lock().await;
         if let Some((at, ends)) = cached.as_ref()
@@ -113,7 +116,7 @@ impl Freshness {
     }
 
     /// Whether every record below `ends` has been applied.
-    fn reached(&self, ends: &HashMap<i32, (i64, i64)>) -> bool {
+    fn reached(&self, ends: &Ends) -> bool {
         let Ok(applied) = self.applied.lock() else {
             return false;
         };
