@@ -178,7 +178,10 @@ impl IdentityTable {
         within: Duration,
     ) -> Result<Identity, AuthError> {
         match self.resolve(token) {
-            Err(AuthError::UnknownToken) if !within.is_zero() => {}
+            // Only a token that could have been registered is worth waiting
+            // for (garbage from a hostile client is refused at once).
+            Err(AuthError::UnknownToken)
+                if !within.is_zero() && herald_schemas::is_valid_token(token) => {}
             other => return other,
         }
         let presented = tokio::time::Instant::now();

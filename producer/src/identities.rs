@@ -193,8 +193,7 @@ impl IdentityFields {
 }
 
 fn check_token(token: &str) -> Result<(), IdentityError> {
-    let ok = (16..=1024).contains(&token.len()) && token.chars().all(|c| c.is_ascii_graphic());
-    if ok {
+    if herald_schemas::is_valid_token(token) {
         Ok(())
     } else {
         Err(IdentityError::BadRequest(

@@ -39,6 +39,12 @@ pub struct IdentityRecord {
     pub conversations: Vec<String>,
 }
 
+/// Whether `token` can be an opaque token at all: 16 to 1024 printable
+/// ASCII characters, no spaces (the identities API registers nothing else).
+pub fn is_valid_token(token: &str) -> bool {
+    (16..=1024).contains(&token.len()) && token.bytes().all(|b| b.is_ascii_graphic())
+}
+
 /// The record key of a token: lowercase hex SHA-256 of its bytes.
 pub fn token_key(token: &str) -> String {
     let digest = Sha256::digest(token.as_bytes());

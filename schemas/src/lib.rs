@@ -37,7 +37,7 @@ pub use catalogue::{event_types, family_of, validate, validate_payload};
 pub use envelope::{Audience, Envelope};
 pub use error::SchemaError;
 pub use family::Family;
-pub use identity::{IdentityKind, IdentityRecord, identities_topic, token_key};
+pub use identity::{IdentityKind, IdentityRecord, identities_topic, is_valid_token, token_key};
 pub use message::MessagePayload;
 pub use scalar::{AnyObject, IntOrString, LongLike};
 pub use schema::{topic_schema, topic_schema_text};
