@@ -31,11 +31,17 @@ apt_install() {
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "$@" >/dev/null
 }
 
-need java "Apache Kafka 4.x needs Java 17+ (Debian: apt-get install -y openjdk-17-jre-headless), or set JAVA_HOME"
-need mvn "Maven resolves Apache Kafka from Maven Central (Debian: apt-get install -y maven)"
+if [ "${HERALD_TEST_DOCKER:-}" = 1 ]; then
+  # Kafka and PostgreSQL as containers (testcontainers); herald-test-services
+  # says clearly when no Docker engine is there.
+  echo "==> HERALD_TEST_DOCKER=1: Apache Kafka and PostgreSQL run as containers"
+else
+  need java "Apache Kafka 4.x needs Java 17+ (Debian: apt-get install -y openjdk-17-jre-headless), or set JAVA_HOME"
+  need mvn "Maven resolves Apache Kafka from Maven Central (Debian: apt-get install -y maven)"
+fi
 need node "Node.js 20+ runs the npm client tests"
 need npm "npm installs the npm client tests' packages"
-if [ -z "${HERALD_TEST_POSTGRES:-}" ] && [ -z "${HERALD_PG_BINDIR:-}" ] \
+if [ "${HERALD_TEST_DOCKER:-}" != 1 ] && [ -z "${HERALD_TEST_POSTGRES:-}" ] && [ -z "${HERALD_PG_BINDIR:-}" ] \
   && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
   echo "==> installing Debian's postgresql (server binaries for a throwaway test cluster)"
   apt_install postgresql

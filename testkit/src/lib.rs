@@ -11,6 +11,7 @@
 //! Nothing is mocked and nothing is skipped: without Java, Maven or the
 //! PostgreSQL binaries, the error says what to install or set.
 
+pub mod docker;
 pub mod kafka;
 pub mod nginx;
 pub mod postgres;

@@ -29,6 +29,28 @@ struct Args {
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if herald_testkit::docker::requested() {
+        // HERALD_TEST_DOCKER=1: both services as containers.
+        let services = herald_testkit::docker::start().await?;
+        eprintln!(
+            "herald-test-services: containers (testcontainers): Apache Kafka {} at {}, PostgreSQL at {}",
+            kafka::version(),
+            services.bootstrap,
+            services.postgres_url
+        );
+        let env = format!(
+            "HERALD_TEST_KAFKA={}\nHERALD_TEST_KAFKA_VERSION={}\nHERALD_TEST_POSTGRES={}\n",
+            services.bootstrap,
+            kafka::version(),
+            services.postgres_url
+        );
+        let tmp = args.env_file.with_extension("tmp");
+        std::fs::write(&tmp, env)?;
+        std::fs::rename(&tmp, &args.env_file)?;
+        wait_for_the_end().await?;
+        drop(services);
+        return Ok(());
+    }
     let mut env = String::new();
     let cluster = if args.no_kafka {
         None
@@ -65,7 +87,16 @@ async fn main() -> anyhow::Result<()> {
     std::fs::write(&tmp, env)?;
     std::fs::rename(&tmp, &args.env_file)?;
 
-    // Until stdin closes (the script ended) or SIGTERM/SIGINT.
+    wait_for_the_end().await?;
+    if let Some(pg) = pg {
+        pg.stop().await;
+    }
+    drop(cluster);
+    Ok(())
+}
+
+/// Until stdin closes (the script ended) or SIGTERM/SIGINT.
+async fn wait_for_the_end() -> anyhow::Result<()> {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let stdin_closed = async {
         use tokio::io::AsyncReadExt as _;
@@ -78,9 +109,5 @@ async fn main() -> anyhow::Result<()> {
         _ = term.recv() => {}
         _ = stdin_closed => {}
     }
-    if let Some(pg) = pg {
-        pg.stop().await;
-    }
-    drop(cluster);
     Ok(())
 }
