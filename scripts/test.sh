@@ -11,6 +11,8 @@
 #     (HERALD_TEST_POSTGRES=postgres://... uses a running server instead);
 #   - nginx: Debian's package (installed, not started as a service; the
 #     proxy tests run the shipped deploy/nginx/nginx.conf on loopback);
+#   - chromium: Debian's package, for the browser tests (playwright-core
+#     drives it; no browser download);
 #   - cargo-nextest, and the npm clients the end-to-end tests drive.
 # Needs Java 17+ and Maven (for Kafka), Node.js 20+ and npm.
 #
@@ -54,6 +56,10 @@ if ! command -v nginx >/dev/null 2>&1 && [ ! -x /usr/sbin/nginx ]; then
   $sudo chmod +x /usr/sbin/policy-rc.d
   apt_install nginx || { $sudo rm -f /usr/sbin/policy-rc.d; exit 1; }
   $sudo rm -f /usr/sbin/policy-rc.d
+fi
+if [ ! -x /usr/bin/chromium ]; then
+  echo "==> installing Debian's chromium (browser end-to-end tests, driven by playwright-core)"
+  apt_install chromium
 fi
 if ! command -v cargo-nextest >/dev/null 2>&1; then
   echo "==> installing cargo-nextest"
