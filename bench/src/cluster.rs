@@ -208,12 +208,24 @@ impl Server {
         prefix: &str,
         launch: &GatewayLaunch,
     ) -> anyhow::Result<Server> {
+        let ws: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+        let ops: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+        Server::gateway_at(broker, prefix, launch, ws, ops).await
+    }
+
+    /// [`Server::gateway`] on given WebSocket and ops addresses (a new pod
+    /// taking the place of one that exited).
+    pub async fn gateway_at(
+        broker: &Broker,
+        prefix: &str,
+        launch: &GatewayLaunch,
+        ws: SocketAddr,
+        ops: SocketAddr,
+    ) -> anyhow::Result<Server> {
         let bin = match &launch.binary {
             Some(b) => b.clone(),
             None => sibling_binary("herald-gateway")?,
         };
-        let ws: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
-        let ops: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
         let mut args: Vec<String> = vec![
             "--kafka-brokers".into(),
             broker.bootstrap.clone(),
@@ -229,15 +241,24 @@ impl Server {
             "false".into(),
             "--metadata-refresh-secs".into(),
             "2".into(),
-            "--drain-delay-secs".into(),
-            "0".into(),
         ];
+        // Defaults the extra flags may replace (clap refuses a flag twice).
+        let mut defaults: Vec<(&str, &str)> = vec![("--drain-delay-secs", "0")];
         // Every load client comes from a handful of loopback addresses: lift
         // the per-address admission limit (when this gateway has one) so it
         // does not cap the run. `--gateway-arg` can set it back.
         let help = Command::new(&bin).arg("--help").output().await?;
         if String::from_utf8_lossy(&help.stdout).contains("--max-connections-per-ip") {
-            args.extend(["--max-connections-per-ip".into(), "0".into()]);
+            defaults.push(("--max-connections-per-ip", "0"));
+        }
+        for (flag, value) in defaults {
+            let overridden = launch
+                .extra_args
+                .iter()
+                .any(|a| a == flag || a.starts_with(&format!("{flag}=")));
+            if !overridden {
+                args.extend([flag.to_owned(), value.to_owned()]);
+            }
         }
         args.extend(launch.extra_args.iter().cloned());
         let child = Command::new(&bin)
@@ -335,6 +356,21 @@ impl Server {
             .await?;
         anyhow::ensure!(status.success(), "kill {signal} {pid} failed");
         Ok(())
+    }
+
+    /// SIGTERM, as a rolling deploy does, and wait up to `within` for the
+    /// process to exit by itself (SIGKILL after that). Its exit status, if
+    /// it exited in time.
+    pub async fn terminate(mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let mut c = self.child.take()?;
+        let _ = self.signal("-TERM").await;
+        match tokio::time::timeout(within, c.wait()).await {
+            Ok(status) => status.ok(),
+            Err(_) => {
+                let _ = c.kill().await;
+                None
+            }
+        }
     }
 
     /// Stop the process: SIGTERM (the clients are gone, so the drain is

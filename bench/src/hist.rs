@@ -19,34 +19,42 @@ fn new_histogram() -> Histogram<u64> {
 
 /// A set of per-thread histograms read as one.
 pub struct Recorder {
+    /// Index of this recorder's histogram in each thread's [`LOCAL`].
+    slot: usize,
     threads: Mutex<Vec<Arc<Mutex<Histogram<u64>>>>>,
 }
 
 /// End-to-end latency of delivered events.
-pub static DELIVERY: Recorder = Recorder::new();
+pub static DELIVERY: Recorder = Recorder::new(0);
 /// Time from starting a connection to its subscription being confirmed.
-pub static CONNECT: Recorder = Recorder::new();
+pub static CONNECT: Recorder = Recorder::new(1);
 /// Produce to receipt by a bare Kafka consumer (the broker's share).
-pub static KAFKA: Recorder = Recorder::new();
+pub static KAFKA: Recorder = Recorder::new(2);
+/// Resuming clients: publish → delivery of events that arrived on a
+/// resumed connection and were published before it resubscribed (missed
+/// while offline, replayed by the gateway).
+pub static REPLAY: Recorder = Recorder::new(3);
+/// Resuming clients: resubscribe → delivery of the same replayed events
+/// (the part the gateway controls: the offline time is not in it).
+pub static REPLAY_AFTER_RESUBSCRIBE: Recorder = Recorder::new(4);
+/// Resuming clients: connection lost → subscription confirmed again.
+pub static RECONNECT: Recorder = Recorder::new(5);
+/// Resuming clients: connection lost → every event published up to the
+/// reconnect received.
+pub static CAUGHT_UP: Recorder = Recorder::new(6);
+
+const SLOTS: usize = 7;
 
 thread_local! {
-    static LOCAL: [OnceCell<Arc<Mutex<Histogram<u64>>>>; 3] = const { [OnceCell::new(), OnceCell::new(), OnceCell::new()] };
+    static LOCAL: [OnceCell<Arc<Mutex<Histogram<u64>>>>; SLOTS] = const { [const { OnceCell::new() }; SLOTS] };
 }
 
 impl Recorder {
-    const fn new() -> Self {
+    const fn new(slot: usize) -> Self {
+        assert!(slot < SLOTS);
         Recorder {
+            slot,
             threads: Mutex::new(Vec::new()),
-        }
-    }
-
-    fn slot(&'static self) -> usize {
-        if std::ptr::eq(self, &DELIVERY) {
-            0
-        } else if std::ptr::eq(self, &CONNECT) {
-            1
-        } else {
-            2
         }
     }
 
@@ -56,7 +64,7 @@ impl Recorder {
             return;
         }
         LOCAL.with(|cells| {
-            let h = cells[self.slot()].get_or_init(|| {
+            let h = cells[self.slot].get_or_init(|| {
                 let h = Arc::new(Mutex::new(new_histogram()));
                 if let Ok(mut all) = self.threads.lock() {
                     all.push(h.clone());
@@ -97,6 +105,8 @@ pub struct Percentiles {
     pub p50_ms: f64,
     /// 90th percentile.
     pub p90_ms: f64,
+    /// 95th percentile.
+    pub p95_ms: f64,
     /// 99th percentile.
     pub p99_ms: f64,
     /// 99.9th percentile.
@@ -117,6 +127,7 @@ impl Percentiles {
             mean_ms: h.mean() / 1000.0,
             p50_ms: ms(h.value_at_quantile(0.5)),
             p90_ms: ms(h.value_at_quantile(0.9)),
+            p95_ms: ms(h.value_at_quantile(0.95)),
             p99_ms: ms(h.value_at_quantile(0.99)),
             p999_ms: ms(h.value_at_quantile(0.999)),
             max_ms: ms(h.max()),

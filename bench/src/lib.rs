@@ -7,7 +7,9 @@
 //! - [`raw`] — the raw WebSocket baseline server
 //! - [`cluster`] — broker, gateway and raw server as child processes
 //! - [`procstat`], [`prom`], [`hist`] — memory/CPU, gateway metrics, latency histograms
-//! - [`scenario`] — the scenarios: idle, fanout, latency, ingest, storm
+//! - [`scenario`] — the scenarios: idle, fanout, latency, ingest, storm, hostile
+//! - [`resuming`] — clients that lose their connection and resume from their position
+//! - [`reconnect`] — the scenarios with resuming clients: jitter, avalanche
 
 pub mod client;
 pub mod cluster;
@@ -17,6 +19,8 @@ pub mod procstat;
 pub mod prom;
 pub mod publish;
 pub mod raw;
+pub mod reconnect;
+pub mod resuming;
 pub mod scenario;
 pub mod stamp;
 pub mod ws;

@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 
 use clap::{Parser, Subcommand};
-use herald_bench::{procstat::Machine, raw, scenario, stamp::Protocol};
+use herald_bench::{procstat::Machine, raw, reconnect, scenario, stamp::Protocol};
 
 /// Herald load generator: measures the gateway (and a raw WebSocket
 /// baseline) on loopback and writes the results as JSON.
@@ -57,6 +57,20 @@ enum Command {
         common: scenario::Common,
         #[command(flatten)]
         args: scenario::StormArgs,
+    },
+    /// Clients dropping their TCP connection every ~15 s and resuming.
+    Jitter {
+        #[command(flatten)]
+        common: scenario::Common,
+        #[command(flatten)]
+        args: reconnect::JitterArgs,
+    },
+    /// A rolling restart of one of two gateways behind nginx, resuming clients.
+    Avalanche {
+        #[command(flatten)]
+        common: scenario::Common,
+        #[command(flatten)]
+        args: reconnect::AvalancheArgs,
     },
     /// The raw baseline server (started by the other commands).
     #[command(hide = true)]
@@ -132,6 +146,8 @@ fn main() -> anyhow::Result<()> {
         Command::Latency { args, .. } => args.connections,
         Command::Hostile { args, .. } => args.connections + args.hostile,
         Command::Storm { args, .. } => args.connections,
+        Command::Jitter { args, .. } => args.clients,
+        Command::Avalanche { args, .. } => args.clients,
         _ => 0,
     };
     if connections as u64 + 1000 > fd_limit {
@@ -147,7 +163,9 @@ fn main() -> anyhow::Result<()> {
     | Command::Latency { common, .. }
     | Command::Hostile { common, .. }
     | Command::Storm { common, .. }
-    | Command::Ingest { common, .. } = &cli.command
+    | Command::Ingest { common, .. }
+    | Command::Jitter { common, .. }
+    | Command::Avalanche { common, .. } = &cli.command
     {
         herald_bench::client::ACCOUNT_BASE
             .store(common.account_base, std::sync::atomic::Ordering::Relaxed);
@@ -173,6 +191,14 @@ fn main() -> anyhow::Result<()> {
             Command::Storm { common, args } => {
                 ("storm", common, scenario::storm(common, args).await)
             }
+            Command::Jitter { common, args } => {
+                ("jitter", common, reconnect::jitter(common, args).await)
+            }
+            Command::Avalanche { common, args } => (
+                "avalanche",
+                common,
+                reconnect::avalanche(common, args).await,
+            ),
             Command::RawServer { .. } => unreachable!("handled above"),
         }
     });

@@ -141,6 +141,8 @@ pub struct Publisher {
     /// Events sent in total (the next global number).
     pub total: u64,
     occurred_at: (u64, String),
+    /// `sent`, readable by other tasks while publishing (see [`Publisher::share_counts`]).
+    shared: Option<Arc<[AtomicU64]>>,
 }
 
 impl Publisher {
@@ -154,7 +156,16 @@ impl Publisher {
             sent: vec![0; accounts],
             total: 0,
             occurred_at: (0, String::new()),
+            shared: None,
         }
+    }
+
+    /// Events sent per account so far, updated as each one is handed to
+    /// the sink, for tasks that need to know what was published by when.
+    pub fn share_counts(&mut self) -> Arc<[AtomicU64]> {
+        self.shared
+            .get_or_insert_with(|| self.sent.iter().map(|&n| AtomicU64::new(n)).collect())
+            .clone()
     }
 
     /// Send the next event of account `a`.
@@ -194,6 +205,9 @@ impl Publisher {
         }
         self.sent[a] += 1;
         self.total += 1;
+        if let Some(shared) = &self.shared {
+            shared[a].store(self.sent[a], Ordering::Release);
+        }
         Ok(())
     }
 
@@ -239,6 +253,27 @@ impl Publisher {
             let due = (rate * elapsed.as_secs_f64()) as u64;
             while done < due {
                 let a = (self.total % accounts as u64) as usize;
+                self.send(a).await?;
+                done += 1;
+            }
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    /// Open loop: `count` events, `rate` per second, round-robin over the
+    /// accounts (so each account gets `count / accounts`).
+    pub async fn at_rate_count(&mut self, rate: f64, count: u64) -> anyhow::Result<()> {
+        let start = Instant::now();
+        let mut done = 0u64;
+        let mut tick = tokio::time::interval(Duration::from_millis(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let accounts = self.accounts.len() as u64;
+        while done < count {
+            tick.tick().await;
+            let due = ((rate * start.elapsed().as_secs_f64()) as u64 + 1).min(count);
+            while done < due {
+                let a = (self.total % accounts) as usize;
                 self.send(a).await?;
                 done += 1;
             }

@@ -92,14 +92,30 @@ pub struct Common {
 }
 
 /// The broker (when Kafka is involved) and the server of one measurement.
-struct Setup {
-    broker: Option<Broker>,
-    server: Server,
-    kafka: Option<herald_runtime::KafkaArgs>,
+pub(crate) struct Setup {
+    pub(crate) broker: Option<Broker>,
+    pub(crate) server: Server,
+    pub(crate) kafka: Option<herald_runtime::KafkaArgs>,
+}
+
+/// Source addresses for `connections` clients: `(how many, first)`
+/// 127.0.0.x, from `--source-ips` / `--first-source-ip` or their defaults.
+pub(crate) fn source_ips(common: &Common, connections: usize) -> (u8, u8) {
+    let ips = if common.source_ips == 0 {
+        connections.div_ceil(4_000).clamp(1, 50) as u8
+    } else {
+        common.source_ips
+    };
+    let first = if common.first_source_ip == 0 {
+        2 + (uuid::Uuid::new_v4().as_u128() % 199) as u8
+    } else {
+        common.first_source_ip
+    };
+    (ips.min(255 - first), first)
 }
 
 impl Setup {
-    async fn start(common: &Common, kind: ServerKind) -> anyhow::Result<Setup> {
+    pub(crate) async fn start(common: &Common, kind: ServerKind) -> anyhow::Result<Setup> {
         match kind {
             ServerKind::Raw => Ok(Setup {
                 broker: None,
@@ -144,26 +160,17 @@ impl Setup {
     }
 
     fn target(&self, common: &Common, connections: usize) -> Target {
-        let ips = if common.source_ips == 0 {
-            connections.div_ceil(4_000).clamp(1, 50) as u8
-        } else {
-            common.source_ips
-        };
-        let first = if common.first_source_ip == 0 {
-            2 + (uuid::Uuid::new_v4().as_u128() % 199) as u8
-        } else {
-            common.first_source_ip
-        };
+        let (source_ips, first_source_ip) = source_ips(common, connections);
         Target {
             addr: self.server.ws_addr,
             protocol: common.protocol,
-            source_ips: ips.min(255 - first),
-            first_source_ip: first,
+            source_ips,
+            first_source_ip,
             stomp_heartbeat_ms: 0,
         }
     }
 
-    async fn publisher(
+    pub(crate) async fn publisher(
         &self,
         common: &Common,
         accounts: usize,
@@ -215,11 +222,11 @@ impl Setup {
         }
     }
 
-    async fn scrape(&self) -> Option<Scrape> {
+    pub(crate) async fn scrape(&self) -> Option<Scrape> {
         Scrape::fetch(self.server.ops_addr?).await.ok()
     }
 
-    fn cpu_marks(&self) -> CpuMarks {
+    pub(crate) fn cpu_marks(&self) -> CpuMarks {
         CpuMarks {
             server: self.server.pid.map(CpuMark::start),
             broker: self
@@ -231,7 +238,7 @@ impl Setup {
         }
     }
 
-    async fn stop(self) {
+    pub(crate) async fn stop(self) {
         self.server.stop().await;
         drop(self.broker);
     }
@@ -265,14 +272,14 @@ struct Window {
     gateway: Value,
 }
 
-struct CpuMarks {
-    server: Option<CpuMark>,
-    broker: Option<CpuMark>,
-    loadgen: CpuMark,
+pub(crate) struct CpuMarks {
+    pub(crate) server: Option<CpuMark>,
+    pub(crate) broker: Option<CpuMark>,
+    pub(crate) loadgen: CpuMark,
 }
 
 impl CpuMarks {
-    fn read(&self) -> Value {
+    pub(crate) fn read(&self) -> Value {
         json!({
             "server": self.server.map(|m| m.read()),
             "broker": self.broker.map(|m| m.read()),
@@ -281,7 +288,7 @@ impl CpuMarks {
     }
 }
 
-fn mib(bytes: u64) -> f64 {
+pub(crate) fn mib(bytes: u64) -> f64 {
     bytes as f64 / (1024.0 * 1024.0)
 }
 
