@@ -416,6 +416,7 @@ impl GatewayConfig {
             kafka: self.kafka.clone(),
             epoch: self.resume_epoch.clone(),
             kafka_reads: Arc::new(tokio::sync::Semaphore::new(self.resume_kafka_reads.max(1))),
+            time_reader: crate::resume::TimeReader::default(),
         })
     }
 

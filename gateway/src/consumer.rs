@@ -168,11 +168,14 @@ pub async fn maintain_assignment(
                         Ok(()) => {
                             for (topic, partition, offset) in found.new {
                                 tracing::info!(topic, partition, ?offset, "assigned partition");
-                                let start = match offset {
-                                    Offset::Offset(o) => o,
-                                    _ => 0,
+                                let (start, unseen_until) = match offset {
+                                    // From the end: what came before is not in the buffer.
+                                    Offset::Offset(o) => (o, crate::router::now_ms()),
+                                    _ => (0, i64::MIN),
                                 };
-                                router.init_frontier((Arc::from(topic.as_str()), partition), start);
+                                let stream = (Arc::from(topic.as_str()), partition);
+                                router.history().cover(&stream, unseen_until);
+                                router.init_frontier(stream, start);
                                 assigned.insert((topic, partition));
                             }
                         }

@@ -61,6 +61,30 @@ pub struct ResumeConfig {
     /// Kafka reads (read-backs, offset and watermark lookups) at once, pod-wide:
     /// a resume storm queues here instead of opening a consumer per client.
     pub kafka_reads: Arc<tokio::sync::Semaphore>,
+    /// The consumer time lookups share (created on first use).
+    pub time_reader: TimeReader,
+}
+
+/// One Kafka consumer kept for looking up offsets by time
+/// (`offsets_for_times`): creating a consumer per lookup (a bootstrap and
+/// connections each time) made a storm of `since` resumes take minutes.
+#[derive(Clone, Default)]
+pub struct TimeReader(Arc<Mutex<Option<Arc<BaseConsumer>>>>);
+
+impl std::fmt::Debug for TimeReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TimeReader")
+    }
+}
+
+impl TimeReader {
+    fn get(&self, config: &ResumeConfig) -> Option<Arc<BaseConsumer>> {
+        let mut slot = self.0.lock().ok()?;
+        if slot.is_none() {
+            *slot = reader(config).map(Arc::new);
+        }
+        slot.clone()
+    }
 }
 
 /// The AnyCable `epoch` of each stream: the configured `--resume-epoch`
@@ -132,6 +156,21 @@ struct Parts {
     queues: HashMap<TopicPartition, VecDeque<Buffered>>,
     /// Estimated memory of every buffered record.
     bytes: usize,
+    /// Per partition, the newest record timestamp the buffer may lack: every
+    /// record stamped later passed through it and is still there. Absent:
+    /// unknown (a time lookup must ask Kafka).
+    covered_after: HashMap<TopicPartition, i64>,
+}
+
+/// Where a time lands in a partition, as far as the buffer knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AtTime {
+    /// The first record at or after the time.
+    Offset(i64),
+    /// No record at or after the time: nothing to replay.
+    Nothing,
+    /// The buffer does not reach back that far: ask Kafka.
+    Unknown,
 }
 
 impl Buffered {
@@ -210,7 +249,11 @@ impl HistoryBuffer {
         let Ok(mut parts) = self.parts.lock() else {
             return;
         };
-        let Parts { queues, bytes } = &mut *parts;
+        let Parts {
+            queues,
+            bytes,
+            covered_after,
+        } = &mut *parts;
         *bytes += record.cost();
         let queue = queues.entry(stream.clone()).or_default();
         queue.push_back(record);
@@ -223,6 +266,7 @@ impl HistoryBuffer {
         {
             if let Some(old) = queue.pop_front() {
                 *bytes = bytes.saturating_sub(old.cost());
+                evicted(covered_after, &stream, &old);
             }
         }
         // Still over budget (this partition is down to its newest record):
@@ -236,6 +280,7 @@ impl HistoryBuffer {
                     && let Some(old) = other.pop_front()
                 {
                     *bytes = bytes.saturating_sub(old.cost());
+                    evicted(covered_after, key, &old);
                 }
                 if *bytes <= self.max_bytes {
                     break;
@@ -250,7 +295,15 @@ impl HistoryBuffer {
     /// incarnation of the log.
     pub fn clear(&self, topic: &str, partition: Option<i32>) {
         if let Ok(mut parts) = self.parts.lock() {
-            let Parts { queues, bytes } = &mut *parts;
+            let Parts {
+                queues,
+                bytes,
+                covered_after,
+            } = &mut *parts;
+            // What the new log holds is read from its beginning again, but
+            // be conservative: time lookups go to Kafka.
+            covered_after
+                .retain(|(t, p), _| !(**t == *topic && partition.is_none_or(|want| *p == want)));
             queues.retain(|(t, p), q| {
                 let gone = **t == *topic && partition.is_none_or(|want| *p == want);
                 if gone {
@@ -289,20 +342,64 @@ impl HistoryBuffer {
         Some(out)
     }
 
-    /// The first buffered offset of `stream` at or after `since_ms`, if the
-    /// buffer reaches back that far.
-    pub fn offset_at(&self, stream: &TopicPartition, since_ms: i64) -> Option<i64> {
-        let parts = self.parts.lock().ok()?;
-        let queue = parts.queues.get(stream)?;
-        let first = queue.front()?;
-        if first.timestamp_ms.unwrap_or(0) > since_ms {
-            return None;
+    /// This pod reads `stream` from here on and every record it reads
+    /// passes through the buffer: records it lacks are stamped at most
+    /// `after_ms` (the wall time when reading began at the log's end, or
+    /// `i64::MIN` when reading from the log's beginning).
+    pub fn cover(&self, stream: &TopicPartition, after_ms: i64) {
+        if self.max_events == 0 {
+            return;
         }
-        queue
-            .iter()
-            .find(|e| e.timestamp_ms.unwrap_or(0) >= since_ms)
-            .map(|e| e.offset)
-            .or(Some(queue.back()?.offset + 1))
+        if let Ok(mut parts) = self.parts.lock() {
+            parts
+                .covered_after
+                .entry(stream.clone())
+                .or_insert(after_ms);
+        }
+    }
+
+    /// Where `since_ms` lands in `stream`, as far as the buffer knows: a
+    /// time after everything it may lack is answered from the buffer alone
+    /// (even when it holds nothing), so resuming by time (`since`,
+    /// `timestamp=`) asks Kafka only for times the pod did not see.
+    pub fn offset_at(&self, stream: &TopicPartition, since_ms: i64) -> AtTime {
+        let Ok(parts) = self.parts.lock() else {
+            return AtTime::Unknown;
+        };
+        let queue = parts.queues.get(stream);
+        let found = || {
+            queue
+                .and_then(|q| q.iter().find(|e| e.timestamp_ms.unwrap_or(0) >= since_ms))
+                .map_or(AtTime::Nothing, |e| AtTime::Offset(e.offset))
+        };
+        if parts
+            .covered_after
+            .get(stream)
+            .is_some_and(|&after| since_ms > after)
+        {
+            return found();
+        }
+        match queue.and_then(|q| q.front()) {
+            Some(first) if first.timestamp_ms.unwrap_or(0) <= since_ms => match found() {
+                AtTime::Nothing => {
+                    AtTime::Offset(queue.and_then(|q| q.back()).map_or(0, |b| b.offset + 1))
+                }
+                at => at,
+            },
+            _ => AtTime::Unknown,
+        }
+    }
+}
+
+/// A record left the buffer: what it held may now be missing.
+fn evicted(
+    covered_after: &mut HashMap<TopicPartition, i64>,
+    stream: &TopicPartition,
+    old: &Buffered,
+) {
+    let stamp = old.timestamp_ms.unwrap_or(i64::MAX);
+    if let Some(after) = covered_after.get_mut(stream) {
+        *after = (*after).max(stamp);
     }
 }
 
@@ -732,19 +829,42 @@ pub async fn plan(
     cancel: &tokio_util::sync::CancellationToken,
 ) -> Replay {
     let mut replay = Replay::default();
-    for (stream, &end) in frontier {
-        let position = request
+    let position_of = |stream: &TopicPartition| {
+        request
             .positions
             .iter()
             .find(|(t, p, _)| **t == *stream.0 && *p == stream.1)
             // A client's offset is any i64: the next one saturates, and
             // nothing is before the log's first offset.
-            .map(|(_, _, o)| o.saturating_add(1).max(0));
+            .map(|(_, _, o)| o.saturating_add(1).max(0))
+    };
+    // Streams resumed by time that the buffer cannot answer: one Kafka
+    // request for all of them.
+    let by_time: HashMap<TopicPartition, Option<i64>> = match request.since_ms {
+        Some(since) => {
+            let unknown: Vec<TopicPartition> = frontier
+                .keys()
+                .filter(|s| {
+                    position_of(s).is_none() && history.offset_at(s, since) == AtTime::Unknown
+                })
+                .cloned()
+                .collect();
+            if unknown.is_empty() {
+                HashMap::new()
+            } else {
+                offsets_for_time(config, &unknown, since, cancel).await
+            }
+        }
+        None => HashMap::new(),
+    };
+    for (stream, &end) in frontier {
+        let position = position_of(stream);
         let start = match (position, request.since_ms) {
             (Some(start), _) => start,
             (None, Some(since)) => match history.offset_at(stream, since) {
-                Some(o) => o,
-                None => match offset_for_time(config, stream, since, cancel).await {
+                AtTime::Offset(o) => o,
+                AtTime::Nothing => continue,
+                AtTime::Unknown => match by_time.get(stream).copied().flatten() {
                     Some(o) => o,
                     None => continue,
                 },
@@ -817,32 +937,54 @@ fn reader(config: &ResumeConfig) -> Option<BaseConsumer> {
     cfg.create().ok()
 }
 
-async fn offset_for_time(
+/// The first offset at or after `since_ms` of each of `streams` (None: no
+/// record that late), in one request on the shared time reader.
+async fn offsets_for_time(
     config: &ResumeConfig,
-    stream: &TopicPartition,
+    streams: &[TopicPartition],
     since_ms: i64,
     cancel: &tokio_util::sync::CancellationToken,
-) -> Option<i64> {
-    let _permit = read_permit(config, cancel).await?;
+) -> HashMap<TopicPartition, Option<i64>> {
+    let Some(_permit) = read_permit(config, cancel).await else {
+        return HashMap::new();
+    };
     let config = config.clone();
-    let (topic, partition) = (stream.0.to_string(), stream.1);
+    let streams = streams.to_vec();
     tokio::task::spawn_blocking(move || {
-        let consumer = reader(&config)?;
+        let mut out = HashMap::new();
+        let Some(consumer) = config.time_reader.get(&config) else {
+            return out;
+        };
+        // Drain what librdkafka queued meanwhile (errors, logs): nothing
+        // else polls this consumer.
+        while consumer.poll(Duration::ZERO).is_some() {}
         let mut tpl = TopicPartitionList::new();
-        tpl.add_partition_offset(&topic, partition, Offset::Offset(since_ms))
-            .ok()?;
-        let found = consumer
-            .offsets_for_times(tpl, Duration::from_secs(5))
-            .ok()?;
-        match found.find_partition(&topic, partition)?.offset() {
-            Offset::Offset(o) => Some(o),
-            // No record at or after `since`: nothing to replay.
-            _ => None,
+        for (topic, partition) in &streams {
+            if tpl
+                .add_partition_offset(topic, *partition, Offset::Offset(since_ms))
+                .is_err()
+            {
+                return out;
+            }
         }
+        let Ok(found) = consumer.offsets_for_times(tpl, Duration::from_secs(5)) else {
+            return out;
+        };
+        for stream in streams {
+            let offset = match found
+                .find_partition(&stream.0, stream.1)
+                .map(|p| p.offset())
+            {
+                Some(Offset::Offset(o)) => Some(o),
+                // No record at or after `since`: nothing to replay.
+                _ => None,
+            };
+            out.insert(stream, offset);
+        }
+        out
     })
     .await
-    .ok()
-    .flatten()
+    .unwrap_or_default()
 }
 
 /// One of the pod's Kafka read permits, unless the client goes away first.
@@ -1119,5 +1261,43 @@ mod tests {
         assert!(ResumeRequest::parse_stomp("nope").is_err());
         assert!(ResumeRequest::parse_stomp("a:b:c").is_err());
         assert!(ResumeRequest::parse_stomp("timestamp=x").is_err());
+    }
+}
+
+#[cfg(test)]
+mod time_lookup_tests {
+    use super::*;
+
+    #[test]
+    fn times_the_pod_saw_are_answered_from_the_buffer_alone() {
+        let buffer = HistoryBuffer::new(2, Duration::from_secs(3600 * 24 * 365 * 100));
+        let stream: TopicPartition = (Arc::from("t"), 0);
+        let quiet: TopicPartition = (Arc::from("t"), 1);
+        // Nothing known yet: Kafka must be asked.
+        assert_eq!(buffer.offset_at(&stream, 1_500), AtTime::Unknown);
+        // Reading began at the log's end at t=1000.
+        buffer.cover(&stream, 1_000);
+        buffer.cover(&quiet, 1_000);
+        buffer.append_skipped(stream.clone(), 10, Some(2_000), "a");
+        buffer.append_skipped(stream.clone(), 11, Some(3_000), "a");
+        assert_eq!(buffer.offset_at(&stream, 1_500), AtTime::Offset(10));
+        assert_eq!(buffer.offset_at(&stream, 2_500), AtTime::Offset(11));
+        assert_eq!(buffer.offset_at(&stream, 3_500), AtTime::Nothing);
+        // Before reading began: only Kafka knows.
+        assert_eq!(buffer.offset_at(&stream, 900), AtTime::Unknown);
+        // A partition with no record since: nothing to replay, no lookup.
+        assert_eq!(buffer.offset_at(&quiet, 1_500), AtTime::Nothing);
+        // The oldest record leaves (count bound): times up to its stamp are
+        // no longer covered.
+        buffer.append_skipped(stream.clone(), 12, Some(4_000), "a");
+        assert_eq!(buffer.offset_at(&stream, 1_500), AtTime::Unknown);
+        assert_eq!(buffer.offset_at(&stream, 2_500), AtTime::Offset(11));
+        // A reset forgets what is covered.
+        buffer.clear("t", Some(0));
+        assert_eq!(buffer.offset_at(&stream, 2_500), AtTime::Unknown);
+        // Read from the log's beginning: everything is covered.
+        let full = HistoryBuffer::new(10, Duration::from_secs(3600 * 24 * 365 * 100));
+        full.cover(&stream, i64::MIN);
+        assert_eq!(full.offset_at(&stream, 0), AtTime::Nothing);
     }
 }
