@@ -9,7 +9,7 @@
 //! through the connection's writer.
 //!
 //! The expected outcome is computed from the rules as documented (README
-//! "Events and topics", PROTOCOLS.md 1a), not from the gateway's code:
+//! "Events and topics" and "RoomChannel (Chatwoot-style)"), not from the gateway's code:
 //! - an event is offered only to connections of its account whose principal
 //!   the audience admits, to each such live connection exactly once, in order;
 //! - a RoomChannel subscription gets only RoomChannel events; a contact's
@@ -49,7 +49,7 @@ const AUDIENCE_ROLES: [&str; 5] = ["agent", "admin", "administrator", "contact",
 /// User roles a credential may carry.
 const USER_ROLES: [&str; 3] = ["agent", "admin", "administrator"];
 
-/// RoomChannel events (seed 004), written out from PROTOCOLS.md.
+/// RoomChannel events (Chatwoot's RoomChannel API), written out from the README's RoomChannel section.
 const ROOM_EVENTS: [&str; 14] = [
     "conversation.created",
     "conversation.read",
@@ -66,7 +66,7 @@ const ROOM_EVENTS: [&str; 14] = [
     "presence.update",
     "notification_created",
 ];
-/// The RoomChannel events a contact may receive (PROTOCOLS.md 1a).
+/// The RoomChannel events a contact may receive (README "RoomChannel (Chatwoot-style)").
 const CONTACT_ROOM_EVENTS: [&str; 7] = [
     "conversation.created",
     "conversation.status_changed",
@@ -293,7 +293,7 @@ fn spec_entitled(p: &PrincipalSpec, e: &EventSpec) -> bool {
     }
 }
 
-/// The documented RoomChannel rule (PROTOCOLS.md 1a), for an entitled principal.
+/// The documented RoomChannel rule (README "RoomChannel (Chatwoot-style)"), for an entitled principal.
 fn spec_room(p: &PrincipalSpec, e: &EventSpec) -> bool {
     let ty = event_type(e);
     if !ROOM_EVENTS.contains(&ty) {

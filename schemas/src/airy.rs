@@ -1,4 +1,4 @@
-//! Airy payloads, delivered over STOMP (seeds 001 and 002, EVENTS.md "Airy").
+//! Airy payloads, delivered over STOMP (Airy's queue and events APIs, README "STOMP API").
 //!
 //! Ids are UUID strings; dates are `yyyy-MM-dd'T'HH:mm:ss.SSSZ` strings.
 

@@ -1,4 +1,4 @@
-//! The event catalogue (EVENTS.md): one table maps every event type to its
+//! The event catalogue (README "Events and topics"): one table maps every event type to its
 //! family and its typed payload, and drives [`family_of`], [`event_types`],
 //! [`validate_payload`], [`validate`] and [`crate::topic_schema`].
 
@@ -67,7 +67,7 @@ macro_rules! event {
 /// Every known event type. Names are unique: `message.created` and
 /// `message.updated` are shared by Airy and Chatwoot and accept both shapes.
 pub(crate) static EVENTS: &[EventSpec] = &[
-    // Airy (STOMP), seeds 001 and 002.
+    // Airy (STOMP): the old queues and the events API.
     event!("message.created", Message, MessagePayload),
     event!("message.updated", Message, MessagePayload),
     event!(
@@ -82,7 +82,7 @@ pub(crate) static EVENTS: &[EventSpec] = &[
     event!("tag.updated", Tag, airy::TagUpdated),
     event!("conversation.updated", Conversation, AnyObject),
     event!("component.updated", Channel, AnyObject),
-    // Chatwoot-style RoomChannel (ActionCable), seed 004.
+    // Chatwoot-style RoomChannel (ActionCable), Chatwoot's RoomChannel API.
     event!("conversation.created", Conversation, chatwoot::Conversation),
     event!("conversation.read", Conversation, chatwoot::Conversation),
     event!(
@@ -112,7 +112,7 @@ pub(crate) static EVENTS: &[EventSpec] = &[
     event!("presence.update", Presence, chatwoot::PresenceUpdate),
     event!("presence.heartbeat", Presence, chatwoot::PresenceHeartbeat),
     event!("notification_created", Notification, chatwoot::Notification),
-    // Pulse-style NotificationsChannel (ActionCable), seed 000: account.
+    // Pulse-style NotificationsChannel (ActionCable), Pulse's NotificationsChannel API: account.
     event!("removed_account", Account, pulse::AccountIdContent),
     event!("updated_account", Account, pulse::UpdatedAccount),
     event!("cleaned_account", Account, pulse::AccountIdContent),
@@ -208,7 +208,7 @@ pub(crate) static EVENTS: &[EventSpec] = &[
     event!("added_auto_reply", Conversation, pulse::AutoReply),
     event!("updated_auto_reply", Conversation, pulse::AutoReply),
     event!("removed_auto_reply", Conversation, pulse::IdContent),
-    // TypeID protocol, seed 003.
+    // TypeID protocol, the TypeID API.
     event!(
         "ConversationMessageNotification",
         Message,

@@ -1,5 +1,5 @@
 //! Chatwoot-style `RoomChannel` payloads, delivered over ActionCable at
-//! `/cable` (seed 004, EVENTS.md "Chatwoot-style RoomChannel").
+//! `/cable` (Chatwoot's RoomChannel, README "RoomChannel (Chatwoot-style)").
 //!
 //! Only the ids are required; every other documented field is optional and
 //! unknown fields pass through. Ids are integers in Chatwoot but strings are
@@ -125,7 +125,7 @@ pub struct PresenceUpdate {
     pub contacts: Option<BTreeMap<String, String>>,
 }
 
-/// Every RoomChannel event type (seed 004), in the seed's order.
+/// Every RoomChannel event type (Chatwoot's RoomChannel API), in the documented order.
 pub const ROOM_EVENTS: [&str; 14] = [
     "conversation.created",
     "conversation.read",
@@ -143,7 +143,7 @@ pub const ROOM_EVENTS: [&str; 14] = [
     "notification_created",
 ];
 
-/// The RoomChannel events a contact token may receive (PROTOCOLS.md 1a).
+/// The RoomChannel events a contact token may receive (README "RoomChannel (Chatwoot-style)").
 pub const CONTACT_EVENTS: [&str; 7] = [
     "conversation.created",
     "conversation.status_changed",

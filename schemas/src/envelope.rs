@@ -1,5 +1,5 @@
-//! The envelope wrapped around every event on every topic (DESIGN.md,
-//! "Envelope"), and its decoding with precise errors.
+//! The envelope wrapped around every event on every topic (README "Events
+//! and topics"), and its decoding with precise errors.
 
 use serde::de::{self, Deserializer, Unexpected};
 use serde::{Deserialize, Serialize};

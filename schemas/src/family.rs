@@ -1,4 +1,4 @@
-//! Event families: one Kafka topic per family (DESIGN.md, "Topics").
+//! Event families: one Kafka topic per family (README "Events and topics").
 
 use std::fmt;
 

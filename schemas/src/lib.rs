@@ -1,5 +1,5 @@
 //! Herald's event vocabulary, free of I/O: the [`Envelope`] of every Kafka
-//! record, a typed payload for every event in EVENTS.md, the mapping from
+//! record, a typed payload for every event of the catalogue, the mapping from
 //! event type to [`Family`] (= topic), validation with precise errors, and
 //! the JSON Schema of every topic.
 //!

@@ -1,4 +1,4 @@
-//! The event catalogue end to end: every type maps to the family EVENTS.md
+//! The event catalogue end to end: every type maps to the family the README's "Events and topics"
 //! gives it, a valid sample of every type passes both the Rust validation and
 //! an independent JSON Schema validator run on the generated topic schema,
 //! and wrong shapes are rejected by both with a precise reason.
@@ -11,7 +11,7 @@ use herald_schemas::{
 use serde_json::Value;
 use serde_json::value::RawValue;
 
-/// EVENTS.md, written out independently of the crate's own table.
+/// The catalogue (README "Events and topics"), written out independently of the crate's own table.
 const FAMILIES: &[(&str, Family)] = &[
     // Airy
     ("message.created", Family::Message),
@@ -96,7 +96,7 @@ const FAMILIES: &[(&str, Family)] = &[
     ("ConversationMessageRequest", Family::ClientCommands),
 ];
 
-/// PROTOCOLS.md 1b, the Pulse operations of seed 000, verbatim.
+/// The Pulse operations (README "NotificationsChannel (Pulse-style)"), verbatim.
 const PULSE_OPERATIONS: &str = "removed_account, updated_account, cleaned_account,
   added_message, update_message_type, updated_message, removed_message,
   cleanup_messages, cleanup_conversation_messages, added_contact, updated_contact,
@@ -114,17 +114,17 @@ const PULSE_OPERATIONS: &str = "removed_account, updated_account, cleaned_accoun
 
 /// A valid payload of every event type (some types have several shapes).
 const SAMPLES: &[(&str, &str)] = &[
-    // Airy, seed 002 (new API)
+    // Airy, Airy's events API (new API)
     (
         "message.created",
         r#"{"conversation_id":"7d1c","channel_id":"0b5e","message":{"id":"m-1","content":{"text":"Hello World"},"delivery_state":"pending","from_contact":true,"sent_at":"2026-11-22T10:00:00.000Z","source":"facebook","sender":{"id":"github:12345"}}}"#,
     ),
-    // Airy, seed 001 (old `/queue/message`): content is a JSON string.
+    // Airy, Airy's old queue API (old `/queue/message`): content is a JSON string.
     (
         "message.updated",
         r#"{"conversation_id":"7d1c","channel_id":"0b5e","message":{"id":"m-1","content":"{\"text\":\"Hello World\"}","delivery_state":"DELIVERED","sender_type":"source_contact","sent_at":"2026-11-22T10:00:00.000Z"}}"#,
     ),
-    // Chatwoot, seed 004
+    // Chatwoot, Chatwoot's RoomChannel API
     (
         "message.created",
         r#"{"id":101,"content":"Hi there","message_type":0,"content_attributes":{},"sender":{"id":9,"type":"contact"},"private":false,"created_at":1763805600,"conversation_id":5,"account_id":1}"#,
@@ -338,7 +338,7 @@ const SAMPLES: &[(&str, &str)] = &[
         r#"{"device_id":1,"type":"driving","pattern":"aXY=-:-cA==","response":"aXY=-:-cg=="}"#,
     ),
     ("removed_auto_reply", r#"{"id":1}"#),
-    // TypeID, seed 003: nulls written out.
+    // TypeID, the TypeID API: nulls written out.
     (
         "ConversationMessageNotification",
         r#"{"Attachments":[],"Body":"hello","ClientID":"3f0c8f1e-8a4e-4c1e-9a55-0c1f0d6f4b11","ContactID":null,"ContentTags":[],"ConversationID":"0b7e1d3c-5f2a-4c4b-8c6e-2d9f1a7b3c4d","ConversationType":1,"DeletedTimestamp":0,"DeletedUserID":0,"DeletedUsername":null,"EditedTimestamp":0,"EditedUserID":0,"EditedUsername":null,"IsDeleted":false,"LikeCount":0,"LikeUserIDs":[],"LikeUsernames":[],"Mentions":[],"NotificationType":0,"RecipientID":null,"RootConversationID":"0b7e1d3c-5f2a-4c4b-8c6e-2d9f1a7b3c4d","SenderID":7,"SenderName":"grace","SenderPermissions":null,"SenderRoles":[1,2],"SenderVanityRole":0,"ServerID":"9d8c7b6a-5f4e-4d3c-2b1a-0f9e8d7c6b5a","Timestamp":1608150458000}"#,
@@ -541,7 +541,10 @@ fn schema_errors(validator: &jsonschema::Validator, instance: &Value) -> Vec<Str
 fn every_type_maps_to_its_family() {
     let known: BTreeSet<&str> = event_types().iter().copied().collect();
     let expected: BTreeSet<&str> = FAMILIES.iter().map(|(name, _)| *name).collect();
-    assert_eq!(known, expected, "the catalogue and EVENTS.md disagree");
+    assert_eq!(
+        known, expected,
+        "the catalogue and the documented list disagree"
+    );
     assert_eq!(event_types().len(), FAMILIES.len(), "duplicate type names");
     for (name, family) in FAMILIES {
         assert_eq!(family_of(name), Some(*family), "{name}");

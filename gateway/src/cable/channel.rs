@@ -1,9 +1,9 @@
 //! What each ActionCable subscription receives, and how it is rendered.
 //!
-//! RoomChannel (seed 004): users get every RoomChannel event of their account
+//! RoomChannel (Chatwoot's RoomChannel API): users get every RoomChannel event of their account
 //! (narrowed by audience); contacts only the contact events, never private
 //! messages or notes; typing events never go back to the typist. Bodies are
-//! `{"event","data"}`. NotificationsChannel (seed 000): every Pulse
+//! `{"event","data"}`. NotificationsChannel (Pulse's NotificationsChannel API): every Pulse
 //! operation, `{"operation","content"}`, `content` always an object.
 
 use herald_schemas::{chatwoot, pulse};

@@ -1,4 +1,4 @@
-//! The ActionCable JSON wire format (PROTOCOLS.md section 1), sans I/O.
+//! The ActionCable JSON wire format (README "ActionCable API"), sans I/O.
 
 use serde::Deserialize;
 use serde_json::Value;

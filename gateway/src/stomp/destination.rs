@@ -1,7 +1,7 @@
 //! Airy's STOMP destinations and the bodies they carry.
 //!
-//! `/events` (seed 002) carries `{"type","payload","timestamp"}` for the
-//! newer event vocabulary; the older queues (seed 001) carry the bare payload.
+//! `/events` (Airy's events API) carries `{"type","payload","timestamp"}` for the
+//! newer event vocabulary; the older queues (Airy's old queue API) carry the bare payload.
 
 use crate::router::RoutedEvent;
 

@@ -1,5 +1,5 @@
 //! One STOMP connection: CONNECT/authentication, heart-beats, subscriptions,
-//! receipts, errors — the bytes PROTOCOLS.md section 2 pins down.
+//! receipts, errors — the bytes the README's "STOMP API" pins down.
 
 use std::{
     collections::HashMap,
