@@ -291,27 +291,10 @@ pub fn decode_message(
     version: Version,
     limits: &Limits,
 ) -> Result<Vec<Decoded>, CodecError> {
-    if buf.len() > limits.max_frame_bytes {
-        return Err(CodecError::FrameTooLarge {
-            limit: limits.max_frame_bytes,
-        });
-    }
-    let mut items = Vec::new();
-    let mut rest = buf;
-    while !rest.is_empty() {
-        let eol = eol_len(rest);
-        if eol > 0 {
-            items.push(Decoded::HeartBeat);
-            rest = rest.get(eol..).unwrap_or_default();
-            continue;
-        }
-        match decode_frame(rest, version, limits)? {
-            Some((frame, used)) => {
-                items.push(Decoded::Frame(frame));
-                rest = rest.get(used..).unwrap_or_default();
-            }
-            None => return Err(CodecError::MissingNul),
-        }
+    let mut decoder = Decoder::default();
+    let items = decoder.feed(buf, version, limits)?;
+    if decoder.has_pending() {
+        return Err(CodecError::MissingNul);
     }
     Ok(items)
 }
