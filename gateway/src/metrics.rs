@@ -37,6 +37,8 @@ pub struct Metrics {
     pub resumed_events: IntCounterVec,
     /// Resumed streams by where their events came from (`buffer`, `kafka`).
     pub resume_reads: IntCounterVec,
+    /// Kafka `offsets_for_times` requests for clients resuming by time.
+    pub resume_time_lookups: IntCounterVec,
     /// Records between each topic's high watermark and what was dispatched.
     pub consumer_lag: prometheus::IntGaugeVec,
     /// 1 when `/readyz` would answer 200.
@@ -172,6 +174,11 @@ impl Metrics {
                 "herald_resume_reads_total",
                 "Resumed streams by source of their events",
                 &["source"],
+            ),
+            resume_time_lookups: counter(
+                "herald_resume_time_lookups_total",
+                "Kafka offsets_for_times requests for clients resuming by time (answers are shared by the subscriptions that resume from the same time)",
+                &[],
             ),
             consumer_lag: gauge(
                 "herald_consumer_lag_records",

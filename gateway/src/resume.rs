@@ -69,7 +69,15 @@ pub struct ResumeConfig {
 /// (`offsets_for_times`): creating a consumer per lookup (a bootstrap and
 /// connections each time) made a storm of `since` resumes take minutes.
 #[derive(Clone, Default)]
-pub struct TimeReader(Arc<Mutex<Option<Arc<BaseConsumer>>>>);
+pub struct TimeReader(Arc<TimeReaderState>);
+
+#[derive(Default)]
+struct TimeReaderState {
+    consumer: Mutex<Option<Arc<BaseConsumer>>>,
+    /// One lookup at a time per `since`: the clients of a storm that resume
+    /// from the same second wait for the first one's answer.
+    asking: Mutex<HashMap<i64, Arc<tokio::sync::Mutex<()>>>>,
+}
 
 impl std::fmt::Debug for TimeReader {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -79,11 +87,28 @@ impl std::fmt::Debug for TimeReader {
 
 impl TimeReader {
     fn get(&self, config: &ResumeConfig) -> Option<Arc<BaseConsumer>> {
-        let mut slot = self.0.lock().ok()?;
+        let mut slot = self.0.consumer.lock().ok()?;
         if slot.is_none() {
             *slot = reader(config).map(Arc::new);
         }
         slot.clone()
+    }
+
+    /// The lock of lookups for `since_ms`.
+    fn asking(&self, since_ms: i64) -> Arc<tokio::sync::Mutex<()>> {
+        let Ok(mut asking) = self.0.asking.lock() else {
+            return Arc::default();
+        };
+        asking.entry(since_ms).or_default().clone()
+    }
+
+    /// Done asking for `since_ms`: forget its lock unless someone waits.
+    fn done_asking(&self, since_ms: i64, lock: Arc<tokio::sync::Mutex<()>>) {
+        if let Ok(mut asking) = self.0.asking.lock()
+            && Arc::strong_count(&lock) <= 2
+        {
+            asking.remove(&since_ms);
+        }
     }
 }
 
@@ -160,7 +185,28 @@ struct Parts {
     /// record stamped later passed through it and is still there. Absent:
     /// unknown (a time lookup must ask Kafka).
     covered_after: HashMap<TopicPartition, i64>,
+    /// What Kafka answered for a time in a partition the buffer did not
+    /// cover (`offsets_for_times`), kept so a storm of clients resuming by
+    /// the same `since` (AnyCable sends whole seconds) asks Kafka once.
+    kafka_times: HashMap<(TopicPartition, i64), KafkaTime>,
+    /// Incremented by every [`HistoryBuffer::clear`]: a read-back that began
+    /// before belongs to another incarnation of the log.
+    generation: u64,
 }
+
+/// Kafka's answer for a time in a partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum KafkaTime {
+    /// The first record at or after the time (offsets never move).
+    At(i64),
+    /// No record at or after the time below this offset (the asking
+    /// subscription's frontier, at most the partition's end when Kafka was
+    /// asked): later records come through this pod and its buffer.
+    NoneBefore(i64),
+}
+
+/// Time answers kept at most (a few per `since` second and partition).
+const KAFKA_TIMES_KEPT: usize = 16_384;
 
 /// Where a time lands in a partition, as far as the buffer knows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -253,6 +299,7 @@ impl HistoryBuffer {
             queues,
             bytes,
             covered_after,
+            ..
         } = &mut *parts;
         *bytes += record.cost();
         let queue = queues.entry(stream.clone()).or_default();
@@ -299,19 +346,80 @@ impl HistoryBuffer {
                 queues,
                 bytes,
                 covered_after,
+                kafka_times,
+                generation,
             } = &mut *parts;
+            *generation += 1;
+            let gone =
+                |(t, p): &TopicPartition| **t == *topic && partition.is_none_or(|want| *p == want);
             // What the new log holds is read from its beginning again, but
             // be conservative: time lookups go to Kafka.
-            covered_after
-                .retain(|(t, p), _| !(**t == *topic && partition.is_none_or(|want| *p == want)));
-            queues.retain(|(t, p), q| {
-                let gone = **t == *topic && partition.is_none_or(|want| *p == want);
+            covered_after.retain(|stream, _| !gone(stream));
+            kafka_times.retain(|(stream, _), _| !gone(stream));
+            queues.retain(|stream, q| {
+                let gone = gone(stream);
                 if gone {
                     *bytes = bytes.saturating_sub(q.iter().map(Buffered::cost).sum());
                 }
                 !gone
             });
         }
+    }
+
+    /// Records `events` read back from Kafka, the whole of `[_, read_to)`
+    /// of `stream` in offset order, extend the buffer backwards when they
+    /// join its oldest record (or it holds nothing of the stream yet, as
+    /// `read_to` is then where this pod began reading): the next clients
+    /// resuming from before this pod's start are served from memory. Only
+    /// the newest that fit the count, age and byte budgets are kept.
+    pub fn backfill(
+        &self,
+        stream: &TopicPartition,
+        events: &[Arc<RoutedEvent>],
+        read_to: i64,
+        generation: u64,
+    ) {
+        if self.max_events == 0 || events.is_empty() {
+            return;
+        }
+        let Ok(mut parts) = self.parts.lock() else {
+            return;
+        };
+        if parts.generation != generation {
+            return;
+        }
+        let Parts { queues, bytes, .. } = &mut *parts;
+        let queue = queues.entry(stream.clone()).or_default();
+        let front = queue.front().map_or(read_to, |r| r.offset);
+        if read_to < front {
+            // A hole between what was read and what the buffer holds.
+            return;
+        }
+        let oldest_allowed = now_ms() - self.max_age_ms;
+        for event in events.iter().rev().filter(|e| e.offset < front) {
+            let record = Buffered {
+                offset: event.offset,
+                timestamp_ms: event.kafka_timestamp_ms,
+                account: Arc::from(event.envelope.account_id.as_str()),
+                event: Some(event.clone()),
+            };
+            if queue.len() >= self.max_events
+                || *bytes + record.cost() > self.max_bytes
+                || record.timestamp_ms.is_some_and(|t| t < oldest_allowed)
+            {
+                break;
+            }
+            *bytes += record.cost();
+            queue.push_front(record);
+        }
+        if queue.is_empty() {
+            queues.remove(stream);
+        }
+    }
+
+    /// The current incarnation, for [`backfill`](Self::backfill).
+    pub fn generation(&self) -> u64 {
+        self.parts.lock().map_or(0, |p| p.generation)
     }
 
     /// The events of `account` in `stream` with offsets in `[from, to)`, if
@@ -387,6 +495,76 @@ impl HistoryBuffer {
                 at => at,
             },
             _ => AtTime::Unknown,
+        }
+    }
+
+    /// [`offset_at`](Self::offset_at), completed with what Kafka answered
+    /// before for the same time, for a subscription whose frontier in
+    /// `stream` is `end`.
+    pub fn offset_at_known(&self, stream: &TopicPartition, since_ms: i64, end: i64) -> AtTime {
+        match self.offset_at(stream, since_ms) {
+            AtTime::Unknown => {}
+            at => return at,
+        }
+        let Ok(parts) = self.parts.lock() else {
+            return AtTime::Unknown;
+        };
+        match parts.kafka_times.get(&(stream.clone(), since_ms)) {
+            Some(KafkaTime::At(offset)) => AtTime::Offset(*offset),
+            Some(KafkaTime::NoneBefore(bound)) if end <= *bound => AtTime::Nothing,
+            Some(KafkaTime::NoneBefore(bound)) => {
+                // Records from `bound` on passed through this pod: the
+                // buffer answers if it still holds them all.
+                let Some(queue) = parts.queues.get(stream) else {
+                    return AtTime::Unknown;
+                };
+                if queue.front().is_none_or(|first| first.offset > *bound) {
+                    return AtTime::Unknown;
+                }
+                queue
+                    .iter()
+                    .find(|r| r.offset >= *bound && r.timestamp_ms.unwrap_or(0) >= since_ms)
+                    .map_or(AtTime::Nothing, |r| AtTime::Offset(r.offset))
+            }
+            None => AtTime::Unknown,
+        }
+    }
+
+    /// Keep Kafka's answer for `since_ms` in `stream` (`None`: no record at
+    /// or after it below `end`, the asking subscription's frontier), unless
+    /// the log was recreated since the lookup began (`generation`).
+    fn remember_kafka_time(
+        &self,
+        stream: &TopicPartition,
+        since_ms: i64,
+        found: Option<i64>,
+        end: i64,
+        generation: u64,
+    ) {
+        let Ok(mut parts) = self.parts.lock() else {
+            return;
+        };
+        if parts.generation != generation {
+            return;
+        }
+        let times = &mut parts.kafka_times;
+        if times.len() >= KAFKA_TIMES_KEPT {
+            let oldest_allowed = now_ms() - self.max_age_ms;
+            times.retain(|(_, since), _| *since >= oldest_allowed);
+            if times.len() >= KAFKA_TIMES_KEPT {
+                times.clear();
+            }
+        }
+        let answer = match found {
+            Some(offset) => KafkaTime::At(offset),
+            None => KafkaTime::NoneBefore(end),
+        };
+        let slot = times.entry((stream.clone(), since_ms)).or_insert(answer);
+        // An offset, or a "nothing below" further along, says more.
+        match (*slot, answer) {
+            (KafkaTime::NoneBefore(_), KafkaTime::At(_)) => *slot = answer,
+            (KafkaTime::NoneBefore(old), KafkaTime::NoneBefore(new)) if new > old => *slot = answer,
+            _ => {}
         }
     }
 }
@@ -790,6 +968,8 @@ pub struct Replay {
     pub from_buffer: u64,
     /// Streams read back from Kafka.
     pub from_kafka: u64,
+    /// Kafka requests made to find where a time lands.
+    pub time_lookups: u64,
 }
 
 impl Replay {
@@ -810,6 +990,10 @@ impl Replay {
             .resume_reads
             .with_label_values(&["kafka"])
             .inc_by(self.from_kafka);
+        metrics
+            .resume_time_lookups
+            .with_label_values::<&str>(&[])
+            .inc_by(self.time_lookups);
         metrics
             .resumed_events
             .with_label_values(&[protocol])
@@ -838,36 +1022,28 @@ pub async fn plan(
             // nothing is before the log's first offset.
             .map(|(_, _, o)| o.saturating_add(1).max(0))
     };
-    // Streams resumed by time that the buffer cannot answer: one Kafka
-    // request for all of them.
-    let by_time: HashMap<TopicPartition, Option<i64>> = match request.since_ms {
-        Some(since) => {
-            let unknown: Vec<TopicPartition> = frontier
-                .keys()
-                .filter(|s| {
-                    position_of(s).is_none() && history.offset_at(s, since) == AtTime::Unknown
-                })
-                .cloned()
-                .collect();
-            if unknown.is_empty() {
-                HashMap::new()
-            } else {
-                offsets_for_time(config, &unknown, since, cancel).await
-            }
+    if let Some(since) = request.since_ms {
+        if learn_times(since, frontier, &position_of, history, config, cancel).await {
+            replay.time_lookups += 1;
         }
-        None => HashMap::new(),
-    };
+    }
     for (stream, &end) in frontier {
         let position = position_of(stream);
         let start = match (position, request.since_ms) {
             (Some(start), _) => start,
-            (None, Some(since)) => match history.offset_at(stream, since) {
+            (None, Some(since)) => match history.offset_at_known(stream, since, end) {
                 AtTime::Offset(o) => o,
                 AtTime::Nothing => continue,
-                AtTime::Unknown => match by_time.get(stream).copied().flatten() {
-                    Some(o) => o,
-                    None => continue,
-                },
+                AtTime::Unknown => {
+                    // Kafka could not be asked: say so, never a silent hole.
+                    replay.gaps.push(Gap {
+                        topic: stream.0.to_string(),
+                        partition: stream.1,
+                        from: end,
+                        reason: "unavailable",
+                    });
+                    continue;
+                }
             },
             (None, None) => continue,
         };
@@ -897,21 +1073,40 @@ pub async fn plan(
             replay.gaps.push(gap("count"));
             continue;
         }
+        let generation = history.generation();
         let events = match history.range(stream, start, end, account) {
             Some(events) => {
                 replay.from_buffer += 1;
                 events
             }
-            None => match read_back(config, stream, start, end, cancel).await {
-                Ok(events) => {
-                    replay.from_kafka += 1;
-                    events
-                }
-                Err(reason) => {
-                    replay.gaps.push(gap(reason));
+            None => {
+                // Wait for a read permit, then look again: a read-back
+                // meanwhile (a storm resuming from before this pod's start)
+                // may have backfilled the buffer.
+                let Some(permit) = read_permit(config, cancel).await else {
+                    replay.gaps.push(gap("unavailable"));
                     continue;
+                };
+                match history.range(stream, start, end, account) {
+                    Some(events) => {
+                        replay.from_buffer += 1;
+                        events
+                    }
+                    None => match read_back(&permit, config, stream, start, end, cancel).await {
+                        Ok(events) => {
+                            replay.from_kafka += 1;
+                            // Before the permit goes to the next client.
+                            history.backfill(stream, &events, end, generation);
+                            drop(permit);
+                            events
+                        }
+                        Err(reason) => {
+                            replay.gaps.push(gap(reason));
+                            continue;
+                        }
+                    },
                 }
-            },
+            }
         };
         let oldest_allowed = now_ms() - config.max_age.as_millis() as i64;
         if events
@@ -937,54 +1132,103 @@ fn reader(config: &ResumeConfig) -> Option<BaseConsumer> {
     cfg.create().ok()
 }
 
+/// Make sure the history buffer can say where `since_ms` lands in every
+/// stream of `frontier` resumed by time: the times it does not cover are
+/// asked of Kafka in one request, at most one request per `since` at once
+/// pod-wide, and the answers kept for the next subscriptions. True when it
+/// asked Kafka.
+async fn learn_times(
+    since_ms: i64,
+    frontier: &HashMap<TopicPartition, i64>,
+    position_of: &impl Fn(&TopicPartition) -> Option<i64>,
+    history: &HistoryBuffer,
+    config: &ResumeConfig,
+    cancel: &tokio_util::sync::CancellationToken,
+) -> bool {
+    let unknown = || -> Vec<(TopicPartition, i64)> {
+        frontier
+            .iter()
+            .filter(|(s, end)| {
+                position_of(s).is_none()
+                    && history.offset_at_known(s, since_ms, **end) == AtTime::Unknown
+            })
+            .map(|(s, end)| (s.clone(), *end))
+            .collect()
+    };
+    if unknown().is_empty() {
+        return false;
+    }
+    let lock = config.time_reader.asking(since_ms);
+    let mut asked = false;
+    {
+        let _asking = tokio::select! {
+            _ = cancel.cancelled() => None,
+            guard = lock.lock() => Some(guard),
+        };
+        // Whoever asked before may have learnt it meanwhile.
+        let unknown = unknown();
+        if !unknown.is_empty() {
+            let streams: Vec<TopicPartition> = unknown.iter().map(|(s, _)| s.clone()).collect();
+            asked = true;
+            let generation = history.generation();
+            if let Some(found) = offsets_for_time(config, &streams, since_ms, cancel).await {
+                for (stream, end) in &unknown {
+                    if let Some(offset) = found.get(stream) {
+                        history.remember_kafka_time(stream, since_ms, *offset, *end, generation);
+                    }
+                }
+            }
+        }
+    }
+    config.time_reader.done_asking(since_ms, lock);
+    asked
+}
+
 /// The first offset at or after `since_ms` of each of `streams` (None: no
-/// record that late), in one request on the shared time reader.
+/// record that late), in one request on the shared time reader; `None` when
+/// Kafka could not be asked.
 async fn offsets_for_time(
     config: &ResumeConfig,
     streams: &[TopicPartition],
     since_ms: i64,
     cancel: &tokio_util::sync::CancellationToken,
-) -> HashMap<TopicPartition, Option<i64>> {
-    let Some(_permit) = read_permit(config, cancel).await else {
-        return HashMap::new();
-    };
+) -> Option<HashMap<TopicPartition, Option<i64>>> {
+    let _permit = read_permit(config, cancel).await?;
     let config = config.clone();
     let streams = streams.to_vec();
     tokio::task::spawn_blocking(move || {
         let mut out = HashMap::new();
-        let Some(consumer) = config.time_reader.get(&config) else {
-            return out;
-        };
+        let consumer = config.time_reader.get(&config)?;
         // Drain what librdkafka queued meanwhile (errors, logs): nothing
         // else polls this consumer.
         while consumer.poll(Duration::ZERO).is_some() {}
         let mut tpl = TopicPartitionList::new();
         for (topic, partition) in &streams {
-            if tpl
-                .add_partition_offset(topic, *partition, Offset::Offset(since_ms))
-                .is_err()
-            {
-                return out;
-            }
+            tpl.add_partition_offset(topic, *partition, Offset::Offset(since_ms))
+                .ok()?;
         }
-        let Ok(found) = consumer.offsets_for_times(tpl, Duration::from_secs(5)) else {
-            return out;
-        };
+        let found = consumer
+            .offsets_for_times(tpl, Duration::from_secs(5))
+            .ok()?;
         for stream in streams {
-            let offset = match found
-                .find_partition(&stream.0, stream.1)
-                .map(|p| p.offset())
-            {
-                Some(Offset::Offset(o)) => Some(o),
+            let Some(part) = found.find_partition(&stream.0, stream.1) else {
+                continue;
+            };
+            if part.error().is_err() {
+                continue;
+            }
+            let offset = match part.offset() {
+                Offset::Offset(o) => Some(o),
                 // No record at or after `since`: nothing to replay.
                 _ => None,
             };
             out.insert(stream, offset);
         }
-        out
+        Some(out)
     })
     .await
-    .unwrap_or_default()
+    .ok()
+    .flatten()
 }
 
 /// One of the pod's Kafka read permits, unless the client goes away first.
@@ -1019,16 +1263,16 @@ async fn high_watermark(
     .flatten()
 }
 
-/// Read `[from, to)` of `stream` back from Kafka (stops early, with
-/// `unavailable`, once `cancel` fires).
-pub async fn read_back(
+/// Read `[from, to)` of `stream` back from Kafka, holding one of the pod's
+/// read permits (stops early, with `unavailable`, once `cancel` fires).
+async fn read_back(
+    _permit: &tokio::sync::OwnedSemaphorePermit,
     config: &ResumeConfig,
     stream: &TopicPartition,
     from: i64,
     to: i64,
     cancel: &tokio_util::sync::CancellationToken,
 ) -> Result<Vec<Arc<RoutedEvent>>, &'static str> {
-    let _permit = read_permit(config, cancel).await.ok_or("unavailable")?;
     let cancel = cancel.clone();
     let config = config.clone();
     let topic: Arc<str> = stream.0.clone();
@@ -1299,5 +1543,99 @@ mod time_lookup_tests {
         let full = HistoryBuffer::new(10, Duration::from_secs(3600 * 24 * 365 * 100));
         full.cover(&stream, i64::MIN);
         assert_eq!(full.offset_at(&stream, 0), AtTime::Nothing);
+    }
+
+    #[test]
+    fn kafka_answers_are_kept_for_the_next_subscriptions() {
+        let buffer = HistoryBuffer::new(100, Duration::from_secs(3600 * 24 * 365 * 100));
+        let stream: TopicPartition = (Arc::from("t"), 0);
+        let other: TopicPartition = (Arc::from("t"), 1);
+        buffer.cover(&stream, 5_000);
+        buffer.cover(&other, 5_000);
+        // 1,000 predates what the pod saw: unknown until Kafka answered.
+        assert_eq!(buffer.offset_at_known(&stream, 1_000, 7), AtTime::Unknown);
+        buffer.remember_kafka_time(&stream, 1_000, Some(3), 7, 0);
+        assert_eq!(buffer.offset_at_known(&stream, 1_000, 7), AtTime::Offset(3));
+        assert_eq!(buffer.offset_at_known(&stream, 1_000, 9), AtTime::Offset(3));
+        // Another time is another question.
+        assert_eq!(buffer.offset_at_known(&stream, 1_001, 7), AtTime::Unknown);
+
+        // Kafka had nothing that late below offset 20 (the asker's frontier).
+        buffer.remember_kafka_time(&other, 1_000, None, 20, 0);
+        assert_eq!(buffer.offset_at_known(&other, 1_000, 20), AtTime::Nothing);
+        // A later subscription is further along: records from 20 on passed
+        // through the buffer, which answers for them...
+        buffer.append_skipped(other.clone(), 20, Some(900), "a");
+        buffer.append_skipped(other.clone(), 21, Some(6_000), "a");
+        assert_eq!(
+            buffer.offset_at_known(&other, 1_000, 22),
+            AtTime::Offset(21)
+        );
+        // (For a subscription whose frontier is 21, that is past its end:
+        // nothing to replay.)
+        assert_eq!(
+            buffer.offset_at_known(&other, 1_000, 21),
+            AtTime::Offset(21)
+        );
+        // ...unless it no longer holds them all.
+        let small = HistoryBuffer::new(1, Duration::from_secs(3600 * 24 * 365 * 100));
+        small.cover(&other, 5_000);
+        small.remember_kafka_time(&other, 1_000, None, 20, 0);
+        small.append_skipped(other.clone(), 20, Some(900), "a");
+        small.append_skipped(other.clone(), 21, Some(6_000), "a");
+        assert_eq!(small.offset_at_known(&other, 1_000, 22), AtTime::Unknown);
+        // An offset found later replaces "nothing below".
+        small.remember_kafka_time(&other, 1_000, Some(21), 22, 0);
+        assert_eq!(small.offset_at_known(&other, 1_000, 22), AtTime::Offset(21));
+
+        // A recreated topic forgets Kafka's answers too, and answers asked
+        // before it are not kept.
+        buffer.clear("t", None);
+        assert_eq!(buffer.offset_at_known(&stream, 1_000, 7), AtTime::Unknown);
+        buffer.remember_kafka_time(&stream, 1_000, Some(3), 7, 0);
+        assert_eq!(buffer.offset_at_known(&stream, 1_000, 7), AtTime::Unknown);
+    }
+
+    #[test]
+    fn read_backs_that_join_the_buffer_extend_it_backwards() {
+        let now = now_ms();
+        let event = |offset: i64, account: &str| {
+            let env = Envelope::decode(
+                format!(
+                    r#"{{"id":"e","type":"tag.updated","account_id":"{account}","payload":{{}}}}"#
+                )
+                .as_bytes(),
+            )
+            .unwrap();
+            Arc::new(RoutedEvent::new("t".into(), 0, offset, env, Some(now)))
+        };
+        let s: TopicPartition = ("t".into(), 0);
+        let b = HistoryBuffer::new(5, Duration::from_secs(3600));
+        // The pod began reading at 10; a client needed 6..10 from Kafka.
+        b.append(&event(10, "1"));
+        let read: Vec<_> = (6..10)
+            .map(|o| event(o, if o == 7 { "2" } else { "1" }))
+            .collect();
+        b.backfill(&s, &read, 10, b.generation());
+        let got = b.range(&s, 6, 11, "1").expect("served from memory");
+        assert_eq!(
+            got.iter().map(|e| e.offset).collect::<Vec<_>>(),
+            [6, 8, 9, 10]
+        );
+        // Full (5 records): an older read keeps nothing more.
+        b.backfill(&s, &[event(5, "1")], 6, b.generation());
+        assert!(b.range(&s, 5, 11, "1").is_none());
+        // A read that does not reach the buffer's front leaves a hole: not kept.
+        let c = HistoryBuffer::new(100, Duration::from_secs(3600));
+        c.append(&event(10, "1"));
+        c.backfill(&s, &[event(7, "1"), event(8, "1")], 9, c.generation());
+        assert!(c.range(&s, 7, 11, "1").is_none());
+        // A partition the pod holds nothing of yet: the read ends where it began.
+        c.backfill(&("t".into(), 1), &[event(3, "1")], 4, c.generation());
+        // Read before the log was recreated: not kept.
+        let generation = c.generation();
+        c.clear("t", None);
+        c.backfill(&s, &[event(9, "1")], 10, generation);
+        assert!(c.range(&s, 9, 10, "1").is_none());
     }
 }

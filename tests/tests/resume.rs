@@ -309,3 +309,103 @@ async fn positions_older_than_the_age_limit_yield_a_gap_signal() -> anyhow::Resu
     stack.stop().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_storm_resuming_by_a_time_the_pod_never_saw_asks_kafka_once() -> anyhow::Result<()> {
+    // `@anycable/web` puts `since` (whole seconds) in every subscribe. Events
+    // older than a pod's start are found in Kafka by time; a storm of
+    // clients resuming from the same second must share one lookup, and each
+    // still gets exactly what it missed.
+    let stack = Stack::start().await?;
+    let since_s = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs()
+        - 1;
+    let missed: Vec<Value> = (0..6).map(event).collect();
+    stack.produce(&missed).await?;
+    // A pod that starts after those events: its buffer does not hold them.
+    let pod = GatewayProcess::start(stack.gateway_args()).await?;
+    let tok = token(ACCOUNT, "7", "agent");
+    let ident =
+        json!({"channel": "RoomChannel", "pubsub_token": tok, "account_id": 9, "user_id": 7})
+            .to_string();
+    const CLIENTS: usize = 40;
+    let mut clients = Vec::new();
+    for _ in 0..CLIENTS {
+        let mut c = RawCable::open(&pod.ws_url("/cable"), "actioncable-v1-ext-json").await?;
+        assert_eq!(c.next().await?.expect("welcome")["type"], "welcome");
+        clients.push(c);
+    }
+    // Everyone subscribes at once.
+    for c in &mut clients {
+        c.send(
+            &json!({"command": "subscribe", "identifier": ident, "history": {"since": since_s}})
+                .to_string(),
+        )
+        .await?;
+    }
+    // Order holds per stream (the event types live in different topics).
+    let wanted = numbered::expected(0..6, numbered::CABLE_TYPES);
+    for c in &mut clients {
+        let mut got = Seen::new();
+        loop {
+            let f = c.next().await?.expect("open");
+            match f["type"].as_str() {
+                Some("confirm_subscription") => continue,
+                Some("confirm_history") => break,
+                Some(other) => anyhow::bail!("unexpected {other}: {f}"),
+                None => got
+                    .entry(
+                        f["message"]["event"]
+                            .as_str()
+                            .unwrap_or_default()
+                            .to_owned(),
+                    )
+                    .or_default()
+                    .push(id_of(&f["message"]["data"])),
+            }
+        }
+        assert_eq!(got, wanted, "each missed event once, in order");
+    }
+    // Then live, with nothing repeated.
+    stack.produce(&[event(6)]).await?;
+    for c in &mut clients {
+        let f = c.next().await?.expect("open");
+        assert_eq!(id_of(&f["message"]["data"]), 6, "{f}");
+    }
+    let metrics = reqwest::get(format!("http://{}/metrics", pod.ops_addr))
+        .await?
+        .text()
+        .await?;
+    let resume_lines = metrics
+        .lines()
+        .filter(|l| l.starts_with("herald_resume"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(
+        metrics.contains("herald_resume_time_lookups_total 1\n"),
+        "one Kafka lookup for the whole storm: {resume_lines}"
+    );
+    // The account's records live in three streams (its partition of each
+    // topic). The first read-backs of each fill the pod's buffer, which
+    // serves everyone after them: at most one per read permit (4) and stream.
+    let reads = |source: &str| {
+        metrics
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix(&format!(
+                    "herald_resume_reads_total{{source=\"{source}\"}} "
+                ))
+            })
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    assert_eq!(
+        reads("kafka") + reads("buffer"),
+        3 * CLIENTS as u64,
+        "{resume_lines}"
+    );
+    assert!(reads("kafka") <= 3 * 4, "{resume_lines}");
+    stack.stop().await;
+    Ok(())
+}
