@@ -1022,10 +1022,10 @@ pub async fn plan(
             // nothing is before the log's first offset.
             .map(|(_, _, o)| o.saturating_add(1).max(0))
     };
-    if let Some(since) = request.since_ms {
-        if learn_times(since, frontier, &position_of, history, config, cancel).await {
-            replay.time_lookups += 1;
-        }
+    if let Some(since) = request.since_ms
+        && learn_times(since, frontier, &position_of, history, config, cancel).await
+    {
+        replay.time_lookups += 1;
     }
     for (stream, &end) in frontier {
         let position = position_of(stream);
