@@ -57,6 +57,9 @@ fn resume_metrics(before: Option<&Scrape>, after: Option<&Scrape>) -> Value {
         "frames_sent": d("herald_frames_sent_total", ""),
         "slow_client_disconnects": d("herald_slow_client_disconnects_total", ""),
         "connections_now": a.sum("herald_connections", ""),
+        // Since the gateway started: the first subscribe storm included.
+        "resume_time_lookups_since_start": a.sum("herald_resume_time_lookups_total", ""),
+        "resume_reads_kafka_since_start": a.sum("herald_resume_reads_total", "source=\"kafka\""),
     })
 }
 
