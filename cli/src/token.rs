@@ -106,17 +106,13 @@ pub fn mint(args: &TokenArgs) -> anyhow::Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode};
+    use jsonwebtoken::{Algorithm, DecodingKey, decode};
     use serde_json::Value;
 
     const SECRET: &str = "a-test-secret-of-enough-bytes";
 
     fn claims(token: &str, audience: Option<&str>) -> Value {
-        let mut v = Validation::new(Algorithm::HS256);
-        match audience {
-            Some(a) => v.set_audience(&[a]),
-            None => v.validate_aud = false,
-        }
+        let v = herald_runtime::jwt::validation(Algorithm::HS256, audience, None);
         decode::<Value>(token, &DecodingKey::from_secret(SECRET.as_bytes()), &v)
             .unwrap()
             .claims

@@ -269,20 +269,7 @@ impl JwtVerifier {
         audience: Option<&str>,
         issuer: Option<&str>,
     ) -> Result<Self, KeyError> {
-        let validation = |alg: Algorithm| {
-            let mut v = Validation::new(alg);
-            v.leeway = 30;
-            v.validate_nbf = true;
-            v.set_required_spec_claims(&["exp"]);
-            match audience {
-                Some(aud) => v.set_audience(&[aud]),
-                None => v.validate_aud = false,
-            }
-            if let Some(iss) = issuer {
-                v.set_issuer(&[iss]);
-            }
-            v
-        };
+        let validation = |alg| herald_runtime::jwt::validation(alg, audience, issuer);
         let mut keys = Vec::new();
         if let Some(secret) = secret {
             if secret.len() < 16 {
@@ -322,18 +309,7 @@ impl JwtVerifier {
     }
 
     fn validation(&self, alg: Algorithm) -> Validation {
-        let mut v = Validation::new(alg);
-        v.leeway = 30;
-        v.validate_nbf = true;
-        v.set_required_spec_claims(&["exp"]);
-        match &self.audience {
-            Some(aud) => v.set_audience(&[aud]),
-            None => v.validate_aud = false,
-        }
-        if let Some(iss) = &self.issuer {
-            v.set_issuer(&[iss]);
-        }
-        v
+        herald_runtime::jwt::validation(alg, self.audience.as_deref(), self.issuer.as_deref())
     }
 
     /// Whether any key is configured.

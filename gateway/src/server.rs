@@ -322,7 +322,7 @@ pub async fn start(
         cable: config.cable()?,
         typeid: config.typeid()?,
         resume: config.resume()?,
-        typeid_throttle: JoinThrottle::default(),
+        typeid_throttle: JoinThrottle::new(config.typeid_joins_per_ip_per_minute),
         presence: presence.clone(),
         producer,
         shutdown: shutdown.clone(),

@@ -165,15 +165,11 @@ impl Authenticator {
             .map(|k| digest(k.expose().trim().as_bytes()))
             .collect();
         let jwt = config.api_jwt_secret.as_ref().map(|secret| {
-            let mut validation = Validation::new(Algorithm::HS256);
-            validation.set_required_spec_claims(&["exp"]);
-            match &config.api_jwt_audience {
-                Some(aud) => validation.set_audience(&[aud]),
-                None => validation.validate_aud = false,
-            }
-            if let Some(iss) = &config.api_jwt_issuer {
-                validation.set_issuer(&[iss]);
-            }
+            let validation = herald_runtime::jwt::validation(
+                Algorithm::HS256,
+                config.api_jwt_audience.as_deref(),
+                config.api_jwt_issuer.as_deref(),
+            );
             (
                 DecodingKey::from_secret(secret.expose().as_bytes()),
                 validation,

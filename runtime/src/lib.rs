@@ -6,6 +6,7 @@
 //! build on it so that both are configured and operated the same way.
 
 pub mod config_file;
+pub mod jwt;
 pub mod kafka;
 pub mod ops;
 pub mod shutdown;

@@ -255,6 +255,11 @@ async fn bad_tokens_are_refused_on_every_endpoint() -> anyhow::Result<()> {
             "wrong audience",
             jwt(base(json!({"aud": "other"})), secret, None),
         ),
+        ("no audience", {
+            let mut c = base(json!({}));
+            c.as_object_mut().unwrap().remove("aud");
+            jwt(c, secret, None)
+        }),
         (
             "wrong signature",
             jwt(base(json!({})), "some-other-secret-0123456789", None),

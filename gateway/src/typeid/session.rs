@@ -2,12 +2,7 @@
 //! timeout), pings, pushed notifications, and message requests written to
 //! Kafka with a response once acknowledged.
 
-use std::{
-    collections::HashMap,
-    net::IpAddr,
-    sync::{Arc, Mutex},
-    time::{Duration, Instant},
-};
+use std::{net::IpAddr, sync::Arc, time::Duration};
 
 use futures_util::{Stream, StreamExt};
 use rdkafka::{
@@ -58,28 +53,28 @@ pub struct TypeIdConfig {
     pub commands_topic: String,
 }
 
-/// Per-IP join counter (fixed one-minute windows).
-#[derive(Default)]
-pub struct JoinThrottle {
-    windows: Mutex<HashMap<IpAddr, (Instant, u32)>>,
-}
+/// Per-IP join limit: governor's keyed limiter (GCRA: `per_minute` joins a
+/// minute, in bursts of at most as many).
+pub struct JoinThrottle(governor::DefaultKeyedRateLimiter<IpAddr>);
+
+/// IPs remembered before the ones with a full allowance again are dropped.
+const THROTTLED_IPS_KEPT: usize = 100_000;
 
 impl JoinThrottle {
-    /// Count a join from `ip`; false when over `limit` this minute.
-    pub fn admit(&self, ip: IpAddr, limit: u32) -> bool {
-        let Ok(mut w) = self.windows.lock() else {
-            return true;
-        };
-        let now = Instant::now();
-        if w.len() > 100_000 {
-            w.retain(|_, (start, _)| now.duration_since(*start) < Duration::from_secs(60));
+    /// `per_minute` joins per IP (at least 1).
+    pub fn new(per_minute: u32) -> Self {
+        let quota = governor::Quota::per_minute(
+            std::num::NonZeroU32::new(per_minute).unwrap_or(std::num::NonZeroU32::MIN),
+        );
+        JoinThrottle(governor::RateLimiter::keyed(quota))
+    }
+
+    /// Count a join from `ip`; false when it is over its rate.
+    pub fn admit(&self, ip: IpAddr) -> bool {
+        if self.0.len() > THROTTLED_IPS_KEPT {
+            self.0.retain_recent();
         }
-        let entry = w.entry(ip).or_insert((now, 0));
-        if now.duration_since(entry.0) >= Duration::from_secs(60) {
-            *entry = (now, 0);
-        }
-        entry.1 += 1;
-        entry.1 <= limit
+        self.0.check_key(&ip).is_ok()
     }
 }
 
@@ -281,11 +276,7 @@ impl Session {
 
     async fn admit(&self, body: Value, peer: IpAddr) -> Result<Identity, JoinStatus> {
         let cfg = &self.ctx.typeid;
-        if !self
-            .ctx
-            .typeid_throttle
-            .admit(peer, cfg.joins_per_ip_per_minute)
-        {
+        if !self.ctx.typeid_throttle.admit(peer) {
             return Err(JoinStatus::Throttled);
         }
         let request: JoinRequest =

@@ -51,41 +51,41 @@ use crate::{
     publish::{PublishError, Publisher},
 };
 
-/// Doubling delays between `min` and `max`, with jitter.
-#[derive(Debug, Clone)]
+/// Doubling delays from `min` up to `max`, with jitter so relays that failed
+/// together do not retry together (backon's schedule, restartable).
+#[derive(Debug)]
 pub struct Backoff {
-    min: Duration,
+    builder: backon::ExponentialBuilder,
+    current: backon::ExponentialBackoff,
     max: Duration,
-    next: Duration,
 }
 
 impl Backoff {
     /// Start at `min`, never exceed `max`.
     pub fn new(min: Duration, max: Duration) -> Self {
+        use backon::BackoffBuilder as _;
+        let max = max.max(min);
+        let builder = backon::ExponentialBuilder::default()
+            .with_min_delay(min)
+            .with_max_delay(max)
+            .with_jitter()
+            .without_max_times();
         Backoff {
-            min,
-            max: max.max(min),
-            next: min,
+            current: builder.build(),
+            builder,
+            max,
         }
     }
 
-    /// The next delay (between half and all of the current step).
+    /// The next delay: the current step plus up to as much again, at most `max`.
     pub fn next_delay(&mut self) -> Duration {
-        let step = self.next;
-        self.next = (self.next * 2).min(self.max);
-        // Jitter from the clock's sub-second noise: spreads relays that
-        // failed together without a random-number dependency.
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
-        let half = step / 2;
-        half + Duration::from_nanos(u64::from(nanos) % (half.as_nanos().max(1) as u64))
+        self.current.next().unwrap_or(self.max).min(self.max)
     }
 
     /// Back to the shortest delay after a success.
     pub fn reset(&mut self) {
-        self.next = self.min;
+        use backon::BackoffBuilder as _;
+        self.current = self.builder.build();
     }
 }
 
@@ -461,10 +461,10 @@ mod tests {
     fn backoff_grows_and_resets() {
         let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(1));
         let delays: Vec<_> = (0..6).map(|_| b.next_delay()).collect();
-        assert!(delays[0] >= Duration::from_millis(50) && delays[0] <= Duration::from_millis(100));
+        assert!(delays[0] >= Duration::from_millis(100) && delays[0] < Duration::from_millis(200));
         assert!(delays.iter().all(|d| *d <= Duration::from_secs(1)));
-        assert!(delays[5] >= Duration::from_millis(500));
+        assert!(delays[5] >= Duration::from_millis(800), "{delays:?}");
         b.reset();
-        assert!(b.next_delay() <= Duration::from_millis(100));
+        assert!(b.next_delay() < Duration::from_millis(200));
     }
 }
