@@ -157,7 +157,10 @@ fn add_controller(owner: &BaseProducer) -> anyhow::Result<()> {
     // nothing from us but the id and blocks until the mock thread did it.
     let err = unsafe {
         let cluster = rdkafka::bindings::rd_kafka_handle_mock_cluster(owner.client().native_ptr());
-        anyhow::ensure!(!cluster.is_null(), "librdkafka did not create the mock cluster");
+        anyhow::ensure!(
+            !cluster.is_null(),
+            "librdkafka did not create the mock cluster"
+        );
         rdkafka::bindings::rd_kafka_mock_broker_add(cluster, 0)
     };
     let err: rdkafka::types::RDKafkaErrorCode = err.into();
@@ -186,7 +189,9 @@ async fn forward(listener: TcpListener, target: SocketAddr) {
                 Ok(mut outbound) => {
                     let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
                 }
-                Err(e) => tracing::warn!(%peer, error = %e, "development broker: cannot reach the mock broker"),
+                Err(e) => {
+                    tracing::warn!(%peer, error = %e, "development broker: cannot reach the mock broker")
+                }
             }
         });
     }
@@ -199,10 +204,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         "info,librdkafka=warn",
     );
     let kafka_prefix = KafkaArgs::for_brokers("").topic_prefix;
-    let mut topics: Vec<String> = Family::ALL
-        .iter()
-        .map(|f| f.topic(&kafka_prefix))
-        .collect();
+    let mut topics: Vec<String> = Family::ALL.iter().map(|f| f.topic(&kafka_prefix)).collect();
     // The identities table is compacted: the latest record per token is the truth.
     let identities = herald_schemas::identities_topic(&kafka_prefix);
     topics.push(identities.clone());

@@ -1,6 +1,7 @@
 //! The operator CLI (`herald` binary) against a real broker, producer and
 //! gateway: `identity register|revoke`, `publish`, `token`, and `tail` over
-//! each protocol, with their exit codes and stderr messages.
+//! each protocol, with their exit codes and stderr messages; and `herald
+//! dev` with its embedded broker, end to end through every endpoint.
 //!
 //! Needs the binaries built (`cargo build --workspace --bins`, as
 //! scripts/test.sh does).
@@ -678,7 +679,10 @@ async fn dev_mode_with_its_embedded_broker_serves_every_endpoint() -> anyhow::Re
         format!("http://{}/metrics", at(2)),
         format!("http://{}/metrics", at(4)),
     ] {
-        assert!(banner.contains(&expected), "{expected:?} missing:\n{banner}");
+        assert!(
+            banner.contains(&expected),
+            "{expected:?} missing:\n{banner}"
+        );
     }
     let exe = bin.display().to_string();
 
@@ -709,9 +713,7 @@ async fn dev_mode_with_its_embedded_broker_serves_every_endpoint() -> anyhow::Re
             loop {
                 match Tail::spawn(as_printed(line)).await? {
                     Ok(tail) => return Ok::<_, anyhow::Error>(tail),
-                    Err(done)
-                        if done.code == Some(3) && tokio::time::Instant::now() < deadline =>
-                    {
+                    Err(done) if done.code == Some(3) && tokio::time::Instant::now() < deadline => {
                         tokio::time::sleep(Duration::from_millis(200)).await;
                     }
                     Err(done) => bail!("{prefix} exited before subscribing: {done:?}"),
@@ -745,9 +747,14 @@ async fn dev_mode_with_its_embedded_broker_serves_every_endpoint() -> anyhow::Re
     assert_eq!(event["event"]["data"]["content"], "hi", "{event}");
 
     for (prefix, what) in [
-        (format!("{exe} publish --producer-url http://{p} --type added_message "), "stream"),
         (
-            format!("{exe} publish --producer-url http://{p} --type ConversationMessageNotification "),
+            format!("{exe} publish --producer-url http://{p} --type added_message "),
+            "stream",
+        ),
+        (
+            format!(
+                "{exe} publish --producer-url http://{p} --type ConversationMessageNotification "
+            ),
             "typeid",
         ),
     ] {
