@@ -25,7 +25,7 @@ use crate::token::{TokenArgs, mint};
 /// Development mode settings.
 #[derive(Debug, Clone, clap::Args)]
 pub struct DevArgs {
-    /// Use this Kafka cluster instead of starting a broker.
+    /// Use this Kafka cluster instead of the embedded broker.
     #[arg(long, env = "HERALD_KAFKA_BROKERS")]
     pub kafka_brokers: Option<String>,
     /// Loopback port where other Kafka clients reach the embedded broker (0: any free port).
@@ -203,9 +203,11 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         herald_runtime::telemetry::LogFormat::Text,
         "info,librdkafka=warn",
     );
+    // The default prefix, which the producer and gateway below use too.
     let kafka_prefix = KafkaArgs::for_brokers("").topic_prefix;
     let mut topics: Vec<String> = Family::ALL.iter().map(|f| f.topic(&kafka_prefix)).collect();
-    // The identities table is compacted: the latest record per token is the truth.
+    // The identities table is compacted on a real cluster: the latest record
+    // per token is the truth.
     let identities = herald_schemas::identities_topic(&kafka_prefix);
     topics.push(identities.clone());
 
@@ -215,14 +217,27 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let brokers = match &args.kafka_brokers {
         Some(b) => {
             let kafka = KafkaArgs::for_brokers(b);
-            herald_runtime::kafka::ensure_topics(
-                &kafka,
-                &topics,
-                std::slice::from_ref(&identities),
-                &herald_runtime::kafka::TopicLayout::partitions(args.partitions),
-            )
-            .await
-            .map_err(|e| anyhow::anyhow!("cannot create topics on {b}: {e}"))?;
+            // A cluster started alongside (docker compose up) may still be
+            // coming up: retry for up to 10 s.
+            let mut attempt = 0;
+            loop {
+                match herald_runtime::kafka::ensure_topics(
+                    &kafka,
+                    &topics,
+                    std::slice::from_ref(&identities),
+                    &herald_runtime::kafka::TopicLayout::partitions(args.partitions),
+                )
+                .await
+                {
+                    Ok(()) => break,
+                    Err(e) if attempt < 40 => {
+                        attempt += 1;
+                        tracing::debug!(error = %e, "broker not up yet");
+                        tokio::time::sleep(Duration::from_millis(250)).await;
+                    }
+                    Err(e) => anyhow::bail!("cannot create topics on {b}: {e}"),
+                }
+            }
             b.clone()
         }
         None => {

@@ -665,7 +665,12 @@ async fn dev_mode_with_its_embedded_broker_serves_every_endpoint() -> anyhow::Re
             break;
         }
     }
-    tokio::spawn(async move { while lines_rx.recv().await.is_some() {} });
+    // The rest of its log goes to the test's output (shown when it fails).
+    tokio::spawn(async move {
+        while let Some(line) = lines_rx.recv().await {
+            eprintln!("herald dev: {line}");
+        }
+    });
 
     // Every endpoint is listed, with the broker's loopback address.
     let (g, p) = (at(1), at(3));
