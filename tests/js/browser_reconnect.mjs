@@ -5,7 +5,7 @@
 // ConnectionMonitor) and @anycable/web over actioncable-v1-ext-json (its
 // Monitor; on reconnect it asks for the history of the streams it saw).
 // Each stdout line is a JSON event of the page:
-//   {"ev":"connected","client":"stomp"|"rails"|"anycable"}
+//   {"ev":"connected","client":"stomp"|"rails"|"anycable"}   (subscription confirmed)
 //   {"ev":"disconnected","client":..}
 //   {"ev":"message","client":..,"data":<event as the client library hands it over>}
 //   {"ev":"page-error"|"console-error",..}
@@ -50,9 +50,12 @@ const stomp = new StompJs.Client({
   connectHeaders: {Authorization: 'Bearer ' + TOKEN},
   reconnectDelay: 200,
 });
+let subscriptions = 0;
 stomp.onConnect = () => {
-  report({ev: 'connected', client: 'stomp'});
-  stomp.subscribe('/events', (m) => report({ev: 'message', client: 'stomp', data: JSON.parse(m.body)}));
+  // Connected once the gateway confirmed the SUBSCRIBE with a RECEIPT.
+  const receipt = 'sub-' + ++subscriptions;
+  stomp.watchForReceipt(receipt, () => report({ev: 'connected', client: 'stomp'}));
+  stomp.subscribe('/events', (m) => report({ev: 'message', client: 'stomp', data: JSON.parse(m.body)}), {receipt});
 };
 stomp.onWebSocketClose = () => report({ev: 'disconnected', client: 'stomp'});
 stomp.activate();

@@ -163,6 +163,7 @@ fn content(ev: &Value) -> Option<&str> {
 struct Page {
     lines: Lines<BufReader<ChildStdout>>,
     log: Vec<Value>,
+    started: std::time::Instant,
 }
 
 impl Page {
@@ -181,6 +182,10 @@ impl Page {
             );
             self.log.push(ev);
         }
+        eprintln!(
+            "browser page: {what} ({:?} into the test)",
+            self.started.elapsed()
+        );
         Ok(())
     }
 }
@@ -246,6 +251,7 @@ async fn chromium_clients_reconnect_to_a_restarted_gateway_and_anycable_resumes(
     let mut page = Page {
         lines: BufReader::new(child.stdout.take().context("stdout")?).lines(),
         log: Vec::new(),
+        started: std::time::Instant::now(),
     };
     const ALL: [&str; 3] = ["stomp", "rails", "anycable"];
     let message = |n: u64, text: &str| {
@@ -327,8 +333,9 @@ async fn chromium_clients_reconnect_to_a_restarted_gateway_and_anycable_resumes(
         page.log
     );
 
+    // Closing stdin makes the driver close the browser and exit.
     drop(child.stdin.take());
-    let _ = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
+    let _ = tokio::time::timeout(Duration::from_secs(30), child.wait()).await;
     stack.stop().await;
     Ok(())
 }
