@@ -1,8 +1,8 @@
 //! `herald`: the command line.
 //!
-//! - `herald dev` runs a Kafka-compatible broker (a managed `tansu` child
-//!   with in-memory storage), creates the topics, and runs the producer and
-//!   the gateway in this process;
+//! - `herald dev` runs an embedded Kafka broker (librdkafka's in-memory mock
+//!   cluster), creates the topics, and runs the producer and the gateway in
+//!   this process;
 //! - the operator commands, for when a dashboard "does not update":
 //!   `herald token` mints a JWT, `herald identity register|revoke` manages
 //!   opaque tokens, `herald publish` sends a test event, and `herald tail`

@@ -3,13 +3,16 @@
 //! @anycable/web, and plain WebSocket for the Pulse stream and TypeID
 //! (`tests/js/browser_e2e.mjs`). What only browsers do is covered: no custom
 //! headers on the upgrade, an `Origin` on every upgrade (the allow-list lets
-//! the page's origin in and refuses another).
+//! the page's origin in and refuses another), and the libraries' own
+//! reconnect logic against a gateway restarted on the same port, with
+//! @anycable/web resuming over `actioncable-v1-ext-json`
+//! (`tests/js/browser_reconnect.mjs`).
 
 use std::{collections::HashSet, process::Stdio, time::Duration};
 
 use anyhow::Context as _;
 use herald_testkit::free_port;
-use herald_tests::{Stack, StackOptions, token};
+use herald_tests::{GatewayProcess, Stack, StackOptions, token};
 use serde_json::{Value, json};
 use tokio::{
     io::{AsyncBufReadExt, BufReader, Lines},
@@ -139,6 +142,200 @@ async fn chromium_pages_connect_with_every_client_library_and_receive_events() -
     }
     drop(child.stdin.take());
     let _ = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
+    stack.stop().await;
+    Ok(())
+}
+
+/// The content of a `message.created` as each client library hands it over
+/// (STOMP: the event; ActionCable: `{event, data}`).
+fn content(ev: &Value) -> Option<&str> {
+    let data = &ev["data"];
+    match ev["client"].as_str()? {
+        "stomp" if data["type"] == "message.created" => data["payload"]["content"].as_str(),
+        "rails" | "anycable" if data["event"] == "message.created" => {
+            data["data"]["content"].as_str()
+        }
+        _ => None,
+    }
+}
+
+/// What the reconnect page reported, read as it comes.
+struct Page {
+    lines: Lines<BufReader<ChildStdout>>,
+    log: Vec<Value>,
+    started: std::time::Instant,
+}
+
+impl Page {
+    /// Read events until `done` holds for the log read so far.
+    async fn until(&mut self, what: &str, done: impl Fn(&[Value]) -> bool) -> anyhow::Result<()> {
+        while !done(&self.log) {
+            let ev = next_event(&mut self.lines)
+                .await
+                .with_context(|| format!("waiting for {what}; the page reported {:?}", self.log))?;
+            let name = ev["ev"].as_str().unwrap_or_default();
+            // A browser logs each refused WebSocket while the gateway is down.
+            anyhow::ensure!(
+                name != "page-error" && name != "console-error"
+                    || ev.to_string().contains("WebSocket"),
+                "the page failed: {ev}"
+            );
+            self.log.push(ev);
+        }
+        eprintln!(
+            "browser page: {what} ({:?} into the test)",
+            self.started.elapsed()
+        );
+        Ok(())
+    }
+}
+
+/// Whether each of `clients` reported `ev` at or after `from` in `log`.
+fn all_reported(log: &[Value], from: usize, ev: &str, clients: &[&str]) -> bool {
+    clients.iter().all(|c| {
+        log.iter()
+            .skip(from)
+            .any(|e| e["ev"] == ev && e["client"] == *c)
+    })
+}
+
+/// Whether each of `clients` received the message with `text` at or after `from`.
+fn all_received(log: &[Value], from: usize, text: &str, clients: &[&str]) -> bool {
+    clients.iter().all(|c| {
+        log.iter()
+            .skip(from)
+            .any(|e| e["ev"] == "message" && e["client"] == *c && content(e) == Some(text))
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_clients_reconnect_to_a_restarted_gateway_and_anycable_resumes()
+-> anyhow::Result<()> {
+    anyhow::ensure!(
+        std::path::Path::new(CHROMIUM).is_file(),
+        "{CHROMIUM} is missing: scripts/test.sh installs Debian's chromium"
+    );
+    let js = concat!(env!("CARGO_MANIFEST_DIR"), "/js");
+    anyhow::ensure!(
+        std::path::Path::new(js)
+            .join("node_modules/playwright-core")
+            .exists(),
+        "npm clients are not installed: run scripts/test.sh (it runs `npm ci` in tests/js)"
+    );
+    let (page_port, port) = (free_port()?, free_port()?);
+    let stack = Stack::start().await?;
+    let mut args = stack.gateway_args();
+    args.extend([
+        "--allowed-origins".to_owned(),
+        format!("http://127.0.0.1:{page_port}"),
+    ]);
+    // The gateway the page talks to is a process of its own, to be stopped
+    // and started again on the same port.
+    let mut pod = GatewayProcess::start_on(args.clone(), port).await?;
+    let t = token("42", "7", "agent");
+    let mut child = Command::new("node")
+        .current_dir(js)
+        .arg("browser_reconnect.mjs")
+        .env("GW", pod.ws_url(""))
+        .env("TOKEN", &t)
+        .env("ACCOUNT", "42")
+        .env("USER_ID", "7")
+        .env("PAGE_PORT", page_port.to_string())
+        .env("CHROMIUM", CHROMIUM)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .context("cannot run node")?;
+    let mut page = Page {
+        lines: BufReader::new(child.stdout.take().context("stdout")?).lines(),
+        log: Vec::new(),
+        started: std::time::Instant::now(),
+    };
+    const ALL: [&str; 3] = ["stomp", "rails", "anycable"];
+    let message = |n: u64, text: &str| {
+        json!({"type": "message.created", "account_id": "42",
+            "payload": {"id": n, "content": text, "message_type": 0, "private": false, "conversation_id": 1}})
+    };
+
+    page.until("every client connected", |l| {
+        all_reported(l, 0, "connected", &ALL)
+    })
+    .await?;
+    // One event before the restart: @anycable/web learns the stream's
+    // position from it.
+    stack.publish(&message(1, "before")).await?;
+    page.until("\"before\" everywhere", |l| {
+        all_received(l, 0, "before", &ALL)
+    })
+    .await?;
+
+    // Stop the gateway; every client notices.
+    let down = page.log.len();
+    pod.terminate().await?;
+    tokio::time::timeout(Duration::from_secs(30), pod.child.wait())
+        .await
+        .context("the gateway did not stop")??;
+    page.until("every client disconnected", |l| {
+        all_reported(l, down, "disconnected", &ALL)
+    })
+    .await?;
+
+    // Published while nobody can be connected.
+    for (n, text) in [
+        (2, "while-down-1"),
+        (3, "while-down-2"),
+        (4, "while-down-3"),
+    ] {
+        stack.publish(&message(n, text)).await?;
+    }
+
+    // The same port again: the libraries reconnect by themselves.
+    let up = page.log.len();
+    let _pod = GatewayProcess::start_on(args, port).await?;
+    page.until("every client reconnected", |l| {
+        all_reported(l, up, "connected", &ALL)
+    })
+    .await?;
+    stack.publish(&message(5, "after")).await?;
+    page.until("\"after\" everywhere", |l| {
+        all_received(l, up, "after", &ALL)
+    })
+    .await?;
+    // A last event: whatever was to come before it has come.
+    stack.publish(&message(6, "end")).await?;
+    page.until("\"end\" at @anycable/web", |l| {
+        all_received(l, up, "end", &["anycable"])
+    })
+    .await?;
+
+    let anycable = |from: usize, to: usize| -> Vec<&str> {
+        page.log[from..to]
+            .iter()
+            .filter(|e| e["ev"] == "message" && e["client"] == "anycable")
+            .filter_map(content)
+            .collect()
+    };
+    assert_eq!(anycable(0, down), ["before"], "{:?}", page.log);
+    // Resumed: what was published during the restart, once each, in order,
+    // and nothing it already had.
+    assert_eq!(
+        anycable(down, page.log.len()),
+        [
+            "while-down-1",
+            "while-down-2",
+            "while-down-3",
+            "after",
+            "end"
+        ],
+        "{:?}",
+        page.log
+    );
+
+    // Closing stdin makes the driver close the browser and exit.
+    drop(child.stdin.take());
+    let _ = tokio::time::timeout(Duration::from_secs(30), child.wait()).await;
     stack.stop().await;
     Ok(())
 }

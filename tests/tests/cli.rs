@@ -1,6 +1,7 @@
 //! The operator CLI (`herald` binary) against a real broker, producer and
 //! gateway: `identity register|revoke`, `publish`, `token`, and `tail` over
-//! each protocol, with their exit codes and stderr messages.
+//! each protocol, with their exit codes and stderr messages; and `herald
+//! dev` with its embedded broker, end to end through every endpoint.
 //!
 //! Needs the binaries built (`cargo build --workspace --bins`, as
 //! scripts/test.sh does).
@@ -79,10 +80,13 @@ impl Tail {
     /// exits first, its result.
     async fn start(stack: &Stack, args: &[&str]) -> anyhow::Result<Result<Tail, Done>> {
         let mut cmd = herald(stack)?;
-        cmd.arg("tail")
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+        cmd.arg("tail").args(args);
+        Tail::spawn(cmd).await
+    }
+
+    /// Spawn `cmd` (a `herald tail`) and wait as [`Tail::start`] does.
+    async fn spawn(mut cmd: Command) -> anyhow::Result<Result<Tail, Done>> {
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = cmd.spawn()?;
         let stdout = BufReader::new(child.stdout.take().context("stdout")?).lines();
         let mut stderr = BufReader::new(child.stderr.take().context("stderr")?);
@@ -585,5 +589,242 @@ async fn a_secured_producer_needs_the_api_key() -> anyhow::Result<()> {
     shutdown.cancel();
     secured.stopped().await;
     stack.stop().await;
+    Ok(())
+}
+
+/// A shell running one command line exactly as `herald dev` printed it,
+/// with the developer's own HERALD_* settings removed.
+fn as_printed(line: &str) -> Command {
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c").arg(format!("exec {line}"));
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("HERALD_") {
+            cmd.env_remove(name);
+        }
+    }
+    cmd.stdin(Stdio::null()).kill_on_drop(true);
+    cmd
+}
+
+/// The banner line that starts with `prefix` (leading blanks ignored).
+fn printed<'a>(banner: &'a str, prefix: &str) -> anyhow::Result<&'a str> {
+    banner
+        .lines()
+        .map(str::trim)
+        .find(|l| l.starts_with(prefix))
+        .with_context(|| format!("the banner has no line starting {prefix:?}:\n{banner}"))
+}
+
+/// `herald dev` from the built binary with its embedded broker (no Kafka of
+/// the test harness): the commands of its banner, run as printed, carry one
+/// event published through its producer API to each endpoint (STOMP,
+/// ActionCable RoomChannel, the Pulse stream, TypeID); an independent Kafka
+/// client (rdkafka, like kcat or confluent-kafka) produces to the broker's
+/// loopback port and a client receives that record too; Ctrl-C stops it all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_mode_with_its_embedded_broker_serves_every_endpoint() -> anyhow::Result<()> {
+    use rdkafka::{
+        ClientConfig,
+        message::{Header, OwnedHeaders},
+        producer::{FutureProducer, FutureRecord},
+    };
+
+    let ports = herald_testkit::free_ports(5)?;
+    let at = |i: usize| format!("127.0.0.1:{}", ports[i]);
+    let bin = bin_path("herald")?;
+    let mut cmd = as_printed(&format!(
+        "{} dev --broker-port {} --gateway-listen {} --gateway-ops-listen {} \
+         --producer-listen {} --producer-ops-listen {}",
+        bin.display(),
+        ports[0],
+        at(1),
+        at(2),
+        at(3),
+        at(4)
+    ));
+    let mut dev = cmd.stdout(Stdio::piped()).spawn()?;
+    // Logs share stdout with the banner: keep draining it.
+    let (lines_tx, mut lines_rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut stdout = BufReader::new(dev.stdout.take().context("stdout")?).lines();
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = stdout.next_line().await {
+            if lines_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut banner = String::new();
+    loop {
+        let line = tokio::time::timeout(LONG, lines_rx.recv())
+            .await
+            .with_context(|| format!("no banner; output so far:\n{banner}"))?
+            .with_context(|| format!("herald dev exited; output:\n{banner}"))?;
+        banner.push_str(&line);
+        banner.push('\n');
+        if line.contains("Press Ctrl-C to stop.") {
+            break;
+        }
+    }
+    // The rest of its log goes to the test's output (shown when it fails).
+    tokio::spawn(async move {
+        while let Some(line) = lines_rx.recv().await {
+            eprintln!("herald dev: {line}");
+        }
+    });
+
+    // Every endpoint is listed, with the broker's loopback address.
+    let (g, p) = (at(1), at(3));
+    for expected in [
+        format!("127.0.0.1:{} (embedded, in memory", ports[0]),
+        format!("http://{p}/v1/events"),
+        format!("ws://{g}/ws.communication"),
+        format!("ws://{g}/cable"),
+        format!("ws://{g}/stream?account_id=1"),
+        format!("ws://{g}/notifications"),
+        format!("http://{}/metrics", at(2)),
+        format!("http://{}/metrics", at(4)),
+    ] {
+        assert!(
+            banner.contains(&expected),
+            "{expected:?} missing:\n{banner}"
+        );
+    }
+    let exe = bin.display().to_string();
+
+    let mut stomp = Tail::spawn(as_printed(printed(
+        &banner,
+        &format!("{exe} tail --protocol stomp "),
+    )?))
+    .await?
+    .map_err(|d| anyhow::anyhow!("STOMP tail did not subscribe: {d:?}"))?;
+    let mut stream = Tail::spawn(as_printed(printed(
+        &banner,
+        &format!("{exe} tail --protocol stream "),
+    )?))
+    .await?
+    .map_err(|d| anyhow::anyhow!("stream tail did not subscribe: {d:?}"))?;
+    let done = run(
+        as_printed(printed(&banner, &format!("{exe} identity register "))?),
+        None,
+    )
+    .await?;
+    assert_eq!(done.code, Some(0), "{done:?}");
+    // An opaque token is known once the gateway read its identities record.
+    let known = |prefix: String| {
+        let banner = &banner;
+        async move {
+            let line = printed(banner, &prefix)?;
+            let deadline = tokio::time::Instant::now() + LONG;
+            loop {
+                match Tail::spawn(as_printed(line)).await? {
+                    Ok(tail) => return Ok::<_, anyhow::Error>(tail),
+                    Err(done) if done.code == Some(3) && tokio::time::Instant::now() < deadline => {
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                    Err(done) => bail!("{prefix} exited before subscribing: {done:?}"),
+                }
+            }
+        }
+    };
+    let mut cable = known(format!("{exe} tail --protocol cable ")).await?;
+    let mut typeid = known(format!("{exe} tail --protocol typeid ")).await?;
+
+    // The curl line, through the producer API (sent here with reqwest).
+    let curl = printed(&banner, "curl -s ")?;
+    let body = curl
+        .split_once("-d '")
+        .and_then(|(_, rest)| rest.strip_suffix('\''))
+        .context("curl line has a -d body")?;
+    let answer = reqwest::Client::new()
+        .post(format!("http://{p}/v1/events"))
+        .header("content-type", "application/json")
+        .body(body.to_owned())
+        .send()
+        .await?;
+    assert!(answer.status().is_success(), "{answer:?}");
+    let event = stomp.next_event().await?;
+    assert_eq!(event["protocol"], "stomp");
+    assert_eq!(event["event"]["type"], "message.created", "{event}");
+    assert_eq!(event["event"]["payload"]["content"], "hi", "{event}");
+    let event = cable.next_event().await?;
+    assert_eq!(event["channel"], "RoomChannel");
+    assert_eq!(event["event"]["event"], "message.created", "{event}");
+    assert_eq!(event["event"]["data"]["content"], "hi", "{event}");
+
+    for (prefix, what) in [
+        (
+            format!("{exe} publish --producer-url http://{p} --type added_message "),
+            "stream",
+        ),
+        (
+            format!(
+                "{exe} publish --producer-url http://{p} --type ConversationMessageNotification "
+            ),
+            "typeid",
+        ),
+    ] {
+        let done = run(as_printed(printed(&banner, &prefix)?), None).await?;
+        assert_eq!(done.code, Some(0), "{what}: {done:?}");
+    }
+    let event = stream.next_event().await?;
+    assert_eq!(event["channel"], "NotificationsChannel");
+    assert_eq!(event["event"]["operation"], "added_message", "{event}");
+    let event = typeid.next_event().await?;
+    assert_eq!(event["protocol"], "typeid");
+    assert_eq!(event["type"], "ConversationMessageNotification", "{event}");
+    assert_eq!(event["event"]["Body"], "hello", "{event}");
+
+    // Another Kafka client produces to the printed broker port: a plain
+    // (non-idempotent) producer, as kcat or confluent-kafka would be.
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", at(0))
+        .set("message.timeout.ms", "30000")
+        .create()?;
+    let envelope = json!({
+        "id": uuid::Uuid::now_v7().to_string(),
+        "type": "message.created",
+        "account_id": "1",
+        "payload": {"id": 2, "content": "from another Kafka client", "message_type": 0, "conversation_id": 1},
+    })
+    .to_string();
+    let headers = OwnedHeaders::new()
+        .insert(Header {
+            key: "type",
+            value: Some("message.created"),
+        })
+        .insert(Header {
+            key: "account_id",
+            value: Some("1"),
+        });
+    producer
+        .send(
+            FutureRecord::to("herald.message")
+                .key("1")
+                .payload(&envelope)
+                .headers(headers),
+            LONG,
+        )
+        .await
+        .map_err(|(e, _)| anyhow::anyhow!("external produce failed: {e}"))?;
+    let event = stomp.next_event().await?;
+    assert_eq!(
+        event["event"]["payload"]["content"], "from another Kafka client",
+        "{event}"
+    );
+
+    // Ctrl-C stops development mode, and the broker with it.
+    let pid = dev.id().context("dev pid")?;
+    let kill = tokio::process::Command::new("kill")
+        .args(["-INT", &pid.to_string()])
+        .status()
+        .await?;
+    assert!(kill.success());
+    let status = tokio::time::timeout(LONG, dev.wait()).await??;
+    assert!(status.success(), "herald dev ended with {status}");
+    assert!(
+        tokio::net::TcpStream::connect(at(0)).await.is_err(),
+        "the broker port is closed once dev mode stopped"
+    );
+    drop((stomp, stream, cable, typeid));
     Ok(())
 }
