@@ -3,6 +3,9 @@
 //! The broker is `tansu` (a Kafka-compatible broker from crates.io) run as a
 //! managed child with in-memory storage: it starts with this process and is
 //! killed with it. `--kafka-brokers` skips it and uses an existing cluster.
+//! The gateway's web console is on, with a random admin credential (or
+//! `HERALD_CONSOLE_TOKEN`) printed in the banner, and its publish form
+//! posts to this producer.
 
 use std::{path::PathBuf, process::Stdio, time::Duration};
 
@@ -65,6 +68,12 @@ pub struct DevArgs {
         hide_env_values = true
     )]
     pub jwt_secret: String,
+    /// Serve the web console on the gateway's ops listener.
+    #[arg(long, env = "HERALD_DEV_CONSOLE", default_value_t = true, action = clap::ArgAction::Set)]
+    pub console: bool,
+    /// The console's admin credential (default: a random one, printed).
+    #[arg(long, env = "HERALD_CONSOLE_TOKEN", hide_env_values = true)]
+    pub console_token: Option<String>,
 }
 
 fn spawn_broker(bin: &PathBuf, port: u16) -> anyhow::Result<Child> {
@@ -158,6 +167,17 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     ]
     .map(str::to_owned)
     .to_vec();
+    let console_token = args
+        .console_token
+        .clone()
+        .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
+    if args.console {
+        gateway_args.extend([
+            "--console=true".to_owned(),
+            format!("--console-token={console_token}"),
+            format!("--console-publish-url=http://{}/v1/events", producer.addr),
+        ]);
+    }
     if _broker.is_some() {
         // tansu holds every fetch for the full fetch.wait.max.ms even when
         // records are waiting (Apache Kafka answers at once): a short wait
@@ -185,6 +205,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
          \n  TypeID            ws://{g}/notifications\
          \n  Gateway metrics   http://{gops}/metrics   (/healthz, /readyz)\
          \n  Producer metrics  http://{pops}/metrics\
+         {console}\
          \n\nDevelopment token (account 1, user 1, agent; valid 7 days):\n\n  {token}\n\
          \nWatch what that token receives (another terminal):\n\
          \n  {herald} tail --url ws://{g} --token <the token above>\n\
@@ -202,6 +223,15 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         herald = std::env::current_exe()
             .map(|p| p.display().to_string())
             .unwrap_or_else(|_| "herald".into()),
+        // The fragment never reaches the server: the login page reads it.
+        console = if args.console {
+            format!(
+                "\n  Web console       http://{}/console/#token={console_token}   (admin credential: {console_token})",
+                gateway.ops_addr
+            )
+        } else {
+            String::new()
+        },
         p = producer.addr,
         g = gateway.ws_addr,
         gops = gateway.ops_addr,
