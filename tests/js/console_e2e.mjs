@@ -4,6 +4,7 @@
 //   {"ev":"login-refused","status":401}      no credential: the login form
 //   {"ev":"loaded","stomp":N}                signed in through /console/#token=
 //   {"ev":"connections-changed","before":N,"after":M,"account":..}
+//   {"ev":"presence","online":B}            the presence table lists the RoomChannel client's user
 //   {"ev":"watching","status":".."}          "watch as" resolved the credential
 //   {"ev":"watch-event","text":".."}         an event shown in the watch view (one per marker)
 //   {"ev":"published","text":".."}           the publish form's answer
@@ -11,7 +12,7 @@
 //   {"ev":"connections-dropped","after":N}
 //   {"ev":"page-error",..} / {"ev":"console-error",..}
 // Environment: CONSOLE (http://host:port), ADMIN, GW (ws://host:port),
-// TOKEN (a client credential of ACCOUNT), ACCOUNT, MARKER (text of the
+// TOKEN (a client credential of user USER_ID of ACCOUNT), ACCOUNT, USER_ID, MARKER (text of the
 // event the test publishes), SCREENSHOT (png path), CHROMIUM.
 import { chromium } from 'playwright-core';
 import WebSocket from 'ws';
@@ -26,6 +27,7 @@ const ADMIN = env('ADMIN');
 const GW = env('GW');
 const TOKEN = env('TOKEN');
 const ACCOUNT = env('ACCOUNT');
+const USER = env('USER_ID');
 const MARKER = env('MARKER');
 const emit = (obj) => process.stdout.write(JSON.stringify(obj) + '\n');
 const WAIT = {timeout: 60000};
@@ -44,10 +46,11 @@ try {
   const context = await browser.newContext({viewport: {width: 1360, height: 900}});
   const page = await context.newPage();
   page.on('pageerror', (e) => emit({ev: 'page-error', message: String(e)}));
-  page.on('console', (m) => { if (m.type() === 'error') emit({ev: 'console-error', text: m.text()}); });
-  // The link development mode prints: the fragment signs in.
+  // The link development mode prints: the fragment signs in (the first
+  // answer is the login form, 401, which Chromium logs as an error).
   await page.goto(CONSOLE + '/console/#token=' + encodeURIComponent(ADMIN));
   await page.waitForFunction(() => document.body.dataset.updated && /^\d+$/.test(document.getElementById('conn-stomp').textContent), null, WAIT);
+  page.on('console', (m) => { if (m.type() === 'error') emit({ev: 'console-error', text: m.text()}); });
   const count = () => page.$eval('#conn-stomp', (e) => Number(e.textContent));
   const before = await count();
   emit({ev: 'loaded', stomp: before, url: page.url()});
@@ -69,6 +72,29 @@ try {
     .some((tr) => tr.cells[0].textContent === a && tr.cells[1].textContent === 'stomp' && tr.cells[3].textContent === '1'), ACCOUNT, WAIT);
   emit({ev: 'connections-changed', before, after: await count(), account: ACCOUNT,
     subscriptions: await page.$eval('#subs-stomp', (e) => Number(e.textContent))});
+
+  // An ActionCable RoomChannel client reports presence: the presence
+  // table of the account lists its user.
+  const cable = new WebSocket(GW + '/cable', ['actioncable-v1-json']);
+  const identifier = JSON.stringify({channel: 'RoomChannel', pubsub_token: TOKEN, account_id: Number(ACCOUNT), user_id: Number(USER)});
+  await new Promise((resolve, reject) => {
+    cable.on('error', reject);
+    cable.on('message', (data) => {
+      const m = JSON.parse(String(data));
+      if (m.type === 'welcome') cable.send(JSON.stringify({command: 'subscribe', identifier}));
+      if (m.type === 'confirm_subscription') {
+        cable.send(JSON.stringify({command: 'message', identifier, data: JSON.stringify({action: 'update_presence'})}));
+        resolve();
+      }
+    });
+  });
+  await page.waitForFunction(() => Number(document.getElementById('conn-actioncable').textContent) >= 1, null, WAIT);
+  // The heartbeat goes through Kafka; the table follows the live updates.
+  await page.fill('#presence-account', ACCOUNT);
+  await page.click('#presence-form button[type=submit]');
+  await page.waitForFunction((u) => [...document.querySelectorAll('#presence tbody tr')]
+    .some((tr) => tr.cells[0].textContent === 'user' && tr.cells[1].textContent === u), USER, WAIT);
+  emit({ev: 'presence', online: true});
 
   // Watch as the client's credential.
   await page.fill('#watch-credential', TOKEN);
@@ -102,6 +128,7 @@ try {
   }
 
   stomp.close();
+  cable.close();
   await page.waitForFunction((n) => Number(document.getElementById('conn-stomp').textContent) === n, before, WAIT);
   emit({ev: 'connections-dropped', after: await count()});
 } catch (e) {

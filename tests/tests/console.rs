@@ -1,6 +1,7 @@
 //! The web console in headless Chromium (`tests/js/console_e2e.mjs`): the
 //! login form without the credential, the live numbers following a client
-//! that connects and leaves, and "watch as" showing events published
+//! that connects and leaves, the presence table listing the user a
+//! RoomChannel client reported, and "watch as" showing events published
 //! through the producer (by the test, and by the console's publish form).
 //! The driver also takes the screenshot the README shows
 //! (`HERALD_CONSOLE_SCREENSHOT=docs/console.png` keeps it there).
@@ -8,13 +9,15 @@
 use std::{collections::HashMap, process::Stdio, time::Duration};
 
 use anyhow::Context as _;
-use herald_testkit::{free_port, unique};
+use herald_gateway::GatewayConfig;
+use herald_testkit::unique;
 use herald_tests::{Stack, StackOptions, token};
 use serde_json::{Value, json};
 use tokio::{
     io::{AsyncBufReadExt, BufReader},
     process::Command,
 };
+use tokio_util::sync::CancellationToken;
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 const ADMIN: &str = "console-e2e-admin-credential";
@@ -33,34 +36,51 @@ async fn chromium_console_shows_live_numbers_and_what_a_credential_receives() ->
             .exists(),
         "npm clients are not installed: run scripts/test.sh (it runs `npm ci` in tests/js)"
     );
-    // The producer's address is fixed first: the gateway's publish form posts to it.
-    let producer_port = free_port()?;
-    let stack = Stack::start_with(StackOptions {
-        producer_args: vec!["--listen".into(), format!("127.0.0.1:{producer_port}")],
-        gateway_args: vec![
-            "--console=true".into(),
-            format!("--console-token={ADMIN}"),
-            format!("--console-publish-url=http://127.0.0.1:{producer_port}/v1/events"),
-        ],
-        ..Default::default()
-    })
+    // A gateway pod of the stack with the console, whose publish form posts
+    // to the stack's producer.
+    let stack = Stack::start_with(StackOptions::default()).await?;
+    let mut args = vec!["herald-gateway".to_owned()];
+    args.extend(stack.gateway_args());
+    args.extend([
+        "--console=true".to_owned(),
+        format!("--console-token={ADMIN}"),
+        format!("--console-publish-url={}", stack.events_url()),
+    ]);
+    let stop = CancellationToken::new();
+    let gateway = herald_gateway::start(
+        GatewayConfig::from_args(args).map_err(|e| anyhow::anyhow!("{e}"))?,
+        stop.clone(),
+    )
     .await?;
+    let ready = format!("http://{}/readyz", gateway.ops_addr);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !matches!(stack.http.get(&ready).send().await, Ok(r) if r.status().is_success()) {
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "{ready} did not become ready"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let account = "42";
     let client = token(account, "7", "agent");
     let marker = unique("console-e2e");
     let dir = tempfile::tempdir()?;
     let screenshot = match std::env::var("HERALD_CONSOLE_SCREENSHOT") {
-        Ok(p) if !p.is_empty() => std::path::absolute(p)?,
+        // Relative to the workspace (tests run in the crate's directory).
+        Ok(p) if !p.is_empty() => std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("..")
+            .join(p),
         _ => dir.path().join("console.png"),
     };
     let mut child = Command::new("node")
         .current_dir(js)
         .arg("console_e2e.mjs")
-        .env("CONSOLE", format!("http://{}", stack.gateway.ops_addr))
+        .env("CONSOLE", format!("http://{}", gateway.ops_addr))
         .env("ADMIN", ADMIN)
-        .env("GW", stack.ws_url(""))
+        .env("GW", format!("ws://{}", gateway.ws_addr))
         .env("TOKEN", &client)
         .env("ACCOUNT", account)
+        .env("USER_ID", "7")
         .env("MARKER", &marker)
         .env("SCREENSHOT", &screenshot)
         .env("CHROMIUM", CHROMIUM)
@@ -123,6 +143,11 @@ async fn chromium_console_shows_live_numbers_and_what_a_credential_receives() ->
         "{changed}"
     );
     assert_eq!(changed["subscriptions"], 1, "{changed}");
+    assert_eq!(
+        one("presence")?["online"],
+        true,
+        "the presence table lists user 7"
+    );
     let watching = one("watching")?["status"]
         .as_str()
         .unwrap_or_default()
@@ -161,6 +186,8 @@ async fn chromium_console_shows_live_numbers_and_what_a_credential_receives() ->
     one("screenshot")?;
     let png = std::fs::read(&screenshot)?;
     assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"), "not a PNG");
+    stop.cancel();
+    gateway.stopped().await;
     stack.stop().await;
     Ok(())
 }

@@ -258,7 +258,11 @@ impl Console {
         let partitions: Vec<Value> = partitions
             .into_iter()
             .map(|((topic, partition), next)| {
-                let high = highs.get(&(topic.clone(), partition)).copied();
+                // The reporter reads watermarks every few seconds: one
+                // older than what was dispatched since is raised to it.
+                let high = highs
+                    .get(&(topic.clone(), partition))
+                    .map(|h| (*h).max(next));
                 json!({
                     "topic": &*topic,
                     "partition": partition,

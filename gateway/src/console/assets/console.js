@@ -64,7 +64,7 @@ function render(o) {
 
 function live() {
   const source = new EventSource('/console/api/live');
-  source.addEventListener('overview', (e) => render(JSON.parse(e.data)));
+  source.addEventListener('overview', (e) => { render(JSON.parse(e.data)); refreshPresence(); });
   source.onerror = () => {
     const status = $('status');
     status.textContent = 'reconnecting…';
@@ -81,16 +81,30 @@ async function api(path, body) {
   return r;
 }
 
-$('presence-form').addEventListener('submit', async (e) => {
+// The chosen account's presence, refreshed with every live update.
+let presenceAccount = null;
+let presenceBusy = false;
+
+async function refreshPresence() {
+  if (presenceAccount === null || presenceBusy) return;
+  presenceBusy = true;
+  try {
+    const r = await api('/console/api/presence?account=' + encodeURIComponent(presenceAccount));
+    const p = await r.json();
+    if (!r.ok) { $('presence-empty').textContent = p.error; fillTable('presence', [], 'presence-empty'); return; }
+    const seen = (x) => (x.last_seen_ms_ago / 1000).toFixed(1) + ' s ago';
+    const rows = [...p.users.map((u) => ['user', u.id, seen(u)]), ...p.contacts.map((c) => ['contact', c.id, seen(c)])];
+    $('presence-empty').textContent = 'Nobody of account ' + p.account + ' is online.';
+    fillTable('presence', rows, 'presence-empty');
+  } finally {
+    presenceBusy = false;
+  }
+}
+
+$('presence-form').addEventListener('submit', (e) => {
   e.preventDefault();
-  const account = $('presence-account').value.trim();
-  const r = await api('/console/api/presence?account=' + encodeURIComponent(account));
-  const p = await r.json();
-  if (!r.ok) { fillTable('presence', [], 'presence-empty'); $('presence-empty').textContent = p.error; return; }
-  const seen = (x) => (x.last_seen_ms_ago / 1000).toFixed(1) + ' s ago';
-  const rows = [...p.users.map((u) => ['user', u.id, seen(u)]), ...p.contacts.map((c) => ['contact', c.id, seen(c)])];
-  $('presence-empty').textContent = 'Nobody of account ' + p.account + ' is online.';
-  fillTable('presence', rows, 'presence-empty');
+  presenceAccount = $('presence-account').value.trim();
+  refreshPresence();
 });
 
 $('publish-form').addEventListener('submit', async (e) => {
@@ -121,7 +135,7 @@ function showEvent(ev) {
   type.textContent = ev.type;
   const where = document.createElement('span');
   where.className = 'muted';
-  where.textContent = ' ' + ev.position + (ev.room_channel ? '' : ' · not on RoomChannel') +
+  where.textContent = ' ' + ev.position +
     (ev.dropped_before ? ' · ' + ev.dropped_before + ' dropped (console too slow)' : '');
   head.append(type, where);
   const pre = document.createElement('pre');
