@@ -12,6 +12,9 @@ struct AccountPresence {
     contacts: HashMap<String, i64>,
 }
 
+/// Ids online and their last heartbeat (ms since the epoch).
+pub type Online = Vec<(String, i64)>;
+
 /// Account -> last heartbeat (ms since the epoch) of each user and contact.
 pub struct PresenceTable {
     accounts: Mutex<HashMap<String, AccountPresence>>,
@@ -67,7 +70,7 @@ impl PresenceTable {
 
     /// Who of `account` is online, with their last heartbeat (ms since the
     /// epoch): users, then contacts, each sorted by id.
-    pub fn online(&self, account: &str) -> (Vec<(String, i64)>, Vec<(String, i64)>) {
+    pub fn online(&self, account: &str) -> (Online, Online) {
         let now = now_ms();
         let window = self.window_ms;
         let Ok(accounts) = self.accounts.lock() else {
