@@ -39,6 +39,9 @@ use crate::{
 /// (the console never slows delivery to real clients down).
 const QUEUE: usize = 1024;
 
+/// Longest silence on a watch.
+const KEEPALIVE: std::time::Duration = std::time::Duration::from_secs(15);
+
 /// A console watcher as the router sees it.
 struct Watcher {
     identity: Identity,
@@ -166,6 +169,12 @@ pub(super) async fn watch(
                 },
                 // The browser went away.
                 _ = out.closed() => return,
+                // A line now and then keeps proxies from closing a quiet watch.
+                _ = tokio::time::sleep(KEEPALIVE) => {
+                    if out.send(line(json!({"kind": "keepalive"}))).await.is_err() {
+                        return;
+                    }
+                }
                 _ = revoked.cancelled() => break "revoked",
                 _ = crate::auth::expired(expires_at) => break "expired",
                 _ = stop.cancelled() => break "stopping",
