@@ -470,3 +470,68 @@ async fn live_updates_arrive_as_server_sent_events() {
     assert!(rest.is_ok(), "the live stream did not end with the gateway");
     gw.stopped().await;
 }
+
+#[tokio::test]
+async fn watching_an_opaque_token_follows_its_contact_rules_and_ends_on_revocation() {
+    let gw = console().await;
+    let token = "opaque-contact-token-0123456789";
+    let key = herald_schemas::token_key(token);
+    let identities = gw.context.auth.identities.clone();
+    identities
+        .apply(
+            &key,
+            Some(br#"{"account_id":"9","kind":"contact","id":"c1","role":"contact"}"#),
+        )
+        .unwrap();
+    let mut r = client()
+        .post(url(&gw, "/console/api/watch"))
+        .bearer_auth(ADMIN)
+        .json(&json!({"credential": token}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let mut buffer = Vec::new();
+    let mut next_line = async || -> Value {
+        loop {
+            if let Some(nl) = buffer.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = buffer.drain(..=nl).collect();
+                return serde_json::from_slice(&line).unwrap();
+            }
+            let chunk = tokio::time::timeout(Duration::from_secs(10), r.chunk())
+                .await
+                .expect("a line in time")
+                .unwrap()
+                .expect("the stream goes on");
+            buffer.extend_from_slice(&chunk);
+        }
+    };
+    let first = next_line().await;
+    assert_eq!(
+        (&first["principal"], &first["id"], &first["opaque"]),
+        (&json!("contact"), &json!("c1"), &json!(true))
+    );
+    // Contacts get only what names them.
+    let mut cache = crate::router::FrameCache::default();
+    for e in [
+        event("9", "message.created", None, 1),
+        event("9", "message.created", Some(json!({"contacts": ["c2"]})), 2),
+        event("9", "message.created", Some(json!({"contacts": ["c1"]})), 3),
+    ] {
+        gw.context.router.dispatch(&e, &mut cache);
+    }
+    assert_eq!(next_line().await["position"], "herald.tag:0:3");
+    // A tombstone revokes the token: the watch ends and says why.
+    identities.apply(&key, None).unwrap();
+    assert_eq!(
+        next_line().await,
+        json!({"kind": "end", "reason": "revoked"})
+    );
+    until("the watcher is unregistered", || {
+        gw.context.router.is_empty()
+    })
+    .await;
+    assert_eq!(identities.watchers_len(), 0);
+    gw.shutdown();
+    gw.stopped().await;
+}
