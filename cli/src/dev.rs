@@ -6,6 +6,9 @@
 //! lets other Kafka clients (kcat, Python's confluent-kafka, …) produce to
 //! it. `--kafka-brokers` skips it and uses an existing cluster. Why the
 //! mock cluster and what it does not do: README, *Quickstart*.
+//! The gateway's web console is on, with a random admin credential (or
+//! `HERALD_CONSOLE_TOKEN`) printed in the banner, and its publish form
+//! posts to this producer.
 
 use std::{net::SocketAddr, time::Duration};
 
@@ -70,6 +73,12 @@ pub struct DevArgs {
         hide_env_values = true
     )]
     pub jwt_secret: String,
+    /// Serve the web console on the gateway's ops listener.
+    #[arg(long, env = "HERALD_DEV_CONSOLE", default_value_t = true, action = clap::ArgAction::Set)]
+    pub console: bool,
+    /// The console's admin credential (default: a random one, printed).
+    #[arg(long, env = "HERALD_CONSOLE_TOKEN", hide_env_values = true)]
+    pub console_token: Option<String>,
 }
 
 /// The embedded development broker: librdkafka's in-process mock cluster
@@ -282,6 +291,17 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     ]
     .map(str::to_owned)
     .to_vec();
+    let console_token = args
+        .console_token
+        .clone()
+        .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
+    if args.console {
+        gateway_args.extend([
+            "--console=true".to_owned(),
+            format!("--console-token={console_token}"),
+            format!("--console-publish-url=http://{}/v1/events", producer.addr),
+        ]);
+    }
     if broker.is_some() {
         // The mock broker holds a fetch that found nothing for the full
         // fetch.wait.max.ms even when a record arrives meanwhile (Apache
@@ -324,6 +344,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
          \n  TypeID            ws://{g}/notifications   (opaque SessionID)\
          \n  Gateway ops       http://{gops}/metrics   (/healthz, /readyz)\
          \n  Producer ops      http://{pops}/metrics   (/healthz, /readyz)\
+         {console}\
          \n\nDevelopment token (account 1, user 1, agent; valid 7 days):\n\n  {token}\n\
          \nWatch what a credential receives (another terminal), one endpoint each:\n\
          \n  {herald} tail --protocol stomp --url ws://{g} --token {token}\
@@ -341,6 +362,15 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
          \n  {herald} publish --producer-url http://{p} --type ConversationMessageNotification --account 1 \
          --audience '{{\"users\":[\"1\"]}}' --payload '{{\"ClientID\":\"c1\",\"ServerID\":\"s1\",\"ConversationID\":\"conv-1\",\"SenderID\":9,\"Body\":\"hello\",\"Timestamp\":1795600000000}}'\n\
          \nPress Ctrl-C to stop.\n",
+        // The fragment never reaches the server: the login page reads it.
+        console = if args.console {
+            format!(
+                "\n  Web console       http://{}/console/#token={console_token}   (admin credential: {console_token})",
+                gateway.ops_addr
+            )
+        } else {
+            String::new()
+        },
         gops = gateway.ops_addr,
         pops = producer.ops_addr,
     );

@@ -267,6 +267,20 @@ pub struct GatewayConfig {
     /// Log format.
     #[arg(long, env = "HERALD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    /// Serve the web console at `/console/` on the ops listener (needs
+    /// `--console-token`): it shows every account's connections, presence
+    /// and events to whoever holds the admin credential.
+    #[arg(long, env = "HERALD_CONSOLE", default_value_t = false, action = clap::ArgAction::Set)]
+    pub console: bool,
+    /// The console's admin credential (at least 16 characters), sent as
+    /// `Authorization: Bearer` or typed into the console's login form.
+    #[arg(long, env = "HERALD_CONSOLE_TOKEN", hide_env_values = true)]
+    pub console_token: Option<String>,
+    /// The producer's events URL (`http://host:port/v1/events`) the
+    /// console's "publish a test event" form posts to; without it the form
+    /// is not offered. Meant for development mode.
+    #[arg(long, env = "HERALD_CONSOLE_PUBLISH_URL")]
+    pub console_publish_url: Option<String>,
 }
 
 /// A setting that makes no sense.
@@ -295,6 +309,12 @@ pub enum ConfigError {
     /// Bad Kafka settings.
     #[error(transparent)]
     Kafka(#[from] herald_runtime::kafka::KafkaConfigError),
+    /// The console is enabled without a usable admin credential.
+    #[error(
+        "--console (HERALD_CONSOLE) needs an admin credential: set --console-token or HERALD_CONSOLE_TOKEN \
+         (at least 16 characters); the console shows every account's data"
+    )]
+    ConsoleToken,
 }
 
 impl GatewayConfig {
@@ -504,6 +524,32 @@ impl GatewayConfig {
         Ok(proxies)
     }
 
+    /// The console settings, when the console is enabled.
+    pub fn console(&self) -> Result<Option<crate::console::ConsoleConfig>, ConfigError> {
+        if !self.console {
+            return Ok(None);
+        }
+        let token = self
+            .console_token
+            .as_deref()
+            .map(str::trim)
+            .filter(|t| t.chars().count() >= 16)
+            .ok_or(ConfigError::ConsoleToken)?;
+        let publish_url = match self.console_publish_url.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(u) if u.starts_with("http://") || u.starts_with("https://") => Some(u.to_owned()),
+            Some(u) => {
+                return Err(ConfigError::OutOfRange(format!(
+                    "--console-publish-url `{u}` must be an http:// or https:// URL"
+                )));
+            }
+        };
+        Ok(Some(crate::console::ConsoleConfig {
+            token: token.to_owned(),
+            publish_url,
+        }))
+    }
+
     /// Check everything that can be checked without I/O on the network.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.topics()?;
@@ -514,6 +560,7 @@ impl GatewayConfig {
         self.resume()?;
         self.tls()?;
         self.kafka.client_config()?;
+        self.console()?;
         if self.jwt_secret.is_none()
             && self.jwt_public_key_file.is_empty()
             && self.jwt_jwks_file.is_none()
@@ -563,6 +610,40 @@ mod tests {
         let no_auth =
             GatewayConfig::from_args(["herald-gateway", "--identities", "false"]).unwrap();
         assert!(matches!(no_auth.validate(), Err(ConfigError::NoAuth)));
+    }
+
+    #[test]
+    fn console_is_off_by_default_and_needs_a_credential() {
+        assert!(parse(&[]).console().unwrap().is_none());
+        for bad in [
+            vec!["--console", "true"],
+            vec!["--console", "true", "--console-token", "short"],
+        ] {
+            let err = parse(&bad).validate().unwrap_err();
+            assert!(matches!(err, ConfigError::ConsoleToken), "{bad:?}: {err}");
+            assert!(err.to_string().contains("HERALD_CONSOLE_TOKEN"), "{err}");
+        }
+        let c = parse(&[
+            "--console",
+            "true",
+            "--console-token",
+            "an-admin-token-0123",
+        ]);
+        c.validate().unwrap();
+        let console = c.console().unwrap().unwrap();
+        assert_eq!(console.token, "an-admin-token-0123");
+        assert!(console.publish_url.is_none());
+        let err = parse(&[
+            "--console",
+            "true",
+            "--console-token",
+            "an-admin-token-0123",
+            "--console-publish-url",
+            "ftp://x",
+        ])
+        .validate()
+        .unwrap_err();
+        assert!(err.to_string().contains("console-publish-url"), "{err}");
     }
 
     #[test]

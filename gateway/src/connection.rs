@@ -400,6 +400,16 @@ impl Drop for ConnTx {
 }
 
 impl ConnTx {
+    /// The protocol label of the connection.
+    pub fn protocol(&self) -> &'static str {
+        self.shared.protocol
+    }
+
+    /// Identifies the connection: equal for every sender of one connection.
+    pub fn key(&self) -> usize {
+        Arc::as_ptr(&self.shared) as *const () as usize
+    }
+
     /// Queue an event frame without waiting. A full queue marks the client
     /// slow (its writer then disconnects it); returns false when the frame
     /// was not queued.

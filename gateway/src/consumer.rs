@@ -772,16 +772,22 @@ pub async fn report_lag(
         let c = consumer.clone();
         let lags = tokio::task::spawn_blocking(move || {
             let mut per_topic: HashMap<String, i64> = HashMap::new();
+            let mut highs = Vec::new();
             for ((topic, partition), next) in frontier {
                 if let Ok((_, high)) = c.fetch_watermarks(&topic, partition, Duration::from_secs(2))
                 {
                     *per_topic.entry(topic.to_string()).or_default() += (high - next).max(0);
+                    highs.push(((topic, partition), high));
                 }
             }
-            per_topic
+            (per_topic, highs)
         })
         .await
         .unwrap_or_default();
+        let (lags, highs) = lags;
+        for (stream, high) in highs {
+            router.set_watermark(stream, high);
+        }
         for (topic, lag) in lags {
             metrics.consumer_lag.with_label_values(&[&topic]).set(lag);
         }

@@ -10,11 +10,13 @@
 //! - [`identities`], [`presence`] — the opaque-token table and the online table, both fed by Kafka
 //! - [`auth`] — credentials and entitlement
 //! - [`metrics`], [`config`], [`server`] — operations and wiring
+//! - [`console`] — the web console on the ops listener (`--console`)
 
 pub mod auth;
 pub mod cable;
 pub mod config;
 pub mod connection;
+pub mod console;
 pub mod consumer;
 pub mod identities;
 pub mod limits;

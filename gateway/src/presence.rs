@@ -12,6 +12,9 @@ struct AccountPresence {
     contacts: HashMap<String, i64>,
 }
 
+/// Ids online and their last heartbeat (ms since the epoch).
+pub type Online = Vec<(String, i64)>;
+
 /// Account -> last heartbeat (ms since the epoch) of each user and contact.
 pub struct PresenceTable {
     accounts: Mutex<HashMap<String, AccountPresence>>,
@@ -63,6 +66,48 @@ impl PresenceTable {
             .values()
             .map(|e| e.users.len() + e.contacts.len())
             .sum()
+    }
+
+    /// Who of `account` is online, with their last heartbeat (ms since the
+    /// epoch): users, then contacts, each sorted by id.
+    pub fn online(&self, account: &str) -> (Online, Online) {
+        let now = now_ms();
+        let window = self.window_ms;
+        let Ok(accounts) = self.accounts.lock() else {
+            return (Vec::new(), Vec::new());
+        };
+        let Some(entry) = accounts.get(account) else {
+            return (Vec::new(), Vec::new());
+        };
+        let list = |m: &HashMap<String, i64>| {
+            let mut v: Vec<(String, i64)> = m
+                .iter()
+                .filter(|(_, t)| now - **t < window)
+                .map(|(id, t)| (id.clone(), *t))
+                .collect();
+            v.sort();
+            v
+        };
+        (list(&entry.users), list(&entry.contacts))
+    }
+
+    /// Accounts with anyone online and how many (users and contacts), sorted.
+    pub fn accounts(&self) -> Vec<(String, usize)> {
+        let now = now_ms();
+        let window = self.window_ms;
+        let Ok(accounts) = self.accounts.lock() else {
+            return Vec::new();
+        };
+        let mut v: Vec<(String, usize)> = accounts
+            .iter()
+            .map(|(a, e)| {
+                let n = e.users.values().chain(e.contacts.values());
+                (a.clone(), n.filter(|t| now - **t < window).count())
+            })
+            .filter(|(_, n)| *n > 0)
+            .collect();
+        v.sort();
+        v
     }
 
     /// The `presence.update` data for `account`: users online (and contacts
@@ -124,6 +169,25 @@ mod tests {
             t.snapshot("acct-x", true),
             r#"{"account_id":"acct-x","contacts":{},"users":{}}"#
         );
+    }
+
+    #[test]
+    fn console_lists_who_is_online_per_account() {
+        let t = PresenceTable::new(Duration::from_secs(60));
+        let now = now_ms();
+        t.beat("1", PrincipalKind::User, "8", now);
+        t.beat("1", PrincipalKind::User, "7", now - 1000);
+        t.beat("1", PrincipalKind::User, "old", now - 61_000);
+        t.beat("1", PrincipalKind::Contact, "c9", now);
+        t.beat("2", PrincipalKind::User, "99", now);
+        let (users, contacts) = t.online("1");
+        assert_eq!(
+            users,
+            vec![("7".to_owned(), now - 1000), ("8".to_owned(), now)]
+        );
+        assert_eq!(contacts, vec![("c9".to_owned(), now)]);
+        assert_eq!(t.online("nobody"), (vec![], vec![]));
+        assert_eq!(t.accounts(), vec![("1".to_owned(), 3), ("2".to_owned(), 1)]);
     }
 
     #[test]

@@ -199,6 +199,30 @@ pub trait Recipient: Send + Sync {
     /// The log of `topic` (every partition, or one) was reset: forget the
     /// client positions in it that live events are compared with.
     fn forget_stream(&self, _topic: &str, _partition: Option<i32>) {}
+    /// The client connection this registration belongs to (one connection
+    /// may hold several), for the console's counts; `None` for a
+    /// registration that is no client connection.
+    fn connection(&self) -> Option<&crate::connection::ConnTx> {
+        None
+    }
+    /// How many client subscriptions this registration stands for.
+    fn subscriptions(&self) -> usize {
+        1
+    }
+}
+
+/// The console's view of one account's registrations of one protocol.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct AccountLoad {
+    /// The account.
+    pub account: String,
+    /// Protocol label (`stomp`, `actioncable`, `typeid`), or `console`
+    /// for the console's own "watch as" views.
+    pub protocol: &'static str,
+    /// Distinct connections.
+    pub connections: usize,
+    /// Subscriptions they hold.
+    pub subscriptions: usize,
 }
 
 /// One account's connections on this pod, by connection id.
@@ -216,6 +240,8 @@ pub struct Router {
     /// Partitions reset because their offsets went backwards, since the
     /// assignment task last compared topic IDs.
     resets: Mutex<std::collections::HashSet<TopicPartition>>,
+    /// Per partition, the high watermark last read by the lag reporter.
+    watermarks: Mutex<HashMap<TopicPartition, i64>>,
 }
 
 impl Default for Router {
@@ -226,6 +252,7 @@ impl Default for Router {
             frontier: Mutex::default(),
             epochs: Arc::new(Epochs::new("herald")),
             resets: Mutex::default(),
+            watermarks: Mutex::default(),
         }
     }
 }
@@ -387,6 +414,57 @@ impl Router {
             .read()
             .map(|m| m.contains_key(account))
             .unwrap_or(false)
+    }
+
+    /// Registrations per account and protocol, sorted by account.
+    pub fn loads(&self) -> Vec<AccountLoad> {
+        let Ok(map) = self.accounts.read() else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for (account, conns) in map.iter() {
+            // protocol -> (connection keys, subscriptions)
+            let mut per: Vec<(&'static str, std::collections::HashSet<usize>, usize)> = Vec::new();
+            for (id, r) in conns {
+                let (protocol, key) = match r.connection() {
+                    Some(c) => (c.protocol(), c.key()),
+                    None => ("console", *id as usize),
+                };
+                match per.iter_mut().find(|(p, _, _)| *p == protocol) {
+                    Some((_, keys, subs)) => {
+                        keys.insert(key);
+                        *subs += r.subscriptions();
+                    }
+                    None => per.push((protocol, [key].into(), r.subscriptions())),
+                }
+            }
+            out.extend(
+                per.into_iter()
+                    .map(|(protocol, keys, subscriptions)| AccountLoad {
+                        account: account.to_string(),
+                        protocol,
+                        connections: keys.len(),
+                        subscriptions,
+                    }),
+            );
+        }
+        out.sort_by(|a, b| (&a.account, a.protocol).cmp(&(&b.account, b.protocol)));
+        out
+    }
+
+    /// Remember the high watermark of `stream` (for the console).
+    pub fn set_watermark(&self, stream: TopicPartition, high: i64) {
+        if let Ok(mut w) = self.watermarks.lock() {
+            w.insert(stream, high);
+        }
+    }
+
+    /// The high watermarks last read, per partition.
+    pub fn watermarks(&self) -> HashMap<TopicPartition, i64> {
+        self.watermarks
+            .lock()
+            .map(|w| w.clone())
+            .unwrap_or_default()
     }
 
     /// Number of registered connections.

@@ -299,13 +299,7 @@ pub async fn start(
         identities_ready.store(true, std::sync::atomic::Ordering::Release);
     }
     let readiness_view = readiness.clone();
-    let ops_addr = OpsServer {
-        registry: metrics.registry.clone(),
-        readiness,
-    }
-    .spawn(config.ops_listen, ops_stop.clone())
-    .await
-    .map_err(|e| anyhow::anyhow!("cannot bind ops listener {}: {e}", config.ops_listen))?;
+
     let listener = bind_listener(config.listen, config.reuse_port)
         .map_err(|e| anyhow::anyhow!("cannot bind WebSocket listener {}: {e}", config.listen))?;
     let ws_addr = listener.local_addr()?;
@@ -333,6 +327,31 @@ pub async fn start(
         outbound: config.outbound()?,
         proxies: Arc::new(config.proxies()?),
     });
+    // The console (when enabled) is served beside the probes and metrics.
+    let console_routes = match config.console()? {
+        Some(console) => {
+            tracing::warn!(
+                ops = %config.ops_listen,
+                "web console enabled at /console/ on the ops listener: it shows every account; \
+                 keep that listener private"
+            );
+            crate::console::Console::new(
+                console,
+                context.clone(),
+                readiness.clone(),
+                ops_stop.clone(),
+            )
+            .routes()
+        }
+        None => HttpRouter::new(),
+    };
+    let ops_addr = OpsServer {
+        registry: metrics.registry.clone(),
+        readiness,
+    }
+    .spawn_with(config.ops_listen, console_routes, ops_stop.clone())
+    .await
+    .map_err(|e| anyhow::anyhow!("cannot bind ops listener {}: {e}", config.ops_listen))?;
     let consumer_stop = CancellationToken::new();
     let link = Arc::new(consumer::Link::new());
     tokio::spawn(consumer::maintain_assignment(

@@ -66,11 +66,23 @@ impl OpsServer {
         listener: TcpListener,
         shutdown: CancellationToken,
     ) -> std::io::Result<()> {
+        self.serve_with(listener, Router::new(), shutdown).await
+    }
+
+    /// Serve, with `extra` routes beside the probes and metrics (a
+    /// service's own operator pages), until `shutdown` is cancelled.
+    pub async fn serve_with(
+        self,
+        listener: TcpListener,
+        extra: Router,
+        shutdown: CancellationToken,
+    ) -> std::io::Result<()> {
         let app = Router::new()
             .route("/healthz", get(|| async { "ok\n" }))
             .route("/readyz", get(readyz))
             .route("/metrics", get(metrics))
-            .with_state(self);
+            .with_state(self)
+            .merge(extra);
         axum::serve(listener, app)
             .with_graceful_shutdown(shutdown.cancelled_owned())
             .await
@@ -82,10 +94,20 @@ impl OpsServer {
         addr: SocketAddr,
         shutdown: CancellationToken,
     ) -> std::io::Result<SocketAddr> {
+        self.spawn_with(addr, Router::new(), shutdown).await
+    }
+
+    /// [`spawn`](Self::spawn) with `extra` routes (see [`serve_with`](Self::serve_with)).
+    pub async fn spawn_with(
+        self,
+        addr: SocketAddr,
+        extra: Router,
+        shutdown: CancellationToken,
+    ) -> std::io::Result<SocketAddr> {
         let listener = TcpListener::bind(addr).await?;
         let local = listener.local_addr()?;
         tokio::spawn(async move {
-            if let Err(e) = self.serve(listener, shutdown).await {
+            if let Err(e) = self.serve_with(listener, extra, shutdown).await {
                 tracing::error!(error = %e, "ops server failed");
             }
         });

@@ -153,6 +153,10 @@ impl Recipient for CableRecipient {
     fn forget_stream(&self, topic: &str, partition: Option<i32>) {
         self.gate.forget(topic, partition);
     }
+
+    fn connection(&self) -> Option<&ConnTx> {
+        Some(&self.conn)
+    }
 }
 
 impl CableRecipient {

@@ -134,6 +134,14 @@ impl Recipient for StompRecipient {
             }
         }
     }
+
+    fn connection(&self) -> Option<&ConnTx> {
+        Some(&self.conn)
+    }
+
+    fn subscriptions(&self) -> usize {
+        self.subscriptions.lock().map(|s| s.len()).unwrap_or(0)
+    }
 }
 
 impl StompRecipient {

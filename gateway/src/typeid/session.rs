@@ -110,6 +110,10 @@ impl Recipient for TypeIdRecipient {
         });
         self.conn.push(frame, Some(event.stamp()));
     }
+
+    fn connection(&self) -> Option<&ConnTx> {
+        Some(&self.conn)
+    }
 }
 
 /// Serve one upgraded WebSocket from `peer`.
