@@ -8,6 +8,8 @@ use prometheus::{Histogram, HistogramOpts, IntCounterVec, IntGaugeVec, Opts, Reg
 pub struct Metrics {
     /// Registry served at `/metrics`.
     pub registry: Registry,
+    /// What `registry` holds, for the metrics reference.
+    pub catalogue: herald_runtime::metrics::Catalogue,
     /// Open connections by protocol.
     pub connections: IntGaugeVec,
     /// Live subscriptions by protocol.
@@ -68,34 +70,27 @@ pub struct Metrics {
 impl Metrics {
     /// Create and register every metric in a fresh registry.
     pub fn new() -> Self {
-        let registry = Registry::new();
+        let catalogue = herald_runtime::metrics::Catalogue::new();
+        let registry = catalogue.registry().clone();
         let gauge = |name: &str, help: &str, labels: &[&str]| {
             let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
-            registry
-                .register(Box::new(g.clone()))
-                .expect("unique metric");
+            catalogue.register(&g);
             g
         };
         let single_gauge = |name: &str, help: &str| {
             let g = prometheus::IntGauge::new(name, help).expect("valid metric");
-            registry
-                .register(Box::new(g.clone()))
-                .expect("unique metric");
+            catalogue.register(&g);
             g
         };
         let counter = |name: &str, help: &str, labels: &[&str]| {
             let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
-            registry
-                .register(Box::new(c.clone()))
-                .expect("unique metric");
+            catalogue.register(&c);
             c
         };
         let histogram = |name: &str, help: &str, buckets: Vec<f64>| {
             let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))
                 .expect("valid metric");
-            registry
-                .register(Box::new(h.clone()))
-                .expect("unique metric");
+            catalogue.register(&h);
             h
         };
         let latency_buckets = vec![
@@ -232,6 +227,7 @@ impl Metrics {
                 ],
             ),
             registry,
+            catalogue,
         }
     }
 }

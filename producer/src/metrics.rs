@@ -10,6 +10,8 @@ use prometheus::{
 pub struct Metrics {
     /// Registry served at `/metrics`.
     pub registry: Registry,
+    /// What `registry` holds, for the metrics reference.
+    pub catalogue: herald_runtime::metrics::Catalogue,
     /// HTTP requests by route (the route template) and status code.
     pub requests: IntCounterVec,
     /// Events acknowledged by Kafka, by topic (HTTP API and outbox relay).
@@ -50,18 +52,16 @@ const LATENCY_BUCKETS: [f64; 13] = [
 impl Metrics {
     /// Create and register every metric.
     pub fn new() -> Self {
-        let registry = Registry::new();
-        let register = |c: Box<dyn prometheus::core::Collector>| {
-            registry.register(c).expect("unique metric");
-        };
+        let catalogue = herald_runtime::metrics::Catalogue::new();
+        let registry = catalogue.registry().clone();
         let counter_vec = |name: &str, help: &str, labels: &[&str]| {
             let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
-            register(Box::new(c.clone()));
+            catalogue.register(&c);
             c
         };
         let counter = |name: &str, help: &str| {
             let c = IntCounter::new(name, help).expect("valid metric");
-            register(Box::new(c.clone()));
+            catalogue.register(&c);
             c
         };
         let histogram = |name: &str, help: &str| {
@@ -69,7 +69,7 @@ impl Metrics {
                 HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()),
             )
             .expect("valid metric");
-            register(Box::new(h.clone()));
+            catalogue.register(&h);
             h
         };
         let requests = counter_vec(
@@ -110,19 +110,19 @@ impl Metrics {
             "Rows waiting in the outbox table",
         )
         .expect("valid metric");
-        register(Box::new(outbox_backlog.clone()));
+        catalogue.register(&outbox_backlog);
         let outbox_oldest_age = Gauge::new(
             "herald_producer_outbox_oldest_age_seconds",
             "Age of the oldest row waiting in the outbox table",
         )
         .expect("valid metric");
-        register(Box::new(outbox_oldest_age.clone()));
+        catalogue.register(&outbox_oldest_age);
         let outbox_leader = IntGauge::new(
             "herald_producer_outbox_leader",
             "1 while this instance holds the outbox leader lock",
         )
         .expect("valid metric");
-        register(Box::new(outbox_leader.clone()));
+        catalogue.register(&outbox_leader);
         let outbox_batches = counter(
             "herald_producer_outbox_batches_total",
             "Outbox batches published",
@@ -146,6 +146,7 @@ impl Metrics {
         );
         Metrics {
             registry,
+            catalogue,
             requests,
             events_produced,
             events_invalid,

@@ -8,6 +8,7 @@
 pub mod config_file;
 pub mod jwt;
 pub mod kafka;
+pub mod metrics;
 pub mod ops;
 pub mod shutdown;
 pub mod tansu;
