@@ -2,7 +2,7 @@
 //! I/O: each event's payload carries its per-account sequence number and its
 //! send time (`"seq":N,"sent_us":T`), in an otherwise ordinary payload of the
 //! event type the chosen protocol delivers. Extra payload fields pass through
-//! the gateway untouched (README "Events and topics"), so the stamp reaches every
+//! the gateway untouched (docs/events.md), so the stamp reaches every
 //! client byte for byte.
 
 use std::time::{SystemTime, UNIX_EPOCH};

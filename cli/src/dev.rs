@@ -5,7 +5,7 @@
 //! with it; nothing to install. A loopback listener on `--broker-port`
 //! lets other Kafka clients (kcat, Python's confluent-kafka, …) produce to
 //! it. `--kafka-brokers` skips it and uses an existing cluster. Why the
-//! mock cluster and what it does not do: README, *Quickstart*.
+//! mock cluster and what it does not do: docs/development.md.
 //! The gateway's web console is on, with a random admin credential (or
 //! `HERALD_CONSOLE_TOKEN`) printed in the banner, and its publish form
 //! posts to this producer.

@@ -1,7 +1,7 @@
 //! `herald token`: mint an HS256 JWT the gateway accepts (development and
 //! debugging; production tokens come from the backend).
 //!
-//! Claims are the gateway's (README "JWT claims"): `sub`, `account_id`,
+//! Claims are the gateway's (docs/security.md, "JWT claims"): `sub`, `account_id`,
 //! `role`, `iat`, `exp`, and optionally `conversations`, `aud`, `iss`.
 
 use herald_producer::config::Secret;

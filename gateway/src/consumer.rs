@@ -75,7 +75,7 @@ pub fn create(settings: &ConsumerSettings) -> Result<Arc<StreamConsumer>, Consum
     // How long the broker may hold a fetch while it has nothing new. Apache
     // Kafka answers as soon as a record arrives (fetch.min.bytes is 1), so
     // this bounds idle fetches, not latency: measured on Apache Kafka 4.3
-    // (README, Benchmarks), 10 ms and 100 ms (the default) give the same
+    // (docs/benchmarks.md), 10 ms and 100 ms (the default) give the same
     // latency, and an idle pod reading 40 partitions costs the broker 4.8 %
     // of a core at 10 ms against 0.4 % at 100 ms.
     if cfg.get("fetch.wait.max.ms").is_none() {

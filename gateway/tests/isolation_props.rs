@@ -8,8 +8,8 @@
 //! ([`CableRecipient`]) are registered too and their queued frames read back
 //! through the connection's writer.
 //!
-//! The expected outcome is computed from the rules as documented (README
-//! "Events and topics" and "RoomChannel (Chatwoot-style)"), not from the gateway's code:
+//! The expected outcome is computed from the rules as documented
+//! (docs/events.md, and docs/protocols/actioncable.md, "RoomChannel"), not from the gateway's code:
 //! - an event is offered only to connections of its account whose principal
 //!   the audience admits, to each such live connection exactly once, in order;
 //! - a RoomChannel subscription gets only RoomChannel events; a contact's
@@ -49,7 +49,7 @@ const AUDIENCE_ROLES: [&str; 5] = ["agent", "admin", "administrator", "contact",
 /// User roles a credential may carry.
 const USER_ROLES: [&str; 3] = ["agent", "admin", "administrator"];
 
-/// RoomChannel events (Chatwoot's RoomChannel API), written out from the README's RoomChannel section.
+/// RoomChannel events (Chatwoot's RoomChannel API), written out from docs/protocols/actioncable.md, "RoomChannel".
 const ROOM_EVENTS: [&str; 14] = [
     "conversation.created",
     "conversation.read",
@@ -66,7 +66,7 @@ const ROOM_EVENTS: [&str; 14] = [
     "presence.update",
     "notification_created",
 ];
-/// The RoomChannel events a contact may receive (README "RoomChannel (Chatwoot-style)").
+/// The RoomChannel events a contact may receive (docs/protocols/actioncable.md, "RoomChannel").
 const CONTACT_ROOM_EVENTS: [&str; 7] = [
     "conversation.created",
     "conversation.status_changed",
@@ -274,7 +274,7 @@ fn routed(e: &EventSpec, seq: u64) -> Arc<RoutedEvent> {
     ))
 }
 
-/// The documented audience rule (README, "Events and topics").
+/// The documented audience rule (docs/events.md).
 fn spec_entitled(p: &PrincipalSpec, e: &EventSpec) -> bool {
     if ACCOUNTS[p.account] != ACCOUNTS[e.account] {
         return false;
@@ -293,7 +293,7 @@ fn spec_entitled(p: &PrincipalSpec, e: &EventSpec) -> bool {
     }
 }
 
-/// The documented RoomChannel rule (README "RoomChannel (Chatwoot-style)"), for an entitled principal.
+/// The documented RoomChannel rule (docs/protocols/actioncable.md, "RoomChannel"), for an entitled principal.
 fn spec_room(p: &PrincipalSpec, e: &EventSpec) -> bool {
     let ty = event_type(e);
     if !ROOM_EVENTS.contains(&ty) {

@@ -129,7 +129,7 @@ impl KafkaArgs {
     /// whenever its local queue is over the thresholds, which starves a
     /// consumer that does work per record: measured on Apache Kafka, the
     /// gateway read a backlog at 167,000 records/s with the default and
-    /// 800,000/s with 10 ms (README, Benchmarks).
+    /// 800,000/s with 10 ms (docs/benchmarks.md).
     pub fn consumer_config(&self, group_prefix: &str) -> Result<ClientConfig, KafkaConfigError> {
         let mut cfg = self.client_config()?;
         cfg.set("enable.auto.commit", "false").set(

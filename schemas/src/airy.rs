@@ -1,4 +1,4 @@
-//! Airy payloads, delivered over STOMP (Airy's queue and events APIs, README "STOMP API").
+//! Airy payloads, delivered over STOMP (Airy's queue and events APIs, docs/protocols/stomp.md).
 //!
 //! Ids are UUID strings; dates are `yyyy-MM-dd'T'HH:mm:ss.SSSZ` strings.
 

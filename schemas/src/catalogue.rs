@@ -1,4 +1,4 @@
-//! The event catalogue (README "Events and topics"): one table maps every event type to its
+//! The event catalogue (docs/events.md): one table maps every event type to its
 //! family and its typed payload, and drives [`family_of`], [`event_types`],
 //! [`validate_payload`], [`validate`] and [`crate::topic_schema`].
 

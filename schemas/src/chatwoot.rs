@@ -1,5 +1,5 @@
 //! Chatwoot-style `RoomChannel` payloads, delivered over ActionCable at
-//! `/cable` (Chatwoot's RoomChannel, README "RoomChannel (Chatwoot-style)").
+//! `/cable` (Chatwoot's RoomChannel, docs/protocols/actioncable.md, "RoomChannel").
 //!
 //! Only the ids are required; every other documented field is optional and
 //! unknown fields pass through. Ids are integers in Chatwoot but strings are
@@ -143,7 +143,7 @@ pub const ROOM_EVENTS: [&str; 14] = [
     "notification_created",
 ];
 
-/// The RoomChannel events a contact token may receive (README "RoomChannel (Chatwoot-style)").
+/// The RoomChannel events a contact token may receive (docs/protocols/actioncable.md, "RoomChannel").
 pub const CONTACT_EVENTS: [&str; 7] = [
     "conversation.created",
     "conversation.status_changed",

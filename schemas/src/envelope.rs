@@ -1,5 +1,4 @@
-//! The envelope wrapped around every event on every topic (README "Events
-//! and topics"), and its decoding with precise errors.
+//! The envelope wrapped around every event on every topic (docs/events.md), and its decoding with precise errors.
 
 use serde::de::{self, Deserializer, Unexpected};
 use serde::{Deserialize, Serialize};

@@ -1,4 +1,4 @@
-//! Event families: one Kafka topic per family (README "Events and topics").
+//! Event families: one Kafka topic per family (docs/events.md).
 
 use std::fmt;
 

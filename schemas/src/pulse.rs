@@ -1,6 +1,5 @@
 //! Pulse-style `NotificationsChannel` contents, delivered over ActionCable at
-//! `/stream` (Pulse's NotificationsChannel, README
-//! "NotificationsChannel (Pulse-style)").
+//! `/stream` (Pulse's NotificationsChannel, docs/protocols/actioncable.md, "NotificationsChannel").
 //!
 //! The event type is the Pulse `operation`; the payload is its `content`,
 //! always a JSON object. Numeric fields are [`LongLike`] because the Android
@@ -14,7 +13,7 @@ use serde_json::Value;
 
 use crate::scalar::{LongLike, StringOrInteger, string_or_integer};
 
-/// Every Pulse operation (README "NotificationsChannel (Pulse-style)"): the event types delivered on the
+/// Every Pulse operation (docs/protocols/actioncable.md, "NotificationsChannel"): the event types delivered on the
 /// `NotificationsChannel`. The catalogue has a row for each (tested).
 pub const OPERATIONS: [&str; 47] = [
     "removed_account",

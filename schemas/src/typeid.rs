@@ -1,4 +1,4 @@
-//! TypeID protocol bodies (README "TypeID API"): PascalCase keys,
+//! TypeID protocol bodies (docs/protocols/typeid.md): PascalCase keys,
 //! nulls written out, integers as JSON integers.
 //!
 //! The payload of an event is the frame's `Body`; the gateway adds the

@@ -1,4 +1,4 @@
-//! The event catalogue end to end: every type maps to the family the README's "Events and topics"
+//! The event catalogue end to end: every type maps to the family docs/events.md
 //! gives it, a valid sample of every type passes both the Rust validation and
 //! an independent JSON Schema validator run on the generated topic schema,
 //! and wrong shapes are rejected by both with a precise reason.
@@ -11,7 +11,7 @@ use herald_schemas::{
 use serde_json::Value;
 use serde_json::value::RawValue;
 
-/// The catalogue (README "Events and topics"), written out independently of the crate's own table.
+/// The catalogue (docs/events.md), written out independently of the crate's own table.
 const FAMILIES: &[(&str, Family)] = &[
     // Airy
     ("message.created", Family::Message),
@@ -96,7 +96,7 @@ const FAMILIES: &[(&str, Family)] = &[
     ("ConversationMessageRequest", Family::ClientCommands),
 ];
 
-/// The Pulse operations (README "NotificationsChannel (Pulse-style)"), verbatim.
+/// The Pulse operations (docs/protocols/actioncable.md, "NotificationsChannel"), verbatim.
 const PULSE_OPERATIONS: &str = "removed_account, updated_account, cleaned_account,
   added_message, update_message_type, updated_message, removed_message,
   cleanup_messages, cleanup_conversation_messages, added_contact, updated_contact,

@@ -1,4 +1,4 @@
-// An independent TypeID client (plain `ws`, written from the README's TypeID API, not from
+// An independent TypeID client (plain `ws`, written from docs/protocols/typeid.md, not from
 // the server code). Prints one JSON line per step; the Rust test drives the
 // rest through stdin ("go" lines).
 // Usage: node typeid_client.mjs <url> <session-id> <user-id> <conversation-id>

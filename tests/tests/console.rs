@@ -3,7 +3,7 @@
 //! that connects and leaves, the presence table listing the user a
 //! RoomChannel client reported, and "watch as" showing events published
 //! through the producer (by the test, and by the console's publish form).
-//! The driver also takes the screenshot the README shows
+//! The driver also takes the screenshot docs/console.md shows
 //! (`HERALD_CONSOLE_SCREENSHOT=docs/console.png` keeps it there).
 
 use std::{collections::HashMap, process::Stdio, time::Duration};

@@ -1,4 +1,4 @@
-//! The ActionCable JSON wire format (README "ActionCable API"), sans I/O.
+//! The ActionCable JSON wire format (docs/protocols/actioncable.md), sans I/O.
 
 use serde::Deserialize;
 use serde_json::Value;

@@ -1,5 +1,5 @@
 //! One STOMP connection: CONNECT/authentication, heart-beats, subscriptions,
-//! receipts, errors — the bytes the README's "STOMP API" pins down.
+//! receipts, errors — the bytes docs/protocols/stomp.md pins down.
 
 use std::{
     collections::HashMap,

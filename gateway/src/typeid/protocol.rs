@@ -1,5 +1,5 @@
 //! TypeID frames, sans I/O: `{"TypeID":<int32>,"Body":{...}}` with
-//! PascalCase bodies and nulls written out (README "TypeID API").
+//! PascalCase bodies and nulls written out (docs/protocols/typeid.md).
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
