@@ -13,7 +13,8 @@
 #     proxy tests run the shipped deploy/nginx/nginx.conf on loopback);
 #   - chromium: Debian's package, for the browser tests (playwright-core
 #     drives it; no browser download);
-#   - cargo-nextest, and the npm clients the end-to-end tests drive.
+#   - cargo-nextest, mdBook (renders docs/), and the npm clients the
+#     end-to-end tests drive.
 # Needs Java 17+ and Maven (for Kafka), Node.js 20+ and npm.
 #
 #   scripts/test.sh [nextest arguments...]
@@ -61,6 +62,10 @@ if [ ! -x /usr/bin/chromium ]; then
   echo "==> installing Debian's chromium (browser end-to-end tests, driven by playwright-core)"
   apt_install chromium
 fi
+if ! mdbook --version 2>/dev/null | grep -q "v0.5"; then
+  echo "==> installing mdBook (renders docs/; once, a few minutes)"
+  cargo install mdbook --locked --version 0.5.4
+fi
 if ! command -v cargo-nextest >/dev/null 2>&1; then
   echo "==> installing cargo-nextest"
   cargo install cargo-nextest --locked
@@ -70,6 +75,8 @@ echo "==> installing npm clients (tests/js)"
 
 echo "==> deployment files (compose, chart, alert rules, dashboard)"
 scripts/validate-deploy.sh
+echo "==> documentation (mdBook; links are checked by tests/tests/docs_links.rs)"
+mdbook build docs >/dev/null
 echo "==> building the binaries (tests run herald-gateway as separate processes)"
 cargo build --workspace --bins --tests
 

@@ -101,9 +101,14 @@ fn configuration_reference_is_generated_from_the_flags() {
     let mut out = String::from(
         "# Configuration reference\n\n\
          Generated from the binaries' flag definitions by `tests/tests/docs_reference.rs`\n\
-         (a test fails when this page and the code disagree). Every flag can also be set\n\
-         by its environment variable, or in the TOML file given with `--config`\n\
-         (keys are the flag names without the dashes).\n\n",
+         (a test fails when this page and the code disagree; `herald-gateway --help` and\n\
+         `herald-producer --help` print the same).\n\n\
+         Every setting is a flag and a `HERALD_*` environment variable. `--config file.toml`\n\
+         (or `HERALD_CONFIG`) supplies defaults below both, with the flag names as keys\n\
+         (`listen = \"0.0.0.0:8080\"`; a table `[kafka]` with `brokers = \"…\"` is\n\
+         `--kafka-brokers`). Unknown keys and invalid values stop startup with a message\n\
+         naming them. The Kafka settings (`--kafka-*`, `--topic-prefix`) are shared by both\n\
+         services.\n\n",
     );
     options(&mut out, herald_gateway::GatewayConfig::command());
     options(&mut out, herald_producer::config::ProducerConfig::command());
@@ -157,4 +162,59 @@ fn metrics_reference_is_generated_from_the_registrations() {
             .reference(),
     );
     check("docs/reference/metrics.md", &out);
+}
+
+#[test]
+fn event_catalogue_is_generated_from_the_schemas() {
+    use herald_gateway::stomp::destination::Destination;
+    let mut out = String::from(
+        "# Event catalogue\n\n\
+         Generated from the schemas crate's catalogue (`schemas/src/catalogue.rs`) and the\n\
+         endpoints' routing rules by `tests/tests/docs_reference.rs` (a test fails when this\n\
+         page and the code disagree). Every type has a typed payload in `schemas/` and a JSON\n\
+         Schema per topic in `schemas/json/`; how each endpoint frames it is on the protocol\n\
+         pages ([STOMP](../protocols/stomp.md), [ActionCable](../protocols/actioncable.md),\n\
+         [TypeID](../protocols/typeid.md)). Topics use the default prefix `herald.`.\n\n\
+         | type | topic | STOMP destinations | RoomChannel | Pulse stream | TypeID |\n\
+         |---|---|---|---|---|---|\n",
+    );
+    let mut types = herald_schemas::event_types().to_vec();
+    types.sort_unstable();
+    for ty in types {
+        let family = herald_schemas::family_of(ty).expect("every catalogued type has a family");
+        let stomp = Destination::ALL
+            .iter()
+            .filter(|d| d.accepts(ty))
+            .map(|d| format!("`{}`", d.as_str()))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let room = match (
+            herald_schemas::chatwoot::ROOM_EVENTS.contains(&ty),
+            herald_schemas::chatwoot::CONTACT_EVENTS.contains(&ty),
+        ) {
+            (true, true) => "agents, contacts",
+            (true, false) => "agents",
+            (false, true) => "contacts",
+            (false, false) => "",
+        };
+        let pulse = if herald_schemas::pulse::is_operation(ty) {
+            "yes"
+        } else {
+            ""
+        };
+        let typeid = if matches!(
+            ty,
+            "ConversationMessageNotification" | "UserChangeNotification"
+        ) {
+            "yes"
+        } else {
+            ""
+        };
+        let _ = writeln!(
+            out,
+            "| `{ty}` | `herald.{}` | {stomp} | {room} | {pulse} | {typeid} |",
+            family.suffix()
+        );
+    }
+    check("docs/reference/events.md", &out);
 }
