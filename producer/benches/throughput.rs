@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use herald_producer::ProducerConfig;
 use herald_schemas::Family;
 use serde_json::Value;
-use support::{Broker, TestDb, tag_event, unique};
+use support::{Broker, BrokerExt as _, TestDb, tag_event, unique};
 use tokio_util::sync::CancellationToken;
 
 const API_KEY: &str = "bench-api-key-0123456789";

@@ -12,7 +12,7 @@ use herald_schemas::{Family, token_key};
 use jsonwebtoken::{EncodingKey, Header, encode};
 use reqwest::{Client, StatusCode};
 use serde_json::{Value, json};
-use support::{Broker, metric_value, read_topic, tag_event, unique};
+use support::{Broker, BrokerExt as _, metric_value, read_topic, tag_event, unique};
 use tokio_util::sync::CancellationToken;
 
 const API_KEY: &str = "test-api-key-0123456789";

@@ -20,7 +20,8 @@ use std::{
 
 use serde_json::{Value, json};
 use support::{
-    Broker, ProducerProcess, TestDb, check_deliveries, read_topic, tag_event, unique, wait_until,
+    Broker, BrokerExt as _, ProducerProcess, TestDb, check_deliveries, read_topic, tag_event,
+    unique, wait_until,
 };
 
 /// A broker, a private schema with the outbox migrated, and a topic prefix.

@@ -19,6 +19,89 @@ pub mod process;
 
 use std::time::{Duration, Instant};
 
+/// The Kafka cluster one test runs on: the run's shared Apache Kafka broker
+/// ([`KAFKA_ENV`], started by `scripts/test.sh`), or one of the test's own
+/// (a fresh single broker when the variable is unset, or a cluster the test
+/// asked for to kill and restart). Used by `tests/`, `producer/tests` and
+/// the benchmarks alike.
+pub struct Broker {
+    /// `host:port,...` bootstrap servers.
+    pub bootstrap: String,
+    kafka: Kafka,
+}
+
+impl Broker {
+    /// The shared cluster (or, outside `scripts/test.sh`, a fresh broker).
+    pub async fn start() -> anyhow::Result<Broker> {
+        let kafka = Kafka::shared().await?;
+        Ok(Broker {
+            bootstrap: kafka.bootstrap(),
+            kafka,
+        })
+    }
+
+    /// A cluster of this test's own, which it may kill and restart.
+    pub async fn own(options: kafka::Options) -> anyhow::Result<Broker> {
+        let cluster = kafka::Cluster::start(options).await?;
+        Ok(Broker {
+            bootstrap: cluster.bootstrap(),
+            kafka: Kafka::Own(Box::new(cluster)),
+        })
+    }
+
+    /// A single broker of this test's own.
+    pub async fn start_own() -> anyhow::Result<Broker> {
+        let cluster = kafka::Cluster::single().await?;
+        Ok(Broker {
+            bootstrap: cluster.bootstrap(),
+            kafka: Kafka::Own(Box::new(cluster)),
+        })
+    }
+
+    /// The cluster, when this test owns it.
+    pub fn cluster(&mut self) -> anyhow::Result<&mut kafka::Cluster> {
+        self.kafka.own().ok_or_else(|| {
+            anyhow::anyhow!(
+                "this test shares the run's broker; start a broker of its own to stop it"
+            )
+        })
+    }
+
+    /// Whether this is the run's shared cluster (not the test's own).
+    pub fn is_shared(&self) -> bool {
+        matches!(self.kafka, Kafka::External(_))
+    }
+
+    /// Process id of node `id` of the test's own cluster, while it runs.
+    pub fn pid(&self, id: u32) -> Option<u32> {
+        match &self.kafka {
+            Kafka::Own(c) => c.pid(id),
+            Kafka::External(_) => None,
+        }
+    }
+
+    /// `kill -9` every node of the test's own cluster (an outage).
+    pub async fn kill(&mut self) -> anyhow::Result<()> {
+        let c = self.cluster()?;
+        for id in 1..=c.len() as u32 {
+            c.kill(id).await;
+        }
+        Ok(())
+    }
+
+    /// Start every node again with the logs they left on disk.
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        self.cluster()?.restart_all().await
+    }
+}
+
+/// Log to the test output when `RUST_LOG` is set.
+pub fn init_logging() {
+    if std::env::var_os("RUST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt().with_test_writer().try_init();
+    }
+}
+
 /// Environment variable naming an existing Kafka cluster (`host:port,...`).
 pub const KAFKA_ENV: &str = "HERALD_TEST_KAFKA";
 /// Environment variable naming an existing PostgreSQL database (a URL).

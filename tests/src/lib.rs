@@ -33,66 +33,7 @@ use tokio_util::sync::CancellationToken;
 /// Shared secret of every test gateway.
 pub const JWT_SECRET: &str = "herald-test-secret-0123456789abcdef";
 
-/// The Kafka cluster of one test: the run's shared Apache Kafka broker
-/// (`HERALD_TEST_KAFKA`, started by `scripts/test.sh`), or one of the test's
-/// own (a fresh single broker when the variable is unset, or the cluster a
-/// test asked for to kill and restart).
-pub struct Broker {
-    /// `host:port,...` bootstrap servers.
-    pub bootstrap: String,
-    kafka: herald_testkit::Kafka,
-}
-
-impl Broker {
-    /// The shared cluster (or, outside `scripts/test.sh`, a fresh broker).
-    pub async fn start() -> anyhow::Result<Broker> {
-        let kafka = herald_testkit::Kafka::shared().await?;
-        Ok(Broker {
-            bootstrap: kafka.bootstrap(),
-            kafka,
-        })
-    }
-
-    /// A cluster of this test's own, which it may kill and restart.
-    pub async fn own(options: herald_testkit::kafka::Options) -> anyhow::Result<Broker> {
-        let cluster = herald_testkit::kafka::Cluster::start(options).await?;
-        Ok(Broker {
-            bootstrap: cluster.bootstrap(),
-            kafka: herald_testkit::Kafka::Own(Box::new(cluster)),
-        })
-    }
-
-    /// The cluster, when this test owns it.
-    pub fn cluster(&mut self) -> anyhow::Result<&mut herald_testkit::kafka::Cluster> {
-        self.kafka
-            .own()
-            .context("this test shares the run's broker; start it with StackOptions::own_kafka")
-    }
-
-    /// Process id of node `id` of the test's own cluster, while it runs.
-    pub fn pid(&self, id: u32) -> Option<u32> {
-        match &self.kafka {
-            herald_testkit::Kafka::Own(c) => c.pid(id),
-            herald_testkit::Kafka::External(_) => None,
-        }
-    }
-
-    /// `kill -9` every node of the test's own cluster (an outage).
-    pub async fn kill(&mut self) -> anyhow::Result<()> {
-        let c = self.cluster()?;
-        for id in 1..=c.len() as u32 {
-            c.kill(id).await;
-        }
-        Ok(())
-    }
-
-    /// Start every node again with the logs they left on disk.
-    pub async fn restart(&mut self) -> anyhow::Result<()> {
-        self.cluster()?.restart_all().await
-    }
-}
-
-pub use herald_testkit::{free_port, retry, unique, wait_until};
+pub use herald_testkit::{Broker, free_port, init_logging, retry, unique, wait_until};
 
 /// Mint a test token.
 pub fn token(account: &str, sub: &str, role: &str) -> String {
@@ -408,7 +349,7 @@ impl Stack {
         self.shutdown.cancel();
         self.gateway.stopped().await;
         self.producer.stopped().await;
-        if matches!(self.broker.kafka, herald_testkit::Kafka::External(_)) {
+        if self.broker.is_shared() {
             let mut kafka = KafkaArgs::for_brokers(&self.broker.bootstrap);
             kafka.topic_prefix = self.prefix.clone();
             // Hygiene only: a run's broker is thrown away at its end anyway.
@@ -546,13 +487,6 @@ pub fn bin_path(name: &str) -> anyhow::Result<PathBuf> {
         path.display()
     );
     Ok(path)
-}
-
-/// Log to the test output when `RUST_LOG` is set.
-pub fn init_logging() {
-    if std::env::var_os("RUST_LOG").is_some() {
-        let _ = tracing_subscriber::fmt().with_test_writer().try_init();
-    }
 }
 
 /// An Airy `/events`-style `message.created` event.

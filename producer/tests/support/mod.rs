@@ -24,69 +24,31 @@ use rdkafka::{
 };
 use serde_json::{Value, json};
 
-/// Log to the test output when `RUST_LOG` is set.
-pub fn init_logging() {
-    if std::env::var_os("RUST_LOG").is_some() {
-        let _ = tracing_subscriber::fmt().with_test_writer().try_init();
-    }
-}
+#[allow(unused_imports)]
+pub use herald_testkit::{Broker, free_port, init_logging, retry, unique};
 
-pub use herald_testkit::{free_port, retry, unique};
-
-/// Apache Kafka for one test: the run's shared broker (`HERALD_TEST_KAFKA`),
-/// or a broker of the test's own that it can kill and start again with its
-/// logs (see `herald-testkit`).
-pub struct Broker {
-    /// `host:port,...`.
-    pub bootstrap: String,
-    kafka: herald_testkit::Kafka,
-}
-
-impl Broker {
-    /// The shared broker (or, outside `scripts/test.sh`, a fresh one).
-    pub async fn start() -> anyhow::Result<Broker> {
-        let kafka = herald_testkit::Kafka::shared().await?;
-        Ok(Broker {
-            bootstrap: kafka.bootstrap(),
-            kafka,
-        })
-    }
-
-    /// A single broker of this test's own (tests that stop the broker).
-    pub async fn start_own() -> anyhow::Result<Broker> {
-        let cluster = herald_testkit::kafka::Cluster::single().await?;
-        Ok(Broker {
-            bootstrap: cluster.bootstrap(),
-            kafka: herald_testkit::Kafka::Own(Box::new(cluster)),
-        })
-    }
-
-    fn own(&mut self) -> anyhow::Result<&mut herald_testkit::kafka::Cluster> {
-        self.kafka
-            .own()
-            .context("the shared broker cannot be stopped; use Broker::start_own")
-    }
-
-    /// Kill the broker (SIGKILL): an outage.
-    pub async fn kill(&mut self) -> anyhow::Result<()> {
-        self.own()?.kill(1).await;
-        Ok(())
-    }
-
-    /// Start the broker again on its port, with the logs it left on disk.
-    pub async fn restart(&mut self) -> anyhow::Result<()> {
-        self.own()?.restart(1).await
-    }
-
+/// Kafka settings and topics of a test on `broker`.
+pub trait BrokerExt {
     /// Kafka settings for `prefix`.
-    pub fn kafka(&self, prefix: &str) -> KafkaArgs {
+    fn kafka(&self, prefix: &str) -> KafkaArgs;
+    /// Create topics (retrying while the broker warms up).
+    fn create_topics(
+        &self,
+        prefix: &str,
+        topics: &[String],
+        compacted: &[String],
+        partitions: i32,
+    ) -> impl std::future::Future<Output = anyhow::Result<()>>;
+}
+
+impl BrokerExt for Broker {
+    fn kafka(&self, prefix: &str) -> KafkaArgs {
         let mut k = KafkaArgs::for_brokers(&self.bootstrap);
         k.topic_prefix = prefix.to_owned();
         k
     }
 
-    /// Create topics (retrying while the broker warms up).
-    pub async fn create_topics(
+    async fn create_topics(
         &self,
         prefix: &str,
         topics: &[String],
