@@ -142,7 +142,7 @@ struct EnvelopeParts {
 /// Syntax errors keep serde_json's position; structural ones get a path.
 fn decode_error(err: &serde_json::Error, bytes: &[u8]) -> String {
     match (err.classify(), std::str::from_utf8(bytes)) {
-        (serde_json::error::Category::Data, Ok(text)) => describe(err, text),
+        (serde_json::error::Category::Data, Ok(_)) => describe::<EnvelopeParts>(err, bytes),
         _ => err.to_string(),
     }
 }

@@ -71,15 +71,19 @@ where
     Ok(Option::<Object<T>>::deserialize(deserializer)?.map(|Object(value)| value))
 }
 
-/// Parses `json` (one JSON object) into `T`, or explains precisely why not.
+/// Parses `json` (one JSON object) into `T`, or explains precisely why not:
+/// serde's message and the path of the bad value (`message.sender.id`,
+/// `Attachments[2]`; for a missing field, the object lacking it), tracked
+/// by serde_path_to_error.
 pub(crate) fn parse_object<T: DeserializeOwned>(json: &str) -> Result<T, String> {
     if let Some(kind) = non_object_kind(json) {
         return Err(format!("expected a JSON object, found {kind}"));
     }
     let mut deserializer = serde_json::Deserializer::from_str(json);
-    T::deserialize(MapOnly(&mut deserializer))
-        .and_then(|value| deserializer.end().map(|()| value))
-        .map_err(|err| describe(&err, json))
+    let value = serde_path_to_error::deserialize(MapOnly(&mut deserializer))
+        .map_err(|err| render(err.path(), err.inner()))?;
+    deserializer.end().map_err(|err| err.to_string())?;
+    Ok(value)
 }
 
 /// `None` when `json` starts with an object, else what it is instead.
@@ -95,123 +99,33 @@ pub(crate) fn non_object_kind(json: &str) -> Option<&'static str> {
     }
 }
 
-/// Renders a serde_json error on `json` as `"<message> at `<path>`"`.
-///
-/// serde_json reports a line and column but no path; the path is recovered by
-/// scanning `json` up to the error position. serde_json positions an error
-/// just after the offending value (or just after the object that lacks a
-/// field), so the innermost open key at that point is the culprit.
-pub(crate) fn describe(err: &serde_json::Error, json: &str) -> String {
+/// Why `bytes` do not deserialise as the object `T` (which `err` already
+/// said), with the path of the bad value: parsed again with path tracking,
+/// so the successful path pays nothing for it.
+pub(crate) fn describe<T: DeserializeOwned>(err: &serde_json::Error, bytes: &[u8]) -> String {
+    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
+    match serde_path_to_error::deserialize::<_, T>(MapOnly(&mut deserializer)) {
+        Err(tracked) => render(tracked.path(), tracked.inner()),
+        Ok(_) => err.to_string(),
+    }
+}
+
+/// `"<message> at `<path>`"` for a structural error; serde_json's own text
+/// (with its line and column) for a syntax error.
+fn render(path: &serde_path_to_error::Path, err: &serde_json::Error) -> String {
     let full = err.to_string();
-    if err.line() == 0 {
+    if err.classify() != serde_json::error::Category::Data {
         return full;
     }
     let message = full
         .rfind(" at line ")
         .map_or(full.as_str(), |at| &full[..at]);
-    let offset = byte_offset(json, err.line(), err.column());
-    let path = path_at(json, offset);
-    if path.is_empty() {
+    let path = path.to_string();
+    if path == "." {
         message.to_owned()
     } else {
         format!("{message} at `{path}`")
     }
-}
-
-/// Byte offset of serde_json's 1-based `line` and byte `column`.
-fn byte_offset(json: &str, line: usize, column: usize) -> usize {
-    let line_start = if line <= 1 {
-        0
-    } else {
-        json.match_indices('\n')
-            .nth(line - 2)
-            .map_or(json.len(), |(at, _)| at + 1)
-    };
-    line_start.saturating_add(column).min(json.len())
-}
-
-/// One open container while scanning JSON text.
-enum Frame {
-    /// An object and the last key read in it (`None` before the first key).
-    Object {
-        key: Option<String>,
-        wants_key: bool,
-    },
-    /// An array and the index of the current element.
-    Array { index: usize },
-}
-
-/// The dotted path (`message.sender.id`, `Attachments[2]`) of the value that
-/// ends at byte `end` of a syntactically valid `json`.
-pub(crate) fn path_at(json: &str, end: usize) -> String {
-    let bytes = json.as_bytes();
-    let end = end.min(bytes.len());
-    let mut stack: Vec<Frame> = Vec::new();
-    let mut i = 0;
-    while i < end {
-        match bytes[i] {
-            b'{' => stack.push(Frame::Object {
-                key: None,
-                wants_key: true,
-            }),
-            b'[' => stack.push(Frame::Array { index: 0 }),
-            b'}' | b']' => {
-                stack.pop();
-            }
-            b',' => match stack.last_mut() {
-                Some(Frame::Array { index }) => *index += 1,
-                Some(Frame::Object { wants_key, .. }) => *wants_key = true,
-                None => {}
-            },
-            b'"' => {
-                let close = string_end(bytes, i);
-                if let Some(Frame::Object { key, wants_key }) = stack.last_mut()
-                    && *wants_key
-                {
-                    let literal = json.get(i..=close).unwrap_or_default();
-                    *key =
-                        Some(serde_json::from_str::<String>(literal).unwrap_or_else(|_| {
-                            json.get(i + 1..close).unwrap_or_default().to_owned()
-                        }));
-                    *wants_key = false;
-                }
-                i = close;
-            }
-            _ => {}
-        }
-        i += 1;
-    }
-
-    let mut path = String::new();
-    for frame in &stack {
-        match frame {
-            Frame::Object { key: Some(key), .. } => {
-                if !path.is_empty() {
-                    path.push('.');
-                }
-                path.push_str(key);
-            }
-            Frame::Object { key: None, .. } => {}
-            Frame::Array { index } => {
-                path.push('[');
-                path.push_str(&index.to_string());
-                path.push(']');
-            }
-        }
-    }
-    path
-}
-
-/// Index of the quote closing the string literal that opens at `open`.
-fn string_end(bytes: &[u8], open: usize) -> usize {
-    let mut j = open + 1;
-    while j < bytes.len() && bytes[j] != b'"' {
-        if bytes[j] == b'\\' {
-            j += 1;
-        }
-        j += 1;
-    }
-    j.min(bytes.len().saturating_sub(1))
 }
 
 #[cfg(test)]
@@ -287,19 +201,5 @@ mod tests {
             r#"{"name":"a","x":{"y":[1]},"inner":{"id":"x","count":7,"z":null}}"#,
         );
         assert!(ok.is_ok(), "{ok:?}");
-    }
-
-    #[test]
-    fn path_scanning_never_panics_on_any_prefix() {
-        let json = "{\"a\":[1,{\"b\\\"\":\"\u{e9}\u{1F600}\"}],\"c\":{\"d\":null}}";
-        for end in 0..=json.len() + 2 {
-            let _ = path_at(json, end);
-            if let Some(prefix) = json.get(..end) {
-                for at in 0..=prefix.len() {
-                    let _ = path_at(prefix, at);
-                }
-            }
-        }
-        assert_eq!(path_at(json, json.find("null").unwrap()), "c.d");
     }
 }
