@@ -99,6 +99,22 @@ pub fn parse(frame: &[u8]) -> Option<(u64, u64)> {
     Some((seq, sent))
 }
 
+/// Every stamp in a frame, in order (a frame may carry several messages).
+pub fn parse_all(frame: &[u8]) -> impl Iterator<Item = (u64, u64)> + '_ {
+    let mut at = 0;
+    std::iter::from_fn(move || {
+        while at < frame.len() {
+            let rest = &frame[at..];
+            let found = SEQ.find(rest)?;
+            at += found + 6;
+            if let Some(stamp) = parse(&rest[found..]) {
+                return Some(stamp);
+            }
+        }
+        None
+    })
+}
+
 fn digits(b: &[u8]) -> Option<(u64, usize)> {
     let mut n: u64 = 0;
     let mut used = 0;
@@ -158,6 +174,10 @@ mod tests {
         }
         assert_eq!(parse(br#"{"type":"ping","message":1}"#), None);
         assert_eq!(parse(b"\n"), None);
+        let two = br#"{"push":{"pub":{"data":{"seq":1,"sent_us":5}}}}
+{"push":{"pub":{"data":{"seq":2,"sent_us":6}}}}"#;
+        assert_eq!(parse_all(two).collect::<Vec<_>>(), vec![(1, 5), (2, 6)]);
+        assert_eq!(parse_all(br#""seq":x "seq":3,"sent_us":4"#).collect::<Vec<_>>(), vec![(3, 4)]);
         assert_eq!(parse(br#""seq":x"#), None);
     }
 }
