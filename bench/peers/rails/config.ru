@@ -11,7 +11,9 @@ require "action_cable"
 JWT_SECRET = ENV.fetch("JWT_SECRET")
 
 # HS256 JWT check (the load generator signs the same tokens as for Herald).
-def verify_jwt(token)
+# (config.ru runs inside a Rack::Builder: a module keeps it reachable.)
+module PeersJwt
+def self.verify(token)
   head, body, sig = token.to_s.split(".")
   return nil unless head && body && sig
   want = Base64.urlsafe_encode64(OpenSSL::HMAC.digest("SHA256", JWT_SECRET, "#{head}.#{body}"), padding: false)
@@ -20,13 +22,14 @@ def verify_jwt(token)
   return nil if claims["exp"] && claims["exp"] < Time.now.to_i
   claims
 end
+end
 
 module ApplicationCable
   class Connection < ActionCable::Connection::Base
     identified_by :user_id, :account_id
 
     def connect
-      claims = verify_jwt(request.params["token"])
+      claims = PeersJwt.verify(request.params["token"])
       reject_unauthorized_connection unless claims
       self.user_id = claims["sub"]
       self.account_id = claims["account_id"]
@@ -44,7 +47,7 @@ ActionCable.server.config.tap do |c|
   c.cable = { "adapter" => "redis", "url" => ENV.fetch("REDIS_URL"), "channel_prefix" => "peers" }
   c.connection_class = -> { ApplicationCable::Connection }
   c.disable_request_forgery_protection = true
-  c.logger = Logger.new(nil)
+  c.logger = ENV["CABLE_LOG"] ? Logger.new($stderr) : Logger.new(nil)
   c.worker_pool_size = Integer(ENV.fetch("CABLE_WORKERS", "4"))
 end
 

@@ -6,3 +6,7 @@ threads_count = Integer(ENV.fetch("RAILS_MAX_THREADS", "5"))
 threads threads_count, threads_count
 environment "production"
 quiet
+# ActionCable starts threads (its event loop, the worker pool, the Redis
+# subscriber) lazily; each worker loads the app itself so none of them
+# inherit a half-started one from the master.
+preload_app! false
