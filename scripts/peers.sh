@@ -78,19 +78,21 @@ cmd_run() {
     log "building the release binaries"
     (cd "$ROOT" && CARGO_INCREMENTAL=0 cargo build --release -p herald-gateway -p herald-bench)
   fi
-  local pidfile
-  pidfile=$(mktemp /tmp/herald-peers-pids.XXXXXX)
+  # (global: the EXIT trap runs after this function returned)
+  PIDFILE=$(mktemp /tmp/herald-peers-pids.XXXXXX)
   # Every peer the load generator started is a process group of its own:
   # stop each one, whatever way this script ends.
-  trap 'while read -r pg; do kill -TERM -- "-$pg" 2>/dev/null || true; done < "$pidfile"; rm -f "$pidfile"' EXIT
+  trap 'while read -r pg; do kill -TERM -- "-$pg" 2>/dev/null || true; done < "$PIDFILE"; rm -f "$PIDFILE"' EXIT
   trap 'exit 130' INT TERM
-  export HERALD_PEERS_PIDFILE=$pidfile
+  export HERALD_PEERS_PIDFILE=$PIDFILE
   mkdir -p "$ROOT/bench-results"
   local s
   for s in "${scenarios[@]}"; do
     log "scenario $s (load $(cut -d' ' -f1-3 /proc/loadavg))"
-    (cd "$ROOT" && "$bin" peers --scenarios "$s" --out "bench-results/peers-$s.json" \
-      ${PEERS_ARGS:-}) | tee "$ROOT/bench-results/peers-$s.md"
+    # shellcheck disable=SC2086 # PEERS_ARGS is a list of flags
+    (cd "$ROOT" && "$bin" peers --scenarios "$s" --out "bench-results/peers-$s.json" ${PEERS_ARGS:-})
+    python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["results"]["tables_markdown"])' \
+      "$ROOT/bench-results/peers-$s.json" >"$ROOT/bench-results/peers-$s.md"
   done
 }
 

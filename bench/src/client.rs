@@ -503,7 +503,8 @@ impl Conn {
                 let payload = &self.buf[head.payload_start..len];
                 match head.opcode {
                     ws::opcode::TEXT | ws::opcode::BINARY | ws::opcode::CONTINUATION => {
-                        if self.app_pong && payload == b"{}" {
+                        // Centrifugo's ping, possibly batched with publications.
+                        if self.app_pong && payload.split(|b| *b == b'\n').any(|l| l == b"{}") {
                             app_pong = true;
                         }
                         // Some servers (Centrifugo) put several messages in one frame.

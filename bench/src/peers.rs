@@ -126,14 +126,10 @@ pub(crate) async fn handshake(
             ))
             .await?;
             conn.send(&centrifugo_connect(1, &cred.token)).await?;
-            let reply = conn
-                .expect(|f| reply_to(f, 1), "connect reply")
-                .await?;
+            let reply = conn.expect(|f| reply_to(f, 1), "connect reply").await?;
             ensure_no_error(&reply)?;
             conn.send(&centrifugo_subscribe(2, &stream)).await?;
-            let reply = conn
-                .expect(|f| reply_to(f, 2), "subscribe reply")
-                .await?;
+            let reply = conn.expect(|f| reply_to(f, 2), "subscribe reply").await?;
             ensure_no_error(&reply)
         }
         System::Rabbitmq => {
@@ -332,7 +328,10 @@ impl PeerSink {
                     .await
                     .context("publisher lane closed")?;
             }
-            PeerSink::Stomp(w) => w.write_all(stomp_send(&stream, &payload).as_bytes()).await?,
+            PeerSink::Stomp(w) => {
+                w.write_all(stomp_send(&stream, &payload).as_bytes())
+                    .await?
+            }
         }
         Ok(())
     }
@@ -368,10 +367,20 @@ impl PeerSink {
 #[derive(Debug, Clone, clap::Args)]
 pub struct PeersArgs {
     /// Systems, in order.
-    #[arg(long, value_enum, value_delimiter = ',', default_value = "herald,anycable,centrifugo,rabbitmq,rails")]
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "herald,anycable,centrifugo,rabbitmq,rails"
+    )]
     pub systems: Vec<System>,
     /// Scenarios, in order.
-    #[arg(long, value_enum, value_delimiter = ',', default_value = "idle,fanout,latency,storm")]
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "idle,fanout,latency,storm"
+    )]
     pub scenarios: Vec<PeerScenario>,
     /// Subscribed connections per system.
     #[arg(long, default_value_t = 10_000)]
@@ -451,9 +460,12 @@ fn find_binary(dir: &Path, name: &str) -> anyhow::Result<PathBuf> {
         .filter(|p| p.is_file())
         .collect();
     found.sort();
-    found
-        .pop()
-        .with_context(|| format!("no {name} under {} (run scripts/peers.sh install)", dir.display()))
+    found.pop().with_context(|| {
+        format!(
+            "no {name} under {} (run scripts/peers.sh install)",
+            dir.display()
+        )
+    })
 }
 
 fn spawn(cmd: &mut Command) -> anyhow::Result<Child> {
@@ -466,7 +478,11 @@ fn spawn(cmd: &mut Command) -> anyhow::Result<Child> {
     // generator itself dies.
     if let (Ok(file), Some(pid)) = (std::env::var("HERALD_PEERS_PIDFILE"), c.id()) {
         use std::io::Write as _;
-        if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(file) {
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(file)
+        {
             let _ = writeln!(f, "{pid}");
         }
     }
@@ -535,7 +551,11 @@ impl Running {
                 r.version = format!(
                     "herald-gateway {} (release), {}",
                     env!("CARGO_PKG_VERSION"),
-                    setup.broker.as_ref().map(|b| b.describe()).unwrap_or_default()
+                    setup
+                        .broker
+                        .as_ref()
+                        .map(|b| b.describe())
+                        .unwrap_or_default()
                 );
                 r.herald = Some(setup);
             }
@@ -560,7 +580,12 @@ impl Running {
                 r.children.push(child);
                 r.ws_addr = loopback(port);
                 wait_tcp(r.ws_addr, Duration::from_secs(20), "anycable-go").await?;
-                wait_tcp(loopback(bport), Duration::from_secs(20), "anycable-go broadcast").await?;
+                wait_tcp(
+                    loopback(bport),
+                    Duration::from_secs(20),
+                    "anycable-go broadcast",
+                )
+                .await?;
                 r.sink = Some(SinkSpec::Http(format!("http://127.0.0.1:{bport}"), None));
                 r.version = version_of(bin.to_str().unwrap_or_default(), &["-v"]);
             }
@@ -606,14 +631,22 @@ impl Running {
             System::Rabbitmq => {
                 let dir = tempfile::tempdir()?;
                 let d = dir.path();
-                let (epmd, amqp, stomp, web, dist) =
-                    (free_port()?, free_port()?, free_port()?, free_port()?, free_port()?);
+                let (epmd, amqp, stomp, web, dist) = (
+                    free_port()?,
+                    free_port()?,
+                    free_port()?,
+                    free_port()?,
+                    free_port()?,
+                );
                 let epmd_child = spawn(
                     Command::new("epmd")
                         .args(["-port", &epmd.to_string(), "-address", "127.0.0.1"])
                         .stderr(Stdio::null()),
                 )?;
                 r.children.push(epmd_child);
+                // Defaults but for loopback listeners and Cowboy's idle
+                // timeout: it closes a WebSocket without client traffic after
+                // 60 s, and these clients ask for no STOMP heart-beats.
                 std::fs::write(
                     d.join("rabbitmq.conf"),
                     format!(
@@ -621,6 +654,7 @@ impl Running {
                          stomp.listeners.tcp.1 = 127.0.0.1:{stomp}\n\
                          web_stomp.tcp.ip = 127.0.0.1\n\
                          web_stomp.tcp.port = {web}\n\
+                         web_stomp.ws_opts.idle_timeout = 600000\n\
                          loopback_users.guest = true\n\
                          log.console = false\n\
                          log.file.level = warning\n"
@@ -629,7 +663,10 @@ impl Running {
                 std::fs::write(d.join("enabled_plugins"), "[rabbitmq_web_stomp].\n")?;
                 std::fs::create_dir_all(d.join("mnesia"))?;
                 std::fs::create_dir_all(d.join("log"))?;
-                let node = format!("herald-peers-{}@localhost", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+                let node = format!(
+                    "herald-peers-{}@localhost",
+                    &uuid::Uuid::new_v4().simple().to_string()[..8]
+                );
                 let child = spawn(
                     Command::new("/usr/lib/rabbitmq/bin/rabbitmq-server")
                         .env("HOME", d)
@@ -646,7 +683,10 @@ impl Running {
                         .env("ERL_EPMD_ADDRESS", "127.0.0.1")
                         // The machine is shared with the load generator:
                         // RabbitMQ's docs advise against scheduler busy-waiting there.
-                        .env("RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS", "+sbwt none +sbwtdcpu none +sbwtdio none")
+                        .env(
+                            "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS",
+                            "+sbwt none +sbwtdcpu none +sbwtdio none",
+                        )
                         .stderr(Stdio::null()),
                 )?;
                 r.server_pids = child.id().into_iter().collect();
@@ -691,7 +731,9 @@ impl Running {
                 wait_tcp(r.ws_addr, Duration::from_secs(60), "puma").await?;
                 // Both workers booted.
                 let t0 = Instant::now();
-                while procstat_tree(&r.server_pids).len() < 3 && t0.elapsed() < Duration::from_secs(60) {
+                while procstat_tree(&r.server_pids).len() < 3
+                    && t0.elapsed() < Duration::from_secs(60)
+                {
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
                 r.sink = Some(SinkSpec::Http(format!("http://127.0.0.1:{port}"), None));
@@ -721,17 +763,29 @@ impl Running {
         }
     }
 
-    async fn publisher(&self, common: &Common, accounts: usize, linger_ms: u64) -> anyhow::Result<Publisher> {
+    async fn publisher(
+        &self,
+        common: &Common,
+        accounts: usize,
+        linger_ms: u64,
+    ) -> anyhow::Result<Publisher> {
         if let Some(setup) = &self.herald {
             let mut common = common.clone();
             common.protocol = Protocol::Room;
             return setup.publisher(&common, accounts, linger_ms).await;
         }
         let sink = match self.sink.as_ref().context("no publish path")? {
-            SinkSpec::Http(base, key) => PeerSink::http(self.system, base.clone(), key.clone()).await?,
+            SinkSpec::Http(base, key) => {
+                PeerSink::http(self.system, base.clone(), key.clone()).await?
+            }
             SinkSpec::Stomp(addr) => PeerSink::stomp(*addr).await?,
         };
-        Ok(Publisher::new(EventSink::Peer(sink), Protocol::Room, accounts, common.pad))
+        Ok(Publisher::new(
+            EventSink::Peer(sink),
+            Protocol::Room,
+            accounts,
+            common.pad,
+        ))
     }
 
     fn rss(&self) -> u64 {
@@ -757,7 +811,10 @@ impl Running {
                     .status()
                     .await;
             }
-            if tokio::time::timeout(Duration::from_secs(20), c.wait()).await.is_err() {
+            if tokio::time::timeout(Duration::from_secs(20), c.wait())
+                .await
+                .is_err()
+            {
                 if let Some(pid) = c.id() {
                     let _ = Command::new("kill")
                         .args(["-KILL", "--", &format!("-{pid}")])
@@ -886,7 +943,12 @@ pub async fn run(common: &Common, args: &PeersArgs) -> anyhow::Result<Value> {
         tables.push('\n');
         out.insert(
             format!("{sc:?}").to_lowercase(),
-            Value::Object(results.into_iter().map(|(s, v)| (s.name().to_owned(), v)).collect()),
+            Value::Object(
+                results
+                    .into_iter()
+                    .map(|(s, v)| (s.name().to_owned(), v))
+                    .collect(),
+            ),
         );
     }
     Ok(json!({
@@ -904,16 +966,37 @@ fn summary(sc: PeerScenario, r: &Value) -> String {
         return format!("error {e}");
     }
     match sc {
-        PeerScenario::Idle => format!("{:.0} B/connection", r["rss_per_connection_bytes"].as_f64().unwrap_or(0.0)),
-        PeerScenario::Fanout => format!("{:.0} frames/s", r["frames_per_second"].as_f64().unwrap_or(0.0)),
-        PeerScenario::Latency => format!("p50 {} p99 {} ms", r["latency"]["p50_ms"], r["latency"]["p99_ms"]),
-        PeerScenario::Storm => format!("{:.0} connections/s", r["connections_per_second"].as_f64().unwrap_or(0.0)),
+        PeerScenario::Idle => format!(
+            "{:.0} B/connection",
+            r["rss_per_connection_bytes"].as_f64().unwrap_or(0.0)
+        ),
+        PeerScenario::Fanout => format!(
+            "{:.0} frames/s",
+            r["frames_per_second"].as_f64().unwrap_or(0.0)
+        ),
+        PeerScenario::Latency => format!(
+            "p50 {} p99 {} ms",
+            r["latency"]["p50_ms"], r["latency"]["p99_ms"]
+        ),
+        PeerScenario::Storm => format!(
+            "{:.0} connections/s",
+            r["connections_per_second"].as_f64().unwrap_or(0.0)
+        ),
     }
 }
 
-async fn open(common: &Common, running: &Running, connections: usize, accounts: usize) -> anyhow::Result<(Fleet, Duration)> {
+async fn open(
+    common: &Common,
+    running: &Running,
+    connections: usize,
+    accounts: usize,
+) -> anyhow::Result<(Fleet, Duration)> {
     let creds = credentials(running.system, connections, accounts, &common.jwt_secret)?;
-    let fleet = Fleet::open(&running.target(common, connections), creds, common.concurrency);
+    let fleet = Fleet::open(
+        &running.target(common, connections),
+        creds,
+        common.concurrency,
+    );
     let took = fleet.wait_open(Duration::from_secs(180)).await;
     Ok((fleet, took))
 }
@@ -934,7 +1017,9 @@ async fn idle(common: &Common, args: &PeersArgs, running: &Running) -> anyhow::R
         publisher.send(a).await?;
     }
     let failed = publisher.finish_all().await?;
-    let complete = fleet.wait_delivered(&publisher.sent, Duration::from_secs(30)).await;
+    let complete = fleet
+        .wait_delivered(&publisher.sent, Duration::from_secs(30))
+        .await;
     let (lost, dups) = fleet.audit(&publisher.sent);
     let subscribed = fleet.subscribed.load(Ordering::Relaxed);
     let live = fleet.live();
@@ -965,13 +1050,22 @@ async fn fanout(common: &Common, args: &PeersArgs, running: &Running) -> anyhow:
         hist::DELIVERY.take();
         tokio::time::sleep(Duration::from_secs(args.duration_secs)).await;
         let frames = fleet.received() - r0;
-        (frames, t0.elapsed().as_secs_f64(), cpu.read(), Percentiles::of(&hist::DELIVERY.take()))
+        (
+            frames,
+            t0.elapsed().as_secs_f64(),
+            cpu.read(),
+            Percentiles::of(&hist::DELIVERY.take()),
+        )
     };
-    let (published, (frames, secs, cpu, latency)) =
-        tokio::join!(publisher.windowed(&fleet, args.window, total, &stop), measure);
+    let (published, (frames, secs, cpu, latency)) = tokio::join!(
+        publisher.windowed(&fleet, args.window, total, &stop),
+        measure
+    );
     published?;
     let failed = publisher.finish_all().await?;
-    let complete = fleet.wait_delivered(&publisher.sent, Duration::from_secs(30)).await;
+    let complete = fleet
+        .wait_delivered(&publisher.sent, Duration::from_secs(30))
+        .await;
     let (lost, dups) = fleet.audit(&publisher.sent);
     let subscribed = fleet.subscribed.load(Ordering::Relaxed);
     let h = health(&fleet);
@@ -999,12 +1093,19 @@ async fn latency(common: &Common, args: &PeersArgs, running: &Running) -> anyhow
         let cpu = running.cpu();
         hist::DELIVERY.take();
         tokio::time::sleep(Duration::from_secs(args.duration_secs)).await;
-        (fleet.received() - r0, t0.elapsed().as_secs_f64(), cpu.read())
+        (
+            fleet.received() - r0,
+            t0.elapsed().as_secs_f64(),
+            cpu.read(),
+        )
     };
-    let (published, (frames, secs, cpu)) = tokio::join!(publisher.at_rate(args.rate, total), measure);
+    let (published, (frames, secs, cpu)) =
+        tokio::join!(publisher.at_rate(args.rate, total), measure);
     published?;
     let failed = publisher.finish_all().await?;
-    let complete = fleet.wait_delivered(&publisher.sent, Duration::from_secs(20)).await;
+    let complete = fleet
+        .wait_delivered(&publisher.sent, Duration::from_secs(20))
+        .await;
     let latency = Percentiles::of(&hist::DELIVERY.take());
     let (lost, dups) = fleet.audit(&publisher.sent);
     let subscribed = fleet.subscribed.load(Ordering::Relaxed);
@@ -1025,7 +1126,11 @@ async fn storm(common: &Common, args: &PeersArgs, running: &Running) -> anyhow::
     tokio::time::sleep(Duration::from_millis(500)).await;
     hist::CONNECT.take();
     let cpu = running.cpu();
-    let fleet = Fleet::open(&running.target(common, connections), creds, common.concurrency);
+    let fleet = Fleet::open(
+        &running.target(common, connections),
+        creds,
+        common.concurrency,
+    );
     let took = fleet.wait_open(Duration::from_secs(180)).await;
     let cpu = cpu.read();
     let ok = fleet.subscribed.load(Ordering::Relaxed);
@@ -1064,31 +1169,34 @@ pub fn table(sc: PeerScenario, results: &[(System, Value)]) -> String {
         .find(|(s, r)| *s == System::Herald && r.get("error").is_none())
         .map(|(_, r)| headline(r));
     let mut t = match sc {
-        PeerScenario::Idle => "| system | subscribed | RSS per idle connection | RSS at N | idle CPU (server) | delivered / lost | Herald is |\n|---|---:|---:|---:|---:|---|---|\n".to_owned(),
-        PeerScenario::Fanout => "| system | subscribed | frames/s | p50 / p99 ms (closed loop) | CPU server | CPU broker | CPU loadgen | lost / dup | Herald is |\n|---|---:|---:|---:|---:|---:|---:|---|---|\n".to_owned(),
-        PeerScenario::Latency => "| system | subscribed | events/s → frames/s | p50 / p90 / p99 / p99.9 / max ms | CPU server | CPU broker | CPU loadgen | lost / dup | Herald is |\n|---|---:|---:|---:|---:|---:|---:|---|---|\n".to_owned(),
-        PeerScenario::Storm => "| system | subscribed | connections/s | connect p50 / p99 ms | CPU server | CPU loadgen | failed | Herald is |\n|---|---:|---:|---:|---:|---:|---|---|\n".to_owned(),
+        PeerScenario::Idle => "| system | subscribed | RSS per idle connection | RSS at N | idle CPU (server) | delivered / lost | Herald's lead (>1: Herald better) |\n|---|---:|---:|---:|---:|---|---|\n".to_owned(),
+        PeerScenario::Fanout => "| system | subscribed | frames/s | p50 / p99 ms (closed loop) | CPU server | CPU broker | CPU loadgen | lost / dup / closed by server | Herald's lead (>1: Herald better) |\n|---|---:|---:|---:|---:|---:|---:|---|---|\n".to_owned(),
+        PeerScenario::Latency => "| system | subscribed | events/s → frames/s | p50 / p90 / p99 / p99.9 / max ms | CPU server | CPU broker | CPU loadgen | lost / dup / closed by server | Herald's lead (>1: Herald better) |\n|---|---:|---:|---:|---:|---:|---:|---|---|\n".to_owned(),
+        PeerScenario::Storm => "| system | subscribed | connections/s | connect p50 / p99 ms | CPU server | CPU loadgen | failed | Herald's lead (>1: Herald better) |\n|---|---:|---:|---:|---:|---:|---|---|\n".to_owned(),
     };
     for (s, r) in results {
         if let Some(e) = r.get("error") {
-            t.push_str(&format!("| {} | error: {} |\n", s.name(), e.as_str().unwrap_or_default()));
+            t.push_str(&format!(
+                "| {} | error: {} |\n",
+                s.name(),
+                e.as_str().unwrap_or_default()
+            ));
             continue;
         }
         let ratio = match herald {
             Some(h) if *s != System::Herald => {
                 let x = headline(r);
                 let q = if higher_better { h / x } else { x / h };
-                if higher_better {
-                    format!("{q:.2}× the rate")
-                } else {
-                    format!("{q:.2}× leaner/faster")
-                }
+                format!("{q:.2}×")
             }
             _ => "—".into(),
         };
         let sub = format!("{} / {}", r["connections_subscribed"], r["connections"]);
         let cpu = |who: &str, k: &str| format!("{:.2}", f(&r[k][who]["cores"]));
-        let lost = format!("{} / {}", r["lost"], r["duplicated"]);
+        let lost = format!(
+            "{} / {} / {}",
+            r["lost"], r["duplicated"], r["clients"]["closed_by_server"]
+        );
         let row = match sc {
             PeerScenario::Idle => format!(
                 "| {} | {sub} | {:.1} KiB | {:.1} MiB | {:.3} | {} / {} | {ratio} |\n",
@@ -1153,7 +1261,10 @@ mod tests {
         assert!(reply_to(b"{}\n{\"id\":2,\"subscribe\":{}}", 2));
         assert!(!reply_to(br#"{"id":2,"subscribe":{}}"#, 1));
         assert!(!reply_to(b"{}", 1));
-        assert!(ensure_no_error(br#"{"id":2,"error":{"code":103,"message":"permission denied"}}"#).is_err());
+        assert!(
+            ensure_no_error(br#"{"id":2,"error":{"code":103,"message":"permission denied"}}"#)
+                .is_err()
+        );
         assert!(ensure_no_error(br#"{"id":2,"subscribe":{}}"#).is_ok());
     }
 

@@ -108,7 +108,9 @@ fn parse_at(frame: &[u8], found: usize) -> Option<(u64, u64)> {
     let before = frame[..found].strip_suffix(b",")?;
     let start = before.iter().rposition(|c| !c.is_ascii_digit())? + 1;
     let sent = digits(&before[start..])?.0;
-    before[..start].ends_with(b"\"sent_us\":").then_some((seq, sent))
+    before[..start]
+        .ends_with(b"\"sent_us\":")
+        .then_some((seq, sent))
 }
 
 /// Every stamp in a frame, in order (a frame may carry several messages).
@@ -185,12 +187,18 @@ mod tests {
         }
         assert_eq!(parse(br#"{"type":"ping","message":1}"#), None);
         assert_eq!(parse(b"\n"), None);
-        assert_eq!(parse(br#"{"content":"x","sent_us":77,"seq":3}"#), Some((3, 77)));
+        assert_eq!(
+            parse(br#"{"content":"x","sent_us":77,"seq":3}"#),
+            Some((3, 77))
+        );
         assert_eq!(parse(br#"{"other":77,"seq":3}"#), None);
         let two = br#"{"push":{"pub":{"data":{"seq":1,"sent_us":5}}}}
 {"push":{"pub":{"data":{"seq":2,"sent_us":6}}}}"#;
         assert_eq!(parse_all(two).collect::<Vec<_>>(), vec![(1, 5), (2, 6)]);
-        assert_eq!(parse_all(br#""seq":x "seq":3,"sent_us":4"#).collect::<Vec<_>>(), vec![(3, 4)]);
+        assert_eq!(
+            parse_all(br#""seq":x "seq":3,"sent_us":4"#).collect::<Vec<_>>(),
+            vec![(3, 4)]
+        );
         assert_eq!(parse(br#""seq":x"#), None);
     }
 }
