@@ -91,6 +91,9 @@ pub struct Target {
     pub first_source_ip: u8,
     /// STOMP heart-beat the client asks for, ms (0: none).
     pub stomp_heartbeat_ms: u64,
+    /// Speak a peer's protocol instead of Herald's (`protocol` then only
+    /// names the payload shape).
+    pub peer: Option<crate::peers::PeerTarget>,
 }
 
 /// A fleet of connections being opened or running.
@@ -303,9 +306,12 @@ fn fail(
 }
 
 /// An open, subscribed connection.
-struct Conn {
+pub(crate) struct Conn {
     stream: TcpStream,
     buf: BytesMut,
+    /// Text frame to answer a text frame `{}` with (Centrifugo's
+    /// application-level ping wants a pong).
+    app_pong: bool,
 }
 
 async fn open_one(target: &Target, source: Ipv4Addr, cred: &Credential) -> anyhow::Result<Conn> {
@@ -319,7 +325,13 @@ async fn open_one(target: &Target, source: Ipv4Addr, cred: &Credential) -> anyho
     let mut conn = Conn {
         stream,
         buf: BytesMut::with_capacity(2048),
+        app_pong: false,
     };
+    if let Some(peer) = &target.peer {
+        conn.app_pong = peer.app_pong();
+        crate::peers::handshake(peer, &mut conn, &host, cred).await?;
+        return Ok(conn);
+    }
     match target.protocol {
         Protocol::Stomp => {
             conn.upgrade(&ws::upgrade_request(
@@ -378,7 +390,7 @@ async fn open_one(target: &Target, source: Ipv4Addr, cred: &Credential) -> anyho
 }
 
 impl Conn {
-    async fn upgrade(&mut self, request: &str) -> anyhow::Result<()> {
+    pub(crate) async fn upgrade(&mut self, request: &str) -> anyhow::Result<()> {
         self.stream.write_all(request.as_bytes()).await?;
         let head_len = loop {
             if let Some(n) = ws::http_head_len(&self.buf) {
@@ -399,12 +411,12 @@ impl Conn {
         Ok(())
     }
 
-    async fn send(&mut self, text: &str) -> anyhow::Result<()> {
+    pub(crate) async fn send(&mut self, text: &str) -> anyhow::Result<()> {
         self.stream.write_all(&ws::client_text(text)).await?;
         Ok(())
     }
 
-    async fn cable_subscribe(&mut self, identifier: &str) -> anyhow::Result<()> {
+    pub(crate) async fn cable_subscribe(&mut self, identifier: &str) -> anyhow::Result<()> {
         let cmd = serde_json::json!({"command": "subscribe", "identifier": identifier}).to_string();
         self.send(&cmd).await?;
         let reply = self
@@ -425,7 +437,7 @@ impl Conn {
 
     /// Read text frames until one satisfies `want` (others, like `welcome`
     /// or pings, are skipped); an ERROR or close fails.
-    async fn expect(
+    pub(crate) async fn expect(
         &mut self,
         want: impl Fn(&[u8]) -> bool,
         what: &str,
@@ -480,6 +492,7 @@ impl Conn {
             let now = stamp::now_us();
             let mut closed = false;
             let mut pong = None;
+            let mut app_pong = false;
             while let Ok(Some(head)) = ws::parse_head(&self.buf, MAX_FRAME) {
                 let len = head.frame_len();
                 if self.buf.len() < len {
@@ -490,7 +503,12 @@ impl Conn {
                 let payload = &self.buf[head.payload_start..len];
                 match head.opcode {
                     ws::opcode::TEXT | ws::opcode::BINARY | ws::opcode::CONTINUATION => {
-                        if let Some((seq, sent)) = stamp::parse(payload) {
+                        // Centrifugo's ping, possibly batched with publications.
+                        if self.app_pong && payload.split(|b| *b == b'\n').any(|l| l == b"{}") {
+                            app_pong = true;
+                        }
+                        // Some servers (Centrifugo) put several messages in one frame.
+                        for (seq, sent) in stamp::parse_all(payload) {
                             received += 1;
                             latencies.push(now.saturating_sub(sent));
                             if seq == next {
@@ -516,6 +534,9 @@ impl Conn {
                 stats.duplicates.store(dups, Ordering::Relaxed);
                 stats.gaps.store(gaps, Ordering::Relaxed);
                 stats.next_seq.store(next, Ordering::Release);
+            }
+            if app_pong && self.stream.write_all(&ws::client_text("{}")).await.is_err() {
+                break;
             }
             if let Some(p) = pong {
                 let frame = ws::encode_frame(ws::opcode::PONG, &p, Some(ws::CLIENT_MASK));

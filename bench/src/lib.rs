@@ -9,12 +9,14 @@
 //! - [`procstat`], [`prom`], [`hist`] — memory/CPU, gateway metrics, latency histograms
 //! - [`scenario`] — the scenarios: idle, fanout, latency, ingest, storm, hostile
 //! - [`resuming`] — clients that lose their connection and resume from their position
+//! - [`peers`] — Herald against AnyCable, Centrifugo, RabbitMQ Web-STOMP and Rails ActionCable
 //! - [`reconnect`] — the scenarios with resuming clients: jitter, avalanche
 
 pub mod client;
 pub mod cluster;
 pub mod hist;
 pub mod hostile;
+pub mod peers;
 pub mod procstat;
 pub mod prom;
 pub mod publish;

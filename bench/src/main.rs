@@ -72,6 +72,14 @@ enum Command {
         #[command(flatten)]
         args: reconnect::AvalancheArgs,
     },
+    /// Herald against AnyCable, Centrifugo, RabbitMQ Web-STOMP and Rails
+    /// ActionCable, same clients and load, one system after the other.
+    Peers {
+        #[command(flatten)]
+        common: scenario::Common,
+        #[command(flatten)]
+        args: herald_bench::peers::PeersArgs,
+    },
     /// The raw baseline server (started by the other commands).
     #[command(hide = true)]
     RawServer {
@@ -148,6 +156,7 @@ fn main() -> anyhow::Result<()> {
         Command::Storm { args, .. } => args.connections,
         Command::Jitter { args, .. } => args.clients,
         Command::Avalanche { args, .. } => args.clients,
+        Command::Peers { args, .. } => args.connections,
         _ => 0,
     };
     if connections as u64 + 1000 > fd_limit {
@@ -165,7 +174,8 @@ fn main() -> anyhow::Result<()> {
     | Command::Storm { common, .. }
     | Command::Ingest { common, .. }
     | Command::Jitter { common, .. }
-    | Command::Avalanche { common, .. } = &cli.command
+    | Command::Avalanche { common, .. }
+    | Command::Peers { common, .. } = &cli.command
     {
         herald_bench::client::ACCOUNT_BASE
             .store(common.account_base, std::sync::atomic::Ordering::Relaxed);
@@ -198,6 +208,11 @@ fn main() -> anyhow::Result<()> {
                 "avalanche",
                 common,
                 reconnect::avalanche(common, args).await,
+            ),
+            Command::Peers { common, args } => (
+                "peers",
+                common,
+                herald_bench::peers::run(common, args).await,
             ),
             Command::RawServer { .. } => unreachable!("handled above"),
         }

@@ -105,6 +105,8 @@ pub enum EventSink {
     },
     /// To the raw server's control socket: `account seq g sent_us` lines.
     Raw(BufWriter<tokio::net::TcpStream>),
+    /// Through a peer's own publish path (`herald-loadgen peers`).
+    Peer(crate::peers::PeerSink),
 }
 
 impl EventSink {
@@ -202,6 +204,7 @@ impl Publisher {
                 w.write_all(format!("{a} {seq} {g} {sent_us}\n").as_bytes())
                     .await?;
             }
+            EventSink::Peer(sink) => sink.send(a, &self.accounts[a], payload).await?,
         }
         self.sent[a] += 1;
         self.total += 1;
@@ -213,10 +216,26 @@ impl Publisher {
 
     /// Push buffered events out.
     pub async fn flush(&mut self) -> anyhow::Result<()> {
-        if let EventSink::Raw(w) = &mut self.sink {
-            w.flush().await?;
+        match &mut self.sink {
+            EventSink::Raw(w) => w.flush().await?,
+            EventSink::Peer(sink) => sink.flush().await?,
+            EventSink::Kafka { .. } => {}
         }
         Ok(())
+    }
+
+    /// Flush, then wait until the sink has handed over everything sent
+    /// (Kafka acknowledgements, HTTP answers). Publishes that failed.
+    pub async fn finish_all(&mut self) -> anyhow::Result<u64> {
+        self.flush().await?;
+        match &self.sink {
+            EventSink::Kafka { .. } => {
+                self.finish();
+                Ok(self.acks().1)
+            }
+            EventSink::Peer(sink) => Ok(sink.drain().await),
+            EventSink::Raw(_) => Ok(0),
+        }
     }
 
     /// Kafka acknowledgements so far: `(delivered, failed)`.
@@ -226,7 +245,7 @@ impl Publisher {
                 producer.context().delivered.load(Ordering::Relaxed),
                 producer.context().failed.load(Ordering::Relaxed),
             ),
-            EventSink::Raw(_) => (self.total, 0),
+            EventSink::Raw(_) | EventSink::Peer(_) => (self.total, 0),
         }
     }
 

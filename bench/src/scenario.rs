@@ -167,6 +167,7 @@ impl Setup {
             source_ips,
             first_source_ip,
             stomp_heartbeat_ms: 0,
+            peer: None,
         }
     }
 

@@ -92,11 +92,40 @@ static SEQ: LazyLock<memmem::Finder<'static>> = LazyLock::new(|| memmem::Finder:
 /// The `(seq, sent_us)` stamp in a received frame, if it carries one (pings,
 /// heart-beats and confirmations do not).
 pub fn parse(frame: &[u8]) -> Option<(u64, u64)> {
-    let at = SEQ.find(frame)? + 6;
+    parse_at(frame, SEQ.find(frame)?)
+}
+
+/// The stamp whose `"seq":` starts at `found`.
+fn parse_at(frame: &[u8], found: usize) -> Option<(u64, u64)> {
+    let at = found + 6;
     let (seq, used) = digits(frame.get(at..)?)?;
-    let rest = frame.get(at + used..)?.strip_prefix(b",\"sent_us\":")?;
-    let (sent, _) = digits(rest)?;
-    Some((seq, sent))
+    if let Some(rest) = frame.get(at + used..)?.strip_prefix(b",\"sent_us\":") {
+        let (sent, _) = digits(rest)?;
+        return Some((seq, sent));
+    }
+    // Servers that re-encode the payload with sorted keys (anycable-go)
+    // put `"sent_us":T,` right before `"seq":N`.
+    let before = frame[..found].strip_suffix(b",")?;
+    let start = before.iter().rposition(|c| !c.is_ascii_digit())? + 1;
+    let sent = digits(&before[start..])?.0;
+    before[..start]
+        .ends_with(b"\"sent_us\":")
+        .then_some((seq, sent))
+}
+
+/// Every stamp in a frame, in order (a frame may carry several messages).
+pub fn parse_all(frame: &[u8]) -> impl Iterator<Item = (u64, u64)> + '_ {
+    let mut at = 0;
+    std::iter::from_fn(move || {
+        while at < frame.len() {
+            let found = at + SEQ.find(&frame[at..])?;
+            at = found + 6;
+            if let Some(stamp) = parse_at(frame, found) {
+                return Some(stamp);
+            }
+        }
+        None
+    })
 }
 
 fn digits(b: &[u8]) -> Option<(u64, usize)> {
@@ -158,6 +187,18 @@ mod tests {
         }
         assert_eq!(parse(br#"{"type":"ping","message":1}"#), None);
         assert_eq!(parse(b"\n"), None);
+        assert_eq!(
+            parse(br#"{"content":"x","sent_us":77,"seq":3}"#),
+            Some((3, 77))
+        );
+        assert_eq!(parse(br#"{"other":77,"seq":3}"#), None);
+        let two = br#"{"push":{"pub":{"data":{"seq":1,"sent_us":5}}}}
+{"push":{"pub":{"data":{"seq":2,"sent_us":6}}}}"#;
+        assert_eq!(parse_all(two).collect::<Vec<_>>(), vec![(1, 5), (2, 6)]);
+        assert_eq!(
+            parse_all(br#""seq":x "seq":3,"sent_us":4"#).collect::<Vec<_>>(),
+            vec![(3, 4)]
+        );
         assert_eq!(parse(br#""seq":x"#), None);
     }
 }
