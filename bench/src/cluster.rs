@@ -18,18 +18,7 @@ use tokio::process::{Child, Command};
 
 use crate::stamp::Protocol;
 
-/// A loopback port free right now, below the kernel's ephemeral range
-/// (32768+) so the clients' own outgoing connections never take it
-/// between this probe and the server binding it.
-pub fn free_port() -> anyhow::Result<u16> {
-    for _ in 0..1000 {
-        let port = 10_000 + (uuid::Uuid::new_v4().as_u128() % 22_000) as u16;
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return Ok(port);
-        }
-    }
-    anyhow::bail!("no free loopback port in 10000..32000")
-}
+pub use herald_testkit::free_port;
 
 /// Which broker the load generator manages when no `--kafka` is given.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Serialize)]

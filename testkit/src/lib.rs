@@ -175,17 +175,31 @@ fn env(name: &str) -> Option<String> {
 
 /// `n` distinct loopback ports free right now.
 pub fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
-    // Hold every listener until all are chosen, so none repeats.
-    let listeners = (0..n)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
-        .collect::<Result<Vec<_>, _>>()?;
+    // Below the kernel's ephemeral range (32768+ by default): a port the OS
+    // hands out for `:0` may be taken by any outgoing connection (a client
+    // of the test, Kafka's own) between this probe and the server binding
+    // it. Every listener is held until all are chosen, so none repeats.
+    let mut listeners = Vec::with_capacity(n);
+    for _ in 0..n.saturating_mul(1000).max(1000) {
+        if listeners.len() == n {
+            break;
+        }
+        let port = 10_000 + (uuid::Uuid::new_v4().as_u128() % 22_000) as u16;
+        if let Ok(l) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+            listeners.push(l);
+        }
+    }
+    anyhow::ensure!(
+        listeners.len() == n,
+        "no {n} free loopback ports in 10000..32000"
+    );
     listeners
         .iter()
         .map(|l| Ok(l.local_addr()?.port()))
         .collect()
 }
 
-/// A loopback port free right now.
+/// A loopback port free right now (outside the ephemeral range).
 pub fn free_port() -> anyhow::Result<u16> {
     Ok(free_ports(1)?[0])
 }
