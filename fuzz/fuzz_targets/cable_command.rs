@@ -3,16 +3,14 @@
 //! history request), exactly as the `/cable` and `/stream` sessions do.
 #![no_main]
 
-use herald_gateway::cable::protocol::{
-    Command, broadcast, json_string, parse_action, parse_command, parse_history, parse_identifier,
-};
+use herald_gateway::protocols::cable::protocol::{Command, broadcast, json_string, parse_action, parse_command, parse_history, parse_identifier};
 use libfuzzer_sys::fuzz_target;
 
 /// What the session does with a history request: parse it against the
 /// pod's epochs (one topic with a known ID); every stream is either kept as
 /// a position or set apart as foreign.
 fn history(value: &serde_json::Value) {
-    let epochs = herald_gateway::resume::Epochs::new("epoch-1");
+    let epochs = herald_gateway::core::position::Epochs::new("epoch-1");
     epochs.set_topic_id("herald.tag", "AAAAAAAAAAAAAAAAAAAAAA");
     let (request, foreign) = parse_history(value, &epochs);
     let streams = value

@@ -21,15 +21,20 @@ use std::sync::{Arc, Mutex};
 
 use futures_util::StreamExt;
 use herald_gateway::{
-    auth::{Identity, PrincipalKind},
-    cable::{
+    core::{
+        event::RoutedEvent,
+        identity::{Identity, PrincipalKind},
+    },
+    metrics::Metrics,
+    protocols::cable::{
         channel::{CableRecipient, ChannelKind, room_accepts},
         protocol::json_string,
     },
-    connection::{self, Outbound, Writer},
-    metrics::Metrics,
-    resume::ResumeGate,
-    router::{FrameCache, Recipient, RoutedEvent, Router},
+    routing::{
+        gate::ResumeGate,
+        router::{FrameCache, Recipient, Router},
+    },
+    transport::connection::{self, Outbound, Writer},
 };
 use herald_schemas::{Audience, Envelope};
 use proptest::prelude::*;
