@@ -2,5 +2,6 @@
 //! the shared skeleton ([`crate::transport::session`]).
 
 pub mod cable;
+pub mod context;
 pub mod stomp;
 pub mod typeid;

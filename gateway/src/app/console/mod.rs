@@ -48,7 +48,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use tokio_util::sync::CancellationToken;
 
-use crate::app::server::Context;
+use crate::protocols::context::Context;
 
 pub use latency::LatencyWindow;
 

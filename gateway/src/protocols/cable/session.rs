@@ -13,7 +13,6 @@ use super::{
     protocol::{self, Command, DisconnectReason},
 };
 use crate::{
-    app::server::Context,
     core::{
         clock::now_ms,
         identity::{AuthError, Identity, PrincipalKind},
@@ -21,6 +20,7 @@ use crate::{
     },
     kafka::resume,
     limits::{AccountSlot, CommandRate},
+    protocols::context::Context,
     routing::gate::ResumeGate,
     transport::{
         connection::{self, HeartBeatKind, Outbound},

@@ -14,7 +14,6 @@ use tokio_util::sync::CancellationToken;
 use super::codec::{self, Command, Decoded, Frame, Limits, Version};
 use super::destination::Destination;
 use crate::{
-    app::server::Context,
     core::{
         event::RoutedEvent,
         identity::Identity,
@@ -22,6 +21,7 @@ use crate::{
     },
     kafka::resume,
     limits::AccountSlot,
+    protocols::context::Context,
     routing::{
         gate::ResumeGate,
         router::{FrameCache, Recipient, Slot},

@@ -17,12 +17,12 @@ use super::protocol::{
     self, JoinRequest, JoinResponse, JoinStatus, MessageRequest, MessageResponse, MessageStatus,
 };
 use crate::{
-    app::server::Context,
     core::{
         event::RoutedEvent,
         identity::{Identity, PrincipalKind},
     },
     limits::{AccountSlot, CommandRate},
+    protocols::context::Context,
     routing::router::{FrameCache, Recipient},
     transport::{
         connection::{ConnTx, Outbound},
