@@ -3,7 +3,9 @@
 //! history request), exactly as the `/cable` and `/stream` sessions do.
 #![no_main]
 
-use herald_gateway::protocols::cable::protocol::{Command, broadcast, json_string, parse_action, parse_command, parse_history, parse_identifier};
+use herald_gateway::protocols::cable::protocol::{
+    Command, broadcast, json_string, parse_action, parse_command, parse_history, parse_identifier,
+};
 use libfuzzer_sys::fuzz_target;
 
 /// What the session does with a history request: parse it against the

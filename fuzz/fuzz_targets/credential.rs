@@ -9,7 +9,10 @@
 #![no_main]
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
-use herald_gateway::{auth::{JwtVerifier, looks_like_jwt, strip_bearer}, core::{identity::PrincipalKind, position::ResumeRequest}};
+use herald_gateway::{
+    auth::{JwtVerifier, looks_like_jwt, strip_bearer},
+    core::{identity::PrincipalKind, position::ResumeRequest},
+};
 use jsonwebtoken::{Algorithm, EncodingKey};
 use libfuzzer_sys::fuzz_target;
 

@@ -10,7 +10,10 @@
 
 use std::borrow::Cow;
 
-use herald_gateway::protocols::stomp::codec::{Command, Decoded, Frame, Limits, Version, decode_frame, decode_message, encode, encode_message_text, escape_header, negotiate_version, parse_heart_beat, unescape_header};
+use herald_gateway::protocols::stomp::codec::{
+    Command, Decoded, Frame, Limits, Version, decode_frame, decode_message, encode,
+    encode_message_text, escape_header, negotiate_version, parse_heart_beat, unescape_header,
+};
 use libfuzzer_sys::fuzz_target;
 
 /// Limits large enough for anything the encoder can make out of a frame

@@ -180,3 +180,39 @@ fn the_checker_sees_upward_paths_in_every_form() {
         ["`newlayer` is not a layer: add it to LAYERS"]
     );
 }
+
+/// The codecs and the core are sans-I/O: no runtime, no sockets, no Kafka,
+/// nothing from the layers that do I/O.
+#[test]
+fn the_core_and_the_codecs_do_no_io() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = vec![
+        src.join("protocols/stomp/codec.rs"),
+        src.join("protocols/stomp/destination.rs"),
+        src.join("protocols/typeid/protocol.rs"),
+        src.join("protocols/cable/protocol.rs"),
+    ];
+    rust_files(&src.join("core"), &mut files);
+    const FORBIDDEN: &[&str] = &[
+        "tokio", "rdkafka", "axum", "hyper", "reqwest", "std::net", "std::fs",
+    ];
+    let mut problems = Vec::new();
+    for file in &files {
+        let text = code(&std::fs::read_to_string(file).unwrap());
+        for word in FORBIDDEN {
+            if text.contains(word) {
+                problems.push(format!("{}: uses {word}", file.display()));
+            }
+        }
+        for target in crate_targets(&text) {
+            if matches!(target.as_str(), "transport" | "kafka" | "app" | "auth") {
+                problems.push(format!("{}: uses crate::{target}", file.display()));
+            }
+        }
+    }
+    assert!(
+        problems.is_empty(),
+        "I/O in sans-I/O code:\n{}",
+        problems.join("\n")
+    );
+}

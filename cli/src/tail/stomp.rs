@@ -4,7 +4,9 @@
 
 use std::time::Duration;
 
-use herald_gateway::protocols::stomp::codec::{self, Command, Decoded, Frame, Limits, Version, parse_heart_beat};
+use herald_gateway::protocols::stomp::codec::{
+    self, Command, Decoded, Frame, Limits, Version, parse_heart_beat,
+};
 use serde_json::Value;
 
 use super::session::{Action, ClientSession, EventLine, describe_close};

@@ -4,7 +4,10 @@
 
 use std::time::Duration;
 
-use herald_gateway::protocols::typeid::protocol::{CONVERSATION_MESSAGE_NOTIFICATION, CONVERSATION_MESSAGE_RESPONSE, JOIN_REQUEST, JOIN_RESPONSE, PING, USER_CHANGE_NOTIFICATION, frame_raw};
+use herald_gateway::protocols::typeid::protocol::{
+    CONVERSATION_MESSAGE_NOTIFICATION, CONVERSATION_MESSAGE_RESPONSE, JOIN_REQUEST, JOIN_RESPONSE,
+    PING, USER_CHANGE_NOTIFICATION, frame_raw,
+};
 use serde_json::{Value, json, value::RawValue};
 
 use super::session::{Action, ClientSession, EventLine, describe_close, id_value};
