@@ -92,3 +92,43 @@ impl ResumeRequest {
         Ok(req)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn epochs_follow_topic_ids() {
+        let e = Epochs::new("herald");
+        assert_eq!(&*e.of("t"), "herald");
+        e.set_topic_id("t", "ID1");
+        assert_eq!(&*e.of("t"), "herald.ID1");
+        assert!(e.accepts("t", "herald.ID1"));
+        assert!(
+            e.accepts("t", "herald"),
+            "positions from before IDs were known"
+        );
+        e.set_topic_id("t", "ID2");
+        assert!(!e.accepts("t", "herald.ID1"), "the old incarnation");
+        assert!(!e.accepts("t", "other"));
+    }
+
+    #[test]
+    fn stomp_resume_header() {
+        let r = ResumeRequest::parse_stomp(
+            "herald.message:2:41, herald.tag:0:7,timestamp=1700000000000",
+        )
+        .unwrap();
+        assert_eq!(
+            r.positions,
+            vec![
+                ("herald.message".into(), 2, 41),
+                ("herald.tag".into(), 0, 7)
+            ]
+        );
+        assert_eq!(r.since_ms, Some(1_700_000_000_000));
+        assert!(ResumeRequest::parse_stomp("nope").is_err());
+        assert!(ResumeRequest::parse_stomp("a:b:c").is_err());
+        assert!(ResumeRequest::parse_stomp("timestamp=x").is_err());
+    }
+}

@@ -178,3 +178,60 @@ impl ResumeGate {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use herald_schemas::Envelope;
+
+    fn event(offset: i64, ts: i64) -> Arc<RoutedEvent> {
+        let env =
+            Envelope::decode(br#"{"id":"e","type":"tag.updated","account_id":"1","payload":{}}"#)
+                .unwrap();
+        Arc::new(RoutedEvent::new("t".into(), 0, offset, env, Some(ts)))
+    }
+
+    #[test]
+    fn gate_holds_then_releases_in_order() {
+        let g = ResumeGate::holding(&[("t".into(), 0, 1)], 10);
+        assert!(g.already_seen(&event(0, 0)));
+        assert!(g.already_seen(&event(1, 0)), "the client's own position");
+        assert!(g.hold(&event(1, 0)));
+        assert!(g.hold(&event(2, 0)));
+        assert!(!g.try_open(), "events are held");
+        let Taken::Events(held) = g.take_held() else {
+            panic!("no overflow")
+        };
+        let seen: Vec<i64> = held.iter().map(|e| e.offset).collect();
+        assert_eq!(seen, vec![1, 2]);
+        assert!(g.try_open());
+        assert!(!g.already_seen(&event(2, 0)));
+        assert!(
+            !g.already_seen(&event(1, 0)),
+            "floors are dropped once passed"
+        );
+        assert!(!g.hold(&event(3, 0)));
+        assert!(!ResumeGate::open().hold(&event(1, 0)));
+    }
+
+    #[test]
+    fn held_events_past_the_limit_are_dropped_and_reported() {
+        let g = ResumeGate::holding(&[], 2);
+        for o in 0..5 {
+            assert!(
+                g.hold(&event(o, 0)),
+                "held or dropped, never delivered live"
+            );
+        }
+        assert!(matches!(g.take_held(), Taken::Overflowed));
+        assert!(!g.try_open(), "an overflowed gate stays closed");
+        g.rearm();
+        assert!(g.hold(&event(9, 0)));
+        let Taken::Events(held) = g.take_held() else {
+            panic!("rearmed")
+        };
+        assert_eq!(held.len(), 1);
+        assert!(g.try_open());
+        assert!(!g.hold(&event(10, 0)), "open: live events pass");
+    }
+}

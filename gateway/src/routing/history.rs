@@ -437,8 +437,7 @@ fn evicted(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::position::{Epochs, ResumeRequest};
-    use crate::routing::gate::{ResumeGate, Taken};
+    use crate::routing::gate::ResumeGate;
     use herald_schemas::Envelope;
 
     fn event(offset: i64, ts: i64) -> Arc<RoutedEvent> {
@@ -473,29 +472,6 @@ mod tests {
             0,
             "other accounts' skips do not matter"
         );
-    }
-
-    #[test]
-    fn gate_holds_then_releases_in_order() {
-        let g = ResumeGate::holding(&[("t".into(), 0, 1)], 10);
-        assert!(g.already_seen(&event(0, 0)));
-        assert!(g.already_seen(&event(1, 0)), "the client's own position");
-        assert!(g.hold(&event(1, 0)));
-        assert!(g.hold(&event(2, 0)));
-        assert!(!g.try_open(), "events are held");
-        let Taken::Events(held) = g.take_held() else {
-            panic!("no overflow")
-        };
-        let seen: Vec<i64> = held.iter().map(|e| e.offset).collect();
-        assert_eq!(seen, vec![1, 2]);
-        assert!(g.try_open());
-        assert!(!g.already_seen(&event(2, 0)));
-        assert!(
-            !g.already_seen(&event(1, 0)),
-            "floors are dropped once passed"
-        );
-        assert!(!g.hold(&event(3, 0)));
-        assert!(!ResumeGate::open().hold(&event(1, 0)));
     }
 
     #[test]
@@ -556,62 +532,6 @@ mod tests {
             !g.already_seen(&event(4, 0)),
             "the new log's records are new"
         );
-    }
-
-    #[test]
-    fn epochs_follow_topic_ids() {
-        let e = Epochs::new("herald");
-        assert_eq!(&*e.of("t"), "herald");
-        e.set_topic_id("t", "ID1");
-        assert_eq!(&*e.of("t"), "herald.ID1");
-        assert!(e.accepts("t", "herald.ID1"));
-        assert!(
-            e.accepts("t", "herald"),
-            "positions from before IDs were known"
-        );
-        e.set_topic_id("t", "ID2");
-        assert!(!e.accepts("t", "herald.ID1"), "the old incarnation");
-        assert!(!e.accepts("t", "other"));
-    }
-
-    #[test]
-    fn held_events_past_the_limit_are_dropped_and_reported() {
-        let g = ResumeGate::holding(&[], 2);
-        for o in 0..5 {
-            assert!(
-                g.hold(&event(o, 0)),
-                "held or dropped, never delivered live"
-            );
-        }
-        assert!(matches!(g.take_held(), Taken::Overflowed));
-        assert!(!g.try_open(), "an overflowed gate stays closed");
-        g.rearm();
-        assert!(g.hold(&event(9, 0)));
-        let Taken::Events(held) = g.take_held() else {
-            panic!("rearmed")
-        };
-        assert_eq!(held.len(), 1);
-        assert!(g.try_open());
-        assert!(!g.hold(&event(10, 0)), "open: live events pass");
-    }
-
-    #[test]
-    fn stomp_resume_header() {
-        let r = ResumeRequest::parse_stomp(
-            "herald.message:2:41, herald.tag:0:7,timestamp=1700000000000",
-        )
-        .unwrap();
-        assert_eq!(
-            r.positions,
-            vec![
-                ("herald.message".into(), 2, 41),
-                ("herald.tag".into(), 0, 7)
-            ]
-        );
-        assert_eq!(r.since_ms, Some(1_700_000_000_000));
-        assert!(ResumeRequest::parse_stomp("nope").is_err());
-        assert!(ResumeRequest::parse_stomp("a:b:c").is_err());
-        assert!(ResumeRequest::parse_stomp("timestamp=x").is_err());
     }
 }
 

@@ -2,7 +2,7 @@
 //!
 //! [`serve`] runs one upgraded WebSocket through the same steps whatever the
 //! protocol: open the connection (its bounded queue, writer task and paced
-//! reader, see [`connection`](crate::transport::connection)), build the protocol's
+//! reader, see [`connection`]), build the protocol's
 //! session around a [`Conn`], run it, answer the client's close, then
 //! release what the session holds in shared tables and let the writer finish.
 //!
