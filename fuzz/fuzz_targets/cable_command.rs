@@ -3,7 +3,7 @@
 //! history request), exactly as the `/cable` and `/stream` sessions do.
 #![no_main]
 
-use herald_gateway::cable::protocol::{
+use herald_gateway::protocols::cable::protocol::{
     Command, broadcast, json_string, parse_action, parse_command, parse_history, parse_identifier,
 };
 use libfuzzer_sys::fuzz_target;
@@ -12,7 +12,7 @@ use libfuzzer_sys::fuzz_target;
 /// pod's epochs (one topic with a known ID); every stream is either kept as
 /// a position or set apart as foreign.
 fn history(value: &serde_json::Value) {
-    let epochs = herald_gateway::resume::Epochs::new("epoch-1");
+    let epochs = herald_gateway::core::position::Epochs::new("epoch-1");
     epochs.set_topic_id("herald.tag", "AAAAAAAAAAAAAAAAAAAAAA");
     let (request, foreign) = parse_history(value, &epochs);
     let streams = value

@@ -10,8 +10,8 @@
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use herald_gateway::{
-    auth::{JwtVerifier, PrincipalKind, looks_like_jwt, strip_bearer},
-    resume::ResumeRequest,
+    auth::{JwtVerifier, looks_like_jwt, strip_bearer},
+    core::{identity::PrincipalKind, position::ResumeRequest},
 };
 use jsonwebtoken::{Algorithm, EncodingKey};
 use libfuzzer_sys::fuzz_target;

@@ -10,7 +10,7 @@
 
 use std::borrow::Cow;
 
-use herald_gateway::stomp::codec::{
+use herald_gateway::protocols::stomp::codec::{
     Command, Decoded, Frame, Limits, Version, decode_frame, decode_message, encode,
     encode_message_text, escape_header, negotiate_version, parse_heart_beat, unescape_header,
 };

@@ -5,7 +5,7 @@
 
 use std::cmp::Ordering;
 
-use herald_gateway::typeid::protocol::{
+use herald_gateway::protocols::typeid::protocol::{
     JoinRequest, MessageRequest, frame_raw, id_text, parse, version_cmp,
 };
 use libfuzzer_sys::fuzz_target;

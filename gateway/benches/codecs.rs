@@ -9,8 +9,10 @@ use std::hint::black_box;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use herald_gateway::{
     auth::JwtVerifier,
-    cable::protocol::{parse_command, parse_identifier},
-    stomp::codec::{Limits, Version, decode_message, encode_message_text},
+    protocols::{
+        cable::protocol::{parse_command, parse_identifier},
+        stomp::codec::{Limits, Version, decode_message, encode_message_text},
+    },
 };
 
 const SECRET: &str = "herald-bench-secret-0123456789abcdef";

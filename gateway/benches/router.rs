@@ -13,10 +13,11 @@ use std::{
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use herald_gateway::{
-    auth::{Identity, JwtVerifier},
-    router::{FrameCache, Recipient, RoutedEvent, Router},
-    stomp::codec::{Version, encode_message_text},
-    ws::WsFrame,
+    auth::JwtVerifier,
+    core::{event::RoutedEvent, identity::Identity},
+    protocols::stomp::codec::{Version, encode_message_text},
+    routing::router::{FrameCache, Recipient, Router},
+    transport::ws::WsFrame,
 };
 use herald_schemas::Envelope;
 

@@ -1,35 +1,28 @@
 //! The Herald gateway: reads every partition of the served Kafka topics and
 //! pushes each event, once decoded, to the WebSocket clients entitled to it.
 //!
-//! - [`consumer`] — Kafka assignment and the record loop
-//! - [`router`] — account -> recipients index, shared frame encoding
-//! - [`connection`] — bounded outbound queues, writers, slow-client cut-off
-//! - [`stomp`] — the Airy-style STOMP endpoint
-//! - [`typeid`] — the TypeID JSON protocol (`/notifications`)
-//! - [`cable`] — ActionCable: RoomChannel (`/cable`) and NotificationsChannel (`/stream`)
-//! - [`identities`], [`presence`] — the opaque-token table and the online table, both fed by Kafka
-//! - [`auth`] — credentials and entitlement
-//! - [`metrics`], [`config`], [`server`] — operations and wiring
-//! - [`console`] — the web console on the ops listener (`--console`)
+//! The modules are layers, each depending only on the ones listed before it
+//! (ARCHITECTURE.md at the repository root draws them; `tests/layers.rs`
+//! enforces the order):
+//!
+//! - [`core`] — the routed event, stream positions, identities and entitlement, the clock
+//! - [`metrics`], [`limits`] — the metric registry; admission and rate limits
+//! - [`transport`] — WebSocket framing, per-connection queues and writers, the session skeleton
+//! - [`routing`] — account -> recipients index, shared frame encoding, history buffer, presence
+//! - [`kafka`] — the record loop, the identities follower, resume read-backs
+//! - [`auth`] — credentials: JWT/JWKS verification, opaque tokens
+//! - [`protocols`] — STOMP, TypeID JSON, ActionCable
+//! - [`app`] — configuration, HTTP routes, start and drain, the web console
 
+pub mod app;
 pub mod auth;
-pub mod cable;
-pub mod config;
-pub mod connection;
-pub mod console;
-pub mod consumer;
-pub mod identities;
+pub mod core;
+pub mod kafka;
 pub mod limits;
 pub mod metrics;
-pub mod presence;
-pub mod proxy;
-pub mod resume;
-pub mod router;
-pub mod server;
-pub mod session;
-pub mod stomp;
-pub mod typeid;
-pub mod ws;
+pub mod protocols;
+pub mod routing;
+pub mod transport;
 
-pub use config::GatewayConfig;
-pub use server::{GatewayHandle, start};
+pub use app::config::GatewayConfig;
+pub use app::server::{GatewayHandle, start};

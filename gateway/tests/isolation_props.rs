@@ -21,15 +21,20 @@ use std::sync::{Arc, Mutex};
 
 use futures_util::StreamExt;
 use herald_gateway::{
-    auth::{Identity, PrincipalKind},
-    cable::{
+    core::{
+        event::RoutedEvent,
+        identity::{Identity, PrincipalKind},
+    },
+    metrics::Metrics,
+    protocols::cable::{
         channel::{CableRecipient, ChannelKind, room_accepts},
         protocol::json_string,
     },
-    connection::{self, Outbound, Writer},
-    metrics::Metrics,
-    resume::ResumeGate,
-    router::{FrameCache, Recipient, RoutedEvent, Router},
+    routing::{
+        gate::ResumeGate,
+        router::{FrameCache, Recipient, Router},
+    },
+    transport::connection::{self, Outbound, Writer},
 };
 use herald_schemas::{Audience, Envelope};
 use proptest::prelude::*;
@@ -629,7 +634,7 @@ fn near_collisions_do_not_leak() {
 /// `Envelope::decode` keeps the payload as raw JSON without a depth limit,
 /// but `RoutedEvent::payload_json` parses it with serde_json's recursion
 /// limit (128), so a payload nested deeper parses to `None`, and the
-/// private-note check (`is_private` in gateway/src/cable/channel.rs) then
+/// private-note check (`is_private` in gateway/src/protocols/cable/channel.rs) then
 /// reads "not private": the note reaches contacts. It must fail closed.
 #[test]
 fn a_private_note_too_deep_to_parse_never_reaches_contacts() {

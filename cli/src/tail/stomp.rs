@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use herald_gateway::stomp::codec::{
+use herald_gateway::protocols::stomp::codec::{
     self, Command, Decoded, Frame, Limits, Version, parse_heart_beat,
 };
 use serde_json::Value;

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use herald_gateway::typeid::protocol::{
+use herald_gateway::protocols::typeid::protocol::{
     CONVERSATION_MESSAGE_NOTIFICATION, CONVERSATION_MESSAGE_RESPONSE, JOIN_REQUEST, JOIN_RESPONSE,
     PING, USER_CHANGE_NOTIFICATION, frame_raw,
 };

@@ -1,0 +1,670 @@
+//! One ActionCable connection (Rails semantics): `welcome` at once, `ping`
+//! every 3 s, subscribe/unsubscribe/message commands processed in order
+//! (including those sent before `welcome` arrived), `disconnect` frames with
+//! an explicit `reconnect`, malformed input logged and ignored as Rails does.
+
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use futures_util::StreamExt;
+use tokio_util::sync::CancellationToken;
+
+use super::{
+    channel::{CableRecipient, ChannelKind},
+    protocol::{self, Command, DisconnectReason},
+};
+use crate::{
+    core::{
+        clock::now_ms,
+        identity::{AuthError, Identity, PrincipalKind},
+        position::{ResumeRequest, TopicPartition},
+    },
+    kafka::resume,
+    limits::{AccountSlot, CommandRate},
+    protocols::context::Context,
+    routing::gate::ResumeGate,
+    transport::{
+        connection::{self, HeartBeatKind, Outbound},
+        session::{Conn, Interrupt},
+        ws::{Message, WsFrame, WsSocket, WsStream},
+    },
+};
+
+const PROTOCOL: &str = "actioncable";
+
+/// ActionCable endpoint settings.
+#[derive(Debug, Clone)]
+pub struct CableConfig {
+    /// Interval of `ping` frames (Rails: 3 s).
+    pub ping_interval: Duration,
+    /// Pulse legacy mode: `/stream?account_id=` without a credential.
+    pub stream_legacy_account_auth: bool,
+    /// Most subscriptions per connection.
+    pub max_subscriptions: usize,
+    /// Largest client message, bytes.
+    pub max_message_bytes: usize,
+    /// Topic that presence heartbeats are written to.
+    pub presence_topic: String,
+}
+
+/// Which endpoint the connection came in on.
+#[derive(Debug, Clone)]
+pub enum Endpoint {
+    /// `/cable`: RoomChannel; credentials travel in each subscribe identifier.
+    Room,
+    /// `/stream`: NotificationsChannel; the connection itself authenticates.
+    Stream {
+        /// The `account_id` query parameter.
+        account_id: Option<String>,
+        /// `token` query parameter or `Authorization` header.
+        credential: Option<String>,
+    },
+}
+
+/// Serve one upgraded WebSocket.
+pub async fn serve(socket: WsSocket, ctx: Arc<Context>, endpoint: Endpoint) {
+    let ext = socket.protocol == Some(protocol::EXT_PROTOCOL);
+    let slow = WsFrame::text(&protocol::disconnect(DisconnectReason::Remote));
+    let drain = |id| ctx.drain_notice(id);
+    crate::transport::session::serve(
+        socket,
+        &ctx.outbound,
+        PROTOCOL,
+        &ctx.metrics,
+        Some(slow),
+        drain,
+        |conn| CableSession {
+            conn,
+            ctx: ctx.clone(),
+            conn_identity: None,
+            room: matches!(endpoint, Endpoint::Room),
+            endpoint,
+            ext,
+            subscriptions: HashMap::new(),
+            revoked: CancellationToken::new(),
+            account_slots: HashMap::new(),
+            rate: CommandRate::new(ctx.limits.config().commands_per_second),
+            sub_rate: CommandRate::new(ctx.limits.config().subscribes_per_second),
+            expires_at: None,
+            anonymous_until: Some(
+                tokio::time::Instant::now() + ctx.limits.config().cable_anonymous_timeout,
+            ),
+            watched: HashMap::new(),
+        },
+    )
+    .await;
+}
+
+/// Replay what a resuming subscription missed, then `confirm_history`
+/// (or `reject_history` when some stream could not be served), then live.
+async fn replay(
+    ctx: Arc<Context>,
+    recipient: Arc<CableRecipient>,
+    request: ResumeRequest,
+    foreign: Vec<String>,
+    frontier: HashMap<TopicPartition, i64>,
+    done: CancellationToken,
+) {
+    if !foreign.is_empty() {
+        ctx.metrics
+            .resume_gaps
+            .with_label_values(&[PROTOCOL, "epoch"])
+            .inc();
+    }
+    let catch_up = resume::CatchUp {
+        router: &ctx.router,
+        config: &ctx.resume,
+        account: &recipient.identity.account_id,
+        gate: &recipient.gate,
+        conn: &recipient.conn,
+        metrics: &ctx.metrics,
+        protocol: PROTOCOL,
+        cancel: &done,
+    };
+    let replayer = CableReplay {
+        recipient: &recipient,
+        foreign: &foreign,
+    };
+    catch_up.run(request, frontier, &replayer).await;
+}
+
+/// A RoomChannel or NotificationsChannel subscription's replay.
+struct CableReplay<'a> {
+    recipient: &'a CableRecipient,
+    /// Streams of another epoch: the history is incomplete.
+    foreign: &'a [String],
+}
+
+impl resume::Replayer for CableReplay<'_> {
+    fn frame(&self, event: &crate::core::event::RoutedEvent) -> Option<WsFrame> {
+        self.recipient.replay_frame(event)
+    }
+
+    fn gap_frames(&self, _: &[resume::Gap]) -> Vec<WsFrame> {
+        Vec::new()
+    }
+
+    fn verdict(&self, replay: &resume::Replay) -> Option<WsFrame> {
+        let complete = replay.gaps.is_empty() && self.foreign.is_empty();
+        if !complete {
+            tracing::info!(gaps = ?replay.gaps, foreign = ?self.foreign, "history could not be served completely");
+        }
+        Some(WsFrame::text(&protocol::history_result(
+            &self.recipient.identifier_json,
+            complete,
+        )))
+    }
+}
+
+struct Subscription {
+    router_id: u64,
+    recipient: Arc<CableRecipient>,
+}
+
+struct CableSession {
+    conn: Conn,
+    ctx: Arc<Context>,
+    /// Where the client connected.
+    endpoint: Endpoint,
+    /// `/stream`: the connection's identity.
+    conn_identity: Option<Identity>,
+    room: bool,
+    /// Negotiated `actioncable-v1-ext-json` (stream positions, history).
+    ext: bool,
+    subscriptions: HashMap<String, Subscription>,
+    /// Cancelled when a credential in use is revoked or changed.
+    revoked: CancellationToken,
+    /// This connection's places in its accounts' connection limits.
+    account_slots: HashMap<Arc<str>, AccountSlot>,
+    /// `message` commands allowed per second.
+    rate: CommandRate,
+    /// Subscribe and unsubscribe commands allowed per second.
+    sub_rate: CommandRate,
+    /// Earliest expiry of a credential in use (unix seconds).
+    expires_at: Option<i64>,
+    /// Until a subscription is accepted, the socket is anonymous: closed at this instant.
+    anonymous_until: Option<tokio::time::Instant>,
+    /// Opaque tokens in use, watched once each: (subscriptions using it,
+    /// the watch task's stop).
+    watched: HashMap<String, (usize, CancellationToken)>,
+}
+
+impl crate::transport::session::Protocol for CableSession {
+    async fn run(&mut self, stream: &mut WsStream) {
+        if self.open().await {
+            self.read_loop(stream).await;
+        }
+    }
+
+    fn release(&mut self) {
+        for (_, sub) in std::mem::take(&mut self.subscriptions) {
+            self.unregister(&sub);
+        }
+        for (key, (_, stop)) in std::mem::take(&mut self.watched) {
+            stop.cancel();
+            self.ctx.auth.identities.unwatch(&key, self.conn.id);
+        }
+        if let Some(key) = self
+            .conn_identity
+            .as_ref()
+            .and_then(|i| i.token_key.as_ref())
+        {
+            self.ctx.auth.identities.unwatch(key, self.conn.id);
+        }
+    }
+}
+
+impl CableSession {
+    /// Authenticate (for `/stream`), then `welcome` and pings. False when the
+    /// connection was refused.
+    async fn open(&mut self) -> bool {
+        let endpoint = self.endpoint.clone();
+        if let Endpoint::Stream {
+            account_id,
+            credential,
+        } = &endpoint
+        {
+            match self
+                .authenticate_stream(account_id.as_deref(), credential.as_deref())
+                .await
+            {
+                Ok(identity) => {
+                    let Some(slot) = self.ctx.limits.admit_account(&identity.account_id) else {
+                        self.disconnect(DisconnectReason::InvalidRequest).await;
+                        return false;
+                    };
+                    self.account_slots.insert(identity.account_id.clone(), slot);
+                    self.track_credential(&identity);
+                    self.conn_identity = Some(identity);
+                }
+                Err(e) => {
+                    self.ctx
+                        .metrics
+                        .auth_failures
+                        .with_label_values(&[PROTOCOL, e.as_label()])
+                        .inc();
+                    tracing::debug!(conn = self.conn.id, reason = %e, "ActionCable connection refused");
+                    self.disconnect(DisconnectReason::Unauthorized).await;
+                    return false;
+                }
+            }
+        }
+        let welcome = if self.ext {
+            protocol::welcome_ext(&uuid::Uuid::new_v4().simple().to_string())
+        } else {
+            protocol::welcome().to_owned()
+        };
+        self.conn.emit_text(&welcome).await;
+        self.conn
+            .emit(Outbound::HeartBeat {
+                every: self.ctx.cable.ping_interval,
+                kind: HeartBeatKind::CablePing,
+            })
+            .await
+    }
+
+    async fn authenticate_stream(
+        &self,
+        account_id: Option<&str>,
+        credential: Option<&str>,
+    ) -> Result<Identity, AuthError> {
+        let account_id = account_id
+            .filter(|a| !a.is_empty())
+            .ok_or(AuthError::Claims("account_id is required".into()))?;
+        match credential.filter(|c| !c.trim().is_empty()) {
+            Some(c) => {
+                let identity = self.ctx.auth.resolve_fresh(c).await?;
+                if *identity.account_id != *account_id {
+                    return Err(AuthError::Claims(
+                        "credential belongs to another account".into(),
+                    ));
+                }
+                Ok(identity)
+            }
+            None if self.ctx.cable.stream_legacy_account_auth => Ok(Identity {
+                account_id: account_id.into(),
+                kind: PrincipalKind::User,
+                id: format!("legacy:{account_id}"),
+                role: "agent".into(),
+                expires_at: None,
+                token_key: None,
+                conversations: None,
+            }),
+            None => Err(AuthError::Missing),
+        }
+    }
+
+    /// Close the connection when this credential expires or is revoked.
+    fn track_credential(&mut self, identity: &Identity) {
+        if let Some(exp) = identity.expires_at {
+            self.expires_at = Some(self.expires_at.map_or(exp, |e| e.min(exp)));
+        }
+        if let Some(key) = &identity.token_key {
+            // One watch per token, however many subscriptions use it: a
+            // subscribe/unsubscribe loop must not pile them up.
+            if let Some((uses, _)) = self.watched.get_mut(key) {
+                *uses += 1;
+                return;
+            }
+            let watch = self.ctx.auth.identities.watch(key, self.conn.id);
+            let revoked = self.revoked.clone();
+            let done = self.conn.done.clone();
+            let stop = CancellationToken::new();
+            let stopped = stop.clone();
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = watch.cancelled() => revoked.cancel(),
+                    _ = done.cancelled() => {}
+                    _ = stopped.cancelled() => {}
+                }
+            });
+            self.watched.insert(key.clone(), (1, stop));
+        }
+    }
+
+    /// A subscription using `identity` went away.
+    fn release_credential(&mut self, identity: &Identity) {
+        let Some(key) = &identity.token_key else {
+            return;
+        };
+        if let Some((uses, stop)) = self.watched.get_mut(key) {
+            *uses = uses.saturating_sub(1);
+            if *uses == 0 {
+                stop.cancel();
+                self.watched.remove(key);
+                self.ctx.auth.identities.unwatch(key, self.conn.id);
+            }
+        }
+    }
+
+    async fn read_loop(&mut self, stream: &mut WsStream) {
+        loop {
+            let anonymous = async {
+                match self.anonymous_until {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let msg = tokio::select! {
+                biased;
+                interrupt = self.conn.interrupted(&self.revoked, self.expires_at) => {
+                    match interrupt {
+                        Interrupt::Gone => {}
+                        Interrupt::Drain => self.disconnect(DisconnectReason::ServerRestart).await,
+                        Interrupt::Revoked | Interrupt::Expired => {
+                            self.disconnect(DisconnectReason::Unauthorized).await;
+                        }
+                    }
+                    return;
+                }
+                _ = anonymous => {
+                    // Nothing accepted in time: whatever it is, it costs a
+                    // socket and earns nothing.
+                    self.ctx.limits.rejected("cable_anonymous");
+                    self.disconnect(DisconnectReason::Unauthorized).await;
+                    return;
+                }
+                m = stream.next() => m,
+            };
+            let text = match msg {
+                Some(Err(e)) if crate::transport::ws::is_oversize(&e) => {
+                    tracing::debug!(
+                        conn = self.conn.id,
+                        "ActionCable message over the size limit"
+                    );
+                    self.disconnect(DisconnectReason::InvalidRequest).await;
+                    return;
+                }
+                None | Some(Err(_)) => return,
+                Some(Ok(Message::Text(t))) => t.to_string(),
+                Some(Ok(Message::Binary(b))) => String::from_utf8_lossy(&b).into_owned(),
+                Some(Ok(Message::Close(_))) => return,
+                Some(Ok(_)) => continue,
+            };
+            if text.len() > self.ctx.cable.max_message_bytes {
+                tracing::debug!(
+                    conn = self.conn.id,
+                    "ActionCable message over the size limit"
+                );
+                self.disconnect(DisconnectReason::InvalidRequest).await;
+                return;
+            }
+            self.handle(&text).await;
+        }
+    }
+
+    async fn handle(&mut self, text: &str) {
+        let command = match protocol::parse_command(text) {
+            Ok(c) => c,
+            Err(e) => {
+                // Rails logs these and keeps the connection.
+                self.ctx
+                    .metrics
+                    .protocol_errors
+                    .with_label_values(&[PROTOCOL])
+                    .inc();
+                tracing::debug!(conn = self.conn.id, error = %e, "ignoring ActionCable frame");
+                return;
+            }
+        };
+        if matches!(
+            command,
+            Command::Subscribe { .. } | Command::Unsubscribe { .. }
+        ) {
+            // Subscribing verifies tokens, takes locks and may start a
+            // replay: past the rate, this client is read no faster.
+            self.sub_rate.wait().await;
+        }
+        match command {
+            Command::Subscribe {
+                identifier,
+                history,
+            } => self.subscribe(identifier, history).await,
+            Command::History { identifier, .. } => {
+                // History is honoured inside `subscribe` (what clients send
+                // after a reconnect); sessions are not restored, so a bare
+                // history request cannot be served without duplicates.
+                if self.subscriptions.contains_key(&identifier) {
+                    self.conn
+                        .emit_text(&protocol::history_result(
+                            &protocol::json_string(&identifier),
+                            false,
+                        ))
+                        .await;
+                }
+            }
+            Command::Pong => {}
+            Command::Unsubscribe { identifier } => {
+                if let Some(sub) = self.subscriptions.remove(&identifier) {
+                    self.unregister(&sub);
+                    if self.room {
+                        let identity = sub.recipient.identity.clone();
+                        self.release_credential(&identity);
+                    }
+                } else {
+                    tracing::debug!(conn = self.conn.id, "unsubscribe from unknown identifier");
+                }
+            }
+            Command::Message { identifier, data } => {
+                if self.rate.allow() {
+                    self.message(&identifier, &data).await
+                } else {
+                    // Over the rate: dropped (Rails has no throttle reply).
+                    self.ctx.limits.rejected("commands_rate");
+                }
+            }
+        }
+    }
+
+    async fn subscribe(&mut self, identifier: String, history: Option<serde_json::Value>) {
+        if self.subscriptions.contains_key(&identifier) {
+            tracing::debug!(conn = self.conn.id, "duplicate subscribe ignored");
+            return;
+        }
+        let identifier_json = protocol::json_string(&identifier);
+        let decision = self.admit(&identifier).await;
+        let (channel, identity) = match decision {
+            Ok(ok) => ok,
+            Err(reason) => {
+                tracing::debug!(conn = self.conn.id, reason, "subscription rejected");
+                self.conn
+                    .emit_text(&protocol::reject(&identifier_json))
+                    .await;
+                return;
+            }
+        };
+        if self.subscriptions.len() >= self.ctx.cable.max_subscriptions {
+            tracing::debug!(conn = self.conn.id, "subscription limit reached");
+            self.conn
+                .emit_text(&protocol::reject(&identifier_json))
+                .await;
+            return;
+        }
+        if self.room {
+            if !self.account_slots.contains_key(&identity.account_id) {
+                let Some(slot) = self.ctx.limits.admit_account(&identity.account_id) else {
+                    self.conn
+                        .emit_text(&protocol::reject(&identifier_json))
+                        .await;
+                    return;
+                };
+                self.account_slots.insert(identity.account_id.clone(), slot);
+            }
+            self.track_credential(&identity);
+        }
+        let shared_key =
+            (channel == ChannelKind::Notifications).then(|| format!("cable:{identifier}"));
+        let ext_epochs = self.ext.then(|| self.ctx.router.epochs().clone());
+        let shared_key = shared_key.map(|k| if self.ext { format!("{k}:ext") } else { k });
+        let resume = history
+            .filter(|_| self.ext)
+            .map(|h| protocol::parse_history(&h, self.ctx.router.epochs()));
+        let recipient = Arc::new(CableRecipient {
+            identity,
+            channel,
+            identifier_json: identifier_json.clone(),
+            shared_key,
+            conn: self.conn.tx.clone(),
+            ext_epochs,
+            gate: match &resume {
+                Some((request, _)) => {
+                    ResumeGate::holding(&request.positions, self.ctx.outbound.frames)
+                }
+                None => ResumeGate::open(),
+            },
+        });
+        // Confirm before registering so no broadcast can precede the confirmation.
+        self.conn
+            .emit_text(&protocol::confirm(&identifier_json))
+            .await;
+        let router_id = connection::next_conn_id();
+        match resume {
+            None => self.ctx.router.insert(router_id, recipient.clone()),
+            Some((request, foreign)) => {
+                let frontier = self
+                    .ctx
+                    .router
+                    .insert_resuming(router_id, recipient.clone());
+                tokio::spawn(replay(
+                    self.ctx.clone(),
+                    recipient.clone(),
+                    request,
+                    foreign,
+                    frontier,
+                    self.conn.done.clone(),
+                ));
+            }
+        }
+        self.ctx
+            .metrics
+            .subscriptions
+            .with_label_values(&[PROTOCOL])
+            .inc();
+        self.subscriptions.insert(
+            identifier,
+            Subscription {
+                router_id,
+                recipient,
+            },
+        );
+        self.anonymous_until = None;
+    }
+
+    /// Decide a subscription: its channel and identity, or why it is rejected.
+    async fn admit(&self, identifier: &str) -> Result<(ChannelKind, Identity), &'static str> {
+        let params =
+            protocol::parse_identifier(identifier).ok_or("identifier is not a JSON object")?;
+        let channel = params
+            .get("channel")
+            .and_then(|c| c.as_str())
+            .unwrap_or_default();
+        match (self.room, channel) {
+            (true, "RoomChannel") => {
+                let token = params
+                    .get("pubsub_token")
+                    .and_then(|t| t.as_str())
+                    .ok_or("no pubsub_token")?;
+                let identity = self.ctx.auth.resolve_fresh(token).await.map_err(|e| {
+                    self.ctx
+                        .metrics
+                        .auth_failures
+                        .with_label_values(&[PROTOCOL, e.as_label()])
+                        .inc();
+                    "credential refused"
+                })?;
+                let as_id = |v: &serde_json::Value| match v {
+                    serde_json::Value::String(s) => Some(s.clone()),
+                    serde_json::Value::Number(n) => Some(n.to_string()),
+                    _ => None,
+                };
+                if let Some(account) = params.get("account_id").filter(|v| !v.is_null())
+                    && as_id(account).as_deref() != Some(&*identity.account_id)
+                {
+                    return Err("account_id does not match the token");
+                }
+                match (
+                    identity.kind,
+                    params.get("user_id").filter(|v| !v.is_null()),
+                ) {
+                    (PrincipalKind::User, Some(user))
+                        if as_id(user).as_deref() != Some(identity.id.as_str()) =>
+                    {
+                        Err("user_id does not match the token")
+                    }
+                    (PrincipalKind::Contact, Some(_)) => Err("contact tokens carry no user_id"),
+                    _ => Ok((ChannelKind::Room, identity)),
+                }
+            }
+            (false, "NotificationsChannel") => {
+                let identity = self
+                    .conn_identity
+                    .clone()
+                    .ok_or("connection not authenticated")?;
+                Ok((ChannelKind::Notifications, identity))
+            }
+            _ => Err("unknown channel for this endpoint"),
+        }
+    }
+
+    async fn message(&mut self, identifier: &str, data: &str) {
+        let Some(sub) = self.subscriptions.get(identifier) else {
+            tracing::debug!(
+                conn = self.conn.id,
+                "message for unknown identifier ignored"
+            );
+            return;
+        };
+        let action = protocol::parse_action(data);
+        match (sub.recipient.channel, action.as_deref()) {
+            (ChannelKind::Room, Some("update_presence")) => {
+                let identity = sub.recipient.identity.clone();
+                let identifier_json = sub.recipient.identifier_json.clone();
+                self.update_presence(&identity, &identifier_json).await;
+            }
+            _ => tracing::debug!(conn = self.conn.id, ?action, "unable to process action"),
+        }
+    }
+
+    /// Record the heartbeat locally and on the presence topic, then answer
+    /// this subscription with the account's presence (as Chatwoot does).
+    async fn update_presence(&self, identity: &Identity, identifier_json: &str) {
+        let now = now_ms();
+        self.ctx
+            .presence
+            .beat(&identity.account_id, identity.kind, &identity.id, now);
+        self.ctx.publish_presence(identity, now);
+        let data = self
+            .ctx
+            .presence
+            .snapshot(&identity.account_id, identity.kind == PrincipalKind::User);
+        let body = format!(r#"{{"event":"presence.update","data":{data}}}"#);
+        self.conn
+            .emit_text(&protocol::broadcast(identifier_json, &body))
+            .await;
+    }
+
+    fn unregister(&self, sub: &Subscription) {
+        self.ctx
+            .router
+            .remove(&sub.recipient.identity.account_id, sub.router_id);
+        self.ctx
+            .metrics
+            .subscriptions
+            .with_label_values(&[PROTOCOL])
+            .dec();
+    }
+
+    async fn disconnect(&self, reason: DisconnectReason) {
+        self.conn.emit_text(&protocol::disconnect(reason)).await;
+        let code = match reason {
+            DisconnectReason::ServerRestart => 1012,
+            DisconnectReason::Unauthorized => 1008,
+            _ => 1000,
+        };
+        self.conn
+            .emit(Outbound::Close {
+                code,
+                reason: reason.as_str(),
+            })
+            .await;
+    }
+}

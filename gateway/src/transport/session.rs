@@ -1,0 +1,271 @@
+//! The session skeleton the three protocols share.
+//!
+//! [`serve`] runs one upgraded WebSocket through the same steps whatever the
+//! protocol: open the connection (its bounded queue, writer task and paced
+//! reader, see [`connection`]), build the protocol's
+//! session around a [`Conn`], run it, answer the client's close, then
+//! release what the session holds in shared tables and let the writer finish.
+//!
+//! The release runs exactly once on every way out: the session returning,
+//! a panic in it, or the serving task being dropped (cancelled). A session
+//! that forgot to unregister would leave router entries, revocation watches
+//! and connection slots behind, so this is the one place it happens.
+//!
+//! What every session waits for besides its client (the writer gone, the
+//! drain moment, a revoked or expired credential) is one future,
+//! [`Conn::interrupted`]; each protocol only says how it tells its client.
+
+use std::{future::Future, pin::Pin, sync::Mutex};
+
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    metrics::Metrics,
+    transport::{
+        connection::{self, ConnLimits, ConnTx, Opened, Outbound},
+        ws::{WsFrame, WsSocket, WsStream},
+    },
+};
+
+/// Resolves once a credential expiring at `expires_at` (unix seconds) has
+/// expired; never without an expiry. Client-supplied values cannot
+/// overflow the arithmetic (a far-future `exp` just never fires).
+pub async fn expired(expires_at: Option<i64>) {
+    match expires_at {
+        Some(exp) => {
+            let wait_ms = exp
+                .saturating_mul(1000)
+                .saturating_sub(crate::core::clock::now_ms())
+                .max(0);
+            tokio::time::sleep(std::time::Duration::from_millis(wait_ms as u64)).await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// What a protocol supplies to [`serve`].
+pub trait Protocol: Send {
+    /// Handshake, then the read loop, until the session ends.
+    fn run(&mut self, stream: &mut WsStream) -> impl Future<Output = ()> + Send;
+
+    /// Release what the session holds outside itself: router entries,
+    /// revocation watches, connection slots, gauges. Called exactly once.
+    fn release(&mut self);
+}
+
+/// Why a session must stop, whatever its client is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Interrupt {
+    /// The writer is gone (socket closed, cut off): nothing more to say.
+    Gone,
+    /// This connection's moment of the drain window: tell it to reconnect.
+    Drain,
+    /// The opaque token in use was revoked or changed.
+    Revoked,
+    /// The credential in use expired.
+    Expired,
+}
+
+/// A connection as its session sees it: id, outbound queue, and the
+/// interrupts every protocol obeys.
+pub struct Conn {
+    /// Unique per process.
+    pub id: u64,
+    /// The outbound queue.
+    pub tx: ConnTx,
+    /// Cancelled once the writer is gone.
+    pub done: CancellationToken,
+    protocol: &'static str,
+    metrics: Metrics,
+    /// Only ever polled through `&mut self` (`Mutex::get_mut`, no locking):
+    /// the mutex just makes `Conn` shareable while a reply is queued.
+    drain: Mutex<Pin<Box<dyn Future<Output = ()> + Send>>>,
+}
+
+impl Conn {
+    /// Queue `item`, waiting for room in the connection's byte bound; false
+    /// when the connection is gone.
+    pub async fn emit(&self, item: Outbound) -> bool {
+        tokio::select! {
+            biased;
+            _ = self.done.cancelled() => false,
+            ok = self.tx.send(item) => ok,
+        }
+    }
+
+    /// Queue a text frame (see [`emit`](Self::emit)).
+    pub async fn emit_text(&self, text: &str) -> bool {
+        self.emit(Outbound::text(text)).await
+    }
+
+    /// Resolves with the first interrupt: the writer gone, the drain moment,
+    /// `revoked` cancelled, or `expires_at` (unix seconds) passed. Revoked
+    /// and expired credentials are counted in `herald_auth_failures_total`.
+    /// Cancel-safe: select on it beside the client's next message.
+    pub async fn interrupted(
+        &mut self,
+        revoked: &CancellationToken,
+        expires_at: Option<i64>,
+    ) -> Interrupt {
+        let drain = self.drain.get_mut().unwrap_or_else(|e| e.into_inner());
+        let interrupt = tokio::select! {
+            biased;
+            _ = self.done.cancelled() => Interrupt::Gone,
+            _ = drain.as_mut() => Interrupt::Drain,
+            _ = revoked.cancelled() => Interrupt::Revoked,
+            _ = expired(expires_at) => Interrupt::Expired,
+        };
+        let reason = match interrupt {
+            Interrupt::Revoked => "revoked",
+            Interrupt::Expired => "expired",
+            Interrupt::Gone | Interrupt::Drain => return interrupt,
+        };
+        self.metrics
+            .auth_failures
+            .with_label_values(&[self.protocol, reason])
+            .inc();
+        interrupt
+    }
+}
+
+/// Runs [`Protocol::release`] when dropped, however the session ended.
+struct Released<P: Protocol>(P);
+
+impl<P: Protocol> Drop for Released<P> {
+    fn drop(&mut self) {
+        self.0.release();
+    }
+}
+
+/// Serve one upgraded WebSocket: `build` makes the protocol's session
+/// around its [`Conn`]; `drain` resolves at the connection's moment of the
+/// drain window (given the connection id); `slow_frame` is what a client
+/// cut off as slow is sent last.
+pub async fn serve<P, D>(
+    socket: WsSocket,
+    limits: &ConnLimits,
+    protocol: &'static str,
+    metrics: &Metrics,
+    slow_frame: Option<WsFrame>,
+    drain: impl FnOnce(u64) -> D,
+    build: impl FnOnce(Conn) -> P,
+) where
+    P: Protocol,
+    D: Future<Output = ()> + Send + 'static,
+{
+    let Opened {
+        conn_id,
+        tx,
+        mut stream,
+        done,
+        writer,
+    } = connection::open(socket, limits, protocol, metrics, slow_frame).await;
+    let conn = Conn {
+        id: conn_id,
+        tx,
+        done,
+        protocol,
+        metrics: metrics.clone(),
+        drain: Mutex::new(Box::pin(drain(conn_id))),
+    };
+    let mut session = Released(build(conn));
+    session.0.run(&mut stream).await;
+    connection::answer_close(&mut stream).await;
+    // Release, and drop the session's senders: the writer then writes what
+    // is queued and ends.
+    drop(session);
+    drop(stream);
+    writer.finish().await;
+}
+
+#[cfg(test)]
+mod tests {
+    #[tokio::test]
+    async fn expiry_arithmetic_never_overflows() {
+        use futures_util::FutureExt as _;
+        // Long past: resolves at once; far future: pending, no panic.
+        expired(Some(i64::MIN)).await;
+        expired(Some(0)).await;
+        assert!(expired(Some(i64::MAX)).now_or_never().is_none());
+        assert!(expired(None).now_or_never().is_none());
+    }
+
+    use std::sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    };
+
+    use super::*;
+
+    /// A session that registers on start and, as told, ends, panics or hangs.
+    struct Probe {
+        registered: Arc<AtomicUsize>,
+        released: Arc<AtomicUsize>,
+        end: &'static str,
+    }
+
+    impl Protocol for Probe {
+        async fn run(&mut self, _: &mut WsStream) {
+            self.registered.fetch_add(1, Ordering::SeqCst);
+            match self.end {
+                "panic" => panic!("a session bug"),
+                "hang" => std::future::pending().await,
+                _ => {}
+            }
+        }
+
+        fn release(&mut self) {
+            self.released.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    async fn run(end: &'static str) -> (usize, usize, i64) {
+        let metrics = Metrics::new();
+        let registered = Arc::new(AtomicUsize::new(0));
+        let released = Arc::new(AtomicUsize::new(0));
+        let (server, _client) = tokio::io::duplex(4096);
+        let socket = WsSocket::from_io(server, None, 1 << 16);
+        let (r, d) = (registered.clone(), released.clone());
+        let m = metrics.clone();
+        let task = tokio::spawn(async move {
+            serve(
+                socket,
+                &ConnLimits::default(),
+                "probe",
+                &m,
+                None,
+                |_| std::future::pending(),
+                |_conn| Probe {
+                    registered: r,
+                    released: d,
+                    end,
+                },
+            )
+            .await
+        });
+        // Wait until the session has started, then (for a hanging one)
+        // cancel the task as a shutdown would.
+        while registered.load(Ordering::SeqCst) == 0 {
+            tokio::task::yield_now().await;
+        }
+        if end == "hang" {
+            task.abort();
+        }
+        let _ = task.await;
+        let open = metrics.connections.with_label_values(&["probe"]).get();
+        (
+            registered.load(Ordering::SeqCst),
+            released.load(Ordering::SeqCst),
+            open,
+        )
+    }
+
+    #[tokio::test]
+    async fn release_runs_once_on_return_panic_and_cancellation() {
+        for end in ["return", "panic", "hang"] {
+            let (registered, released, open) = run(end).await;
+            assert_eq!((registered, released), (1, 1), "session that ends by {end}");
+            assert_eq!(open, 0, "connection gauge after {end}");
+        }
+    }
+}
