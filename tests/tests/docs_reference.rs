@@ -166,7 +166,7 @@ fn metrics_reference_is_generated_from_the_registrations() {
 
 #[test]
 fn event_catalogue_is_generated_from_the_schemas() {
-    use herald_gateway::stomp::destination::Destination;
+    use herald_gateway::protocols::stomp::destination::Destination;
     let mut out = String::from(
         "# Event catalogue\n\n\
          Generated from the schemas crate's catalogue (`schemas/src/catalogue.rs`) and the\n\
