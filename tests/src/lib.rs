@@ -30,6 +30,26 @@ use serde_json::{Value, json};
 use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
 
+/// Debian's Chromium, which the browser tests drive through playwright-core.
+pub const CHROMIUM: &str = "/usr/bin/chromium";
+
+/// The directory of the browser drivers (`tests/js`), once Chromium and the
+/// npm packages they need are there (`scripts/test.sh` installs both).
+pub fn browser_drivers() -> anyhow::Result<&'static str> {
+    anyhow::ensure!(
+        std::path::Path::new(CHROMIUM).is_file(),
+        "{CHROMIUM} is missing: scripts/test.sh installs Debian's chromium"
+    );
+    let js = concat!(env!("CARGO_MANIFEST_DIR"), "/js");
+    anyhow::ensure!(
+        std::path::Path::new(js)
+            .join("node_modules/playwright-core")
+            .exists(),
+        "npm clients are not installed: run scripts/test.sh (it runs `npm ci` in tests/js)"
+    );
+    Ok(js)
+}
+
 /// Shared secret of every test gateway.
 pub const JWT_SECRET: &str = "herald-test-secret-0123456789abcdef";
 

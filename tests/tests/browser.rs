@@ -19,7 +19,7 @@ use tokio::{
     process::{ChildStdout, Command},
 };
 
-const CHROMIUM: &str = "/usr/bin/chromium";
+use herald_tests::CHROMIUM;
 
 async fn next_event(lines: &mut Lines<BufReader<ChildStdout>>) -> anyhow::Result<Value> {
     let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
@@ -32,17 +32,7 @@ async fn next_event(lines: &mut Lines<BufReader<ChildStdout>>) -> anyhow::Result
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chromium_pages_connect_with_every_client_library_and_receive_events() -> anyhow::Result<()>
 {
-    anyhow::ensure!(
-        std::path::Path::new(CHROMIUM).is_file(),
-        "{CHROMIUM} is missing: scripts/test.sh installs Debian's chromium"
-    );
-    let js = concat!(env!("CARGO_MANIFEST_DIR"), "/js");
-    anyhow::ensure!(
-        std::path::Path::new(js)
-            .join("node_modules/playwright-core")
-            .exists(),
-        "npm clients are not installed: run scripts/test.sh (it runs `npm ci` in tests/js)"
-    );
+    let js = herald_tests::browser_drivers()?;
     let (page_port, other_port) = (free_port()?, free_port()?);
     let stack = Stack::start_with(StackOptions {
         gateway_args: vec![
@@ -211,17 +201,7 @@ fn all_received(log: &[Value], from: usize, text: &str, clients: &[&str]) -> boo
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chromium_clients_reconnect_to_a_restarted_gateway_and_anycable_resumes()
 -> anyhow::Result<()> {
-    anyhow::ensure!(
-        std::path::Path::new(CHROMIUM).is_file(),
-        "{CHROMIUM} is missing: scripts/test.sh installs Debian's chromium"
-    );
-    let js = concat!(env!("CARGO_MANIFEST_DIR"), "/js");
-    anyhow::ensure!(
-        std::path::Path::new(js)
-            .join("node_modules/playwright-core")
-            .exists(),
-        "npm clients are not installed: run scripts/test.sh (it runs `npm ci` in tests/js)"
-    );
+    let js = herald_tests::browser_drivers()?;
     let (page_port, port) = (free_port()?, free_port()?);
     let stack = Stack::start().await?;
     let mut args = stack.gateway_args();

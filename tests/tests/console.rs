@@ -19,23 +19,13 @@ use tokio::{
 };
 use tokio_util::sync::CancellationToken;
 
-const CHROMIUM: &str = "/usr/bin/chromium";
+use herald_tests::CHROMIUM;
 const ADMIN: &str = "console-e2e-admin-credential";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chromium_console_shows_live_numbers_and_what_a_credential_receives() -> anyhow::Result<()>
 {
-    anyhow::ensure!(
-        std::path::Path::new(CHROMIUM).is_file(),
-        "{CHROMIUM} is missing: scripts/test.sh installs Debian's chromium"
-    );
-    let js = concat!(env!("CARGO_MANIFEST_DIR"), "/js");
-    anyhow::ensure!(
-        std::path::Path::new(js)
-            .join("node_modules/playwright-core")
-            .exists(),
-        "npm clients are not installed: run scripts/test.sh (it runs `npm ci` in tests/js)"
-    );
+    let js = herald_tests::browser_drivers()?;
     // A gateway pod of the stack with the console, whose publish form posts
     // to the stack's producer.
     let stack = Stack::start_with(StackOptions::default()).await?;
