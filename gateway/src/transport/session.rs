@@ -43,6 +43,18 @@ pub async fn expired(expires_at: Option<i64>) {
     }
 }
 
+/// Box a rarely taken step of a session (a handshake, an error path, a
+/// command) before awaiting it.
+///
+/// A task is as large as its largest await point, for its whole life: an
+/// idle connection whose read loop could await an error reply inline would
+/// carry that reply's state, hundreds of bytes, while it waits for its next
+/// message. Boxed, the step's state is allocated only while it runs. See
+/// "Idle memory" in docs/benchmarks.md for what this saves per connection.
+pub fn cold<F: Future>(step: F) -> Pin<Box<F>> {
+    Box::pin(step)
+}
+
 /// What a protocol supplies to [`serve`].
 pub trait Protocol: Send {
     /// Handshake, then the read loop, until the session ends.
@@ -76,7 +88,7 @@ pub struct Conn {
     /// Cancelled once the writer is gone.
     pub done: CancellationToken,
     protocol: &'static str,
-    metrics: Metrics,
+    auth_failures: prometheus::IntCounterVec,
     /// Only ever polled through `&mut self` (`Mutex::get_mut`, no locking):
     /// the mutex just makes `Conn` shareable while a reply is queued.
     drain: Mutex<Pin<Box<dyn Future<Output = ()> + Send>>>,
@@ -99,12 +111,12 @@ impl Conn {
     }
 
     /// Resolves with the first interrupt: the writer gone, the drain moment,
-    /// `revoked` cancelled, or `expires_at` (unix seconds) passed. Revoked
+    /// `revoked` (if any) cancelled, or `expires_at` (unix seconds) passed. Revoked
     /// and expired credentials are counted in `herald_auth_failures_total`.
     /// Cancel-safe: select on it beside the client's next message.
     pub async fn interrupted(
         &mut self,
-        revoked: &CancellationToken,
+        revoked: Option<&CancellationToken>,
         expires_at: Option<i64>,
     ) -> Interrupt {
         let drain = self.drain.get_mut().unwrap_or_else(|e| e.into_inner());
@@ -112,7 +124,12 @@ impl Conn {
             biased;
             _ = self.done.cancelled() => Interrupt::Gone,
             _ = drain.as_mut() => Interrupt::Drain,
-            _ = revoked.cancelled() => Interrupt::Revoked,
+            _ = async {
+                match revoked {
+                    Some(token) => token.cancelled().await,
+                    None => std::future::pending().await,
+                }
+            } => Interrupt::Revoked,
             _ = expired(expires_at) => Interrupt::Expired,
         };
         let reason = match interrupt {
@@ -120,8 +137,7 @@ impl Conn {
             Interrupt::Expired => "expired",
             Interrupt::Gone | Interrupt::Drain => return interrupt,
         };
-        self.metrics
-            .auth_failures
+        self.auth_failures
             .with_label_values(&[self.protocol, reason])
             .inc();
         interrupt
@@ -159,13 +175,16 @@ pub async fn serve<P, D>(
         mut stream,
         done,
         writer,
-    } = connection::open(socket, limits, protocol, metrics, slow_frame).await;
+    } = cold(connection::open(
+        socket, limits, protocol, metrics, slow_frame,
+    ))
+    .await;
     let conn = Conn {
         id: conn_id,
         tx,
         done,
         protocol,
-        metrics: metrics.clone(),
+        auth_failures: metrics.auth_failures.clone(),
         drain: Mutex::new(Box::pin(drain(conn_id))),
     };
     let mut session = Released(build(conn));

@@ -24,7 +24,7 @@ use crate::{
     routing::gate::ResumeGate,
     transport::{
         connection::{self, HeartBeatKind, Outbound},
-        session::{Conn, Interrupt},
+        session::{Conn, Interrupt, cold},
         ws::{Message, WsFrame, WsSocket, WsStream},
     },
 };
@@ -190,7 +190,7 @@ struct CableSession {
 
 impl crate::transport::session::Protocol for CableSession {
     async fn run(&mut self, stream: &mut WsStream) {
-        if self.open().await {
+        if cold(self.open()).await {
             self.read_loop(stream).await;
         }
     }
@@ -346,12 +346,12 @@ impl CableSession {
             };
             let msg = tokio::select! {
                 biased;
-                interrupt = self.conn.interrupted(&self.revoked, self.expires_at) => {
+                interrupt = self.conn.interrupted(Some(&self.revoked), self.expires_at) => {
                     match interrupt {
                         Interrupt::Gone => {}
-                        Interrupt::Drain => self.disconnect(DisconnectReason::ServerRestart).await,
+                        Interrupt::Drain => cold(self.disconnect(DisconnectReason::ServerRestart)).await,
                         Interrupt::Revoked | Interrupt::Expired => {
-                            self.disconnect(DisconnectReason::Unauthorized).await;
+                            cold(self.disconnect(DisconnectReason::Unauthorized)).await;
                         }
                     }
                     return;
@@ -360,7 +360,7 @@ impl CableSession {
                     // Nothing accepted in time: whatever it is, it costs a
                     // socket and earns nothing.
                     self.ctx.limits.rejected("cable_anonymous");
-                    self.disconnect(DisconnectReason::Unauthorized).await;
+                    cold(self.disconnect(DisconnectReason::Unauthorized)).await;
                     return;
                 }
                 m = stream.next() => m,
@@ -371,7 +371,7 @@ impl CableSession {
                         conn = self.conn.id,
                         "ActionCable message over the size limit"
                     );
-                    self.disconnect(DisconnectReason::InvalidRequest).await;
+                    cold(self.disconnect(DisconnectReason::InvalidRequest)).await;
                     return;
                 }
                 None | Some(Err(_)) => return,
@@ -385,10 +385,10 @@ impl CableSession {
                     conn = self.conn.id,
                     "ActionCable message over the size limit"
                 );
-                self.disconnect(DisconnectReason::InvalidRequest).await;
+                cold(self.disconnect(DisconnectReason::InvalidRequest)).await;
                 return;
             }
-            self.handle(&text).await;
+            cold(self.handle(&text)).await;
         }
     }
 

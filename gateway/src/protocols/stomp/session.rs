@@ -28,7 +28,7 @@ use crate::{
     },
     transport::{
         connection::{self, ConnTx, HeartBeatKind, Outbound},
-        session::{Conn, Interrupt},
+        session::{Conn, Interrupt, cold},
         ws::{Message, WsFrame, WsSocket, WsStream},
     },
 };
@@ -285,6 +285,17 @@ impl resume::Replayer for StompReplay<'_> {
     }
 }
 
+/// What a client cut off as slow is sent last: the same bytes for every
+/// connection, so encoded once per process rather than held by each.
+static SLOW_FRAME: std::sync::LazyLock<WsFrame> = std::sync::LazyLock::new(|| {
+    error_frame(
+        "slow consumer disconnected",
+        None,
+        "the client did not read its frames fast enough",
+        None,
+    )
+});
+
 /// Serve one upgraded WebSocket as a STOMP session. `upgrade_auth` is the
 /// upgrade request's `Authorization` header; `max_version` is bounded by the
 /// negotiated subprotocol.
@@ -294,12 +305,6 @@ pub async fn serve(
     upgrade_auth: Option<String>,
     max_version: Version,
 ) {
-    let slow_frame = error_frame(
-        "slow consumer disconnected",
-        None,
-        "the client did not read its frames fast enough",
-        None,
-    );
     let drain = |id| ctx.drain_notice(id);
     let sub_rate = ctx.limits.config().subscribes_per_second;
     crate::transport::session::serve(
@@ -307,7 +312,7 @@ pub async fn serve(
         &ctx.outbound,
         PROTOCOL,
         &ctx.metrics,
-        Some(slow_frame),
+        Some(SLOW_FRAME.clone()),
         drain,
         |conn| Session {
             conn,
@@ -317,7 +322,7 @@ pub async fn serve(
             max_version,
             version: None,
             recipient: None,
-            revoked: CancellationToken::new(),
+            revoked: None,
             account_slot: None,
             sub_rate: crate::limits::CommandRate::new(sub_rate),
             decoder: codec::Decoder::default(),
@@ -336,7 +341,8 @@ struct Session {
     recipient: Option<Arc<StompRecipient>>,
     read_timeout: Duration,
     /// Cancelled when the opaque token in use is revoked or changed.
-    revoked: CancellationToken,
+    /// Cancelled when the opaque token in use is revoked (none for a JWT).
+    revoked: Option<CancellationToken>,
     /// This connection's place in its account's connection limit.
     account_slot: Option<AccountSlot>,
     /// SUBSCRIBE and UNSUBSCRIBE frames allowed per second.
@@ -374,17 +380,17 @@ impl Session {
             let expires_at = self.recipient.as_ref().and_then(|r| r.identity.expires_at);
             let next = tokio::select! {
                 biased;
-                interrupt = self.conn.interrupted(&self.revoked, expires_at) => {
+                interrupt = self.conn.interrupted(self.revoked.as_ref(), expires_at) => {
                     match interrupt {
                         Interrupt::Gone => {}
                         Interrupt::Drain => {
-                            self.fail(1012, "server restart", "server restart: reconnect", "the gateway is shutting down; reconnect", None).await;
+                            cold(self.fail(1012, "server restart", "server restart: reconnect", "the gateway is shutting down; reconnect", None)).await;
                         }
                         Interrupt::Revoked => {
-                            self.fail(1008, "unauthorized", "401 Unauthorized: credential revoked", "", None).await;
+                            cold(self.fail(1008, "unauthorized", "401 Unauthorized: credential revoked", "", None)).await;
                         }
                         Interrupt::Expired => {
-                            self.fail(1008, "unauthorized", "401 Unauthorized: token expired", "", None).await;
+                            cold(self.fail(1008, "unauthorized", "401 Unauthorized: token expired", "", None)).await;
                         }
                     }
                     return;
@@ -393,20 +399,20 @@ impl Session {
             };
             let msg = match next {
                 Err(_) if self.version.is_none() => {
-                    self.protocol_error(
+                    cold(self.protocol_error(
                         "CONNECT timeout",
                         "no CONNECT frame arrived in time",
                         None,
-                    )
+                    ))
                     .await;
                     return;
                 }
                 Err(_) => {
-                    self.protocol_error(
+                    cold(self.protocol_error(
                         "heart-beat timeout",
                         "the client sent nothing within the heart-beat window",
                         None,
-                    )
+                    ))
                     .await;
                     return;
                 }
@@ -417,13 +423,13 @@ impl Session {
                         .with_label_values(&[PROTOCOL])
                         .inc();
                     let max = self.ctx.stomp.limits.max_frame_bytes;
-                    self.fail(
+                    cold(self.fail(
                         1009,
                         "frame too large",
                         "frame too large",
                         &format!("a WebSocket message over the {max}-byte frame limit"),
                         None,
-                    )
+                    ))
                     .await;
                     return;
                 }
@@ -440,14 +446,18 @@ impl Session {
             let items = match self.decoder.feed(bytes, version, &self.ctx.stomp.limits) {
                 Ok(items) => items,
                 Err(e) => {
-                    self.protocol_error(&e.to_string(), "the frame could not be parsed", None)
-                        .await;
+                    cold(self.protocol_error(
+                        &e.to_string(),
+                        "the frame could not be parsed",
+                        None,
+                    ))
+                    .await;
                     return;
                 }
             };
             for item in items {
                 if let Decoded::Frame(frame) = item
-                    && self.handle(frame).await.is_break()
+                    && cold(self.handle(frame)).await.is_break()
                 {
                     return;
                 }
@@ -641,7 +651,7 @@ impl Session {
         };
         self.version = Some(version);
         if let Some(key) = &identity.token_key {
-            self.revoked = self.ctx.auth.identities.watch(key, self.conn.id);
+            self.revoked = Some(self.ctx.auth.identities.watch(key, self.conn.id));
         }
         let recipient = Arc::new(StompRecipient {
             identity,
@@ -707,6 +717,9 @@ impl Session {
                 destination.as_str(),
                 ack
             );
+            // Most clients hold one subscription: grow one at a time rather
+            // than by the default doubling from four.
+            subs.reserve_exact(1);
             subs.push(Subscription {
                 id: id.clone(),
                 destination,

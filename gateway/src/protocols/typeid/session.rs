@@ -26,7 +26,7 @@ use crate::{
     routing::router::{FrameCache, Recipient},
     transport::{
         connection::{ConnTx, Outbound},
-        session::{Conn, Interrupt},
+        session::{Conn, Interrupt, cold},
         ws::{Message, WsSocket, WsStream},
     },
 };
@@ -136,7 +136,7 @@ pub async fn serve(socket: WsSocket, ctx: Arc<Context>, peer: IpAddr) {
             ctx: ctx.clone(),
             peer,
             identity: None,
-            revoked: CancellationToken::new(),
+            revoked: None,
             account_slot: None,
             bucket: CommandRate::new(ctx.typeid.messages_per_second),
         },
@@ -149,7 +149,8 @@ struct Session {
     ctx: Arc<Context>,
     peer: IpAddr,
     identity: Option<Identity>,
-    revoked: CancellationToken,
+    /// Cancelled when the opaque token in use is revoked (none for a JWT).
+    revoked: Option<CancellationToken>,
     /// This connection's place in its account's connection limit.
     account_slot: Option<AccountSlot>,
     /// Message requests allowed per second.
@@ -158,7 +159,7 @@ struct Session {
 
 impl crate::transport::session::Protocol for Session {
     async fn run(&mut self, stream: &mut WsStream) {
-        if self.join(stream).await {
+        if cold(self.join(stream)).await {
             self.read_loop(stream).await;
         }
     }
@@ -261,7 +262,7 @@ impl Session {
                 self.account_slot = Some(slot);
                 self.respond_join(JoinStatus::Successful).await;
                 if let Some(key) = &identity.token_key {
-                    self.revoked = self.ctx.auth.identities.watch(key, self.conn.id);
+                    self.revoked = Some(self.ctx.auth.identities.watch(key, self.conn.id));
                 }
                 let recipient = Arc::new(TypeIdRecipient {
                     identity: identity.clone(),
@@ -347,12 +348,12 @@ impl Session {
         loop {
             let next = tokio::select! {
                 biased;
-                interrupt = self.conn.interrupted(&self.revoked, expires_at) => {
+                interrupt = self.conn.interrupted(self.revoked.as_ref(), expires_at) => {
                     match interrupt {
                         Interrupt::Gone => {}
-                        Interrupt::Drain => self.close_with(1012, "server restart").await,
-                        Interrupt::Revoked => self.close_with(1008, "session revoked").await,
-                        Interrupt::Expired => self.close_with(1008, "session expired").await,
+                        Interrupt::Drain => cold(self.close_with(1012, "server restart")).await,
+                        Interrupt::Revoked => cold(self.close_with(1008, "session revoked")).await,
+                        Interrupt::Expired => cold(self.close_with(1008, "session expired")).await,
                     }
                     return;
                 }
@@ -361,12 +362,12 @@ impl Session {
             let text = match next {
                 Err(_) => {
                     tracing::debug!(conn = self.conn.id, "TypeID client idle; closing");
-                    self.close_with(1000, "idle timeout").await;
+                    cold(self.close_with(1000, "idle timeout")).await;
                     return;
                 }
                 Ok(Next::Ended) => return,
                 Ok(Next::Oversize) => {
-                    self.oversize().await;
+                    cold(self.oversize()).await;
                     return;
                 }
                 Ok(Next::Text(t)) => t,
@@ -380,23 +381,19 @@ impl Session {
                         .protocol_errors
                         .with_label_values(&[PROTOCOL])
                         .inc();
-                    self.close_with(1002, "malformed frame").await;
+                    cold(self.close_with(1002, "malformed frame")).await;
                     return;
                 }
             };
             match frame.type_id {
                 protocol::PING => {
                     let echo = protocol::frame_raw(protocol::PING, &frame.body.to_string());
-                    self.conn.emit_text(&echo).await;
+                    cold(self.conn.emit_text(&echo)).await;
                 }
                 protocol::CONVERSATION_MESSAGE_REQUEST => {
-                    let response = self.message(frame.body).await;
-                    self.conn
-                        .emit_text(&protocol::frame(
-                            protocol::CONVERSATION_MESSAGE_RESPONSE,
-                            &response,
-                        ))
-                        .await;
+                    let response = cold(self.message(frame.body)).await;
+                    let reply = protocol::frame(protocol::CONVERSATION_MESSAGE_RESPONSE, &response);
+                    cold(self.conn.emit_text(&reply)).await;
                 }
                 other => {
                     // Well-formed but unknown: logged and counted; the connection stays.
