@@ -263,7 +263,14 @@ impl Upgrade {
             let Ok(upgraded) = on_upgrade.await else {
                 return;
             };
-            callback(WsSocket::from_upgraded(upgraded, protocol, max_message)).await;
+            // The connection's life runs in a task of its own: awaited here,
+            // this task's state (the callback, the upgrade) would stay
+            // beside the session's for as long as the connection lasts.
+            tokio::spawn(callback(WsSocket::from_upgraded(
+                upgraded,
+                protocol,
+                max_message,
+            )));
         });
         let mut response = Response::new(Body::empty());
         *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
