@@ -139,11 +139,12 @@ pub struct SimulateArgs {
     #[arg(long, default_value_t = 500.0)]
     pub record_bytes: f64,
     /// Cores per pod, at the speed of the benchmark machine's (AMD EPYC
-    /// vCPU). Raises the fan-out capacity, not the ingest ceiling.
-    #[arg(long, default_value_t = 2.0)]
+    /// vCPU); the Helm chart requests 1. Raises the fan-out capacity, not
+    /// the ingest ceiling.
+    #[arg(long, default_value_t = 1.0)]
     pub pod_cores: f64,
-    /// Memory per pod, MiB.
-    #[arg(long, default_value_t = 4096.0)]
+    /// Memory per pod, MiB (the Helm chart's limit: 2 GiB).
+    #[arg(long, default_value_t = 2048.0)]
     pub pod_memory_mib: f64,
     /// Fewest pods of a design, and of each group, when counting the pods
     /// needed: one pod is no redundancy (a group without a pod serves none
@@ -692,7 +693,7 @@ pub fn report(args: &SimulateArgs) -> Result<String> {
     )?;
     writeln!(
         out,
-        "- pod: {} cores, {} MiB; ingest ceiling {} records/s; {:.2} µs per frame ({} frames per write); target utilisation {}; seed {}\n",
+        "- pod: {} CPU, {} MiB; ingest ceiling {} records/s; {:.2} µs per frame ({} frames per write); target utilisation {}; seed {}\n",
         args.pod_cores,
         args.pod_memory_mib,
         si(args.ingest_records_per_second),
