@@ -173,11 +173,17 @@ impl SimulateArgs {
         if self.accounts == 0 {
             bail!("--accounts must be at least 1");
         }
-        if self.accounts > 100_000_000 {
-            bail!("--accounts above 100,000,000 is not supported (memory)");
+        if self.accounts > 10_000_000 {
+            bail!("--accounts above 10,000,000 is not supported (the workload is held in memory)");
         }
         if self.partitions == 0 || self.topics == 0 {
             bail!("--partitions and --topics must be at least 1");
+        }
+        if self.partitions > 100_000 || self.topics > 10_000 {
+            bail!("--partitions is at most 100,000 and --topics at most 10,000");
+        }
+        if self.pods > 100_000 {
+            bail!("--pods is at most 100,000 (each pod is placed one at a time)");
         }
         if self.groups == 0 || !self.partitions.is_multiple_of(self.groups) {
             bail!(
@@ -1091,6 +1097,12 @@ mod tests {
             (&["--pod-cores", "0"][..], "--pod-cores"),
             (&["--target-utilisation", "1.5"][..], "--target-utilisation"),
             (&["--frames-per-write", "0.5"][..], "--frames-per-write"),
+            (
+                &["--accounts", "20000000"][..],
+                "--accounts above 10,000,000",
+            ),
+            (&["--pods", "200000"][..], "--pods is at most 100,000"),
+            (&["--audience", "2"][..], "--audience must be at most 1"),
         ] {
             let err = report(&args(extra)).unwrap_err().to_string();
             assert!(err.contains(needle), "{extra:?}: {err}");
