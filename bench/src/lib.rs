@@ -11,6 +11,7 @@
 //! - [`resuming`] — clients that lose their connection and resume from their position
 //! - [`peers`] — Herald against AnyCable, Centrifugo, RabbitMQ Web-STOMP and Rails ActionCable
 //! - [`reconnect`] — the scenarios with resuming clients: jitter, avalanche
+//! - [`simulate`] — the capacity model (no I/O): per-pod load of a workload, today vs. pod groups
 
 pub mod client;
 pub mod cluster;
@@ -24,5 +25,6 @@ pub mod raw;
 pub mod reconnect;
 pub mod resuming;
 pub mod scenario;
+pub mod simulate;
 pub mod stamp;
 pub mod ws;

@@ -80,6 +80,10 @@ enum Command {
         #[command(flatten)]
         args: herald_bench::peers::PeersArgs,
     },
+    /// Capacity model: per-pod ingest, fan-out and memory of a workload,
+    /// every pod reading every partition vs. partition-affine pod groups
+    /// (docs/scaling.md). Computes, measures nothing.
+    Simulate(herald_bench::simulate::SimulateArgs),
     /// The raw baseline server (started by the other commands).
     #[command(hide = true)]
     RawServer {
@@ -136,6 +140,9 @@ fn source_state() -> serde_json::Value {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Command::Simulate(args) = &cli.command {
+        return herald_bench::simulate::run(args);
+    }
     let fd_limit = raise_fd_limit();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -214,7 +221,7 @@ fn main() -> anyhow::Result<()> {
                 common,
                 herald_bench::peers::run(common, args).await,
             ),
-            Command::RawServer { .. } => unreachable!("handled above"),
+            Command::RawServer { .. } | Command::Simulate(_) => unreachable!("handled above"),
         }
     });
     let results = result?;
