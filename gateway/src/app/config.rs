@@ -474,6 +474,7 @@ impl GatewayConfig {
             produce_timeout: Duration::from_millis(self.typeid_produce_timeout_ms),
             require_conversation_grant: self.typeid_require_conversation_grant,
             commands_topic: Family::ClientCommands.topic(&self.kafka.topic_prefix),
+            max_frame_bytes: self.max_frame_bytes,
         })
     }
 
@@ -623,26 +624,20 @@ mod tests {
             assert!(matches!(err, ConfigError::ConsoleToken), "{bad:?}: {err}");
             assert!(err.to_string().contains("HERALD_CONSOLE_TOKEN"), "{err}");
         }
-        let c = parse(&[
+        let enabled = [
             "--console",
             "true",
             "--console-token",
             "an-admin-token-0123",
-        ]);
+        ];
+        let c = parse(&enabled);
         c.validate().unwrap();
         let console = c.console().unwrap().unwrap();
         assert_eq!(console.token, "an-admin-token-0123");
         assert!(console.publish_url.is_none());
-        let err = parse(&[
-            "--console",
-            "true",
-            "--console-token",
-            "an-admin-token-0123",
-            "--console-publish-url",
-            "ftp://x",
-        ])
-        .validate()
-        .unwrap_err();
+        let err = parse(&[&enabled[..], &["--console-publish-url", "ftp://x"]].concat())
+            .validate()
+            .unwrap_err();
         assert!(err.to_string().contains("console-publish-url"), "{err}");
     }
 

@@ -30,15 +30,15 @@ use crate::{
     limits::{IpSlot, Limits},
     metrics::Metrics,
     protocols::{
-        cable::{self, Endpoint},
-        context::Context,
-        stomp::{self, codec::Version},
-        typeid::{self as typeid_proto, JoinThrottle},
+        cable::{self, CableDeps, Endpoint},
+        shared::{Drain, Shared},
+        stomp::{self, StompDeps, codec::Version},
+        typeid::{self as typeid_proto, JoinThrottle, TypeIdDeps},
     },
     routing::{history::HistoryBuffer, presence::PresenceTable, router::Router},
     transport::{
-        proxy::ProxyProtocolListener,
-        ws::{self, Upgrade},
+        proxy::{ProxyProtocolListener, TrustedProxies},
+        ws::{self, Upgrade, WsSocket},
     },
 };
 
@@ -88,8 +88,10 @@ pub struct GatewayHandle {
     pub ws_addr: SocketAddr,
     /// Bound ops address.
     pub ops_addr: SocketAddr,
-    /// The shared context (tests inspect the router and metrics).
-    pub context: Arc<Context>,
+    /// What every session shares (tests inspect the router and metrics).
+    pub shared: Arc<Shared>,
+    /// Who is online (tests record heartbeats).
+    pub presence: Arc<PresenceTable>,
     shutdown: CancellationToken,
     task: JoinHandle<()>,
 }
@@ -145,7 +147,8 @@ pub async fn start(
         None => verifier,
     };
     let metrics = Metrics::new();
-    let resume_config = config.resume()?;
+    // One for the pod: its Kafka read bounds are shared by every resume.
+    let resume_config = Arc::new(config.resume()?);
     let router = Arc::new(Router::with_history(
         HistoryBuffer::with_budget(
             resume_config.buffer_events,
@@ -217,7 +220,7 @@ pub async fn start(
         .map_err(|e| anyhow::anyhow!("cannot bind WebSocket listener {}: {e}", config.listen))?;
     let ws_addr = listener.local_addr()?;
 
-    let context = Arc::new(Context {
+    let shared = Arc::new(Shared {
         router: router.clone(),
         metrics: metrics.clone(),
         auth: Authenticator {
@@ -225,21 +228,32 @@ pub async fn start(
             identities: identities.clone(),
             unknown_token_wait: Duration::from_millis(config.unknown_token_wait_ms),
         },
-        stomp: config.stomp()?,
-        cable: config.cable()?,
-        typeid: config.typeid()?,
-        resume: config.resume()?,
-        typeid_throttle: JoinThrottle::new(config.typeid_joins_per_ip_per_minute),
-        presence: presence.clone(),
-        producer,
-        shutdown: shutdown.clone(),
-        // Notices go out over the first 80% of the window, leaving the rest
-        // for the last clients to close.
-        drain_spread: Duration::from_millis(config.drain_secs * 800),
         limits: Limits::new(config.limits(), metrics.clone()),
         outbound: config.outbound()?,
-        proxies: Arc::new(config.proxies()?),
+        // Notices go out over the first 80% of the window, leaving the rest
+        // for the last clients to close.
+        drain: Drain::new(
+            shutdown.clone(),
+            Duration::from_millis(config.drain_secs * 800),
+        ),
     });
+    let stomp_deps = Arc::new(StompDeps {
+        config: config.stomp()?,
+        resume: resume_config.clone(),
+    });
+    let cable_deps = Arc::new(CableDeps {
+        config: config.cable()?,
+        resume: resume_config,
+        presence: presence.clone(),
+        producer: producer.clone(),
+    });
+    let typeid_deps = Arc::new(TypeIdDeps {
+        config: config.typeid()?,
+        throttle: JoinThrottle::new(config.typeid_joins_per_ip_per_minute),
+        producer,
+    });
+    // Admission's: whom to believe about the client's address.
+    let proxies = Arc::new(config.proxies()?);
     // The console (when enabled) is served beside the probes and metrics.
     let console_routes = match config.console()? {
         Some(console) => {
@@ -250,7 +264,8 @@ pub async fn start(
             );
             crate::app::console::Console::new(
                 console,
-                context.clone(),
+                shared.clone(),
+                presence.clone(),
                 readiness.clone(),
                 ops_stop.clone(),
             )
@@ -325,7 +340,7 @@ pub async fn start(
         kafka,
         router,
         metrics,
-        presence,
+        presence.clone(),
         link,
         consumer_stop.clone(),
     ));
@@ -338,7 +353,11 @@ pub async fn start(
         .route("/api/v1/stream", get(stream_upgrade))
         .route(&config.typeid_path, get(typeid_upgrade))
         .with_state(AppState {
-            context: context.clone(),
+            shared: shared.clone(),
+            stomp: stomp_deps,
+            cable: cable_deps,
+            typeid: typeid_deps,
+            proxies: proxies.clone(),
             tracker: tracker.clone(),
         });
     let drain = Duration::from_secs(config.drain_secs);
@@ -349,10 +368,10 @@ pub async fn start(
     let listening = match config.tls()? {
         Some(tls) => Listening::Tls(TlsListener::new(listener, tls, handshake, tune)?),
         None if config.proxy_protocol => {
-            let limits = context.limits.clone();
+            let limits = shared.limits.clone();
             Listening::Proxied(ProxyProtocolListener::new(
                 listener,
-                context.proxies.clone(),
+                proxies,
                 handshake,
                 tune,
                 move || limits.rejected("proxy_protocol"),
@@ -385,43 +404,80 @@ pub async fn start(
     Ok(GatewayHandle {
         ws_addr,
         ops_addr,
-        context,
+        shared,
+        presence,
         shutdown: signal,
         task,
     })
 }
 
+/// What the upgrade routes hold: the shared part, each protocol's
+/// dependencies, admission's trusted proxies and the drain tracker.
 #[derive(Clone)]
 struct AppState {
-    context: Arc<Context>,
+    shared: Arc<Shared>,
+    stomp: Arc<StompDeps>,
+    cable: Arc<CableDeps>,
+    typeid: Arc<TypeIdDeps>,
+    proxies: Arc<TrustedProxies>,
     tracker: TaskTracker,
 }
 
-/// Checks every upgrade passes before it is accepted: the browser `Origin`
-/// allow-list (403) and the per-IP connection limit (429). The slot is held
-/// for the connection's life.
-fn admit(state: &AppState, headers: &HeaderMap, peer: SocketAddr) -> Result<IpSlot, Refusal> {
-    let limits = &state.context.limits;
-    let origin = headers
-        .get(axum::http::header::ORIGIN)
-        .and_then(|v| v.to_str().ok());
-    if !limits.origin_allowed(origin) {
-        return Err(Refusal(
-            axum::http::StatusCode::FORBIDDEN,
-            "origin not allowed\n",
-        ));
+impl AppState {
+    /// Checks every upgrade passes before it is accepted: the browser
+    /// `Origin` allow-list (403) and the per-IP connection limit (429). The
+    /// slot is held for the connection's life.
+    fn admit(&self, headers: &HeaderMap, peer: SocketAddr) -> Result<IpSlot, Refusal> {
+        let limits = &self.shared.limits;
+        let origin = headers
+            .get(axum::http::header::ORIGIN)
+            .and_then(|v| v.to_str().ok());
+        if !limits.origin_allowed(origin) {
+            return Err(Refusal(
+                axum::http::StatusCode::FORBIDDEN,
+                "origin not allowed\n",
+            ));
+        }
+        limits
+            .admit_ip(self.client_ip(headers, peer))
+            .ok_or(Refusal(
+                axum::http::StatusCode::TOO_MANY_REQUESTS,
+                "too many connections from this address\n",
+            ))
     }
-    limits
-        .admit_ip(client_ip(state, headers, peer))
-        .ok_or(Refusal(
-            axum::http::StatusCode::TOO_MANY_REQUESTS,
-            "too many connections from this address\n",
-        ))
-}
 
-/// The client's address: the TCP peer, or whom a trusted proxy names.
-fn client_ip(state: &AppState, headers: &HeaderMap, peer: SocketAddr) -> std::net::IpAddr {
-    state.context.proxies.client_ip(peer.ip(), headers)
+    /// The client's address: the TCP peer, or whom a trusted proxy names.
+    fn client_ip(&self, headers: &HeaderMap, peer: SocketAddr) -> std::net::IpAddr {
+        self.proxies.client_ip(peer.ip(), headers)
+    }
+
+    /// Admit the upgrade, then accept it (the first of `subprotocols` the
+    /// client offers; client messages up to `max_message` bytes) and run
+    /// `session` on the socket. The connection's IP slot and its place in
+    /// the drain's task tracker are held until the session ends.
+    fn accept<F, Fut>(
+        &self,
+        ws: Upgrade,
+        headers: &HeaderMap,
+        peer: SocketAddr,
+        subprotocols: &[&'static str],
+        max_message: usize,
+        session: F,
+    ) -> Response
+    where
+        F: FnOnce(WsSocket) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let slot = match self.admit(headers, peer) {
+            Ok(slot) => slot,
+            Err(refusal) => return axum::response::IntoResponse::into_response(refusal),
+        };
+        let token = self.tracker.token();
+        ws.on_upgrade(subprotocols, max_message, move |socket| async move {
+            session(socket).await;
+            drop((slot, token));
+        })
+    }
 }
 
 /// An upgrade refused before it happened: status and reason.
@@ -433,6 +489,14 @@ impl axum::response::IntoResponse for Refusal {
     }
 }
 
+/// The upgrade request's `Authorization` header, if it is text.
+fn authorization(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
 /// `/ws.communication`: STOMP.
 async fn stomp_upgrade(
     ws: Upgrade,
@@ -440,17 +504,13 @@ async fn stomp_upgrade(
     ConnectInfo(PeerAddr(peer)): ConnectInfo<PeerAddr>,
     State(state): State<AppState>,
 ) -> Response {
-    let slot = match admit(&state, &headers, peer) {
-        Ok(slot) => slot,
-        Err(refusal) => return axum::response::IntoResponse::into_response(refusal),
-    };
-    let auth = headers
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
-    let limit = state.context.stomp.limits.max_frame_bytes;
-    let token = state.tracker.token();
-    ws.on_upgrade(
+    let auth = authorization(&headers);
+    let (shared, deps) = (state.shared.clone(), state.stomp.clone());
+    let limit = deps.config.limits.max_frame_bytes;
+    state.accept(
+        ws,
+        &headers,
+        peer,
         &["v12.stomp", "v11.stomp", "v10.stomp"],
         limit,
         move |socket| async move {
@@ -458,8 +518,7 @@ async fn stomp_upgrade(
                 .protocol
                 .and_then(Version::from_subprotocol)
                 .unwrap_or(Version::V1_2);
-            stomp::serve(socket, state.context, auth, max_version).await;
-            drop((slot, token));
+            stomp::serve(socket, shared, deps, auth, max_version).await;
         },
     )
 }
@@ -472,10 +531,7 @@ async fn room_upgrade(
     ConnectInfo(PeerAddr(peer)): ConnectInfo<PeerAddr>,
     State(state): State<AppState>,
 ) -> Response {
-    match admit(&state, &headers, peer) {
-        Ok(slot) => cable_upgrade(ws, state, Endpoint::Room, slot),
-        Err(refusal) => axum::response::IntoResponse::into_response(refusal),
-    }
+    cable_upgrade(&state, ws, &headers, peer, Endpoint::Room)
 }
 
 /// `/stream?account_id=..&token=..` (or `Authorization`): NotificationsChannel.
@@ -486,33 +542,32 @@ async fn stream_upgrade(
     Query(query): Query<std::collections::HashMap<String, String>>,
     State(state): State<AppState>,
 ) -> Response {
-    let slot = match admit(&state, &headers, peer) {
-        Ok(slot) => slot,
-        Err(refusal) => return axum::response::IntoResponse::into_response(refusal),
-    };
-    let credential = query.get("token").cloned().or_else(|| {
-        headers
-            .get(axum::http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned)
-    });
     let endpoint = Endpoint::Stream {
         account_id: query.get("account_id").cloned(),
-        credential,
+        credential: query
+            .get("token")
+            .cloned()
+            .or_else(|| authorization(&headers)),
     };
-    cable_upgrade(ws, state, endpoint, slot)
+    cable_upgrade(&state, ws, &headers, peer, endpoint)
 }
 
-fn cable_upgrade(ws: Upgrade, state: AppState, endpoint: Endpoint, slot: IpSlot) -> Response {
-    let limit = state.context.cable.max_message_bytes;
-    let token = state.tracker.token();
-    ws.on_upgrade(
+fn cable_upgrade(
+    state: &AppState,
+    ws: Upgrade,
+    headers: &HeaderMap,
+    peer: SocketAddr,
+    endpoint: Endpoint,
+) -> Response {
+    let (shared, deps) = (state.shared.clone(), state.cable.clone());
+    let limit = deps.config.max_message_bytes;
+    state.accept(
+        ws,
+        headers,
+        peer,
         &cable::protocol::SUBPROTOCOLS,
         limit,
-        move |socket| async move {
-            cable::serve(socket, state.context, endpoint).await;
-            drop((slot, token));
-        },
+        move |socket| cable::serve(socket, shared, deps, endpoint),
     )
 }
 
@@ -523,16 +578,11 @@ async fn typeid_upgrade(
     ConnectInfo(PeerAddr(peer)): ConnectInfo<PeerAddr>,
     State(state): State<AppState>,
 ) -> Response {
-    let slot = match admit(&state, &headers, peer) {
-        Ok(slot) => slot,
-        Err(refusal) => return axum::response::IntoResponse::into_response(refusal),
-    };
-    let client = client_ip(&state, &headers, peer);
-    let limit = state.context.stomp.limits.max_frame_bytes;
-    let token = state.tracker.token();
-    ws.on_upgrade(&[], limit, move |socket| async move {
-        typeid_proto::serve(socket, state.context, client).await;
-        drop((slot, token));
+    let client = state.client_ip(&headers, peer);
+    let (shared, deps) = (state.shared.clone(), state.typeid.clone());
+    let limit = deps.config.max_frame_bytes;
+    state.accept(ws, &headers, peer, &[], limit, move |socket| {
+        typeid_proto::serve(socket, shared, deps, client)
     })
 }
 

@@ -48,7 +48,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use tokio_util::sync::CancellationToken;
 
-use crate::protocols::context::Context;
+use crate::{protocols::shared::Shared, routing::presence::PresenceTable};
 
 pub use latency::LatencyWindow;
 
@@ -89,7 +89,10 @@ const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; conn
 
 struct Inner {
     config: ConsoleConfig,
-    context: Arc<Context>,
+    /// The router, metrics and credential resolution the sessions use.
+    shared: Arc<Shared>,
+    /// Who is online.
+    presence: Arc<PresenceTable>,
     readiness: Readiness,
     latency: Mutex<LatencyWindow>,
     started: Instant,
@@ -102,18 +105,21 @@ struct Inner {
 pub struct Console(Arc<Inner>);
 
 impl Console {
-    /// A console over `context`; its background sampling and its live
-    /// streams end when `stop` is cancelled.
+    /// A console over the gateway's `shared` part and its `presence`
+    /// table; its background sampling and its live streams end when `stop`
+    /// is cancelled.
     pub fn new(
         config: ConsoleConfig,
-        context: Arc<Context>,
+        shared: Arc<Shared>,
+        presence: Arc<PresenceTable>,
         readiness: Readiness,
         stop: CancellationToken,
     ) -> Console {
         let console = Console(Arc::new(Inner {
             config,
             latency: Mutex::new(LatencyWindow::new(Duration::from_secs(60))),
-            context,
+            shared,
+            presence,
             readiness,
             started: Instant::now(),
             stop,
@@ -136,7 +142,7 @@ impl Console {
     }
 
     fn sample_latency(&self) {
-        let m = &self.0.context.metrics;
+        let m = &self.0.shared.metrics;
         if let Ok(mut w) = self.0.latency.lock() {
             w.sample(Instant::now(), &m.delivery_latency, &m.gateway_latency);
         }
@@ -237,8 +243,8 @@ impl Console {
 
     /// Everything the overview page shows, as of now.
     pub fn overview(&self) -> Value {
-        let ctx = &self.0.context;
-        let m = &ctx.metrics;
+        let shared = &self.0.shared;
+        let m = &shared.metrics;
         let per_protocol = |g: &prometheus::IntGaugeVec| {
             let map: serde_json::Map<String, Value> = PROTOCOLS
                 .iter()
@@ -251,8 +257,8 @@ impl Console {
                 .collect();
             Value::Object(map)
         };
-        let frontier = ctx.router.frontier();
-        let highs = ctx.router.watermarks();
+        let frontier = shared.router.frontier();
+        let highs = shared.router.watermarks();
         let mut partitions: Vec<_> = frontier.into_iter().collect();
         partitions.sort();
         let partitions: Vec<Value> = partitions
@@ -279,7 +285,8 @@ impl Console {
             .lock()
             .map(|w| w.summary())
             .unwrap_or(Value::Null);
-        let presence: Vec<Value> = ctx
+        let presence: Vec<Value> = self
+            .0
             .presence
             .accounts()
             .into_iter()
@@ -291,7 +298,7 @@ impl Console {
             "not_ready": not_ready,
             "connections": per_protocol(&m.connections),
             "subscriptions": per_protocol(&m.subscriptions),
-            "accounts": ctx.router.loads(),
+            "accounts": shared.router.loads(),
             "partitions": partitions,
             "latency": latency,
             "presence_accounts": presence,
@@ -449,7 +456,7 @@ async fn presence(State(console): State<Console>, Query(q): Query<PresenceQuery>
             .into_response();
     }
     let now = crate::core::clock::now_ms();
-    let (users, contacts) = console.0.context.presence.online(account);
+    let (users, contacts) = console.0.presence.online(account);
     let rows = |v: Vec<(String, i64)>| -> Vec<Value> {
         v.into_iter()
             .map(|(id, at)| json!({"id": id, "last_seen_ms_ago": (now - at).max(0)}))

@@ -244,7 +244,8 @@ fn session_cookies_expire_and_are_bound_to_the_credential() {
                     token: token.into(),
                     publish_url: None,
                 },
-                gw.context.clone(),
+                gw.shared.clone(),
+                gw.presence.clone(),
                 herald_runtime::Readiness::default(),
                 tokio_util::sync::CancellationToken::new(),
             )
@@ -325,7 +326,7 @@ async fn watch_shows_what_the_credential_is_entitled_to_and_unregisters() {
         json!({"kind": "identity", "account_id": "42", "principal": "user", "id": "7",
             "role": "agent", "expires_at": first["expires_at"], "opaque": false})
     );
-    let router = gw.context.router.clone();
+    let router = gw.shared.router.clone();
     assert_eq!(router.len(), 1);
     let overview: Value = http
         .get(url(&gw, "/console/api/overview"))
@@ -374,8 +375,7 @@ async fn presence_and_publish_endpoints_check_their_input() {
     let gw = console().await;
     let http = client();
     let now = crate::core::clock::now_ms();
-    gw.context
-        .presence
+    gw.presence
         .beat("5", crate::core::identity::PrincipalKind::User, "9", now);
     let get = |path: &str| http.get(url(&gw, path)).bearer_auth(ADMIN).send();
     let r = get("/console/api/presence?account=5").await.unwrap();
@@ -476,7 +476,7 @@ async fn watching_an_opaque_token_follows_its_contact_rules_and_ends_on_revocati
     let gw = console().await;
     let token = "opaque-contact-token-0123456789";
     let key = herald_schemas::token_key(token);
-    let identities = gw.context.auth.identities.clone();
+    let identities = gw.shared.auth.identities.clone();
     identities
         .apply(
             &key,
@@ -518,7 +518,7 @@ async fn watching_an_opaque_token_follows_its_contact_rules_and_ends_on_revocati
         event("9", "message.created", Some(json!({"contacts": ["c2"]})), 2),
         event("9", "message.created", Some(json!({"contacts": ["c1"]})), 3),
     ] {
-        gw.context.router.dispatch(&e, &mut cache);
+        gw.shared.router.dispatch(&e, &mut cache);
     }
     assert_eq!(next_line().await["position"], "herald.tag:0:3");
     // A tombstone revokes the token: the watch ends and says why.
@@ -528,7 +528,7 @@ async fn watching_an_opaque_token_follows_its_contact_rules_and_ends_on_revocati
         json!({"kind": "end", "reason": "revoked"})
     );
     until("the watcher is unregistered", || {
-        gw.context.router.is_empty()
+        gw.shared.router.is_empty()
     })
     .await;
     assert_eq!(identities.watchers_len(), 0);

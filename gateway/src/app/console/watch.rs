@@ -108,8 +108,8 @@ pub(super) async fn watch(
     State(console): State<Console>,
     Json(request): Json<WatchRequest>,
 ) -> Response {
-    let ctx = console.0.context.clone();
-    let identity = match ctx.auth.resolve_fresh(&request.credential).await {
+    let shared = console.0.shared.clone();
+    let identity = match shared.auth.resolve_fresh(&request.credential).await {
         Ok(identity) => identity,
         Err(e) => {
             return (
@@ -122,12 +122,12 @@ pub(super) async fn watch(
     let (tx, mut rx) = mpsc::channel(QUEUE);
     let id = crate::transport::connection::next_conn_id();
     let revoked = match &identity.token_key {
-        Some(key) => ctx.auth.identities.watch(key, id),
+        Some(key) => shared.auth.identities.watch(key, id),
         None => CancellationToken::new(),
     };
     let registration = Registration {
-        router: ctx.router.clone(),
-        identities: ctx.auth.identities.clone(),
+        router: shared.router.clone(),
+        identities: shared.auth.identities.clone(),
         account: identity.account_id.clone(),
         id,
         token_key: identity.token_key.clone(),
@@ -145,7 +145,7 @@ pub(super) async fn watch(
         "opaque": identity.token_key.is_some(),
     });
     let expires_at = identity.expires_at;
-    ctx.router.insert(
+    shared.router.insert(
         id,
         Arc::new(Watcher {
             identity,

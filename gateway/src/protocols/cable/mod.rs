@@ -7,4 +7,4 @@ pub mod channel;
 pub mod protocol;
 pub mod session;
 
-pub use session::{CableConfig, Endpoint, serve};
+pub use session::{CableConfig, CableDeps, Endpoint, serve};

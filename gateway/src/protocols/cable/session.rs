@@ -6,6 +6,10 @@
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use futures_util::StreamExt;
+use rdkafka::{
+    message::{Header, OwnedHeaders},
+    producer::{FutureProducer, FutureRecord},
+};
 use tokio_util::sync::CancellationToken;
 
 use super::{
@@ -18,10 +22,10 @@ use crate::{
         identity::{AuthError, Identity, PrincipalKind},
         position::{ResumeRequest, TopicPartition},
     },
-    kafka::resume,
+    kafka::resume::{self, ResumeConfig},
     limits::{AccountSlot, CommandRate},
-    protocols::context::Context,
-    routing::gate::ResumeGate,
+    protocols::shared::Shared,
+    routing::{gate::ResumeGate, presence::PresenceTable},
     transport::{
         connection::{self, HeartBeatKind, Outbound},
         session::{Conn, Interrupt, cold},
@@ -46,6 +50,61 @@ pub struct CableConfig {
     pub presence_topic: String,
 }
 
+/// What ActionCable sessions need besides the [`Shared`] part.
+pub struct CableDeps {
+    /// ActionCable settings.
+    pub config: CableConfig,
+    /// Resume limits and the pod-wide Kafka read-back bounds (shared with
+    /// STOMP).
+    pub resume: Arc<ResumeConfig>,
+    /// Who is online, per account (RoomChannel `update_presence`).
+    pub presence: Arc<PresenceTable>,
+    /// Writes presence heartbeats to the presence topic.
+    pub producer: FutureProducer,
+}
+
+impl CableDeps {
+    /// Write a presence heartbeat for `identity` to the presence topic, in
+    /// the background (a lost heartbeat is repaired by the next one).
+    pub fn publish_presence(&self, identity: &Identity, at_ms: i64) {
+        let kind = match identity.kind {
+            PrincipalKind::User => "user",
+            PrincipalKind::Contact => "contact",
+        };
+        let envelope = serde_json::json!({
+            "id": uuid::Uuid::now_v7().to_string(),
+            "type": "presence.heartbeat",
+            "account_id": &*identity.account_id,
+            "occurred_at": time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(at_ms) * 1_000_000)
+                .ok()
+                .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok()),
+            "payload": {"kind": kind, "id": &identity.id},
+        })
+        .to_string();
+        let producer = self.producer.clone();
+        let topic = self.config.presence_topic.clone();
+        let account = identity.account_id.to_string();
+        tokio::spawn(async move {
+            let headers = OwnedHeaders::new()
+                .insert(Header {
+                    key: "type",
+                    value: Some("presence.heartbeat"),
+                })
+                .insert(Header {
+                    key: "account_id",
+                    value: Some(account.as_str()),
+                });
+            let record = FutureRecord::to(&topic)
+                .key(account.as_bytes())
+                .payload(&envelope)
+                .headers(headers);
+            if let Err((e, _)) = producer.send(record, Duration::from_secs(5)).await {
+                tracing::warn!(error = %e, "cannot publish presence heartbeat");
+            }
+        });
+    }
+}
+
 /// Which endpoint the connection came in on.
 #[derive(Debug, Clone)]
 pub enum Endpoint {
@@ -61,20 +120,27 @@ pub enum Endpoint {
 }
 
 /// Serve one upgraded WebSocket.
-pub async fn serve(socket: WsSocket, ctx: Arc<Context>, endpoint: Endpoint) {
+pub async fn serve(
+    socket: WsSocket,
+    shared: Arc<Shared>,
+    deps: Arc<CableDeps>,
+    endpoint: Endpoint,
+) {
     let ext = socket.protocol == Some(protocol::EXT_PROTOCOL);
     let slow = WsFrame::text(&protocol::disconnect(DisconnectReason::Remote));
-    let drain = |id| ctx.drain_notice(id);
+    let drain = |id| shared.drain.notice(id);
+    let rates = shared.limits.config();
     crate::transport::session::serve(
         socket,
-        &ctx.outbound,
+        &shared.outbound,
         PROTOCOL,
-        &ctx.metrics,
+        &shared.metrics,
         Some(slow),
         drain,
         |conn| CableSession {
             conn,
-            ctx: ctx.clone(),
+            shared: shared.clone(),
+            deps: deps.clone(),
             conn_identity: None,
             room: matches!(endpoint, Endpoint::Room),
             endpoint,
@@ -82,12 +148,10 @@ pub async fn serve(socket: WsSocket, ctx: Arc<Context>, endpoint: Endpoint) {
             subscriptions: HashMap::new(),
             revoked: CancellationToken::new(),
             account_slots: HashMap::new(),
-            rate: CommandRate::new(ctx.limits.config().commands_per_second),
-            sub_rate: CommandRate::new(ctx.limits.config().subscribes_per_second),
+            rate: CommandRate::new(rates.commands_per_second),
+            sub_rate: CommandRate::new(rates.subscribes_per_second),
             expires_at: None,
-            anonymous_until: Some(
-                tokio::time::Instant::now() + ctx.limits.config().cable_anonymous_timeout,
-            ),
+            anonymous_until: Some(tokio::time::Instant::now() + rates.cable_anonymous_timeout),
             watched: HashMap::new(),
         },
     )
@@ -97,7 +161,8 @@ pub async fn serve(socket: WsSocket, ctx: Arc<Context>, endpoint: Endpoint) {
 /// Replay what a resuming subscription missed, then `confirm_history`
 /// (or `reject_history` when some stream could not be served), then live.
 async fn replay(
-    ctx: Arc<Context>,
+    shared: Arc<Shared>,
+    deps: Arc<CableDeps>,
     recipient: Arc<CableRecipient>,
     request: ResumeRequest,
     foreign: Vec<String>,
@@ -105,18 +170,19 @@ async fn replay(
     done: CancellationToken,
 ) {
     if !foreign.is_empty() {
-        ctx.metrics
+        shared
+            .metrics
             .resume_gaps
             .with_label_values(&[PROTOCOL, "epoch"])
             .inc();
     }
     let catch_up = resume::CatchUp {
-        router: &ctx.router,
-        config: &ctx.resume,
+        router: &shared.router,
+        config: &deps.resume,
         account: &recipient.identity.account_id,
         gate: &recipient.gate,
         conn: &recipient.conn,
-        metrics: &ctx.metrics,
+        metrics: &shared.metrics,
         protocol: PROTOCOL,
         cancel: &done,
     };
@@ -162,7 +228,8 @@ struct Subscription {
 
 struct CableSession {
     conn: Conn,
-    ctx: Arc<Context>,
+    shared: Arc<Shared>,
+    deps: Arc<CableDeps>,
     /// Where the client connected.
     endpoint: Endpoint,
     /// `/stream`: the connection's identity.
@@ -201,14 +268,14 @@ impl crate::transport::session::Protocol for CableSession {
         }
         for (key, (_, stop)) in std::mem::take(&mut self.watched) {
             stop.cancel();
-            self.ctx.auth.identities.unwatch(&key, self.conn.id);
+            self.shared.auth.identities.unwatch(&key, self.conn.id);
         }
         if let Some(key) = self
             .conn_identity
             .as_ref()
             .and_then(|i| i.token_key.as_ref())
         {
-            self.ctx.auth.identities.unwatch(key, self.conn.id);
+            self.shared.auth.identities.unwatch(key, self.conn.id);
         }
     }
 }
@@ -228,7 +295,7 @@ impl CableSession {
                 .await
             {
                 Ok(identity) => {
-                    let Some(slot) = self.ctx.limits.admit_account(&identity.account_id) else {
+                    let Some(slot) = self.shared.limits.admit_account(&identity.account_id) else {
                         self.disconnect(DisconnectReason::InvalidRequest).await;
                         return false;
                     };
@@ -237,7 +304,7 @@ impl CableSession {
                     self.conn_identity = Some(identity);
                 }
                 Err(e) => {
-                    self.ctx
+                    self.shared
                         .metrics
                         .auth_failures
                         .with_label_values(&[PROTOCOL, e.as_label()])
@@ -256,7 +323,7 @@ impl CableSession {
         self.conn.emit_text(&welcome).await;
         self.conn
             .emit(Outbound::HeartBeat {
-                every: self.ctx.cable.ping_interval,
+                every: self.deps.config.ping_interval,
                 kind: HeartBeatKind::CablePing,
             })
             .await
@@ -272,7 +339,7 @@ impl CableSession {
             .ok_or(AuthError::Claims("account_id is required".into()))?;
         match credential.filter(|c| !c.trim().is_empty()) {
             Some(c) => {
-                let identity = self.ctx.auth.resolve_fresh(c).await?;
+                let identity = self.shared.auth.resolve_fresh(c).await?;
                 if *identity.account_id != *account_id {
                     return Err(AuthError::Claims(
                         "credential belongs to another account".into(),
@@ -280,7 +347,7 @@ impl CableSession {
                 }
                 Ok(identity)
             }
-            None if self.ctx.cable.stream_legacy_account_auth => Ok(Identity {
+            None if self.deps.config.stream_legacy_account_auth => Ok(Identity {
                 account_id: account_id.into(),
                 kind: PrincipalKind::User,
                 id: format!("legacy:{account_id}"),
@@ -305,7 +372,7 @@ impl CableSession {
                 *uses += 1;
                 return;
             }
-            let watch = self.ctx.auth.identities.watch(key, self.conn.id);
+            let watch = self.shared.auth.identities.watch(key, self.conn.id);
             let revoked = self.revoked.clone();
             let done = self.conn.done.clone();
             let stop = CancellationToken::new();
@@ -331,7 +398,7 @@ impl CableSession {
             if *uses == 0 {
                 stop.cancel();
                 self.watched.remove(key);
-                self.ctx.auth.identities.unwatch(key, self.conn.id);
+                self.shared.auth.identities.unwatch(key, self.conn.id);
             }
         }
     }
@@ -359,7 +426,7 @@ impl CableSession {
                 _ = anonymous => {
                     // Nothing accepted in time: whatever it is, it costs a
                     // socket and earns nothing.
-                    self.ctx.limits.rejected("cable_anonymous");
+                    self.shared.limits.rejected("cable_anonymous");
                     cold(self.disconnect(DisconnectReason::Unauthorized)).await;
                     return;
                 }
@@ -380,7 +447,7 @@ impl CableSession {
                 Some(Ok(Message::Close(_))) => return,
                 Some(Ok(_)) => continue,
             };
-            if text.len() > self.ctx.cable.max_message_bytes {
+            if text.len() > self.deps.config.max_message_bytes {
                 tracing::debug!(
                     conn = self.conn.id,
                     "ActionCable message over the size limit"
@@ -397,7 +464,7 @@ impl CableSession {
             Ok(c) => c,
             Err(e) => {
                 // Rails logs these and keeps the connection.
-                self.ctx
+                self.shared
                     .metrics
                     .protocol_errors
                     .with_label_values(&[PROTOCOL])
@@ -449,7 +516,7 @@ impl CableSession {
                     self.message(&identifier, &data).await
                 } else {
                     // Over the rate: dropped (Rails has no throttle reply).
-                    self.ctx.limits.rejected("commands_rate");
+                    self.shared.limits.rejected("commands_rate");
                 }
             }
         }
@@ -472,7 +539,7 @@ impl CableSession {
                 return;
             }
         };
-        if self.subscriptions.len() >= self.ctx.cable.max_subscriptions {
+        if self.subscriptions.len() >= self.deps.config.max_subscriptions {
             tracing::debug!(conn = self.conn.id, "subscription limit reached");
             self.conn
                 .emit_text(&protocol::reject(&identifier_json))
@@ -481,7 +548,7 @@ impl CableSession {
         }
         if self.room {
             if !self.account_slots.contains_key(&identity.account_id) {
-                let Some(slot) = self.ctx.limits.admit_account(&identity.account_id) else {
+                let Some(slot) = self.shared.limits.admit_account(&identity.account_id) else {
                     self.conn
                         .emit_text(&protocol::reject(&identifier_json))
                         .await;
@@ -493,11 +560,11 @@ impl CableSession {
         }
         let shared_key =
             (channel == ChannelKind::Notifications).then(|| format!("cable:{identifier}"));
-        let ext_epochs = self.ext.then(|| self.ctx.router.epochs().clone());
+        let ext_epochs = self.ext.then(|| self.shared.router.epochs().clone());
         let shared_key = shared_key.map(|k| if self.ext { format!("{k}:ext") } else { k });
         let resume = history
             .filter(|_| self.ext)
-            .map(|h| protocol::parse_history(&h, self.ctx.router.epochs()));
+            .map(|h| protocol::parse_history(&h, self.shared.router.epochs()));
         let recipient = Arc::new(CableRecipient {
             identity,
             channel,
@@ -507,7 +574,7 @@ impl CableSession {
             ext_epochs,
             gate: match &resume {
                 Some((request, _)) => {
-                    ResumeGate::holding(&request.positions, self.ctx.outbound.frames)
+                    ResumeGate::holding(&request.positions, self.shared.outbound.frames)
                 }
                 None => ResumeGate::open(),
             },
@@ -518,14 +585,15 @@ impl CableSession {
             .await;
         let router_id = connection::next_conn_id();
         match resume {
-            None => self.ctx.router.insert(router_id, recipient.clone()),
+            None => self.shared.router.insert(router_id, recipient.clone()),
             Some((request, foreign)) => {
                 let frontier = self
-                    .ctx
+                    .shared
                     .router
                     .insert_resuming(router_id, recipient.clone());
                 tokio::spawn(replay(
-                    self.ctx.clone(),
+                    self.shared.clone(),
+                    self.deps.clone(),
                     recipient.clone(),
                     request,
                     foreign,
@@ -534,7 +602,7 @@ impl CableSession {
                 ));
             }
         }
-        self.ctx
+        self.shared
             .metrics
             .subscriptions
             .with_label_values(&[PROTOCOL])
@@ -563,8 +631,8 @@ impl CableSession {
                     .get("pubsub_token")
                     .and_then(|t| t.as_str())
                     .ok_or("no pubsub_token")?;
-                let identity = self.ctx.auth.resolve_fresh(token).await.map_err(|e| {
-                    self.ctx
+                let identity = self.shared.auth.resolve_fresh(token).await.map_err(|e| {
+                    self.shared
                         .metrics
                         .auth_failures
                         .with_label_values(&[PROTOCOL, e.as_label()])
@@ -628,12 +696,12 @@ impl CableSession {
     /// this subscription with the account's presence (as Chatwoot does).
     async fn update_presence(&self, identity: &Identity, identifier_json: &str) {
         let now = now_ms();
-        self.ctx
+        self.deps
             .presence
             .beat(&identity.account_id, identity.kind, &identity.id, now);
-        self.ctx.publish_presence(identity, now);
+        self.deps.publish_presence(identity, now);
         let data = self
-            .ctx
+            .deps
             .presence
             .snapshot(&identity.account_id, identity.kind == PrincipalKind::User);
         let body = format!(r#"{{"event":"presence.update","data":{data}}}"#);
@@ -643,10 +711,10 @@ impl CableSession {
     }
 
     fn unregister(&self, sub: &Subscription) {
-        self.ctx
+        self.shared
             .router
             .remove(&sub.recipient.identity.account_id, sub.router_id);
-        self.ctx
+        self.shared
             .metrics
             .subscriptions
             .with_label_values(&[PROTOCOL])

@@ -7,4 +7,4 @@ pub mod codec;
 pub mod destination;
 pub mod session;
 
-pub use session::{StompConfig, serve};
+pub use session::{StompConfig, StompDeps, serve};

@@ -20,8 +20,9 @@ use crate::{
         position::{ResumeRequest, TopicPartition},
     },
     kafka::resume,
+    kafka::resume::ResumeConfig,
     limits::AccountSlot,
-    protocols::context::Context,
+    protocols::shared::Shared,
     routing::{
         gate::ResumeGate,
         router::{FrameCache, Recipient, Slot},
@@ -50,6 +51,15 @@ pub struct StompConfig {
     pub max_subscriptions: usize,
     /// Frame and header size limits.
     pub limits: Limits,
+}
+
+/// What STOMP sessions need besides the [`Shared`] part.
+pub struct StompDeps {
+    /// STOMP settings.
+    pub config: StompConfig,
+    /// Resume limits and the pod-wide Kafka read-back bounds (shared with
+    /// ActionCable).
+    pub resume: Arc<ResumeConfig>,
 }
 
 /// The acknowledgement mode of a subscription.
@@ -190,7 +200,8 @@ impl StompRecipient {
     /// Replay what `request` asks for on subscription `sub_id`, then open its gate.
     async fn resume(
         self: Arc<Self>,
-        ctx: Arc<Context>,
+        shared: Arc<Shared>,
+        deps: Arc<StompDeps>,
         sub_id: String,
         request: ResumeRequest,
         frontier: HashMap<TopicPartition, i64>,
@@ -200,12 +211,12 @@ impl StompRecipient {
             return;
         };
         let catch_up = resume::CatchUp {
-            router: &ctx.router,
-            config: &ctx.resume,
+            router: &shared.router,
+            config: &deps.resume,
             account: &self.identity.account_id,
             gate: &gate,
             conn: &self.conn,
-            metrics: &ctx.metrics,
+            metrics: &shared.metrics,
             protocol: PROTOCOL,
             cancel: &done,
         };
@@ -301,23 +312,25 @@ static SLOW_FRAME: std::sync::LazyLock<WsFrame> = std::sync::LazyLock::new(|| {
 /// negotiated subprotocol.
 pub async fn serve(
     socket: WsSocket,
-    ctx: Arc<Context>,
+    shared: Arc<Shared>,
+    deps: Arc<StompDeps>,
     upgrade_auth: Option<String>,
     max_version: Version,
 ) {
-    let drain = |id| ctx.drain_notice(id);
-    let sub_rate = ctx.limits.config().subscribes_per_second;
+    let drain = |id| shared.drain.notice(id);
+    let sub_rate = shared.limits.config().subscribes_per_second;
     crate::transport::session::serve(
         socket,
-        &ctx.outbound,
+        &shared.outbound,
         PROTOCOL,
-        &ctx.metrics,
+        &shared.metrics,
         Some(SLOW_FRAME.clone()),
         drain,
         |conn| Session {
             conn,
-            read_timeout: ctx.stomp.connect_timeout,
-            ctx: ctx.clone(),
+            read_timeout: deps.config.connect_timeout,
+            shared: shared.clone(),
+            deps: deps.clone(),
             upgrade_auth,
             max_version,
             version: None,
@@ -333,7 +346,8 @@ pub async fn serve(
 
 struct Session {
     conn: Conn,
-    ctx: Arc<Context>,
+    shared: Arc<Shared>,
+    deps: Arc<StompDeps>,
     upgrade_auth: Option<String>,
     max_version: Version,
     /// Negotiated version, once CONNECTED was sent.
@@ -359,13 +373,13 @@ impl crate::transport::session::Protocol for Session {
     fn release(&mut self) {
         if let Some(recipient) = self.recipient.take() {
             if let Some(key) = &recipient.identity.token_key {
-                self.ctx.auth.identities.unwatch(key, self.conn.id);
+                self.shared.auth.identities.unwatch(key, self.conn.id);
             }
-            self.ctx
+            self.shared
                 .router
                 .remove(&recipient.identity.account_id, self.conn.id);
             let n = recipient.subscriptions.lock().map(|s| s.len()).unwrap_or(0);
-            self.ctx
+            self.shared
                 .metrics
                 .subscriptions
                 .with_label_values(&[PROTOCOL])
@@ -417,12 +431,12 @@ impl Session {
                     return;
                 }
                 Ok(Some(Err(e))) if crate::transport::ws::is_oversize(&e) => {
-                    self.ctx
+                    self.shared
                         .metrics
                         .protocol_errors
                         .with_label_values(&[PROTOCOL])
                         .inc();
-                    let max = self.ctx.stomp.limits.max_frame_bytes;
+                    let max = self.deps.config.limits.max_frame_bytes;
                     cold(self.fail(
                         1009,
                         "frame too large",
@@ -443,7 +457,7 @@ impl Session {
                 Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => continue,
             };
             let version = self.version.unwrap_or(Version::V1_2);
-            let items = match self.decoder.feed(bytes, version, &self.ctx.stomp.limits) {
+            let items = match self.decoder.feed(bytes, version, &self.deps.config.limits) {
                 Ok(items) => items,
                 Err(e) => {
                     cold(self.protocol_error(
@@ -548,7 +562,7 @@ impl Session {
                     reason: "unsupported version",
                 })
                 .await;
-            self.ctx
+            self.shared
                 .metrics
                 .protocol_errors
                 .with_label_values(&[PROTOCOL])
@@ -562,10 +576,10 @@ impl Session {
             .or_else(|| frame.header("authorization").map(str::to_owned))
             .or_else(|| frame.header("passcode").map(str::to_owned))
             .unwrap_or_default();
-        let identity = match self.ctx.auth.resolve_fresh(&credential).await {
+        let identity = match self.shared.auth.resolve_fresh(&credential).await {
             Ok(identity) => identity,
             Err(e) => {
-                self.ctx
+                self.shared
                     .metrics
                     .auth_failures
                     .with_label_values(&[PROTOCOL, e.as_label()])
@@ -582,7 +596,7 @@ impl Session {
                 return ControlFlow::Break(());
             }
         };
-        match self.ctx.limits.admit_account(&identity.account_id) {
+        match self.shared.limits.admit_account(&identity.account_id) {
             Some(slot) => self.account_slot = Some(slot),
             None => {
                 self.fail(
@@ -608,8 +622,8 @@ impl Session {
             }
         };
         let (sx, sy) = (
-            self.ctx.stomp.heartbeat_send_ms,
-            self.ctx.stomp.heartbeat_recv_ms,
+            self.deps.config.heartbeat_send_ms,
+            self.deps.config.heartbeat_recv_ms,
         );
         let session_id = format!(
             "herald-{:x}-{}",
@@ -647,11 +661,11 @@ impl Session {
             // Tolerate about twice the agreed interval, as the spec suggests.
             Duration::from_millis(cx.max(sy).saturating_mul(2))
         } else {
-            self.ctx.stomp.idle_timeout
+            self.deps.config.idle_timeout
         };
         self.version = Some(version);
         if let Some(key) = &identity.token_key {
-            self.revoked = Some(self.ctx.auth.identities.watch(key, self.conn.id));
+            self.revoked = Some(self.shared.auth.identities.watch(key, self.conn.id));
         }
         let recipient = Arc::new(StompRecipient {
             identity,
@@ -659,7 +673,7 @@ impl Session {
             subscriptions: Mutex::new(Vec::new()),
             conn: self.conn.tx.clone(),
         });
-        self.ctx.router.insert(self.conn.id, recipient.clone());
+        self.shared.router.insert(self.conn.id, recipient.clone());
         self.recipient = Some(recipient);
         ControlFlow::Continue(())
     }
@@ -691,7 +705,7 @@ impl Session {
                     .as_ref()
                     .map(|r| r.positions.clone())
                     .unwrap_or_default(),
-                self.ctx.outbound.frames,
+                self.shared.outbound.frames,
             )
         } else {
             ResumeGate::open()
@@ -705,10 +719,10 @@ impl Session {
             if subs.iter().any(|s| s.id == id) {
                 return Err(format!("subscription id {id} is already in use"));
             }
-            if subs.len() >= self.ctx.stomp.max_subscriptions {
+            if subs.len() >= self.deps.config.max_subscriptions {
                 return Err(format!(
                     "too many subscriptions (limit {})",
-                    self.ctx.stomp.max_subscriptions
+                    self.deps.config.max_subscriptions
                 ));
             }
             let cache_key = format!(
@@ -734,10 +748,11 @@ impl Session {
             Some(request) => {
                 // Added under the router's exclusive lock, so the frontier
                 // splits the stream exactly between replay and live.
-                let (added, frontier) = self.ctx.router.exclusive(add);
+                let (added, frontier) = self.shared.router.exclusive(add);
                 added?;
                 tokio::spawn(recipient.clone().resume(
-                    self.ctx.clone(),
+                    self.shared.clone(),
+                    self.deps.clone(),
                     id.clone(),
                     request,
                     frontier,
@@ -745,7 +760,7 @@ impl Session {
                 ));
             }
         }
-        self.ctx
+        self.shared
             .metrics
             .subscriptions
             .with_label_values(&[PROTOCOL])
@@ -772,7 +787,7 @@ impl Session {
         let before = subs.len();
         subs.retain(|s| s.id != id);
         let removed = before - subs.len();
-        self.ctx
+        self.shared
             .metrics
             .subscriptions
             .with_label_values(&[PROTOCOL])
@@ -781,7 +796,7 @@ impl Session {
     }
 
     async fn protocol_error(&self, message: &str, detail: &str, receipt: Option<&str>) {
-        self.ctx
+        self.shared
             .metrics
             .protocol_errors
             .with_label_values(&[PROTOCOL])

@@ -6,4 +6,4 @@
 pub mod protocol;
 pub mod session;
 
-pub use session::{JoinThrottle, TypeIdConfig, serve};
+pub use session::{JoinThrottle, TypeIdConfig, TypeIdDeps, serve};

@@ -7,7 +7,7 @@ use std::{net::IpAddr, sync::Arc, time::Duration};
 use futures_util::{Stream, StreamExt};
 use rdkafka::{
     message::{Header, OwnedHeaders},
-    producer::FutureRecord,
+    producer::{FutureProducer, FutureRecord},
 };
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Error as WsError;
@@ -22,7 +22,7 @@ use crate::{
         identity::{Identity, PrincipalKind},
     },
     limits::{AccountSlot, CommandRate},
-    protocols::context::Context,
+    protocols::shared::Shared,
     routing::router::{FrameCache, Recipient},
     transport::{
         connection::{ConnTx, Outbound},
@@ -56,6 +56,18 @@ pub struct TypeIdConfig {
     pub require_conversation_grant: bool,
     /// Topic client writes go to.
     pub commands_topic: String,
+    /// Largest client WebSocket message, bytes (`--max-frame-bytes`).
+    pub max_frame_bytes: usize,
+}
+
+/// What TypeID sessions need besides the [`Shared`] part.
+pub struct TypeIdDeps {
+    /// TypeID settings.
+    pub config: TypeIdConfig,
+    /// Joins per client IP.
+    pub throttle: JoinThrottle,
+    /// Writes message requests to the client-commands topic.
+    pub producer: FutureProducer,
 }
 
 /// Per-IP join limit: governor's keyed limiter (GCRA: `per_minute` joins a
@@ -122,23 +134,24 @@ impl Recipient for TypeIdRecipient {
 }
 
 /// Serve one upgraded WebSocket from `peer`.
-pub async fn serve(socket: WsSocket, ctx: Arc<Context>, peer: IpAddr) {
-    let drain = |id| ctx.drain_notice(id);
+pub async fn serve(socket: WsSocket, shared: Arc<Shared>, deps: Arc<TypeIdDeps>, peer: IpAddr) {
+    let drain = |id| shared.drain.notice(id);
     crate::transport::session::serve(
         socket,
-        &ctx.outbound,
+        &shared.outbound,
         PROTOCOL,
-        &ctx.metrics,
+        &shared.metrics,
         None,
         drain,
         |conn| Session {
             conn,
-            ctx: ctx.clone(),
+            shared: shared.clone(),
+            deps: deps.clone(),
             peer,
             identity: None,
             revoked: None,
             account_slot: None,
-            bucket: CommandRate::new(ctx.typeid.messages_per_second),
+            bucket: CommandRate::new(deps.config.messages_per_second),
         },
     )
     .await;
@@ -146,7 +159,8 @@ pub async fn serve(socket: WsSocket, ctx: Arc<Context>, peer: IpAddr) {
 
 struct Session {
     conn: Conn,
-    ctx: Arc<Context>,
+    shared: Arc<Shared>,
+    deps: Arc<TypeIdDeps>,
     peer: IpAddr,
     identity: Option<Identity>,
     /// Cancelled when the opaque token in use is revoked (none for a JWT).
@@ -166,14 +180,16 @@ impl crate::transport::session::Protocol for Session {
 
     fn release(&mut self) {
         if let Some(identity) = self.identity.take() {
-            self.ctx.router.remove(&identity.account_id, self.conn.id);
-            self.ctx
+            self.shared
+                .router
+                .remove(&identity.account_id, self.conn.id);
+            self.shared
                 .metrics
                 .subscriptions
                 .with_label_values(&[PROTOCOL])
                 .dec();
             if let Some(key) = &identity.token_key {
-                self.ctx.auth.identities.unwatch(key, self.conn.id);
+                self.shared.auth.identities.unwatch(key, self.conn.id);
             }
         }
     }
@@ -210,33 +226,18 @@ impl Session {
     /// The join handshake; true when the client joined.
     async fn join(&mut self, stream: &mut WsStream) -> bool {
         let first = tokio::select! {
-            _ = self.ctx.shutdown.cancelled() => return false,
-            r = tokio::time::timeout(self.ctx.typeid.join_timeout, next_text(stream)) => r,
+            _ = self.shared.drain.begun() => return false,
+            r = tokio::time::timeout(self.deps.config.join_timeout, next_text(stream)) => r,
         };
-        let text = match first {
+        let next = match first {
             Err(_) => {
                 self.respond_join(JoinStatus::Timeout).await;
                 return false;
             }
-            Ok(Next::Ended) => return false,
-            Ok(Next::Oversize) => {
-                self.oversize().await;
-                return false;
-            }
-            Ok(Next::Text(t)) => t,
+            Ok(next) => next,
         };
-        let frame = match protocol::parse(&text) {
-            Ok(f) => f,
-            Err(e) => {
-                tracing::info!(conn = self.conn.id, error = %e, "TypeID: malformed first frame; closing");
-                self.ctx
-                    .metrics
-                    .protocol_errors
-                    .with_label_values(&[PROTOCOL])
-                    .inc();
-                self.close_with(1002, "malformed frame").await;
-                return false;
-            }
+        let Some(frame) = self.frame(next, "first frame").await else {
+            return false;
         };
         if frame.type_id != protocol::JOIN_REQUEST {
             tracing::info!(
@@ -244,32 +245,28 @@ impl Session {
                 type_id = frame.type_id,
                 "TypeID: first frame is not a JoinRequest; closing"
             );
-            self.ctx
-                .metrics
-                .protocol_errors
-                .with_label_values(&[PROTOCOL])
-                .inc();
+            self.count_protocol_error();
             self.close_with(1008, "JoinRequest expected").await;
             return false;
         }
         let status = self.admit(frame.body, self.peer).await;
         match status {
             Ok(identity) => {
-                let Some(slot) = self.ctx.limits.admit_account(&identity.account_id) else {
+                let Some(slot) = self.shared.limits.admit_account(&identity.account_id) else {
                     self.respond_join(JoinStatus::Throttled).await;
                     return false;
                 };
                 self.account_slot = Some(slot);
                 self.respond_join(JoinStatus::Successful).await;
                 if let Some(key) = &identity.token_key {
-                    self.revoked = Some(self.ctx.auth.identities.watch(key, self.conn.id));
+                    self.revoked = Some(self.shared.auth.identities.watch(key, self.conn.id));
                 }
                 let recipient = Arc::new(TypeIdRecipient {
                     identity: identity.clone(),
                     conn: self.conn.tx.clone(),
                 });
-                self.ctx.router.insert(self.conn.id, recipient);
-                self.ctx
+                self.shared.router.insert(self.conn.id, recipient);
+                self.shared
                     .metrics
                     .subscriptions
                     .with_label_values(&[PROTOCOL])
@@ -285,8 +282,8 @@ impl Session {
     }
 
     async fn admit(&self, body: Value, peer: IpAddr) -> Result<Identity, JoinStatus> {
-        let cfg = &self.ctx.typeid;
-        if !self.ctx.typeid_throttle.admit(peer) {
+        let cfg = &self.deps.config;
+        if !self.deps.throttle.admit(peer) {
             return Err(JoinStatus::Throttled);
         }
         let request: JoinRequest =
@@ -304,17 +301,22 @@ impl Session {
             return Err(JoinStatus::InvalidClientVersion);
         }
         let session = request.session_id.unwrap_or_default();
-        let identity = self.ctx.auth.resolve_fresh(&session).await.map_err(|e| {
-            self.ctx
-                .metrics
-                .auth_failures
-                .with_label_values(&[PROTOCOL, e.as_label()])
-                .inc();
-            JoinStatus::InvalidSessionId
-        })?;
+        let identity = self
+            .shared
+            .auth
+            .resolve_fresh(&session)
+            .await
+            .map_err(|e| {
+                self.shared
+                    .metrics
+                    .auth_failures
+                    .with_label_values(&[PROTOCOL, e.as_label()])
+                    .inc();
+                JoinStatus::InvalidSessionId
+            })?;
         let user = protocol::id_text(request.user_id.as_ref());
         if identity.kind != PrincipalKind::User || user.is_empty() || user != identity.id {
-            self.ctx
+            self.shared
                 .metrics
                 .auth_failures
                 .with_label_values(&[PROTOCOL, "user_mismatch"])
@@ -325,7 +327,7 @@ impl Session {
     }
 
     async fn respond_join(&self, status: JoinStatus) {
-        self.ctx
+        self.shared
             .metrics
             .typeid_joins
             .with_label_values(&[status.as_label()])
@@ -357,33 +359,18 @@ impl Session {
                     }
                     return;
                 }
-                r = tokio::time::timeout(self.ctx.typeid.idle_timeout, next_text(stream)) => r,
+                r = tokio::time::timeout(self.deps.config.idle_timeout, next_text(stream)) => r,
             };
-            let text = match next {
+            let next = match next {
                 Err(_) => {
                     tracing::debug!(conn = self.conn.id, "TypeID client idle; closing");
                     cold(self.close_with(1000, "idle timeout")).await;
                     return;
                 }
-                Ok(Next::Ended) => return,
-                Ok(Next::Oversize) => {
-                    cold(self.oversize()).await;
-                    return;
-                }
-                Ok(Next::Text(t)) => t,
+                Ok(next) => next,
             };
-            let frame = match protocol::parse(&text) {
-                Ok(f) => f,
-                Err(e) => {
-                    tracing::info!(conn = self.conn.id, error = %e, "TypeID: malformed frame; closing");
-                    self.ctx
-                        .metrics
-                        .protocol_errors
-                        .with_label_values(&[PROTOCOL])
-                        .inc();
-                    cold(self.close_with(1002, "malformed frame")).await;
-                    return;
-                }
+            let Some(frame) = cold(self.frame(next, "frame")).await else {
+                return;
             };
             match frame.type_id {
                 protocol::PING => {
@@ -402,11 +389,7 @@ impl Session {
                         type_id = other,
                         "TypeID: unknown frame ignored"
                     );
-                    self.ctx
-                        .metrics
-                        .protocol_errors
-                        .with_label_values(&[PROTOCOL])
-                        .inc();
+                    self.count_protocol_error();
                 }
             }
         }
@@ -429,7 +412,7 @@ impl Session {
             status: 0,
         };
         let status = self.write(&request, &mut response).await;
-        self.ctx
+        self.shared
             .metrics
             .typeid_requests
             .with_label_values(&[status.as_label()])
@@ -443,7 +426,8 @@ impl Session {
         request: &MessageRequest,
         response: &mut MessageResponse,
     ) -> MessageStatus {
-        let cfg = self.ctx.typeid.clone();
+        let deps = self.deps.clone();
+        let cfg = &deps.config;
         let Some(identity) = self.identity.clone() else {
             return MessageStatus::UnknownUser;
         };
@@ -507,7 +491,7 @@ impl Session {
             .key(account.as_bytes())
             .payload(&envelope)
             .headers(headers);
-        match self.ctx.producer.send(record, cfg.produce_timeout).await {
+        match self.deps.producer.send(record, cfg.produce_timeout).await {
             Ok(_) => {
                 response.server_id = Some(server_id);
                 MessageStatus::Successful
@@ -519,18 +503,42 @@ impl Session {
         }
     }
 
-    /// A message over the size limit: counted, closed with 1009.
-    async fn oversize(&self) {
-        tracing::info!(
-            conn = self.conn.id,
-            "TypeID: message over the size limit; closing"
-        );
-        self.ctx
+    /// The frame the client sent (`what`: which one, for the log), or
+    /// None when the session ends: the socket ended, or the message was
+    /// over the size limit (closed with 1009) or malformed (closed with
+    /// 1002), both counted as protocol errors.
+    async fn frame(&self, next: Next, what: &'static str) -> Option<protocol::Incoming> {
+        let text = match next {
+            Next::Text(t) => t,
+            Next::Ended => return None,
+            Next::Oversize => {
+                tracing::info!(
+                    conn = self.conn.id,
+                    "TypeID: message over the size limit; closing"
+                );
+                self.count_protocol_error();
+                self.close_with(1009, "message too big").await;
+                return None;
+            }
+        };
+        match protocol::parse(&text) {
+            Ok(frame) => Some(frame),
+            Err(e) => {
+                tracing::info!(conn = self.conn.id, error = %e, "TypeID: malformed {what}; closing");
+                self.count_protocol_error();
+                self.close_with(1002, "malformed frame").await;
+                None
+            }
+        }
+    }
+
+    /// Count a protocol error on `herald_protocol_errors_total`.
+    fn count_protocol_error(&self) {
+        self.shared
             .metrics
             .protocol_errors
             .with_label_values(&[PROTOCOL])
             .inc();
-        self.close_with(1009, "message too big").await;
     }
 
     async fn close_with(&self, code: u16, reason: &'static str) {
