@@ -54,6 +54,15 @@ pub struct Metrics {
     /// Partitions whose positions this pod reset because their offsets went
     /// backwards (topic deleted and recreated, or the log truncated), by topic.
     pub partition_resets: IntCounterVec,
+    /// Partitions of each served topic this pod reads (all of them unless
+    /// `--partition-groups` splits them).
+    pub owned_partitions: IntGaugeVec,
+    /// Clients sent to the group owning their account, by protocol.
+    pub group_redirects: IntCounterVec,
+    /// Records whose `account_id` belongs to another partition group than
+    /// the partition they were read from (a producer with another
+    /// partitioner), by topic; only counted with `--partition-groups` > 1.
+    pub foreign_partition_records: IntCounterVec,
     /// TypeID joins by outcome.
     pub typeid_joins: IntCounterVec,
     /// TypeID message requests by outcome.
@@ -196,6 +205,21 @@ impl Metrics {
             partition_resets: counter(
                 "herald_partition_resets_total",
                 "Partitions whose offsets went backwards (topic recreated or log truncated); positions, history and resume floors were reset",
+                &["topic"],
+            ),
+            owned_partitions: gauge(
+                "herald_owned_partitions",
+                "Partitions of the topic this pod reads (with --partition-groups G, those p with p % G equal to its group)",
+                &["topic"],
+            ),
+            group_redirects: counter(
+                "herald_group_redirects_total",
+                "Clients redirected to the partition group that owns their account",
+                &["protocol"],
+            ),
+            foreign_partition_records: counter(
+                "herald_foreign_partition_records_total",
+                "Records whose account hashes to another partition group than their partition's (the producer's partitioner is not librdkafka's consistent_random); never delivered by this group",
                 &["topic"],
             ),
             typeid_joins: counter(

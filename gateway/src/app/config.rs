@@ -264,6 +264,26 @@ pub struct GatewayConfig {
     /// (identity `conversations`, JWT `conversations` claim).
     #[arg(long, env = "HERALD_TYPEID_REQUIRE_CONVERSATION_GRANT", default_value_t = true, action = clap::ArgAction::Set)]
     pub typeid_require_conversation_grant: bool,
+    /// Partition-affine pod groups (docs/scaling.md): the number of groups
+    /// `G`. A pod of group `g` reads only the partitions `p % G == g` of
+    /// every served event topic and serves only the accounts whose records
+    /// land there; clients of other accounts are redirected to their group.
+    /// `G` must divide every served topic's partition count. 1 (the
+    /// default): every pod reads every partition.
+    #[arg(long, env = "HERALD_PARTITION_GROUPS", default_value_t = 1)]
+    pub partition_groups: u32,
+    /// This pod's group, 0 <= g < --partition-groups.
+    #[arg(long, env = "HERALD_PARTITION_GROUP", default_value_t = 0)]
+    pub partition_group: u32,
+    /// Each group's base WebSocket URL, `{group}` standing for its number
+    /// (e.g. `wss://rt.example.com/g/{group}`): where redirects and
+    /// `GET /v1/route` send a client (which appends its endpoint path).
+    #[arg(long, env = "HERALD_GROUP_URL_TEMPLATE", conflicts_with = "group_urls")]
+    pub group_url_template: Option<String>,
+    /// Each group's base WebSocket URL, in group order, comma-separated
+    /// (instead of --group-url-template).
+    #[arg(long, env = "HERALD_GROUP_URLS", value_delimiter = ',')]
+    pub group_urls: Vec<String>,
     /// Log format.
     #[arg(long, env = "HERALD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -525,6 +545,37 @@ impl GatewayConfig {
         Ok(proxies)
     }
 
+    /// The partition groups, checked (group in range, one URL per group).
+    pub fn partition_groups(&self) -> Result<crate::routing::groups::PartitionGroups, ConfigError> {
+        let urls: Vec<String> = match &self.group_url_template {
+            Some(t) if !t.contains("{group}") => {
+                return Err(ConfigError::OutOfRange(format!(
+                    "--group-url-template `{t}` must contain {{group}} (each group has its own URL)"
+                )));
+            }
+            Some(t) => (0..self.partition_groups.min(4096))
+                .map(|g| t.replace("{group}", &g.to_string()))
+                .collect(),
+            None => self
+                .group_urls
+                .iter()
+                .map(|u| u.trim().to_owned())
+                .filter(|u| !u.is_empty())
+                .collect(),
+        };
+        if self.partition_groups > 4096 {
+            return Err(ConfigError::OutOfRange(
+                "--partition-groups must be at most 4096".into(),
+            ));
+        }
+        crate::routing::groups::PartitionGroups::new(
+            self.partition_groups,
+            self.partition_group,
+            urls,
+        )
+        .map_err(ConfigError::OutOfRange)
+    }
+
     /// The console settings, when the console is enabled.
     pub fn console(&self) -> Result<Option<crate::app::console::ConsoleConfig>, ConfigError> {
         if !self.console {
@@ -562,6 +613,7 @@ impl GatewayConfig {
         self.tls()?;
         self.kafka.client_config()?;
         self.console()?;
+        self.partition_groups()?;
         if self.jwt_secret.is_none()
             && self.jwt_public_key_file.is_empty()
             && self.jwt_jwks_file.is_none()
@@ -611,6 +663,58 @@ mod tests {
         let no_auth =
             GatewayConfig::from_args(["herald-gateway", "--identities", "false"]).unwrap();
         assert!(matches!(no_auth.validate(), Err(ConfigError::NoAuth)));
+    }
+
+    #[test]
+    fn partition_groups_default_to_one_and_are_checked() {
+        let g = parse(&[]).partition_groups().unwrap();
+        assert_eq!((g.groups(), g.group()), (1, 0));
+        let c = parse(&[
+            "--partition-groups",
+            "3",
+            "--partition-group",
+            "2",
+            "--group-url-template",
+            "wss://rt.example.com/g/{group}",
+        ]);
+        c.validate().unwrap();
+        let g = c.partition_groups().unwrap();
+        let theirs = (1..100)
+            .map(|a| a.to_string())
+            .find(|a| g.group_of(a) == 1)
+            .unwrap();
+        assert_eq!(g.route(&theirs).url, Some("wss://rt.example.com/g/1"));
+        let c = parse(&[
+            "--partition-groups",
+            "2",
+            "--partition-group",
+            "1",
+            "--group-urls",
+            "ws://a:1,ws://b:2",
+        ]);
+        let g = c.partition_groups().unwrap();
+        let zero = (1..100).map(|a| a.to_string()).find(|a| g.group_of(a) == 0).unwrap();
+        assert_eq!(g.redirect(&zero).and_then(|r| r.url), Some("ws://a:1"));
+        for (bad, needle) in [
+            (vec!["--partition-groups", "2", "--partition-group", "2", "--group-urls", "ws://a,ws://b"], "--partition-group 2"),
+            (vec!["--partition-groups", "2"], "--group-url-template"),
+            (vec!["--partition-groups", "2", "--group-url-template", "ws://a"], "{group}"),
+            (vec!["--partition-groups", "2", "--group-urls", "ws://a"], "got 1"),
+            (vec!["--partition-groups", "0"], "at least 1"),
+        ] {
+            let err = parse(&bad).validate().unwrap_err().to_string();
+            assert!(err.contains(needle), "{bad:?}: {err}");
+        }
+        assert!(
+            GatewayConfig::from_args([
+                "herald-gateway",
+                "--group-urls",
+                "ws://a",
+                "--group-url-template",
+                "ws://{group}"
+            ])
+            .is_err()
+        );
     }
 
     #[test]

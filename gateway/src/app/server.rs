@@ -202,11 +202,22 @@ pub async fn start(
         cfg.create()?
     };
 
+    let groups = config.partition_groups()?;
+    if groups.partitioned() {
+        tracing::info!(
+            group = groups.group(),
+            groups = groups.groups(),
+            "partition group mode: reading the partitions p with p % groups == group; \
+             clients of other groups' accounts are redirected"
+        );
+    }
     let settings = ConsumerSettings {
         kafka: config.kafka.clone(),
         topics: config.topics()?,
         metadata_refresh: Duration::from_secs(config.metadata_refresh_secs.max(1)),
         fetch_wait_ms: config.kafka_fetch_wait_ms,
+        groups: groups.clone(),
+        owned_partitions: metrics.owned_partitions.clone(),
     };
     let kafka = consumer::create(&settings)?;
 
@@ -236,6 +247,7 @@ pub async fn start(
             shutdown.clone(),
             Duration::from_millis(config.drain_secs * 800),
         ),
+        groups: groups.clone(),
     });
     let stomp_deps = Arc::new(StompDeps {
         config: config.stomp()?,
@@ -341,6 +353,7 @@ pub async fn start(
         router,
         metrics,
         presence.clone(),
+        groups,
         link,
         consumer_stop.clone(),
     ));
@@ -352,6 +365,7 @@ pub async fn start(
         .route("/stream", get(stream_upgrade))
         .route("/api/v1/stream", get(stream_upgrade))
         .route(&config.typeid_path, get(typeid_upgrade))
+        .route("/v1/route", get(route_lookup))
         .with_state(AppState {
             shared: shared.clone(),
             stomp: stomp_deps,
@@ -569,6 +583,43 @@ fn cable_upgrade(
         limit,
         move |socket| cable::serve(socket, shared, deps, endpoint),
     )
+}
+
+/// `GET /v1/route?account=<id>`: the partition group owning the account
+/// and its base URL (`null` when none is configured), so a client picks
+/// its URL before connecting. Not secret (anyone can compute it), so any
+/// origin may read it.
+async fn route_lookup(
+    State(state): State<AppState>,
+    Query(query): Query<std::collections::HashMap<String, String>>,
+) -> Response {
+    use axum::{http::StatusCode, response::IntoResponse};
+    let cors = [(axum::http::header::ACCESS_CONTROL_ALLOW_ORIGIN, "*")];
+    let account = match query.get("account").map(String::as_str) {
+        Some(a) if !a.is_empty() && a.len() <= 256 => a,
+        _ => {
+            return (
+                StatusCode::BAD_REQUEST,
+                cors,
+                axum::Json(serde_json::json!({
+                    "error": "the account query parameter is required (1 to 256 bytes)"
+                })),
+            )
+                .into_response();
+        }
+    };
+    let groups = &state.shared.groups;
+    let route = groups.route(account);
+    (
+        cors,
+        axum::Json(serde_json::json!({
+            "account": account,
+            "group": route.group,
+            "groups": groups.groups(),
+            "url": route.url,
+        })),
+    )
+        .into_response()
 }
 
 /// The TypeID endpoint (default `/notifications`).

@@ -1,6 +1,7 @@
 //! The Kafka side of a gateway pod: every partition of every served topic is
 //! *assigned* (no consumer group, so pods never take partitions from each
-//! other), starting at the end offset read at startup; partitions and topics
+//! other) — or, with `--partition-groups G`, every partition `p` with
+//! `p % G` equal to the pod's group — starting at the end offset read at startup; partitions and topics
 //! that appear later are assigned from their beginning so nothing produced
 //! to them is missed. Records are routed by their `account_id`/`type`
 //! headers first and parsed only when this pod has a recipient.
@@ -32,6 +33,7 @@ use crate::{
     core::{event::RoutedEvent, identity::PrincipalKind},
     metrics::Metrics,
     routing::{
+        groups::PartitionGroups,
         presence::PresenceTable,
         router::{Router, RouterView, Slot},
     },
@@ -48,6 +50,10 @@ pub struct ConsumerSettings {
     pub metadata_refresh: Duration,
     /// `fetch.wait.max.ms` unless a Kafka property sets it.
     pub fetch_wait_ms: u64,
+    /// Which partitions this pod reads (every one unless groups split them).
+    pub groups: PartitionGroups,
+    /// `herald_owned_partitions`, set per topic as partitions are assigned.
+    pub owned_partitions: prometheus::IntGaugeVec,
 }
 
 /// A consumer that cannot start.
@@ -108,7 +114,7 @@ impl Link {
 }
 
 /// Keep the assignment complete until `shutdown`: discover topics and
-/// partitions, assign the new ones, notice topics that were deleted and
+/// partitions, assign the new ones this pod owns, notice topics that were deleted and
 /// created again (their Kafka topic ID changed), and keep `ready` true
 /// while every served topic is assigned and the broker answers. The record
 /// loop can make it look at once through `link` (it saw offsets go backwards).
@@ -124,18 +130,37 @@ pub async fn maintain_assignment(
     // The topic ID each served topic had when its partitions were assigned.
     let mut ids: HashMap<String, String> = HashMap::new();
     let mut first_round = true;
+    // Topics whose partition count the groups do not divide, as last logged.
+    let mut indivisible: HashMap<String, usize> = HashMap::new();
     loop {
         let c = consumer.clone();
         let topics = settings.topics.clone();
         let known = assigned.clone();
         let known_ids = ids.clone();
         let from_end = first_round;
+        let groups = settings.groups.clone();
         let outcome = tokio::task::spawn_blocking(move || {
-            discover(c.as_ref(), &topics, &known, &known_ids, from_end)
+            discover(c.as_ref(), &topics, &groups, &known, &known_ids, from_end)
         })
         .await;
         match outcome {
             Ok(Ok(found)) => {
+                for (topic, count) in &found.indivisible {
+                    if indivisible.get(topic) != Some(count) {
+                        let reason = settings
+                            .groups
+                            .check_partition_count(topic, *count)
+                            .err()
+                            .unwrap_or_default();
+                        tracing::error!(
+                            topic,
+                            partitions = count,
+                            groups = settings.groups.groups(),
+                            "not ready: {reason}"
+                        );
+                    }
+                }
+                indivisible = found.indivisible.iter().cloned().collect();
                 for (topic, partitions) in &found.recreated {
                     let id = found.ids.get(topic).cloned().unwrap_or_default();
                     follow_recreated(
@@ -158,7 +183,7 @@ pub async fn maintain_assignment(
                     router.epochs().set_topic_id(topic, id);
                 }
                 ids.extend(found.ids);
-                let mut complete = found.missing.is_empty();
+                let mut complete = found.missing.is_empty() && found.indivisible.is_empty();
                 if !found.new.is_empty() {
                     let mut tpl = TopicPartitionList::new();
                     for (topic, partition, offset) in &found.new {
@@ -180,6 +205,13 @@ pub async fn maintain_assignment(
                                 router.init_frontier(stream, start);
                                 assigned.insert((topic, partition));
                             }
+                            for topic in &settings.topics {
+                                let owned = assigned.iter().filter(|(t, _)| t == topic).count();
+                                settings
+                                    .owned_partitions
+                                    .with_label_values(&[topic])
+                                    .set(owned as i64);
+                            }
                         }
                         Err(e) => {
                             complete = false;
@@ -191,8 +223,13 @@ pub async fn maintain_assignment(
                     tracing::warn!(missing = ?found.missing, "served topics do not exist yet; not ready");
                 }
                 // Whatever appears after the first successful look is new:
-                // it is read from its beginning so none of it is missed.
-                first_round = false;
+                // it is read from its beginning so none of it is missed. A
+                // topic the groups cannot split is not a new one: once its
+                // partition count is fixed it starts from its end, as at
+                // startup (the pod is not ready meanwhile).
+                if found.indivisible.is_empty() {
+                    first_round = false;
+                }
                 ready.store(complete, Ordering::Release);
             }
             Ok(Err(e)) => {
@@ -313,6 +350,9 @@ async fn rewind(
 struct Discovery {
     new: Vec<(String, i32, Offset)>,
     missing: Vec<String>,
+    /// Served topics whose partition count the groups do not divide, with
+    /// that count: none of their new partitions is assigned.
+    indivisible: Vec<(String, usize)>,
     /// Served topics whose ID differs from the one they were assigned
     /// with, and the new topic's partitions.
     recreated: Vec<(String, Vec<i32>)>,
@@ -321,10 +361,12 @@ struct Discovery {
 }
 
 /// Blocking metadata walk (one DescribeTopics of the served topics):
-/// partitions not yet assigned, with their start offset, and recreated topics.
+/// partitions this pod owns and has not assigned yet, with their start
+/// offset, and recreated topics.
 fn discover(
     consumer: &StreamConsumer,
     topics: &[String],
+    groups: &PartitionGroups,
     assigned: &HashSet<(String, i32)>,
     known_ids: &HashMap<String, String>,
     from_end: bool,
@@ -334,6 +376,7 @@ fn discover(
     let mut found = Discovery {
         new: Vec::new(),
         missing: Vec::new(),
+        indivisible: Vec::new(),
         recreated: Vec::new(),
         ids: HashMap::new(),
     };
@@ -350,8 +393,17 @@ fn discover(
             }
             found.ids.insert(topic.clone(), id.clone());
         }
+        if groups
+            .check_partition_count(topic, info.partitions.len())
+            .is_err()
+        {
+            found
+                .indivisible
+                .push((topic.clone(), info.partitions.len()));
+            continue;
+        }
         for &p in &info.partitions {
-            if assigned.contains(&(topic.clone(), p)) {
+            if !groups.owns_partition(p) || assigned.contains(&(topic.clone(), p)) {
                 continue;
             }
             let offset = if from_end {
@@ -388,6 +440,7 @@ pub async fn consume(
     router: Arc<Router>,
     metrics: Metrics,
     presence: Arc<PresenceTable>,
+    groups: PartitionGroups,
     link: Arc<Link>,
     shutdown: CancellationToken,
 ) {
@@ -395,6 +448,7 @@ pub async fn consume(
     let mut topics = Topics {
         metrics: metrics.clone(),
         by_name: HashMap::new(),
+        groups,
     };
     let mut last_error_log: Option<Instant> = None;
     // Partitions seen starting over, with the topic ID they started over in.
@@ -526,6 +580,7 @@ impl TopicState {
 struct Topics {
     metrics: Metrics,
     by_name: HashMap<String, TopicState>,
+    groups: PartitionGroups,
 }
 
 impl Topics {
@@ -638,7 +693,20 @@ fn prepare<'a>(
     state.consumed.inc();
     state.handled(msg.partition(), msg.offset());
     let topic = state.name.clone();
-    let parsed = if header(&msg, "type") == Some("presence.heartbeat") {
+    let account = header(&msg, "account_id");
+    let parsed = if topics.groups.partitioned()
+        && account.is_some_and(|a| topics.groups.group_of(a) as i32 != msg.partition() % topics.groups.groups() as i32)
+    {
+        // Produced with another partitioner: its account's clients are
+        // served by another group (this one redirects them), so it is
+        // counted, never delivered here.
+        topics
+            .metrics
+            .foreign_partition_records
+            .with_label_values(&[&topic])
+            .inc();
+        Parsed::Invalid("foreign_partition")
+    } else if header(&msg, "type") == Some("presence.heartbeat") {
         // Every pod keeps the whole online table, subscribers here or not.
         record_heartbeat(&msg, presence, &topics.metrics);
         Parsed::Presence

@@ -10,7 +10,10 @@ use std::{sync::Arc, time::Duration};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    auth::Authenticator, limits::Limits, metrics::Metrics, routing::router::Router,
+    auth::Authenticator,
+    limits::Limits,
+    metrics::Metrics,
+    routing::{groups::PartitionGroups, router::Router},
     transport::connection::ConnLimits,
 };
 
@@ -28,6 +31,41 @@ pub struct Shared {
     pub outbound: ConnLimits,
     /// When and how connections are told to leave on shutdown.
     pub drain: Drain,
+    /// Which accounts this pod serves; clients of the others are
+    /// redirected to their group after authentication.
+    pub groups: PartitionGroups,
+}
+
+impl Shared {
+    /// Where a client of `account` must go instead, when another partition
+    /// group serves it (counted in `herald_group_redirects_total`). `None`:
+    /// this pod serves it.
+    pub fn redirect(&self, account: &str, protocol: &str) -> Option<Redirect> {
+        let route = self.groups.redirect(account)?;
+        self.metrics
+            .group_redirects
+            .with_label_values(&[protocol])
+            .inc();
+        tracing::debug!(
+            account,
+            group = route.group,
+            protocol,
+            "client redirected to its partition group"
+        );
+        Some(Redirect {
+            group: route.group,
+            url: route.url.unwrap_or_default(),
+        })
+    }
+}
+
+/// A client sent to the partition group that owns its account.
+#[derive(Debug, Clone, Copy)]
+pub struct Redirect {
+    /// The owning group.
+    pub group: u32,
+    /// Its base URL (the client appends its endpoint path).
+    pub url: &'static str,
 }
 
 /// The pod's drain signal and the window over which clients are told to

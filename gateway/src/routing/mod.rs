@@ -2,6 +2,7 @@
 //! cache, the history buffer and resume gate, and the presence table.
 
 pub mod gate;
+pub mod groups;
 pub mod history;
 pub mod presence;
 pub mod router;

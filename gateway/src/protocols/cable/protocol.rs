@@ -245,9 +245,33 @@ pub fn disconnect(reason: DisconnectReason) -> String {
     )
 }
 
+/// `{"type":"disconnect","reason":"redirect","reconnect":true,"url":..}`:
+/// another partition group serves the client's account; `url` is that
+/// group's base URL (the client appends its endpoint path).
+pub fn disconnect_redirect(url: &str) -> String {
+    serde_json::json!({
+        "type": "disconnect",
+        "reason": "redirect",
+        "reconnect": true,
+        "url": url,
+    })
+    .to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_redirect_is_a_reconnecting_disconnect_with_the_url() {
+        let v: serde_json::Value =
+            serde_json::from_str(&disconnect_redirect("wss://rt.example.com/g/1")).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"type": "disconnect", "reason": "redirect", "reconnect": true,
+                "url": "wss://rt.example.com/g/1"})
+        );
+    }
 
     #[test]
     fn parses_commands_and_keeps_identifier_bytes() {

@@ -25,7 +25,7 @@ use crate::{
     kafka::resume::{self, ResumeConfig},
     limits::{AccountSlot, CommandRate},
     protocols::shared::Shared,
-    routing::{gate::ResumeGate, presence::PresenceTable},
+    routing::{gate::ResumeGate, groups::REDIRECT_CLOSE_CODE, presence::PresenceTable},
     transport::{
         connection::{self, HeartBeatKind, Outbound},
         session::{Conn, Interrupt, cold},
@@ -152,6 +152,7 @@ pub async fn serve(
             sub_rate: CommandRate::new(rates.subscribes_per_second),
             expires_at: None,
             anonymous_until: Some(tokio::time::Instant::now() + rates.cable_anonymous_timeout),
+            redirected: false,
             watched: HashMap::new(),
         },
     )
@@ -250,6 +251,8 @@ struct CableSession {
     expires_at: Option<i64>,
     /// Until a subscription is accepted, the socket is anonymous: closed at this instant.
     anonymous_until: Option<tokio::time::Instant>,
+    /// Sent to another partition group: nothing more is accepted.
+    redirected: bool,
     /// Opaque tokens in use, watched once each: (subscriptions using it,
     /// the watch task's stop).
     watched: HashMap<String, (usize, CancellationToken)>,
@@ -295,6 +298,10 @@ impl CableSession {
                 .await
             {
                 Ok(identity) => {
+                    if let Some(redirect) = self.shared.redirect(&identity.account_id, PROTOCOL) {
+                        self.redirect(redirect.url).await;
+                        return false;
+                    }
                     let Some(slot) = self.shared.limits.admit_account(&identity.account_id) else {
                         self.disconnect(DisconnectReason::InvalidRequest).await;
                         return false;
@@ -523,6 +530,9 @@ impl CableSession {
     }
 
     async fn subscribe(&mut self, identifier: String, history: Option<serde_json::Value>) {
+        if self.redirected {
+            return;
+        }
         if self.subscriptions.contains_key(&identifier) {
             tracing::debug!(conn = self.conn.id, "duplicate subscribe ignored");
             return;
@@ -539,6 +549,12 @@ impl CableSession {
                 return;
             }
         };
+        if let Some(redirect) = self.shared.redirect(&identity.account_id, PROTOCOL) {
+            // RoomChannel: the token names the account only now. Another
+            // partition group reads its partitions: send the client there.
+            self.redirect(redirect.url).await;
+            return;
+        }
         if self.subscriptions.len() >= self.deps.config.max_subscriptions {
             tracing::debug!(conn = self.conn.id, "subscription limit reached");
             self.conn
@@ -719,6 +735,21 @@ impl CableSession {
             .subscriptions
             .with_label_values(&[PROTOCOL])
             .dec();
+    }
+
+    /// `disconnect` with reason `redirect`, `reconnect: true` and the
+    /// partition group's `url`, then close.
+    async fn redirect(&mut self, url: &'static str) {
+        self.redirected = true;
+        self.conn
+            .emit_text(&protocol::disconnect_redirect(url))
+            .await;
+        self.conn
+            .emit(Outbound::Close {
+                code: REDIRECT_CLOSE_CODE,
+                reason: "redirect",
+            })
+            .await;
     }
 
     async fn disconnect(&self, reason: DisconnectReason) {

@@ -25,6 +25,7 @@ use crate::{
     protocols::shared::Shared,
     routing::{
         gate::ResumeGate,
+        groups::REDIRECT_CLOSE_CODE,
         router::{FrameCache, Recipient, Slot},
     },
     transport::{
@@ -596,6 +597,34 @@ impl Session {
                 return ControlFlow::Break(());
             }
         };
+        if let Some(redirect) = self.shared.redirect(&identity.account_id, PROTOCOL) {
+            // Another partition group reads this account's partitions.
+            let text = error_frame_with(
+                "wrong group",
+                &[
+                    ("herald-redirect", redirect.url),
+                    ("herald-group", &redirect.group.to_string()),
+                ],
+                &format!(
+                    "this account is served by partition group {}: reconnect to {}",
+                    redirect.group, redirect.url
+                ),
+                None,
+            );
+            self.conn
+                .emit(Outbound::Frame {
+                    frame: text,
+                    stamp: None,
+                })
+                .await;
+            self.conn
+                .emit(Outbound::Close {
+                    code: REDIRECT_CLOSE_CODE,
+                    reason: "redirect",
+                })
+                .await;
+            return ControlFlow::Break(());
+        }
         match self.shared.limits.admit_account(&identity.account_id) {
             Some(slot) => self.account_slot = Some(slot),
             None => {

@@ -23,7 +23,10 @@ use crate::{
     },
     limits::{AccountSlot, CommandRate},
     protocols::shared::Shared,
-    routing::router::{FrameCache, Recipient},
+    routing::{
+        groups::REDIRECT_CLOSE_CODE,
+        router::{FrameCache, Recipient},
+    },
     transport::{
         connection::{ConnTx, Outbound},
         session::{Conn, Interrupt, cold},
@@ -252,6 +255,12 @@ impl Session {
         let status = self.admit(frame.body, self.peer).await;
         match status {
             Ok(identity) => {
+                if let Some(redirect) = self.shared.redirect(&identity.account_id, PROTOCOL) {
+                    // Another partition group serves the account: close
+                    // with the redirect code, its URL as the reason.
+                    self.close_with(REDIRECT_CLOSE_CODE, redirect.url).await;
+                    return false;
+                }
                 let Some(slot) = self.shared.limits.admit_account(&identity.account_id) else {
                     self.respond_join(JoinStatus::Throttled).await;
                     return false;

@@ -1,0 +1,307 @@
+//! Partition-affine pod groups (`--partition-groups`, docs/scaling.md): a
+//! pod of group `g` of `G` reads only the partitions `p` with
+//! `p % G == g` of every served event topic and serves only the accounts
+//! whose records land there.
+//!
+//! An account's partition is what Herald's producer (and the gateway's own
+//! presence writes) get from librdkafka's default partitioner,
+//! `consistent_random`: CRC-32 of the record key (the account id) modulo
+//! the topic's partition count. With `G` dividing every topic's partition
+//! count, `(crc32 % P) % G == crc32 % G`: an account's group is the same in
+//! every topic, whatever `P`. The unit tests pin [`partition_of`] to
+//! librdkafka's own partitioner function.
+
+/// The partition librdkafka's `consistent_random` partitioner picks for a
+/// non-empty `key` among `partitions` partitions (`crc32(key) % partitions`).
+/// `None` for an empty key (librdkafka then picks one at random) or no
+/// partitions.
+pub fn partition_of(key: &str, partitions: u32) -> Option<u32> {
+    (!key.is_empty() && partitions > 0).then(|| crc32fast::hash(key.as_bytes()) % partitions)
+}
+
+/// Which partitions and accounts this pod owns, and where the other
+/// groups are. One group (the default) owns everything: today's design.
+#[derive(Debug, Clone)]
+pub struct PartitionGroups {
+    groups: u32,
+    group: u32,
+    /// Each group's base URL (`ws://`/`wss://`, no endpoint path), indexed
+    /// by group; empty when none was configured. Leaked once at startup
+    /// (one string per group) so a close frame can carry one as its reason.
+    urls: Vec<&'static str>,
+}
+
+/// A group's number and base URL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GroupRoute {
+    /// The group owning the account.
+    pub group: u32,
+    /// Its base URL, when configured.
+    pub url: Option<&'static str>,
+}
+
+/// The close code of a TypeID redirect (and of the STOMP and ActionCable
+/// ones, whose frame carries the URL too); the close reason is the URL.
+pub const REDIRECT_CLOSE_CODE: u16 = 4307;
+
+/// Longest URL a redirect can carry: a WebSocket close reason holds 123 bytes.
+pub const MAX_URL_BYTES: usize = 123;
+
+impl Default for PartitionGroups {
+    fn default() -> Self {
+        Self::all()
+    }
+}
+
+impl PartitionGroups {
+    /// One group owning every partition (no redirects).
+    pub fn all() -> Self {
+        PartitionGroups {
+            groups: 1,
+            group: 0,
+            urls: Vec::new(),
+        }
+    }
+
+    /// Group `group` of `groups`, with one base URL per group (or none).
+    /// Checked: `groups >= 1`, `group < groups`, one URL per group when
+    /// there are several groups, each a `ws://`/`wss://` URL of at most
+    /// [`MAX_URL_BYTES`].
+    pub fn new(groups: u32, group: u32, urls: Vec<String>) -> Result<Self, String> {
+        if groups == 0 {
+            return Err("--partition-groups must be at least 1".into());
+        }
+        if group >= groups {
+            return Err(format!(
+                "--partition-group {group} is out of range: with --partition-groups {groups} it must be 0..={}",
+                groups - 1
+            ));
+        }
+        if groups > 1 && urls.len() != groups as usize {
+            return Err(format!(
+                "--partition-groups {groups} needs every group's URL, for redirects and /v1/route: \
+                 set --group-url-template (with {{group}}) or --group-urls ({groups} URLs; got {})",
+                urls.len()
+            ));
+        }
+        for u in &urls {
+            if !(u.starts_with("ws://") || u.starts_with("wss://")) || u.len() <= "wss://".len() {
+                return Err(format!("group URL `{u}` must be a ws:// or wss:// URL"));
+            }
+            if u.len() > MAX_URL_BYTES || u.chars().any(|c| c.is_control() || c.is_whitespace()) {
+                return Err(format!(
+                    "group URL `{u}` must be at most {MAX_URL_BYTES} bytes without spaces or control \
+                     characters (a WebSocket close reason carries it)"
+                ));
+            }
+        }
+        Ok(PartitionGroups {
+            groups,
+            group,
+            urls: urls
+                .into_iter()
+                .map(|u| &*Box::leak(u.into_boxed_str()))
+                .collect(),
+        })
+    }
+
+    /// Number of groups.
+    pub fn groups(&self) -> u32 {
+        self.groups
+    }
+
+    /// This pod's group.
+    pub fn group(&self) -> u32 {
+        self.group
+    }
+
+    /// Whether there is more than one group.
+    pub fn partitioned(&self) -> bool {
+        self.groups > 1
+    }
+
+    /// Whether this pod reads `partition`.
+    pub fn owns_partition(&self, partition: i32) -> bool {
+        u32::try_from(partition).is_ok_and(|p| p % self.groups == self.group)
+    }
+
+    /// The group of `account`: `crc32(account) % G`, which equals the
+    /// producer's partition modulo `G` in every topic whose partition count
+    /// `G` divides. An empty account (the producer would spread it at
+    /// random) belongs to group 0.
+    pub fn group_of(&self, account: &str) -> u32 {
+        partition_of(account, self.groups).unwrap_or(0)
+    }
+
+    /// Whether `account`'s records are in this pod's partitions.
+    pub fn owns_account(&self, account: &str) -> bool {
+        self.group_of(account) == self.group
+    }
+
+    /// The group of `account` and its URL.
+    pub fn route(&self, account: &str) -> GroupRoute {
+        let group = self.group_of(account);
+        GroupRoute {
+            group,
+            url: self.urls.get(group as usize).copied(),
+        }
+    }
+
+    /// Where to send a client of `account`, when this pod does not serve it.
+    pub fn redirect(&self, account: &str) -> Option<GroupRoute> {
+        (!self.owns_account(account)).then(|| self.route(account))
+    }
+
+    /// Why a topic of `partitions` partitions cannot be split over the
+    /// groups: `G` must divide the partition count, or an account would
+    /// belong to different groups in different topics.
+    pub fn check_partition_count(&self, topic: &str, partitions: usize) -> Result<(), String> {
+        if partitions.is_multiple_of(self.groups as usize) {
+            return Ok(());
+        }
+        Err(format!(
+            "topic {topic} has {partitions} partitions, which --partition-groups {} does not divide: \
+             give every served topic a multiple of {} partitions (or change the group count)",
+            self.groups, self.groups
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(unsafe_code)]
+
+    use super::*;
+
+    /// librdkafka's own `consistent_random` partitioner, the one Herald's
+    /// producer uses (it sets no `partitioner` property).
+    fn librdkafka_partition(key: &str, partitions: i32) -> i32 {
+        // SAFETY: for a non-empty key the function only hashes `key`
+        // (`rd_crc32(key, keylen) % partition_cnt`); it does not touch the
+        // topic handle or the opaques.
+        unsafe {
+            rdkafka::bindings::rd_kafka_msg_partitioner_consistent_random(
+                std::ptr::null(),
+                key.as_ptr().cast(),
+                key.len(),
+                partitions,
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+            )
+        }
+    }
+
+    fn accounts() -> impl Iterator<Item = String> {
+        (1..=5000u32)
+            .map(|i| i.to_string())
+            .chain(["acct-α", "0", "00042", "a b", "9999999999999"].map(String::from))
+    }
+
+    #[test]
+    fn the_mapping_is_librdkafkas_partitioner() {
+        for account in accounts() {
+            for partitions in [1u32, 2, 3, 4, 6, 8, 12, 48, 100] {
+                assert_eq!(
+                    partition_of(&account, partitions).map(|p| p as i32),
+                    Some(librdkafka_partition(&account, partitions as i32)),
+                    "account {account:?}, {partitions} partitions"
+                );
+            }
+        }
+        // The standard CRC-32 (check value of "123456789").
+        assert_eq!(partition_of("123456789", u32::MAX), Some(0xCBF4_3926));
+        assert_eq!(partition_of("", 4), None);
+    }
+
+    #[test]
+    fn an_accounts_group_is_its_partition_modulo_the_groups_in_every_topic() {
+        for groups in [2u32, 3, 4, 8] {
+            let g = PartitionGroups::new(
+                groups,
+                0,
+                (0..groups).map(|i| format!("ws://g{i}")).collect(),
+            )
+            .unwrap();
+            for account in accounts() {
+                for partitions in [groups, groups * 2, groups * 6, 48 / groups * groups] {
+                    let p = librdkafka_partition(&account, partitions as i32);
+                    assert_eq!(
+                        g.group_of(&account),
+                        p as u32 % groups,
+                        "{account:?}, {partitions} partitions"
+                    );
+                    let owner = PartitionGroups::new(
+                        groups,
+                        g.group_of(&account),
+                        (0..groups).map(|i| format!("ws://g{i}")).collect(),
+                    )
+                    .unwrap();
+                    assert!(owner.owns_account(&account) && owner.owns_partition(p));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn one_group_owns_everything_and_never_redirects() {
+        let all = PartitionGroups::all();
+        assert!(!all.partitioned());
+        for account in accounts() {
+            assert!(all.owns_account(&account));
+            assert_eq!(all.redirect(&account), None);
+            assert_eq!(all.route(&account), GroupRoute { group: 0, url: None });
+        }
+        assert!((0..100).all(|p| all.owns_partition(p)));
+        assert!(all.check_partition_count("t", 7).is_ok());
+    }
+
+    #[test]
+    fn a_pod_owns_its_partitions_and_redirects_the_other_groups_accounts() {
+        let urls = vec!["ws://a:1".to_owned(), "wss://b/g/1".to_owned()];
+        let g1 = PartitionGroups::new(2, 1, urls).unwrap();
+        assert_eq!(
+            (0..8).filter(|&p| g1.owns_partition(p)).collect::<Vec<_>>(),
+            [1, 3, 5, 7]
+        );
+        assert!(!g1.owns_partition(-1));
+        let (mine, theirs): (Vec<String>, Vec<String>) =
+            accounts().partition(|a| g1.owns_account(a));
+        assert!(!mine.is_empty() && !theirs.is_empty());
+        assert!(mine.iter().all(|a| g1.redirect(a).is_none()));
+        for a in &theirs {
+            assert_eq!(
+                g1.redirect(a),
+                Some(GroupRoute {
+                    group: 0,
+                    url: Some("ws://a:1")
+                })
+            );
+        }
+        assert_eq!(g1.route(&mine[0]).url, Some("wss://b/g/1"));
+    }
+
+    #[test]
+    fn bad_settings_are_refused_naming_the_flag() {
+        let urls = |n: usize| (0..n).map(|i| format!("ws://h/{i}")).collect::<Vec<_>>();
+        let err = PartitionGroups::new(0, 0, vec![]).unwrap_err();
+        assert!(err.contains("--partition-groups"), "{err}");
+        let err = PartitionGroups::new(2, 2, urls(2)).unwrap_err();
+        assert!(err.contains("--partition-group 2"), "{err}");
+        let err = PartitionGroups::new(2, 0, vec![]).unwrap_err();
+        assert!(err.contains("--group-url-template"), "{err}");
+        let err = PartitionGroups::new(3, 0, urls(2)).unwrap_err();
+        assert!(err.contains("got 2"), "{err}");
+        let err = PartitionGroups::new(2, 0, vec!["http://x".into(), "ws://y".into()]).unwrap_err();
+        assert!(err.contains("ws://"), "{err}");
+        let long = format!("ws://{}", "x".repeat(MAX_URL_BYTES));
+        let err = PartitionGroups::new(2, 0, vec![long, "ws://y".into()]).unwrap_err();
+        assert!(err.contains("123"), "{err}");
+        let g = PartitionGroups::new(4, 3, urls(4)).unwrap();
+        assert!(g.check_partition_count("t", 8).is_ok());
+        let err = g.check_partition_count("herald.message", 6).unwrap_err();
+        assert!(
+            err.contains("herald.message") && err.contains("6 partitions"),
+            "{err}"
+        );
+    }
+}
