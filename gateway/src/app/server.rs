@@ -218,6 +218,12 @@ pub async fn start(
         fetch_wait_ms: config.kafka_fetch_wait_ms,
         groups: groups.clone(),
         owned_partitions: metrics.owned_partitions.clone(),
+        divisible: {
+            // "not ready: partition-groups" while a topic cannot be split.
+            let divisible = readiness.condition("partition-groups");
+            divisible.store(true, std::sync::atomic::Ordering::Release);
+            divisible
+        },
     };
     let kafka = consumer::create(&settings)?;
 

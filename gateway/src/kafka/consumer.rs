@@ -54,6 +54,9 @@ pub struct ConsumerSettings {
     pub groups: PartitionGroups,
     /// `herald_owned_partitions`, set per topic as partitions are assigned.
     pub owned_partitions: prometheus::IntGaugeVec,
+    /// Readiness condition `partition-groups`: false while a served topic
+    /// has a partition count the groups do not divide.
+    pub divisible: Arc<AtomicBool>,
 }
 
 /// A consumer that cannot start.
@@ -161,6 +164,9 @@ pub async fn maintain_assignment(
                     }
                 }
                 indivisible = found.indivisible.iter().cloned().collect();
+                settings
+                    .divisible
+                    .store(found.indivisible.is_empty(), Ordering::Release);
                 for (topic, partitions) in &found.recreated {
                     let id = found.ids.get(topic).cloned().unwrap_or_default();
                     follow_recreated(

@@ -1,0 +1,334 @@
+//! Partition-affine pod groups (docs/scaling.md) on the real broker: two
+//! gateway processes with `--partition-groups 2`, group 0 and group 1, over
+//! topics of 4 partitions. Each reads only its partitions and delivers only
+//! its accounts' events; a client that reaches the wrong group is
+//! redirected (STOMP, ActionCable, TypeID), and at the URL it is sent to it
+//! receives its events. `GET /v1/route` names the same group.
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use herald_gateway::routing::groups::PartitionGroups;
+use herald_runtime::kafka::TopicLayout;
+use herald_tests::{
+    GatewayProcess, Stack, StackOptions, airy_message, cable::RawCable, free_port,
+    stomp::RawStomp, token, typeid, wait_until,
+};
+use serde_json::{Value, json};
+
+const EVENTS: u64 = 6;
+
+/// The value of `metric{labels}` in a Prometheus text page (0 when absent).
+fn metric(text: &str, name: &str, labels: &str) -> f64 {
+    let prefix = format!("{name}{{{labels}}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+async fn metrics(http: &reqwest::Client, pod: &GatewayProcess) -> anyhow::Result<String> {
+    Ok(http
+        .get(format!("http://{}/metrics", pod.ops_addr))
+        .send()
+        .await?
+        .text()
+        .await?)
+}
+
+/// Read MESSAGE frames until `count` arrived; returns their message ids.
+async fn message_ids(c: &mut RawStomp, count: usize) -> anyhow::Result<Vec<String>> {
+    let mut ids = Vec::new();
+    while ids.len() < count {
+        let f = c.next_frame().await?;
+        anyhow::ensure!(f.command == "MESSAGE", "unexpected frame {}", f.raw);
+        let body: Value = serde_json::from_str(&f.body)?;
+        ids.push(
+            body["payload"]["message"]["id"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+        );
+    }
+    Ok(ids)
+}
+
+fn expected_ids(account: &str) -> Vec<String> {
+    (1..=EVENTS).map(|n| format!("m-{account}-{n}")).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_groups_deliver_only_their_accounts_and_redirect_the_others() -> anyhow::Result<()> {
+    let stack = Stack::start_with(StackOptions {
+        topics: Some(TopicLayout::partitions(4)),
+        ..StackOptions::default()
+    })
+    .await?;
+    let http = reqwest::Client::new();
+    let ports = [free_port()?, free_port()?];
+    let urls: Vec<String> = ports.iter().map(|p| format!("ws://127.0.0.1:{p}")).collect();
+    let args = |group: u32| {
+        let mut a = stack.gateway_args();
+        a.extend([
+            "--partition-groups".to_owned(),
+            "2".to_owned(),
+            "--partition-group".to_owned(),
+            group.to_string(),
+            "--group-urls".to_owned(),
+            urls.join(","),
+        ]);
+        a
+    };
+    let pods = [
+        GatewayProcess::start_on(args(0), ports[0]).await?,
+        GatewayProcess::start_on(args(1), ports[1]).await?,
+    ];
+    // One account of each group, by the gateway's own mapping (which the
+    // producer's partitions are checked against below).
+    let groups = PartitionGroups::new(2, 0, urls.clone()).map_err(anyhow::Error::msg)?;
+    let account_of = |g: u32| {
+        (1..1000)
+            .map(|a| a.to_string())
+            .find(|a| groups.group_of(a) == g)
+            .expect("both groups have accounts")
+    };
+    let accounts = [account_of(0), account_of(1)];
+    let message_topic = format!("{}message", stack.prefix);
+
+    // Each pod owns 2 of the 4 partitions of every served topic.
+    for pod in &pods {
+        let text = metrics(&http, pod).await?;
+        let owned = metric(
+            &text,
+            "herald_owned_partitions",
+            &format!("topic=\"{message_topic}\""),
+        );
+        assert_eq!(owned, 2.0, "{text}");
+    }
+
+    // The lookup, on either pod, names the account's group and its URL.
+    for pod in &pods {
+        for (g, account) in accounts.iter().enumerate() {
+            let r: Value = http
+                .get(format!("http://{}/v1/route?account={account}", pod.ws_addr))
+                .send()
+                .await?
+                .json()
+                .await?;
+            assert_eq!(
+                r,
+                json!({"account": account, "group": g, "groups": 2, "url": urls[g]}),
+                "{r}"
+            );
+        }
+        let bad = http
+            .get(format!("http://{}/v1/route", pod.ws_addr))
+            .send()
+            .await?;
+        assert_eq!(bad.status(), 400);
+    }
+
+    // A client of each account on its own group's pod.
+    let mut own = Vec::new();
+    for (g, account) in accounts.iter().enumerate() {
+        let mut c =
+            RawStomp::connect(&pods[g].ws_url("/ws.communication"), &token(account, "7", "agent"))
+                .await?;
+        c.subscribe("e", "/events").await?;
+        own.push(c);
+    }
+
+    // A STOMP client of group 1's account on group 0's pod: ERROR with the
+    // redirect, then the socket closes; it is never registered there.
+    let mut wrong = RawStomp::open(&pods[0].ws_url("/ws.communication"), "v12.stomp", None).await?;
+    wrong
+        .send(&format!(
+            "CONNECT\naccept-version:1.2\nheart-beat:0,0\nAuthorization:Bearer {}\n\n\0",
+            token(&accounts[1], "7", "agent")
+        ))
+        .await?;
+    let f = wrong.next_frame().await?;
+    assert_eq!(f.command, "ERROR", "{}", f.raw);
+    assert_eq!(f.header("message"), Some("wrong group"), "{}", f.raw);
+    assert_eq!(f.header("herald-group"), Some("1"), "{}", f.raw);
+    let target = f.header("herald-redirect").unwrap_or_default().to_owned();
+    assert_eq!(target, urls[1], "{}", f.raw);
+    wrong.expect_close(Duration::from_secs(10)).await?;
+    // Following it: connected on group 1's pod.
+    let mut followed = RawStomp::connect(
+        &format!("{target}/ws.communication"),
+        &token(&accounts[1], "8", "agent"),
+    )
+    .await?;
+    followed.subscribe("e", "/events").await?;
+
+    // ActionCable (/stream, NotificationsChannel): group 0's account on
+    // group 1's pod gets a reconnecting `disconnect` naming group 0's URL.
+    let mut cable = RawCable::open(
+        &format!(
+            "{}?account_id={}&token={}",
+            pods[1].ws_url("/stream"),
+            accounts[0],
+            token(&accounts[0], "7", "agent")
+        ),
+        "actioncable-v1-json",
+    )
+    .await?;
+    let first = cable.next().await?;
+    assert_eq!(
+        first,
+        Some(json!({"type": "disconnect", "reason": "redirect", "reconnect": true, "url": urls[0]})),
+    );
+    assert_eq!(cable.next().await?, None, "the socket closes after the redirect");
+
+    // TypeID: group 0's account joining on group 1's pod is closed with
+    // code 4307 and group 0's URL as the reason.
+    let mut tid = typeid::open(&pods[1].ws_url("/notifications")).await?;
+    typeid::send(
+        &mut tid,
+        typeid::join(&token(&accounts[0], "7", "agent"), 7, "7.0.30"),
+    )
+    .await?;
+    let close = loop {
+        match tokio::time::timeout(Duration::from_secs(15), tid.next()).await? {
+            Some(Ok(tokio_tungstenite::tungstenite::Message::Close(frame))) => break frame,
+            Some(Ok(tokio_tungstenite::tungstenite::Message::Text(t))) => {
+                panic!("no frame expected before the redirect, got {t}")
+            }
+            Some(Ok(_)) => continue,
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    };
+    let close = close.expect("a close frame with a code");
+    assert_eq!(u16::from(close.code), 4307);
+    assert_eq!(close.reason.as_str(), urls[0]);
+
+    // Events of both accounts, through the producer; its partitions agree
+    // with the gateway's mapping.
+    let mut published = [0u64; 2];
+    for n in 1..=EVENTS {
+        for (g, account) in accounts.iter().enumerate() {
+            let body = stack.publish(&airy_message(account, n)).await?;
+            let partition = body["results"][0]["partition"]
+                .as_i64()
+                .expect("a partition");
+            assert_eq!(
+                partition % 2,
+                g as i64,
+                "account {account} was produced to partition {partition}, outside group {g}"
+            );
+            published[g] += 1;
+        }
+    }
+
+    // Each client gets exactly its account's events, in order.
+    for (g, c) in own.iter_mut().enumerate() {
+        assert_eq!(
+            message_ids(c, EVENTS as usize).await?,
+            expected_ids(&accounts[g])
+        );
+    }
+    assert_eq!(
+        message_ids(&mut followed, EVENTS as usize).await?,
+        expected_ids(&accounts[1])
+    );
+
+    // Each pod read only its partitions: its own account's records, never
+    // the other group's, and counted its redirects.
+    for (g, pod) in pods.iter().enumerate() {
+        let label = format!("topic=\"{message_topic}\"");
+        wait_until(Duration::from_secs(20), "the pod read its records", || async {
+            metrics(&http, pod).await.is_ok_and(|t| {
+                metric(&t, "herald_records_consumed_total", &label) >= published[g] as f64
+            })
+        })
+        .await?;
+        let text = metrics(&http, pod).await?;
+        assert_eq!(
+            metric(&text, "herald_records_consumed_total", &label),
+            published[g] as f64,
+            "group {g} read records of the other group's partitions"
+        );
+        assert_eq!(
+            metric(&text, "herald_foreign_partition_records_total", &label),
+            0.0
+        );
+    }
+    let m0 = metrics(&http, &pods[0]).await?;
+    let m1 = metrics(&http, &pods[1]).await?;
+    assert_eq!(
+        metric(&m0, "herald_group_redirects_total", "protocol=\"stomp\""),
+        1.0
+    );
+    assert_eq!(
+        metric(&m1, "herald_group_redirects_total", "protocol=\"actioncable\""),
+        1.0
+    );
+    assert_eq!(
+        metric(&m1, "herald_group_redirects_total", "protocol=\"typeid\""),
+        1.0
+    );
+    stack.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_count_that_does_not_divide_the_partitions_is_not_ready() -> anyhow::Result<()> {
+    // 2 partitions per topic; 4 groups cannot split them.
+    let stack = Stack::start().await?;
+    let mut args = stack.gateway_args();
+    args.extend(
+        [
+            "--partition-groups",
+            "4",
+            "--partition-group",
+            "1",
+            "--group-url-template",
+            "ws://127.0.0.1/g/{group}",
+        ]
+        .map(String::from),
+    );
+    let mut config = herald_gateway::app::config::GatewayConfig::from_args(
+        std::iter::once("herald-gateway".to_owned()).chain(args),
+    )
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    config.listen = "127.0.0.1:0".parse()?;
+    config.ops_listen = "127.0.0.1:0".parse()?;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let gateway = herald_gateway::start(config, stop.clone()).await?;
+    let http = reqwest::Client::new();
+    let readyz = format!("http://{}/readyz", gateway.ops_addr);
+    // Once it has seen the topics it says why it is not ready: the
+    // `partition-groups` condition fails (and the assignment is incomplete).
+    let body = herald_tests::retry(Duration::from_secs(20), || async {
+        let r = http.get(&readyz).send().await?;
+        let status = r.status().as_u16();
+        let text = r.text().await?;
+        anyhow::ensure!(
+            status == 503 && text.contains("partition-groups"),
+            "{status} {text}"
+        );
+        Ok(text)
+    })
+    .await?;
+    assert!(body.contains("kafka"), "{body}");
+    let text = http
+        .get(format!("http://{}/metrics", gateway.ops_addr))
+        .send()
+        .await?
+        .text()
+        .await?;
+    assert_eq!(
+        metric(
+            &text,
+            "herald_owned_partitions",
+            &format!("topic=\"{}message\"", stack.prefix)
+        ),
+        0.0,
+        "nothing of an indivisible topic is assigned"
+    );
+    stop.cancel();
+    gateway.stopped().await;
+    stack.stop().await;
+    Ok(())
+}
