@@ -11,8 +11,8 @@ use futures_util::StreamExt;
 use herald_gateway::routing::groups::PartitionGroups;
 use herald_runtime::kafka::TopicLayout;
 use herald_tests::{
-    GatewayProcess, Stack, StackOptions, airy_message, cable::RawCable, free_port,
-    stomp::RawStomp, token, typeid, wait_until,
+    GatewayProcess, Stack, StackOptions, airy_message, cable::RawCable, free_port, stomp::RawStomp,
+    token, typeid, wait_until,
 };
 use serde_json::{Value, json};
 
@@ -66,7 +66,10 @@ async fn two_groups_deliver_only_their_accounts_and_redirect_the_others() -> any
     .await?;
     let http = reqwest::Client::new();
     let ports = [free_port()?, free_port()?];
-    let urls: Vec<String> = ports.iter().map(|p| format!("ws://127.0.0.1:{p}")).collect();
+    let urls: Vec<String> = ports
+        .iter()
+        .map(|p| format!("ws://127.0.0.1:{p}"))
+        .collect();
     let args = |group: u32| {
         let mut a = stack.gateway_args();
         a.extend([
@@ -131,9 +134,11 @@ async fn two_groups_deliver_only_their_accounts_and_redirect_the_others() -> any
     // A client of each account on its own group's pod.
     let mut own = Vec::new();
     for (g, account) in accounts.iter().enumerate() {
-        let mut c =
-            RawStomp::connect(&pods[g].ws_url("/ws.communication"), &token(account, "7", "agent"))
-                .await?;
+        let mut c = RawStomp::connect(
+            &pods[g].ws_url("/ws.communication"),
+            &token(account, "7", "agent"),
+        )
+        .await?;
         c.subscribe("e", "/events").await?;
         own.push(c);
     }
@@ -177,9 +182,15 @@ async fn two_groups_deliver_only_their_accounts_and_redirect_the_others() -> any
     let first = cable.next().await?;
     assert_eq!(
         first,
-        Some(json!({"type": "disconnect", "reason": "redirect", "reconnect": true, "url": urls[0]})),
+        Some(
+            json!({"type": "disconnect", "reason": "redirect", "reconnect": true, "url": urls[0]})
+        ),
     );
-    assert_eq!(cable.next().await?, None, "the socket closes after the redirect");
+    assert_eq!(
+        cable.next().await?,
+        None,
+        "the socket closes after the redirect"
+    );
 
     // TypeID: group 0's account joining on group 1's pod is closed with
     // code 4307 and group 0's URL as the reason.
@@ -237,11 +248,15 @@ async fn two_groups_deliver_only_their_accounts_and_redirect_the_others() -> any
     // the other group's, and counted its redirects.
     for (g, pod) in pods.iter().enumerate() {
         let label = format!("topic=\"{message_topic}\"");
-        wait_until(Duration::from_secs(20), "the pod read its records", || async {
-            metrics(&http, pod).await.is_ok_and(|t| {
-                metric(&t, "herald_records_consumed_total", &label) >= published[g] as f64
-            })
-        })
+        wait_until(
+            Duration::from_secs(20),
+            "the pod read its records",
+            || async {
+                metrics(&http, pod).await.is_ok_and(|t| {
+                    metric(&t, "herald_records_consumed_total", &label) >= published[g] as f64
+                })
+            },
+        )
         .await?;
         let text = metrics(&http, pod).await?;
         assert_eq!(
@@ -261,7 +276,11 @@ async fn two_groups_deliver_only_their_accounts_and_redirect_the_others() -> any
         1.0
     );
     assert_eq!(
-        metric(&m1, "herald_group_redirects_total", "protocol=\"actioncable\""),
+        metric(
+            &m1,
+            "herald_group_redirects_total",
+            "protocol=\"actioncable\""
+        ),
         1.0
     );
     assert_eq!(

@@ -693,13 +693,32 @@ mod tests {
             "ws://a:1,ws://b:2",
         ]);
         let g = c.partition_groups().unwrap();
-        let zero = (1..100).map(|a| a.to_string()).find(|a| g.group_of(a) == 0).unwrap();
+        let zero = (1..100)
+            .map(|a| a.to_string())
+            .find(|a| g.group_of(a) == 0)
+            .unwrap();
         assert_eq!(g.redirect(&zero).and_then(|r| r.url), Some("ws://a:1"));
         for (bad, needle) in [
-            (vec!["--partition-groups", "2", "--partition-group", "2", "--group-urls", "ws://a,ws://b"], "--partition-group 2"),
+            (
+                vec![
+                    "--partition-groups",
+                    "2",
+                    "--partition-group",
+                    "2",
+                    "--group-urls",
+                    "ws://a,ws://b",
+                ],
+                "--partition-group 2",
+            ),
             (vec!["--partition-groups", "2"], "--group-url-template"),
-            (vec!["--partition-groups", "2", "--group-url-template", "ws://a"], "{group}"),
-            (vec!["--partition-groups", "2", "--group-urls", "ws://a"], "got 1"),
+            (
+                vec!["--partition-groups", "2", "--group-url-template", "ws://a"],
+                "{group}",
+            ),
+            (
+                vec!["--partition-groups", "2", "--group-urls", "ws://a"],
+                "got 1",
+            ),
             (vec!["--partition-groups", "0"], "at least 1"),
         ] {
             let err = parse(&bad).validate().unwrap_err().to_string();

@@ -701,8 +701,9 @@ fn prepare<'a>(
     let topic = state.name.clone();
     let account = header(&msg, "account_id");
     let parsed = if topics.groups.partitioned()
-        && account.is_some_and(|a| topics.groups.group_of(a) as i32 != msg.partition() % topics.groups.groups() as i32)
-    {
+        && account.is_some_and(|a| {
+            topics.groups.group_of(a) as i32 != msg.partition() % topics.groups.groups() as i32
+        }) {
         // Produced with another partitioner: its account's clients are
         // served by another group (this one redirects them), so it is
         // counted, never delivered here.
@@ -716,7 +717,7 @@ fn prepare<'a>(
         // Every pod keeps the whole online table, subscribers here or not.
         record_heartbeat(&msg, presence, &topics.metrics);
         Parsed::Presence
-    } else if header(&msg, "account_id").is_some_and(|a| !router.has_account(a)) {
+    } else if account.is_some_and(|a| !router.has_account(a)) {
         Parsed::Undecoded
     } else {
         decode(&msg)

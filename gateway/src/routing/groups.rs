@@ -249,7 +249,13 @@ mod tests {
         for account in accounts() {
             assert!(all.owns_account(&account));
             assert_eq!(all.redirect(&account), None);
-            assert_eq!(all.route(&account), GroupRoute { group: 0, url: None });
+            assert_eq!(
+                all.route(&account),
+                GroupRoute {
+                    group: 0,
+                    url: None
+                }
+            );
         }
         assert!((0..100).all(|p| all.owns_partition(p)));
         assert!(all.check_partition_count("t", 7).is_ok());
