@@ -4,7 +4,7 @@
 //
 // Commands: {"op":"connect","url":U}  {"op":"subscribe","key":K,"params":{...}}
 //           {"op":"unsubscribe","key":K}  {"op":"perform","key":K,"action":A,"data":{...}}
-//           {"op":"exit"}
+//           {"op":"seturl","url":U} (where the next reconnect goes)  {"op":"exit"}
 // Events:   {"ev":"connected","key":K} {"ev":"rejected","key":K} {"ev":"received","key":K,"data":..}
 //           {"ev":"disconnected","key":K,"willAttemptReconnect":B} {"ev":"error","message":..}
 import WebSocket from 'ws';
@@ -29,6 +29,7 @@ let consumer = null;
 const ActionCable = kind === 'rails' ? await import('@rails/actioncable') : null;
 const AnyCable = kind === 'anycable' ? await import('@anycable/web') : null;
 let cable = null;
+let railsUrl = null;
 
 function connect(url) {
   if (AnyCable) {
@@ -39,7 +40,10 @@ function connect(url) {
     });
     return;
   }
-  consumer = ActionCable.createConsumer(url);
+  // A function, as applications pass one to pick the URL per connection:
+  // every (re)connect asks it, so `seturl` moves the next reconnect.
+  railsUrl = url;
+  consumer = ActionCable.createConsumer(() => railsUrl);
 }
 
 function subscribeAny(key, params) {
@@ -75,7 +79,10 @@ for await (const line of rl) {
       case 'subscribe': subscribe(cmd.key, cmd.params); break;
       case 'unsubscribe': subs.get(cmd.key)?.unsubscribe(); subs.delete(cmd.key); emit({ ev: 'ok', op: 'unsubscribe', key: cmd.key }); break;
       case 'perform': subs.get(cmd.key)?.perform(cmd.action, cmd.data || {}); emit({ ev: 'ok', op: 'perform', key: cmd.key }); break;
-      case 'seturl': cable.transport.setURL(cmd.url); emit({ ev: 'ok', op: 'seturl' }); break;
+      case 'seturl':
+        if (cable) cable.transport.setURL(cmd.url); else railsUrl = cmd.url;
+        emit({ ev: 'ok', op: 'seturl' });
+        break;
       case 'exit': consumer?.disconnect(); cable?.disconnect(); process.exit(0);
       default: emit({ ev: 'error', message: `unknown op ${cmd.op}` });
     }

@@ -11,12 +11,16 @@ use futures_util::StreamExt;
 use herald_gateway::routing::groups::PartitionGroups;
 use herald_runtime::kafka::TopicLayout;
 use herald_tests::{
-    GatewayProcess, Stack, StackOptions, airy_message, cable::RawCable, free_port, stomp::RawStomp,
+    GatewayProcess, Stack, StackOptions, airy_message,
+    cable::{CableDriver, RawCable},
+    free_port,
+    stomp::RawStomp,
     token, typeid, wait_until,
 };
 use serde_json::{Value, json};
 
 const EVENTS: u64 = 6;
+const LONG: Duration = Duration::from_secs(30);
 
 /// The value of `metric{labels}` in a Prometheus text page (0 when absent).
 fn metric(text: &str, name: &str, labels: &str) -> f64 {
@@ -57,14 +61,24 @@ fn expected_ids(account: &str) -> Vec<String> {
     (1..=EVENTS).map(|n| format!("m-{account}-{n}")).collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_groups_deliver_only_their_accounts_and_redirect_the_others() -> anyhow::Result<()> {
+/// The shared broker with 4 partitions per topic, and two gateway
+/// processes of `--partition-groups 2`: group 0 and group 1.
+struct Groups {
+    stack: Stack,
+    pods: [GatewayProcess; 2],
+    /// Each group's base URL.
+    urls: Vec<String>,
+    /// An account of each group, by the gateway's own mapping (which the
+    /// producer's partitions are checked against).
+    accounts: [String; 2],
+}
+
+async fn two_groups() -> anyhow::Result<Groups> {
     let stack = Stack::start_with(StackOptions {
         topics: Some(TopicLayout::partitions(4)),
         ..StackOptions::default()
     })
     .await?;
-    let http = reqwest::Client::new();
     let ports = [free_port()?, free_port()?];
     let urls: Vec<String> = ports
         .iter()
@@ -86,8 +100,6 @@ async fn two_groups_deliver_only_their_accounts_and_redirect_the_others() -> any
         GatewayProcess::start_on(args(0), ports[0]).await?,
         GatewayProcess::start_on(args(1), ports[1]).await?,
     ];
-    // One account of each group, by the gateway's own mapping (which the
-    // producer's partitions are checked against below).
     let groups = PartitionGroups::new(2, 0, urls.clone()).map_err(anyhow::Error::msg)?;
     let account_of = |g: u32| {
         (1..1000)
@@ -96,6 +108,23 @@ async fn two_groups_deliver_only_their_accounts_and_redirect_the_others() -> any
             .expect("both groups have accounts")
     };
     let accounts = [account_of(0), account_of(1)];
+    Ok(Groups {
+        stack,
+        pods,
+        urls,
+        accounts,
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_groups_deliver_only_their_accounts_and_redirect_the_others() -> anyhow::Result<()> {
+    let Groups {
+        stack,
+        pods,
+        urls,
+        accounts,
+    } = two_groups().await?;
+    let http = reqwest::Client::new();
     let message_topic = format!("{}message", stack.prefix);
 
     // Each pod owns 2 of the 4 partitions of every served topic.
@@ -287,6 +316,70 @@ async fn two_groups_deliver_only_their_accounts_and_redirect_the_others() -> any
         metric(&m1, "herald_group_redirects_total", "protocol=\"typeid\""),
         1.0
     );
+    stack.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rails_client_redirected_reconnects_to_its_group_and_receives() -> anyhow::Result<()> {
+    let Groups {
+        stack,
+        pods,
+        urls,
+        accounts,
+    } = two_groups().await?;
+    let http = reqwest::Client::new();
+    let account = &accounts[0];
+    let tok = token(account, "7", "agent");
+    // @rails/actioncable on group 1's pod, RoomChannel for group 0's account.
+    let mut d = CableDriver::start("rails").await?;
+    d.cmd(json!({"op": "connect", "url": pods[1].ws_url("/cable")}))
+        .await?;
+    d.cmd(json!({"op": "subscribe", "key": "r", "params": {"channel": "RoomChannel", "pubsub_token": tok, "account_id": account, "user_id": 7}}))
+        .await?;
+    // The redirect is a `disconnect` the client reconnects after.
+    let (ev, before) = d
+        .wait_for(LONG, |e| e["key"] == "r" && e["ev"] == "disconnected")
+        .await?;
+    assert_eq!(ev["willAttemptReconnect"], true, "{ev}");
+    assert!(
+        !before.iter().any(|e| e["ev"] == "connected"),
+        "the wrong group confirmed the subscription: {before:?}"
+    );
+    // The application's URL function asks the lookup (on the pod it was
+    // on): the next reconnect goes to group 0.
+    let route: Value = http
+        .get(format!(
+            "http://{}/v1/route?account={account}",
+            pods[1].ws_addr
+        ))
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert_eq!(route["url"], urls[0], "{route}");
+    let url = format!("{}/cable", route["url"].as_str().unwrap_or_default());
+    d.cmd(json!({"op": "seturl", "url": url})).await?;
+    d.wait_for(LONG, |e| e["key"] == "r" && e["ev"] == "connected")
+        .await?;
+    stack.publish(&airy_message(account, 1)).await?;
+    let (ev, _) = d
+        .wait_for(LONG, |e| e["key"] == "r" && e["ev"] == "received")
+        .await?;
+    assert!(
+        ev["data"].to_string().contains(&format!("m-{account}-1")),
+        "{ev}"
+    );
+    let m1 = metrics(&http, &pods[1]).await?;
+    assert!(
+        metric(
+            &m1,
+            "herald_group_redirects_total",
+            "protocol=\"actioncable\""
+        ) >= 1.0,
+        "{m1}"
+    );
+    d.stop().await;
     stack.stop().await;
     Ok(())
 }
