@@ -211,19 +211,19 @@ pub async fn maintain_assignment(
                                 router.init_frontier(stream, start);
                                 assigned.insert((topic, partition));
                             }
-                            for topic in &settings.topics {
-                                let owned = assigned.iter().filter(|(t, _)| t == topic).count();
-                                settings
-                                    .owned_partitions
-                                    .with_label_values(&[topic])
-                                    .set(owned as i64);
-                            }
                         }
                         Err(e) => {
                             complete = false;
                             tracing::warn!(error = %e, "cannot assign partitions; retrying");
                         }
                     }
+                }
+                for topic in &settings.topics {
+                    let owned = assigned.iter().filter(|(t, _)| t == topic).count();
+                    settings
+                        .owned_partitions
+                        .with_label_values(&[topic])
+                        .set(owned as i64);
                 }
                 if !found.missing.is_empty() {
                     tracing::warn!(missing = ?found.missing, "served topics do not exist yet; not ready");
