@@ -22,6 +22,8 @@ pub struct Metrics {
     pub frames_sent: IntCounterVec,
     /// Frames dropped because the recipient was too slow, by protocol.
     pub frames_dropped: IntCounterVec,
+    /// Undelivered frames replaced by a newer one about the same subject, by protocol.
+    pub frames_conflated: IntCounterVec,
     /// Clients disconnected for falling behind, by protocol.
     pub slow_disconnects: IntCounterVec,
     /// Clients cut off by their outbound side, by protocol and reason
@@ -128,6 +130,11 @@ impl Metrics {
             frames_dropped: counter(
                 "herald_frames_dropped_total",
                 "Frames dropped because the client was too slow",
+                &["protocol"],
+            ),
+            frames_conflated: counter(
+                "herald_frames_conflated_total",
+                "Undelivered event frames replaced in a connection's queue by a newer one about the same subject (conflation)",
                 &["protocol"],
             ),
             slow_disconnects: counter(

@@ -149,14 +149,17 @@ pub async fn start(
     let metrics = Metrics::new();
     // One for the pod: its Kafka read bounds are shared by every resume.
     let resume_config = Arc::new(config.resume()?);
-    let router = Arc::new(Router::with_history(
-        HistoryBuffer::with_budget(
-            resume_config.buffer_events,
-            resume_config.max_age,
-            resume_config.buffer_bytes,
-        ),
-        Epochs::new(&resume_config.epoch),
-    ));
+    let router = Arc::new(
+        Router::with_history(
+            HistoryBuffer::with_budget(
+                resume_config.buffer_events,
+                resume_config.max_age,
+                resume_config.buffer_bytes,
+            ),
+            Epochs::new(&resume_config.epoch),
+        )
+        .with_conflation(config.conflation()?),
+    );
     let readiness = Readiness::default();
     let kafka_ready = readiness.condition("kafka");
     // "not ready: draining" from SIGTERM on.

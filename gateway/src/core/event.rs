@@ -24,6 +24,10 @@ pub struct RoutedEvent {
     pub received: Instant,
     /// The payload parsed once, on first use, for recipients that look inside it.
     pub parsed: std::sync::OnceLock<Option<serde_json::Value>>,
+    /// What the event is about when a newer event about the same subject
+    /// makes it obsolete for a client that has not been sent it yet
+    /// ([`crate::core::conflation`]); `None`: always delivered.
+    pub subject: Option<Arc<str>>,
 }
 
 impl RoutedEvent {
@@ -43,6 +47,7 @@ impl RoutedEvent {
             kafka_timestamp_ms,
             received: Instant::now(),
             parsed: std::sync::OnceLock::new(),
+            subject: None,
         }
     }
 

@@ -724,6 +724,7 @@ fn route(record: Read<'_>, view: &RouterView<'_>, topics: &Topics, batch: &mut V
     }
     let mut event = RoutedEvent::new(topic, partition, offset, envelope, timestamp);
     event.received = received;
+    view.mark_subject(&mut event);
     let event = Arc::new(event);
     view.record(&event);
     batch.push(Slot::new(event));
