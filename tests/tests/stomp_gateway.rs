@@ -608,6 +608,39 @@ async fn a_slow_client_on_a_flood_of_unread_counts_stays_connected_with_the_late
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_traced_publish_is_named_by_the_slowest_delivery_exemplar() -> anyhow::Result<()> {
+    let stack = Stack::start().await?;
+    let url = stack.ws_url("/ws.communication");
+    let mut client = RawStomp::connect(&url, &token("1", "1", "agent")).await?;
+    client.subscribe("s", "/queue/message").await?;
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    stack
+        .publish_traced(
+            &json!([airy_message("1", 1)]),
+            &format!("00-{trace}-00f067aa0ba902b7-01"),
+        )
+        .await?;
+    let f = client.next_frame_within(Duration::from_secs(30)).await?;
+    assert_eq!(f.command, "MESSAGE", "{}", f.raw);
+    // Within a window (10 s) the delivery is published with its trace id.
+    let series = format!("herald_delivery_latency_slowest_seconds{{trace_id=\"{trace}\"}}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let metrics = stack.gateway_metrics().await?;
+        if metrics.contains(&series) {
+            break;
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "no exemplar for {trace}: {metrics}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    stack.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn producer_refuses_invalid_batches_whole() -> anyhow::Result<()> {
     let stack = Stack::start().await?;
     let url = stack.ws_url("/ws.communication");

@@ -301,6 +301,20 @@ pub async fn start(
         consumer_stop.clone(),
     ));
     {
+        // Each 10 s window's slowest traced delivery becomes the exemplar.
+        let (slowest, stop) = (metrics.slowest_delivery.clone(), consumer_stop.clone());
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_secs(10));
+            every.tick().await;
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = every.tick() => slowest.publish(),
+                }
+            }
+        });
+    }
+    {
         let (readiness, gauge, stop) = (
             readiness_view.clone(),
             metrics.ready.clone(),

@@ -28,6 +28,9 @@ pub struct RoutedEvent {
     /// makes it obsolete for a client that has not been sent it yet
     /// ([`crate::core::conflation`]); `None`: always delivered.
     pub subject: Option<Arc<str>>,
+    /// The trace id of the record's `traceparent` header (the publish that
+    /// produced it), if it had a valid one.
+    pub trace_id: Option<[u8; 16]>,
 }
 
 impl RoutedEvent {
@@ -48,6 +51,7 @@ impl RoutedEvent {
             received: Instant::now(),
             parsed: std::sync::OnceLock::new(),
             subject: None,
+            trace_id: None,
         }
     }
 
@@ -63,6 +67,7 @@ impl RoutedEvent {
         Stamp {
             kafka_ts_ms: self.kafka_timestamp_ms,
             received: self.received,
+            trace_id: self.trace_id,
         }
     }
 
@@ -94,4 +99,6 @@ pub struct Stamp {
     pub kafka_ts_ms: Option<i64>,
     /// When the gateway received the record.
     pub received: Instant,
+    /// The publish's trace id, for the slowest-delivery exemplar.
+    pub trace_id: Option<[u8; 16]>,
 }

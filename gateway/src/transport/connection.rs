@@ -626,6 +626,7 @@ pub fn channel(limits: &ConnLimits, protocol: &'static str, metrics: &Metrics) -
             sent: metrics.frames_sent.with_label_values(&[protocol]),
             delivery_latency: metrics.delivery_latency.clone(),
             gateway_latency: metrics.gateway_latency.clone(),
+            slowest: metrics.slowest_delivery.clone(),
         },
     )
 }
@@ -712,6 +713,7 @@ pub struct Writer {
     sent: IntCounter,
     delivery_latency: Histogram,
     gateway_latency: Histogram,
+    slowest: Arc<crate::metrics::SlowestDelivery>,
 }
 
 impl Writer {
@@ -901,7 +903,7 @@ impl Writer {
         let gateway = |s: &Stamp| now.saturating_duration_since(s.received).as_secs_f64();
         let delivery = |s: &Stamp| s.kafka_ts_ms.map(|ts| (now_ms - ts).max(0) as f64 / 1000.0);
         if stamps.clone().nth(3).is_none() {
-            for s in stamps {
+            for s in stamps.clone() {
                 self.gateway_latency.observe(gateway(&s));
                 if let Some(d) = delivery(&s) {
                     self.delivery_latency.observe(d);
@@ -909,7 +911,7 @@ impl Writer {
             }
         } else {
             let (g, d) = (self.gateway_latency.local(), self.delivery_latency.local());
-            for s in stamps {
+            for s in stamps.clone() {
                 g.observe(gateway(&s));
                 if let Some(v) = delivery(&s) {
                     d.observe(v);
@@ -917,6 +919,13 @@ impl Writer {
             }
             g.flush();
             d.flush();
+        }
+        // The batch's slowest traced delivery, for the exemplar.
+        let slowest = stamps
+            .filter_map(|s| Some((delivery(&s)?, s.trace_id?)))
+            .max_by(|a, b| a.0.total_cmp(&b.0));
+        if let Some((seconds, trace_id)) = slowest {
+            self.slowest.offer(seconds, trace_id);
         }
     }
 }
