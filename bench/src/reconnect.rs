@@ -74,7 +74,7 @@ fn rates_summary(rates: &[f64]) -> Value {
 }
 
 /// What every resuming fleet reports.
-fn fleet_report(fleet: &ResumingFleet, sent: &[u64]) -> Value {
+pub(crate) fn fleet_report(fleet: &ResumingFleet, sent: &[u64]) -> Value {
     let (lost, dups) = fleet.audit(sent);
     json!({
         "clients": fleet.clients.len(),
@@ -100,7 +100,7 @@ fn fleet_report(fleet: &ResumingFleet, sent: &[u64]) -> Value {
 }
 
 /// Empty every histogram the resuming clients record into.
-fn reset_histograms() {
+pub(crate) fn reset_histograms() {
     for r in [
         &hist::DELIVERY,
         &hist::CONNECT,
@@ -113,7 +113,7 @@ fn reset_histograms() {
     }
 }
 
-fn latencies() -> Value {
+pub(crate) fn latencies() -> Value {
     json!({
         "live": Percentiles::of(&hist::DELIVERY.take()),
         "replay_publish_to_delivery": Percentiles::of(&hist::REPLAY.take()),
@@ -177,6 +177,7 @@ pub async fn jitter(common: &Common, args: &JitterArgs) -> anyhow::Result<Value>
         protocol: common.protocol,
         source_ips: ips,
         first_source_ip: first,
+        peer: None,
     };
     let until = CancellationToken::new();
     let behaviour = Behaviour {
@@ -370,6 +371,7 @@ pub async fn avalanche(common: &Common, args: &AvalancheArgs) -> anyhow::Result<
         protocol: common.protocol,
         source_ips: ips,
         first_source_ip: first,
+        peer: None,
     };
     let behaviour = Behaviour {
         jitter: None,
