@@ -588,7 +588,7 @@ impl Running {
                 r.broker_pids = setup
                     .broker
                     .as_ref()
-                    .and_then(crate::cluster::Broker::pid)
+                    .and_then(crate::cluster::broker_pid)
                     .into_iter()
                     .collect();
                 r.version = format!(
@@ -1314,7 +1314,7 @@ pub fn table(sc: PeerScenario, results: &[(System, Value)]) -> String {
         PeerScenario::Fanout => "| system | subscribed | frames/s | p50 / p99 ms (closed loop) | CPU server | CPU broker | CPU loadgen | lost / dup / closed by server | Herald's lead (>1: Herald better) |\n|---|---:|---:|---:|---:|---:|---:|---|---|\n".to_owned(),
         PeerScenario::Latency => "| system | subscribed | events/s → frames/s | p50 / p90 / p99 / p99.9 / max ms | CPU server | CPU broker | CPU loadgen | lost / dup / closed by server | Herald's lead (>1: Herald better) |\n|---|---:|---:|---:|---:|---:|---:|---|---|\n".to_owned(),
         PeerScenario::Storm => "| system | subscribed | connections/s | connect p50 / p99 ms | CPU server | CPU loadgen | failed | Herald's lead (>1: Herald better) |\n|---|---:|---:|---:|---:|---:|---|---|\n".to_owned(),
-        PeerScenario::Jitter => "| system | subscribed | delivery mean / min % | resets → resubscribed | replayed | replay p50 / p95 / p99 / max ms (publish → delivery) | resubscribe → replay p50 / p99 ms | live p99 ms | CPU server | CPU broker | CPU loadgen | lost / dup / gap signals | Herald's lead (resubscribe → replay p99; >1: Herald better) |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|\n".to_owned(),
+        PeerScenario::Jitter => "| system | subscribed | delivery mean / min % | resets → resubscribed | replayed | replay p50 / p95 / p99 / max ms (publish → delivery) | resubscribe → replay p50 / p99 ms | live p99 ms | CPU server | CPU broker | CPU loadgen | lost / dup / late / gap signals | Herald's lead (resubscribe → replay p99; >1: Herald better) |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|\n".to_owned(),
     };
     for (s, r) in results {
         if let Some(e) = r.get("error") {
@@ -1385,7 +1385,7 @@ pub fn table(sc: PeerScenario, results: &[(System, Value)]) -> String {
                 r["clients"]["failed"]
             ),
             PeerScenario::Jitter => format!(
-                "| {} | {sub} | {:.3} / {:.3} | {} → {} | {} | {:.0} / {:.0} / {:.0} / {:.0} | {:.1} / {:.1} | {:.1} | {} | {} | {} | {} / {} / {} | {ratio} |\n",
+                "| {} | {sub} | {:.3} / {:.3} | {} → {} | {} | {:.0} / {:.0} / {:.0} / {:.0} | {:.1} / {:.1} | {:.1} | {} | {} | {} | {} / {} / {} / {} | {ratio} |\n",
                 s.name(),
                 f(&r["fleet"]["delivery_rate"]["mean_percent"]),
                 f(&r["fleet"]["delivery_rate"]["min_percent"]),
@@ -1404,6 +1404,7 @@ pub fn table(sc: PeerScenario, results: &[(System, Value)]) -> String {
                 cpu("loadgen", "cpu"),
                 r["lost"],
                 r["duplicated"],
+                r["fleet"]["reordered"],
                 r["fleet"]["gap_signals"]
             ),
         };

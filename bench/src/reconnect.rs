@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     client,
-    cluster::{Broker, GatewayLaunch, Server, ServerKind},
+    cluster::{self, GatewayLaunch, Server, ServerKind},
     hist::{self, Percentiles},
     procstat::CpuMark,
     prom::Scrape,
@@ -96,6 +96,7 @@ pub(crate) fn fleet_report(fleet: &ResumingFleet, sent: &[u64]) -> Value {
         "delivery_rate": rates_summary(&fleet.delivery_rates(sent)),
         "lost": lost,
         "duplicated": dups,
+        "reordered": fleet.sum(|c| &c.reordered),
     })
 }
 
@@ -327,12 +328,12 @@ pub async fn avalanche(common: &Common, args: &AvalancheArgs) -> anyhow::Result<
         .clients
         .div_ceil(args.clients_per_account.max(1))
         .max(1);
-    let broker = Broker::start(common.kafka.as_deref(), common.broker).await?;
+    let broker = cluster::start_broker(common.kafka.as_deref(), common.broker).await?;
     let prefix = common
         .topic_prefix
         .clone()
         .unwrap_or_else(|| format!("bench{}.", &uuid::Uuid::new_v4().simple().to_string()[..8]));
-    broker.create_topics(&prefix, common.partitions).await?;
+    cluster::create_topics(&broker, &prefix, common.partitions).await?;
     let mut extra_args = vec![
         "--drain-delay-secs".to_owned(),
         args.drain_delay_secs.to_string(),
@@ -357,7 +358,7 @@ pub async fn avalanche(common: &Common, args: &AvalancheArgs) -> anyhow::Result<
         &[a_ws, pod_b.ws_addr],
     )
     .await?;
-    let kafka = broker.kafka_args(&prefix);
+    let kafka = cluster::kafka_args(&broker, &prefix);
     let mut publisher = Publisher::new(
         EventSink::kafka(&kafka, common.protocol, 5)?,
         common.protocol,
@@ -394,7 +395,7 @@ pub async fn avalanche(common: &Common, args: &AvalancheArgs) -> anyhow::Result<
     );
     let b0 = Scrape::fetch(b_ops).await.ok();
     let cpu_b = pod_b.pid.map(CpuMark::start);
-    let cpu_broker = broker.pid().map(CpuMark::start);
+    let cpu_broker = cluster::broker_pid(&broker).map(CpuMark::start);
     let cpu_loadgen = CpuMark::start(std::process::id());
 
     // Events flow throughout; the restart happens in the middle.

@@ -63,6 +63,10 @@ use crate::{
 /// Largest frame a client accepts.
 const MAX_FRAME: usize = 16 << 20;
 
+/// Skipped sequence numbers a client remembers (to tell a late event from
+/// a duplicate); more are counted as lost without being remembered.
+const MAX_MISSING: u64 = 4096;
+
 /// Client states.
 pub mod state {
     /// Opening its first connection.
@@ -82,8 +86,11 @@ pub struct ResumeStats {
     pub next_seq: AtomicU64,
     /// Events whose sequence number was already seen.
     pub duplicates: AtomicU64,
-    /// Sequence numbers skipped (lost).
+    /// Sequence numbers skipped and not received since (lost).
     pub gaps: AtomicU64,
+    /// Events that arrived after a later one of their stream (out of
+    /// order, counted once: neither lost nor duplicated).
+    pub reordered: AtomicU64,
     /// One of [`state`].
     pub state: AtomicU8,
     /// Subscriptions confirmed, the first one included.
@@ -380,7 +387,11 @@ struct Progress {
     next: u64,
     received: u64,
     dups: u64,
-    gaps: u64,
+    /// Skipped sequence numbers not received since (at most
+    /// [`MAX_MISSING`]; beyond, only counted in `missing_overflow`).
+    missing: std::collections::BTreeSet<u64>,
+    missing_overflow: u64,
+    reordered: u64,
     positions: Vec<Position>,
     /// `@anycable/web`'s `since`: its creation, then each `ping`'s second.
     since_s: u64,
@@ -399,12 +410,34 @@ impl Progress {
             next: 0,
             received: 0,
             dups: 0,
-            gaps: 0,
+            missing: std::collections::BTreeSet::new(),
+            missing_overflow: 0,
+            reordered: 0,
             positions: Vec::new(),
             since_s: stamp::now_us() / 1_000_000,
             first_subscribe_ms: None,
             lost_at_us: None,
             catch_up_to: 0,
+        }
+    }
+
+    /// Account for event `seq` of the stream: in order, a jump (the skipped
+    /// ones are missing until they come), a late one, or a duplicate.
+    fn audit(&mut self, seq: u64) {
+        if seq == self.next {
+            self.next += 1;
+        } else if seq > self.next {
+            let skipped = seq - self.next;
+            if self.missing.len() as u64 + skipped <= MAX_MISSING {
+                self.missing.extend(self.next..seq);
+            } else {
+                self.missing_overflow += skipped;
+            }
+            self.next = seq + 1;
+        } else if self.missing.remove(&seq) {
+            self.reordered += 1;
+        } else {
+            self.dups += 1;
         }
     }
 
@@ -734,7 +767,10 @@ impl Client {
         let p = &self.progress;
         self.stats.received.store(p.received, Ordering::Relaxed);
         self.stats.duplicates.store(p.dups, Ordering::Relaxed);
-        self.stats.gaps.store(p.gaps, Ordering::Relaxed);
+        self.stats
+            .gaps
+            .store(p.missing.len() as u64 + p.missing_overflow, Ordering::Relaxed);
+        self.stats.reordered.store(p.reordered, Ordering::Relaxed);
         self.stats.next_seq.store(p.next, Ordering::Release);
     }
 
@@ -781,14 +817,7 @@ impl Client {
     fn on_event(&mut self, seq: u64, sent: u64, now: u64, conn: &Conn, latencies: &mut Latencies) {
         let p = &mut self.progress;
         p.received += 1;
-        if seq == p.next {
-            p.next += 1;
-        } else if seq > p.next {
-            p.gaps += seq - p.next;
-            p.next = seq + 1;
-        } else {
-            p.dups += 1;
-        }
+        p.audit(seq);
         match conn.resubscribed_us {
             Some(resub) if conn.resumed && sent < resub => {
                 self.stats.replayed.fetch_add(1, Ordering::Relaxed);
@@ -1064,10 +1093,12 @@ fn cable_subscribe(identifier: String, positions: &[Position], since_s: Option<u
     command.to_string()
 }
 
-/// Centrifugo's `subscribe` (command 2) to `channel`, recovering from the
-/// last known offset and epoch when there is one.
+/// Centrifugo's `subscribe` (command 2) to `channel`: asking for a
+/// recoverable subscription (as `centrifuge-js` does with `recoverable:
+/// true`: the reply then carries the stream's epoch and offset), and
+/// recovering from the last known offset and epoch when there is one.
 fn centrifugo_subscribe(channel: &str, positions: &[Position]) -> String {
-    let mut sub = serde_json::json!({"channel": channel});
+    let mut sub = serde_json::json!({"channel": channel, "recoverable": true});
     if let Some(p) = positions.iter().find(|p| p.stream == channel) {
         sub["recover"] = true.into();
         sub["offset"] = p.offset.into();
@@ -1380,6 +1411,7 @@ mod tests {
         assert_eq!(first["id"], 2);
         assert_eq!(first["subscribe"]["channel"], "account-1");
         assert!(first["subscribe"].get("recover").is_none());
+        assert_eq!(first["subscribe"]["recoverable"], true);
         let positions = [Position {
             stream: "account-1".into(),
             epoch: "XyZ".into(),
@@ -1389,7 +1421,7 @@ mod tests {
             serde_json::from_str(&centrifugo_subscribe("account-1", &positions)).unwrap();
         assert_eq!(
             again["subscribe"],
-            serde_json::json!({"channel": "account-1", "recover": true, "offset": 41, "epoch": "XyZ"})
+            serde_json::json!({"channel": "account-1", "recoverable": true, "recover": true, "offset": 41, "epoch": "XyZ"})
         );
         let v = |s: &str| serde_json::from_str::<serde_json::Value>(s).unwrap();
         assert_eq!(
@@ -1467,6 +1499,22 @@ mod tests {
             serde_json::json!({"channel": "$pubsub", "stream_name": "account-1000"})
         );
         assert_eq!(sub["history"]["since"], 5);
+    }
+
+    #[test]
+    fn late_events_are_neither_lost_nor_duplicated() {
+        let mut p = Progress::new();
+        for seq in [0, 1, 3, 2, 4, 4, 7] {
+            p.audit(seq);
+        }
+        assert_eq!(p.next, 8);
+        assert_eq!(p.reordered, 1, "2 came after 3");
+        assert_eq!(p.dups, 1, "4 twice");
+        assert_eq!(p.missing.iter().copied().collect::<Vec<_>>(), [5, 6]);
+        // A wild jump is counted, not remembered.
+        p.audit(8 + MAX_MISSING + 10);
+        assert_eq!(p.missing.len(), 2);
+        assert_eq!(p.missing_overflow, MAX_MISSING + 10);
     }
 
     #[test]
