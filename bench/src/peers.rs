@@ -34,7 +34,7 @@ use crate::{
     procstat,
     publish::{AtomicStop, EventSink, Publisher},
     reconnect,
-    resuming::{self, Behaviour, Jitter, ResumingFleet},
+    resuming::{self, ResumingFleet},
     scenario::{self, Common, Setup},
     stamp::{self, Protocol},
 };
@@ -1101,7 +1101,11 @@ async fn window(args: &PeersArgs, fleet: &Fleet, running: &Running, take_latency
 
 /// Once publishing is over: wait up to `within` for every event to arrive,
 /// audit, close the fleet. The fields every delivering scenario reports.
-async fn settle(fleet: Fleet, publisher: &mut Publisher, within: Duration) -> anyhow::Result<Value> {
+async fn settle(
+    fleet: Fleet,
+    publisher: &mut Publisher,
+    within: Duration,
+) -> anyhow::Result<Value> {
     let failed = publisher.finish_all().await?;
     let complete = fleet.wait_delivered(&publisher.sent, within).await;
     let (lost, dups) = fleet.audit(&publisher.sent);
@@ -1152,19 +1156,55 @@ async fn idle(common: &Common, args: &PeersArgs, running: &Running) -> anyhow::R
     ))
 }
 
-async fn fanout(common: &Common, args: &PeersArgs, running: &Running) -> anyhow::Result<Value> {
-    let (connections, accounts) = sizes(args, running.system, PeerScenario::Fanout);
+/// How `fanout` and `latency` publish.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Load {
+    /// At most `--window` undelivered events per stream.
+    ClosedLoop,
+    /// `--rate` events/s.
+    Rate,
+}
+
+/// Subscribe the fleet, publish with `load` through the warm-up and the
+/// window, settle. `(connections, window, server RSS, delivery)`.
+async fn measured(
+    common: &Common,
+    args: &PeersArgs,
+    running: &Running,
+    sc: PeerScenario,
+    load: Load,
+) -> anyhow::Result<(usize, Window, u64, Value)> {
+    let (connections, accounts) = sizes(args, running.system, sc);
     let (fleet, _) = open(common, running, connections, accounts).await?;
-    let mut publisher = running.publisher(common, accounts, 1).await?;
+    let closed = load == Load::ClosedLoop;
+    let mut publisher = running
+        .publisher(common, accounts, if closed { 1 } else { 5 })
+        .await?;
     let stop = AtomicStop::default();
     let total = Duration::from_secs(args.warmup_secs + args.duration_secs);
-    let (published, w) = tokio::join!(
-        publisher.windowed(&fleet, args.window, total, &stop),
-        window(args, &fleet, running, true)
-    );
+    let publish = async {
+        match load {
+            Load::ClosedLoop => publisher.windowed(&fleet, args.window, total, &stop).await,
+            Load::Rate => publisher.at_rate(args.rate, total).await,
+        }
+    };
+    let (published, w) = tokio::join!(publish, window(args, &fleet, running, closed));
     published?;
     let rss = running.rss();
-    let delivery = settle(fleet, &mut publisher, Duration::from_secs(30)).await?;
+    let within = Duration::from_secs(if closed { 30 } else { 20 });
+    let delivery = settle(fleet, &mut publisher, within).await?;
+    Ok((connections, w, rss, delivery))
+}
+
+async fn fanout(common: &Common, args: &PeersArgs, running: &Running) -> anyhow::Result<Value> {
+    let (connections, w, rss, delivery) = measured(
+        common,
+        args,
+        running,
+        PeerScenario::Fanout,
+        Load::ClosedLoop,
+    )
+    .await?;
     Ok(merge(
         json!({
             "connections": connections, "frames_per_second": w.frames as f64 / w.secs,
@@ -1176,16 +1216,8 @@ async fn fanout(common: &Common, args: &PeersArgs, running: &Running) -> anyhow:
 }
 
 async fn latency(common: &Common, args: &PeersArgs, running: &Running) -> anyhow::Result<Value> {
-    let (connections, accounts) = sizes(args, running.system, PeerScenario::Latency);
-    let (fleet, _) = open(common, running, connections, accounts).await?;
-    let mut publisher = running.publisher(common, accounts, 5).await?;
-    let total = Duration::from_secs(args.warmup_secs + args.duration_secs);
-    let (published, w) = tokio::join!(
-        publisher.at_rate(args.rate, total),
-        window(args, &fleet, running, false)
-    );
-    published?;
-    let delivery = settle(fleet, &mut publisher, Duration::from_secs(20)).await?;
+    let (connections, w, _, delivery) =
+        measured(common, args, running, PeerScenario::Latency, Load::Rate).await?;
     // From the window's start to the last delivery: the events still in
     // flight when the window closed count too.
     let latency = Percentiles::of(&hist::DELIVERY.take());
@@ -1235,18 +1267,20 @@ async fn jitter(common: &Common, args: &PeersArgs, running: &Running) -> anyhow:
         peer: (running.system != System::Herald).then_some(running.system),
     };
     let until = CancellationToken::new();
-    let behaviour = Behaviour {
-        jitter: Some(Jitter {
-            period: Duration::from_secs_f64(args.jitter_period_secs.max(1.0)),
+    let behaviour = reconnect::jitter_behaviour(
+        &reconnect::JitterArgs {
+            clients,
+            clients_per_account: args.per_stream,
+            events: args.jitter_events,
+            rate_per_stream: args.jitter_rate,
+            period_secs: args.jitter_period_secs,
             spread: 0.2,
-            offline: Duration::from_secs_f64(args.jitter_offline_secs.max(0.0)),
-            until: until.clone(),
-        }),
-        reconnect_delay: Duration::from_millis(100),
-        attempt_timeout: Duration::from_secs(15),
-        retry_delay: Duration::from_millis(500),
-        cable_since: true,
-    };
+            offline_secs: args.jitter_offline_secs,
+            settle_secs: args.jitter_settle_secs,
+            cable_since: true,
+        },
+        until.clone(),
+    );
     let creds = credentials(running.system, clients, accounts, &common.jwt_secret)?;
     reconnect::reset_histograms();
     let fleet = ResumingFleet::open(&target, creds, &behaviour, published, common.concurrency)?;

@@ -162,6 +162,23 @@ pub struct JitterArgs {
     pub cable_since: bool,
 }
 
+/// How `jitter`'s clients behave: sockets reset every period ± spread
+/// until `until` is cancelled, reconnecting after the offline time.
+pub(crate) fn jitter_behaviour(args: &JitterArgs, until: CancellationToken) -> Behaviour {
+    Behaviour {
+        jitter: Some(Jitter {
+            period: Duration::from_secs_f64(args.period_secs.max(1.0)),
+            spread: args.spread.clamp(0.0, 0.9),
+            offline: Duration::from_secs_f64(args.offline_secs.max(0.0)),
+            until,
+        }),
+        reconnect_delay: Duration::from_millis(100),
+        attempt_timeout: Duration::from_secs(15),
+        retry_delay: Duration::from_millis(500),
+        cable_since: args.cable_since,
+    }
+}
+
 /// Run `jitter`.
 pub async fn jitter(common: &Common, args: &JitterArgs) -> anyhow::Result<Value> {
     check_protocol(common)?;
@@ -181,18 +198,7 @@ pub async fn jitter(common: &Common, args: &JitterArgs) -> anyhow::Result<Value>
         peer: None,
     };
     let until = CancellationToken::new();
-    let behaviour = Behaviour {
-        jitter: Some(Jitter {
-            period: Duration::from_secs_f64(args.period_secs.max(1.0)),
-            spread: args.spread.clamp(0.0, 0.9),
-            offline: Duration::from_secs_f64(args.offline_secs.max(0.0)),
-            until: until.clone(),
-        }),
-        reconnect_delay: Duration::from_millis(100),
-        attempt_timeout: Duration::from_secs(15),
-        retry_delay: Duration::from_millis(500),
-        cable_since: args.cable_since,
-    };
+    let behaviour = jitter_behaviour(args, until.clone());
     let creds = client::credentials(args.clients, accounts, &common.jwt_secret)?;
     reset_histograms();
     let fleet = ResumingFleet::open(&target, creds, &behaviour, published, common.concurrency)?;

@@ -210,8 +210,10 @@ impl ResumingFleet {
             "resuming clients speak stomp or room"
         );
         anyhow::ensure!(
-            matches!(target.peer, None | Some(System::Anycable | System::Centrifugo))
-                && (target.peer.is_none() || target.protocol == Protocol::Room),
+            matches!(
+                target.peer,
+                None | Some(System::Anycable | System::Centrifugo)
+            ) && (target.peer.is_none() || target.protocol == Protocol::Room),
             "of the peers, AnyCable and Centrifugo offer recovery"
         );
         let stop = CancellationToken::new();
@@ -687,8 +689,7 @@ impl Client {
                                 &mut latencies,
                                 &mut control,
                             );
-                        } else if let Some(c) = self.on_frame(payload, now, &conn, &mut latencies)
-                        {
+                        } else if let Some(c) = self.on_frame(payload, now, &conn, &mut latencies) {
                             control.push(c);
                         }
                     }
@@ -767,9 +768,10 @@ impl Client {
         let p = &self.progress;
         self.stats.received.store(p.received, Ordering::Relaxed);
         self.stats.duplicates.store(p.dups, Ordering::Relaxed);
-        self.stats
-            .gaps
-            .store(p.missing.len() as u64 + p.missing_overflow, Ordering::Relaxed);
+        self.stats.gaps.store(
+            p.missing.len() as u64 + p.missing_overflow,
+            Ordering::Relaxed,
+        );
         self.stats.reordered.store(p.reordered, Ordering::Relaxed);
         self.stats.next_seq.store(p.next, Ordering::Release);
     }
@@ -990,7 +992,11 @@ impl Client {
                 &self.progress.positions,
                 since,
             ),
-            _ => cable_subscribe(herald_identifier(&self.cred), &self.progress.positions, since),
+            _ => cable_subscribe(
+                herald_identifier(&self.cred),
+                &self.progress.positions,
+                since,
+            ),
         };
         if conn.resumed && self.progress.positions.is_empty() {
             self.stats
@@ -1385,8 +1391,12 @@ mod tests {
             epoch: "herald.AbC".into(),
             offset: 17,
         }];
-        let sub: serde_json::Value =
-            serde_json::from_str(&cable_subscribe(herald_identifier(&cred), &positions, Some(1_700_000_000))).unwrap();
+        let sub: serde_json::Value = serde_json::from_str(&cable_subscribe(
+            herald_identifier(&cred),
+            &positions,
+            Some(1_700_000_000),
+        ))
+        .unwrap();
         assert_eq!(sub["history"]["since"], 1_700_000_000);
         assert_eq!(
             sub["history"]["streams"]["bench.message:1"],
@@ -1396,7 +1406,8 @@ mod tests {
             serde_json::from_str(sub["identifier"].as_str().unwrap()).unwrap();
         assert_eq!(ident["account_id"], 1000);
         let bare: serde_json::Value =
-            serde_json::from_str(&cable_subscribe(herald_identifier(&cred), &positions, None)).unwrap();
+            serde_json::from_str(&cable_subscribe(herald_identifier(&cred), &positions, None))
+                .unwrap();
         assert!(bare["history"].get("since").is_none());
         assert_eq!(bare["history"]["streams"]["bench.message:1"]["offset"], 17);
         let first: serde_json::Value =
@@ -1440,19 +1451,30 @@ mod tests {
         else {
             panic!("not a subscribe reply");
         };
-        assert_eq!((epoch.as_deref(), offset, recovered), (Some("XyZ"), 44, Some(true)));
+        assert_eq!(
+            (epoch.as_deref(), offset, recovered),
+            (Some("XyZ"), 44, Some(true))
+        );
         let replayed: Vec<_> = publications
             .iter()
             .map(|(d, o)| (stamp::parse(d.as_bytes()), *o))
             .collect();
         assert_eq!(replayed, [(Some((3, 9)), 42), (Some((4, 10)), 43)]);
         assert!(matches!(
-            centrifugo_message(&v(r#"{"id":2,"subscribe":{"epoch":"e","offset":1,"was_recovering":true}}"#)),
-            Centrifugo::Subscribed { recovered: Some(false), .. }
+            centrifugo_message(&v(
+                r#"{"id":2,"subscribe":{"epoch":"e","offset":1,"was_recovering":true}}"#
+            )),
+            Centrifugo::Subscribed {
+                recovered: Some(false),
+                ..
+            }
         ));
         assert!(matches!(
             centrifugo_message(&v(r#"{"id":2,"subscribe":{"epoch":"e","offset":1}}"#)),
-            Centrifugo::Subscribed { recovered: None, .. }
+            Centrifugo::Subscribed {
+                recovered: None,
+                ..
+            }
         ));
         let Centrifugo::Publication {
             channel,
@@ -1469,11 +1491,15 @@ mod tests {
             ("account-1", Some((5, 11)), Some(45))
         );
         assert_eq!(
-            centrifugo_message(&v(r#"{"push":{"disconnect":{"code":3001,"reason":"shutdown","reconnect":true}}}"#)),
+            centrifugo_message(&v(
+                r#"{"push":{"disconnect":{"code":3001,"reason":"shutdown","reconnect":true}}}"#
+            )),
             Centrifugo::Disconnect { reconnect: true }
         );
         assert!(matches!(
-            centrifugo_message(&v(r#"{"id":2,"error":{"code":103,"message":"permission denied"}}"#)),
+            centrifugo_message(&v(
+                r#"{"id":2,"error":{"code":103,"message":"permission denied"}}"#
+            )),
             Centrifugo::Error(_)
         ));
     }
@@ -1486,12 +1512,9 @@ mod tests {
             user: "7".into(),
             token: "t".into(),
         };
-        let sub: serde_json::Value = serde_json::from_str(&cable_subscribe(
-            anycable_identifier(&cred),
-            &[],
-            Some(5),
-        ))
-        .unwrap();
+        let sub: serde_json::Value =
+            serde_json::from_str(&cable_subscribe(anycable_identifier(&cred), &[], Some(5)))
+                .unwrap();
         let ident: serde_json::Value =
             serde_json::from_str(sub["identifier"].as_str().unwrap()).unwrap();
         assert_eq!(

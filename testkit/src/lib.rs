@@ -80,7 +80,9 @@ impl Broker {
         args: &[String],
         port: u16,
     ) -> anyhow::Result<Broker> {
-        let dir = tempfile::Builder::new().prefix("herald-broker-").tempdir()?;
+        let dir = tempfile::Builder::new()
+            .prefix("herald-broker-")
+            .tempdir()?;
         let mut argv = vec![program.display().to_string()];
         argv.extend(args.iter().cloned());
         let spec = process::Spec {
@@ -350,12 +352,20 @@ mod tests {
     async fn a_broker_process_serves_kafka_and_stops_on_drop() -> anyhow::Result<()> {
         let bin = herald_runtime::tansu::require("set HERALD_TANSU_BIN")?;
         let port = free_port()?;
-        let mut broker =
-            Broker::process("tansu", &bin, &herald_runtime::tansu::broker_args(port), port).await?;
+        let mut broker = Broker::process(
+            "tansu",
+            &bin,
+            &herald_runtime::tansu::broker_args(port),
+            port,
+        )
+        .await?;
         assert_eq!(broker.bootstrap, format!("127.0.0.1:{port}"));
         assert_eq!(broker.describe(), "tansu");
         assert!(!broker.is_shared());
-        assert!(broker.cluster().is_err(), "not a cluster to kill and restart");
+        assert!(
+            broker.cluster().is_err(),
+            "not a cluster to kill and restart"
+        );
         let pid = broker.pid(1).expect("the process's pid");
         assert!(process::process_running(pid));
         // It speaks Kafka: a metadata request is answered.
@@ -363,18 +373,28 @@ mod tests {
         let brokers = tokio::task::spawn_blocking(move || kafka::registered_brokers(&b)).await??;
         assert!(!brokers.is_empty());
         drop(broker);
-        wait_until(Duration::from_secs(10), "the broker process to stop", || async move {
-            !process::process_running(pid)
-        })
+        wait_until(
+            Duration::from_secs(10),
+            "the broker process to stop",
+            || async move { !process::process_running(pid) },
+        )
         .await
     }
 
     #[tokio::test]
     async fn a_broker_process_that_exits_is_an_error() {
-        let err = Broker::process("false", std::path::Path::new("/bin/false"), &[], free_port().unwrap())
-            .await
-            .err()
-            .expect("an error");
-        assert!(format!("{err:#}").contains("false exited before listening"), "{err:#}");
+        let err = Broker::process(
+            "false",
+            std::path::Path::new("/bin/false"),
+            &[],
+            free_port().unwrap(),
+        )
+        .await
+        .err()
+        .expect("an error");
+        assert!(
+            format!("{err:#}").contains("false exited before listening"),
+            "{err:#}"
+        );
     }
 }
