@@ -173,7 +173,7 @@ def main():
              ("resubscribe → replay p99", lambda r: r["latency"][rr]["p99_ms"]),
              ("live p99", lambda r: r["latency"]["live"]["p99_ms"])],
             "ms (log)", out("jitter"),
-            notes=lambda r: (f"delivery {r['fleet']['delivery_rate']['mean_percent']:.3f} %, lost {r['lost']}\n"
+            notes=lambda r: (f"delivery {r['fleet']['delivery_rate']['mean_percent']:.3f} %, lost {r['lost']}, dup {r['duplicated']}\n"
                              f"server {cores(r):.2f} cores")))
     for p in written:
         print(os.path.relpath(p))
