@@ -97,37 +97,31 @@ pub(crate) async fn handshake(
     cred: &Credential,
 ) -> anyhow::Result<()> {
     let stream = stream_of(&cred.account);
+    let (path, protocol) = match peer.system {
+        System::Anycable => (
+            format!("/cable?jid={}", cred.token),
+            Some("actioncable-v1-json"),
+        ),
+        System::Rails => (
+            format!("/cable?token={}", cred.token),
+            Some("actioncable-v1-json, actioncable-unsupported"),
+        ),
+        System::Centrifugo => ("/connection/websocket".to_owned(), None),
+        System::Rabbitmq => ("/ws".to_owned(), Some("v12.stomp")),
+        System::Herald => bail!("Herald's clients use the Herald protocols"),
+    };
+    conn.upgrade(&crate::ws::upgrade_request(host, &path, protocol, None))
+        .await?;
     match peer.system {
         System::Anycable => {
-            conn.upgrade(&crate::ws::upgrade_request(
-                host,
-                &format!("/cable?jid={}", cred.token),
-                Some("actioncable-v1-json"),
-                None,
-            ))
-            .await?;
             let identifier = json!({"channel": "$pubsub", "stream_name": stream}).to_string();
             conn.cable_subscribe(&identifier).await
         }
         System::Rails => {
-            conn.upgrade(&crate::ws::upgrade_request(
-                host,
-                &format!("/cable?token={}", cred.token),
-                Some("actioncable-v1-json, actioncable-unsupported"),
-                None,
-            ))
-            .await?;
             conn.cable_subscribe(r#"{"channel":"AccountChannel"}"#)
                 .await
         }
         System::Centrifugo => {
-            conn.upgrade(&crate::ws::upgrade_request(
-                host,
-                "/connection/websocket",
-                None,
-                None,
-            ))
-            .await?;
             conn.send(&centrifugo_connect(1, &cred.token)).await?;
             let reply = conn.expect(|f| reply_to(f, 1), "connect reply").await?;
             ensure_no_error(&reply)?;
@@ -136,13 +130,6 @@ pub(crate) async fn handshake(
             ensure_no_error(&reply)
         }
         System::Rabbitmq => {
-            conn.upgrade(&crate::ws::upgrade_request(
-                host,
-                "/ws",
-                Some("v12.stomp"),
-                None,
-            ))
-            .await?;
             conn.send(&stomp_connect()).await?;
             conn.expect(|f| f.starts_with(b"CONNECTED\n"), "CONNECTED")
                 .await?;
@@ -151,7 +138,8 @@ pub(crate) async fn handshake(
                 .await?;
             Ok(())
         }
-        System::Herald => bail!("Herald's clients use the Herald protocols"),
+        // Refused before the upgrade.
+        System::Herald => Ok(()),
     }
 }
 
