@@ -3,8 +3,12 @@
 # peers on demand and runs every system back to back on the same load.
 #
 #   scripts/peers.sh install          install the peers (cached under ~/.cache/herald/peers)
-#   scripts/peers.sh run [SCENARIO..] run scenarios (idle fanout latency storm; default: all),
-#                                     extra herald-loadgen flags in $PEERS_ARGS
+#   scripts/peers.sh run [SCENARIO..] run scenarios (idle fanout latency storm jitter;
+#                                     default: all), extra herald-loadgen flags in $PEERS_ARGS
+#
+# `jitter` (resuming clients, sockets reset every ~15 s) runs on Herald and
+# the peers that offer recovery: AnyCable (its in-memory broker: reliable
+# streams) and Centrifugo (history and recovery on the channel namespace).
 #
 # Peers: AnyCable (anycable-go, Go module proxy), Centrifugo v6 (Go module
 # proxy), RabbitMQ Web-STOMP (Debian rabbitmq-server), Rails ActionCable
@@ -71,7 +75,7 @@ cmd_install() {
 
 cmd_run() {
   local scenarios=("$@")
-  ((${#scenarios[@]})) || scenarios=(idle fanout latency storm)
+  ((${#scenarios[@]})) || scenarios=(idle fanout latency storm jitter)
   cmd_install
   local bin="$ROOT/target/release/herald-loadgen"
   if [[ ! -x $bin || ! -x $ROOT/target/release/herald-gateway ]]; then
@@ -99,5 +103,5 @@ cmd_run() {
 case "${1:-}" in
   install) cmd_install ;;
   run) shift; cmd_run "$@" ;;
-  *) echo "usage: $0 install | run [idle|fanout|latency|storm ..]" >&2; exit 2 ;;
+  *) echo "usage: $0 install | run [idle|fanout|latency|storm|jitter ..]" >&2; exit 2 ;;
 esac

@@ -31,99 +31,65 @@ pub enum ManagedBroker {
     Tansu,
 }
 
-enum Managed {
-    External,
-    Kafka(Box<herald_testkit::kafka::Cluster>),
-    Tansu(Child),
+/// The broker: [`herald_testkit::Broker`], the same start-up type the
+/// tests use, started by [`start_broker`].
+pub use herald_testkit::Broker;
+
+/// Use `external` when given, else start the `managed` broker on loopback:
+/// Apache Kafka through `herald_testkit` (a 2 GiB heap), or tansu as a
+/// child process.
+pub async fn start_broker(
+    external: Option<&str>,
+    managed: ManagedBroker,
+) -> anyhow::Result<Broker> {
+    if let Some(addr) = external {
+        return Ok(Broker::external(addr));
+    }
+    match managed {
+        ManagedBroker::Kafka => {
+            Broker::own(herald_testkit::kafka::Options {
+                heap_mib: 2048,
+                ..Default::default()
+            })
+            .await
+        }
+        ManagedBroker::Tansu => {
+            let bin = herald_runtime::tansu::require("pass --kafka host:port")?;
+            let port = free_port()?;
+            Broker::process(
+                "tansu",
+                &bin,
+                &herald_runtime::tansu::broker_args(port),
+                port,
+            )
+            .await
+        }
+    }
 }
 
-/// A Kafka broker: a managed Apache Kafka (or tansu) process, or an
-/// external cluster.
-pub struct Broker {
-    /// Bootstrap `host:port`.
-    pub bootstrap: String,
-    managed: Managed,
+/// Kafka settings for clients of `broker` under `prefix`.
+pub fn kafka_args(broker: &Broker, prefix: &str) -> KafkaArgs {
+    let mut k = KafkaArgs::for_brokers(&broker.bootstrap);
+    k.topic_prefix = prefix.to_owned();
+    k
 }
 
-impl Broker {
-    /// Use `external` when given, else start the `managed` broker on loopback.
-    pub async fn start(external: Option<&str>, managed: ManagedBroker) -> anyhow::Result<Broker> {
-        if let Some(addr) = external {
-            return Ok(Broker {
-                bootstrap: addr.to_owned(),
-                managed: Managed::External,
-            });
-        }
-        match managed {
-            ManagedBroker::Kafka => {
-                let cluster =
-                    herald_testkit::kafka::Cluster::start(herald_testkit::kafka::Options {
-                        heap_mib: 2048,
-                        ..Default::default()
-                    })
-                    .await?;
-                Ok(Broker {
-                    bootstrap: cluster.bootstrap(),
-                    managed: Managed::Kafka(Box::new(cluster)),
-                })
-            }
-            ManagedBroker::Tansu => {
-                let bin = herald_runtime::tansu::require("pass --kafka host:port")?;
-                let port = free_port()?;
-                let child = Command::new(&bin)
-                    .args(herald_runtime::tansu::broker_args(port))
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .kill_on_drop(true)
-                    .spawn()
-                    .with_context(|| format!("cannot run {}", bin.display()))?;
-                let broker = Broker {
-                    bootstrap: format!("127.0.0.1:{port}"),
-                    managed: Managed::Tansu(child),
-                };
-                wait_tcp(&broker.bootstrap, Duration::from_secs(20)).await?;
-                Ok(broker)
-            }
-        }
-    }
+/// The broker's (first node's) pid when it runs here, for its CPU.
+pub fn broker_pid(broker: &Broker) -> Option<u32> {
+    broker.pid(1)
+}
 
-    /// What runs the broker, for the report.
-    pub fn describe(&self) -> String {
-        match &self.managed {
-            Managed::External => format!("external {}", self.bootstrap),
-            Managed::Kafka(_) => format!("Apache Kafka {}", herald_testkit::kafka::version()),
-            Managed::Tansu(_) => "tansu".to_owned(),
-        }
-    }
-
-    /// The broker's pid when managed here.
-    pub fn pid(&self) -> Option<u32> {
-        match &self.managed {
-            Managed::External => None,
-            Managed::Kafka(c) => c.pid(1),
-            Managed::Tansu(c) => c.id(),
-        }
-    }
-
-    /// Kafka settings for clients of this broker under `prefix`.
-    pub fn kafka_args(&self, prefix: &str) -> KafkaArgs {
-        let mut k = KafkaArgs::for_brokers(&self.bootstrap);
-        k.topic_prefix = prefix.to_owned();
-        k
-    }
-
-    /// Create every family's topic under `prefix` with `partitions` partitions.
-    pub async fn create_topics(&self, prefix: &str, partitions: i32) -> anyhow::Result<()> {
-        let kafka = self.kafka_args(prefix);
-        let topics: Vec<String> = Family::ALL.iter().map(|f| f.topic(prefix)).collect();
-        let layout = herald_runtime::kafka::TopicLayout::partitions(partitions);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            match herald_runtime::kafka::ensure_topics(&kafka, &topics, &[], &layout).await {
-                Ok(()) => return Ok(()),
-                Err(e) if Instant::now() > deadline => return Err(e),
-                Err(_) => tokio::time::sleep(Duration::from_millis(300)).await,
-            }
+/// Create every family's topic under `prefix` with `partitions` partitions.
+pub async fn create_topics(broker: &Broker, prefix: &str, partitions: i32) -> anyhow::Result<()> {
+    let kafka = kafka_args(broker, prefix);
+    let topics: Vec<String> = Family::ALL.iter().map(|f| f.topic(prefix)).collect();
+    let layout = herald_runtime::kafka::TopicLayout::partitions(partitions);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match herald_runtime::kafka::ensure_topics(&kafka, &topics, &[], &layout).await {
+            Ok(()) => return Ok(()),
+            Err(e) if Instant::now() > deadline => return Err(e),
+            Err(_) => tokio::time::sleep(Duration::from_millis(300)).await,
         }
     }
 }

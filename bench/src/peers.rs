@@ -33,9 +33,12 @@ use crate::{
     hist::{self, Percentiles},
     procstat,
     publish::{AtomicStop, EventSink, Publisher},
+    reconnect,
+    resuming::{self, ResumingFleet},
     scenario::{self, Common, Setup},
     stamp::{self, Protocol},
 };
+use tokio_util::sync::CancellationToken;
 
 /// A system under test.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
@@ -94,37 +97,31 @@ pub(crate) async fn handshake(
     cred: &Credential,
 ) -> anyhow::Result<()> {
     let stream = stream_of(&cred.account);
+    let (path, protocol) = match peer.system {
+        System::Anycable => (
+            format!("/cable?jid={}", cred.token),
+            Some("actioncable-v1-json"),
+        ),
+        System::Rails => (
+            format!("/cable?token={}", cred.token),
+            Some("actioncable-v1-json, actioncable-unsupported"),
+        ),
+        System::Centrifugo => ("/connection/websocket".to_owned(), None),
+        System::Rabbitmq => ("/ws".to_owned(), Some("v12.stomp")),
+        System::Herald => bail!("Herald's clients use the Herald protocols"),
+    };
+    conn.upgrade(&crate::ws::upgrade_request(host, &path, protocol, None))
+        .await?;
     match peer.system {
         System::Anycable => {
-            conn.upgrade(&crate::ws::upgrade_request(
-                host,
-                &format!("/cable?jid={}", cred.token),
-                Some("actioncable-v1-json"),
-                None,
-            ))
-            .await?;
             let identifier = json!({"channel": "$pubsub", "stream_name": stream}).to_string();
             conn.cable_subscribe(&identifier).await
         }
         System::Rails => {
-            conn.upgrade(&crate::ws::upgrade_request(
-                host,
-                &format!("/cable?token={}", cred.token),
-                Some("actioncable-v1-json, actioncable-unsupported"),
-                None,
-            ))
-            .await?;
             conn.cable_subscribe(r#"{"channel":"AccountChannel"}"#)
                 .await
         }
         System::Centrifugo => {
-            conn.upgrade(&crate::ws::upgrade_request(
-                host,
-                "/connection/websocket",
-                None,
-                None,
-            ))
-            .await?;
             conn.send(&centrifugo_connect(1, &cred.token)).await?;
             let reply = conn.expect(|f| reply_to(f, 1), "connect reply").await?;
             ensure_no_error(&reply)?;
@@ -133,13 +130,6 @@ pub(crate) async fn handshake(
             ensure_no_error(&reply)
         }
         System::Rabbitmq => {
-            conn.upgrade(&crate::ws::upgrade_request(
-                host,
-                "/ws",
-                Some("v12.stomp"),
-                None,
-            ))
-            .await?;
             conn.send(&stomp_connect()).await?;
             conn.expect(|f| f.starts_with(b"CONNECTED\n"), "CONNECTED")
                 .await?;
@@ -148,7 +138,8 @@ pub(crate) async fn handshake(
                 .await?;
             Ok(())
         }
-        System::Herald => bail!("Herald's clients use the Herald protocols"),
+        // Refused before the upgrade.
+        System::Herald => Ok(()),
     }
 }
 
@@ -379,7 +370,7 @@ pub struct PeersArgs {
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "idle,fanout,latency,storm"
+        default_value = "idle,fanout,latency,storm,jitter"
     )]
     pub scenarios: Vec<PeerScenario>,
     /// Subscribed connections per system.
@@ -409,6 +400,25 @@ pub struct PeersArgs {
     /// Seconds measured.
     #[arg(long, default_value_t = 15)]
     pub duration_secs: u64,
+    /// Jitter: connections per system (`--connections` when not given).
+    #[arg(long)]
+    pub jitter_connections: Option<usize>,
+    /// Jitter: events published per stream.
+    #[arg(long, default_value_t = 120)]
+    pub jitter_events: u64,
+    /// Jitter: events per second per stream.
+    #[arg(long, default_value_t = 2.0)]
+    pub jitter_rate: f64,
+    /// Jitter: mean seconds between two resets of one client's socket.
+    #[arg(long, default_value_t = 15.0)]
+    pub jitter_period_secs: f64,
+    /// Jitter: seconds offline after a reset (± 10 %).
+    #[arg(long, default_value_t = 2.0)]
+    pub jitter_offline_secs: f64,
+    /// Jitter: seconds to wait, once publishing is over, for every client
+    /// to have every event.
+    #[arg(long, default_value_t = 60)]
+    pub jitter_settle_secs: u64,
 }
 
 /// A scenario of the peers run.
@@ -423,6 +433,20 @@ pub enum PeerScenario {
     Latency,
     /// Subscribed connections per second.
     Storm,
+    /// Clients whose sockets are reset about every 15 s resume from their
+    /// last position (Herald, AnyCable, Centrifugo: the peers with recovery).
+    Jitter,
+}
+
+impl PeerScenario {
+    /// Whether `system` takes part (only the peers with recovery resume).
+    pub fn runs_on(self, system: System) -> bool {
+        self != PeerScenario::Jitter
+            || matches!(
+                system,
+                System::Herald | System::Anycable | System::Centrifugo
+            )
+    }
 }
 
 /// A peer server process (or Herald's setup) under test.
@@ -521,7 +545,14 @@ fn dpkg_version(pkg: &str) -> String {
 }
 
 impl Running {
-    async fn start(common: &Common, args: &PeersArgs, system: System) -> anyhow::Result<Running> {
+    /// Start `system` as `sc` wants it (`jitter`: with its recovery on).
+    async fn start(
+        common: &Common,
+        args: &PeersArgs,
+        system: System,
+        sc: PeerScenario,
+    ) -> anyhow::Result<Running> {
+        let history = sc == PeerScenario::Jitter;
         let secret = common.jwt_secret.clone();
         let peers = expand(&args.peers_dir);
         let mut r = Running {
@@ -545,7 +576,7 @@ impl Running {
                 r.broker_pids = setup
                     .broker
                     .as_ref()
-                    .and_then(crate::cluster::Broker::pid)
+                    .and_then(crate::cluster::broker_pid)
                     .into_iter()
                     .collect();
                 r.version = format!(
@@ -562,9 +593,15 @@ impl Running {
             System::Anycable => {
                 let bin = find_binary(&peers, "anycable-go")?;
                 let (port, bport) = (free_port()?, free_port()?);
+                let mut cmd = Command::new(&bin);
+                if history {
+                    // Reliable streams: the in-memory broker keeps each
+                    // stream's history (its defaults: the last 100
+                    // messages, 300 s) and answers `history` requests.
+                    cmd.arg("--broker=memory");
+                }
                 let child = spawn(
-                    Command::new(&bin)
-                        .arg("--host=127.0.0.1")
+                    cmd.arg("--host=127.0.0.1")
                         .arg(format!("--port={port}"))
                         .arg("--norpc")
                         .arg(format!("--jwt_secret={secret}"))
@@ -593,12 +630,20 @@ impl Running {
                 let bin = find_binary(&peers, "centrifugo")?;
                 let dir = tempfile::tempdir()?;
                 let port = free_port()?;
+                let mut channel = json!({"allow_subscribe_for_client": true});
+                if history {
+                    // History in memory (the same window as AnyCable's
+                    // defaults) and recovery for clients that ask for it.
+                    channel["history_size"] = json!(100);
+                    channel["history_ttl"] = json!("300s");
+                    channel["allow_recovery"] = json!(true);
+                }
                 let cfg = json!({
                     "http_server": {"address": "127.0.0.1", "port": port},
                     "log": {"level": "warn"},
                     "client": {"token": {"hmac_secret_key": secret}},
                     "http_api": {"key": "herald-bench-api-key"},
-                    "channel": {"without_namespace": {"allow_subscribe_for_client": true}},
+                    "channel": {"without_namespace": channel},
                     "usage_stats": {"disabled": true},
                 });
                 let path = dir.path().join("config.json");
@@ -906,13 +951,6 @@ fn health(fleet: &Fleet) -> Value {
     })
 }
 
-fn connections_for(args: &PeersArgs, system: System) -> usize {
-    match (system, args.rails_connections) {
-        (System::Rails, Some(n)) => n,
-        _ => args.connections,
-    }
-}
-
 /// Run the peers comparison.
 pub async fn run(common: &Common, args: &PeersArgs) -> anyhow::Result<Value> {
     let mut out = serde_json::Map::new();
@@ -920,16 +958,17 @@ pub async fn run(common: &Common, args: &PeersArgs) -> anyhow::Result<Value> {
     let mut versions = serde_json::Map::new();
     for &sc in &args.scenarios {
         let mut results: Vec<(System, Value)> = Vec::new();
-        for &system in &args.systems {
+        for &system in args.systems.iter().filter(|s| sc.runs_on(**s)) {
             let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
             eprintln!("peers: {sc:?} on {} (load {})", system.name(), load.trim());
-            let running = Running::start(common, args, system).await?;
+            let running = Running::start(common, args, system, sc).await?;
             versions.insert(system.name().into(), json!(running.version));
             let r = match sc {
                 PeerScenario::Idle => idle(common, args, &running).await,
                 PeerScenario::Fanout => fanout(common, args, &running).await,
                 PeerScenario::Latency => latency(common, args, &running).await,
                 PeerScenario::Storm => storm(common, args, &running).await,
+                PeerScenario::Jitter => jitter(common, args, &running).await,
             };
             running.stop().await;
             let mut r = r.unwrap_or_else(|e| json!({"error": format!("{e:#}")}));
@@ -954,7 +993,10 @@ pub async fn run(common: &Common, args: &PeersArgs) -> anyhow::Result<Value> {
     Ok(json!({
         "params": {"connections": args.connections, "rails_connections": args.rails_connections,
                    "per_stream": args.per_stream, "rate": args.rate, "window": args.window,
-                   "warmup_secs": args.warmup_secs, "duration_secs": args.duration_secs},
+                   "warmup_secs": args.warmup_secs, "duration_secs": args.duration_secs,
+                   "jitter_connections": args.jitter_connections, "jitter_events": args.jitter_events,
+                   "jitter_rate": args.jitter_rate, "jitter_period_secs": args.jitter_period_secs,
+                   "jitter_offline_secs": args.jitter_offline_secs},
         "versions": versions,
         "scenarios": out,
         "tables_markdown": tables,
@@ -982,7 +1024,24 @@ fn summary(sc: PeerScenario, r: &Value) -> String {
             "{:.0} connections/s",
             r["connections_per_second"].as_f64().unwrap_or(0.0)
         ),
+        PeerScenario::Jitter => format!(
+            "delivery {:.3} %, replay p99 {:.0} ms, lost {} dup {}",
+            f(&r["fleet"]["delivery_rate"]["mean_percent"]),
+            f(&r["latency"]["replay_publish_to_delivery"]["p99_ms"]),
+            r["lost"],
+            r["duplicated"]
+        ),
     }
+}
+
+/// Connections and accounts (streams) of `system` in this run.
+fn sizes(args: &PeersArgs, system: System, sc: PeerScenario) -> (usize, usize) {
+    let connections = match (sc, system, args.rails_connections, args.jitter_connections) {
+        (PeerScenario::Jitter, _, _, Some(n)) => n,
+        (_, System::Rails, Some(n), _) => n,
+        _ => args.connections,
+    };
+    (connections, connections.div_ceil(args.per_stream).max(1))
 }
 
 async fn open(
@@ -1001,9 +1060,63 @@ async fn open(
     Ok((fleet, took))
 }
 
+/// What one measurement window saw.
+struct Window {
+    frames: u64,
+    secs: f64,
+    cpu: Value,
+    /// Delivery latency within the window (`None`: still recording).
+    latency: Option<Percentiles>,
+}
+
+/// After the warm-up, frames received and CPU over `--duration-secs`; the
+/// delivery histogram is emptied at its start and, when `take_latency`,
+/// read at its end.
+async fn window(args: &PeersArgs, fleet: &Fleet, running: &Running, take_latency: bool) -> Window {
+    tokio::time::sleep(Duration::from_secs(args.warmup_secs)).await;
+    let r0 = fleet.received();
+    let t0 = Instant::now();
+    let cpu = running.cpu();
+    hist::DELIVERY.take();
+    tokio::time::sleep(Duration::from_secs(args.duration_secs)).await;
+    Window {
+        frames: fleet.received() - r0,
+        secs: t0.elapsed().as_secs_f64(),
+        cpu: cpu.read(),
+        latency: take_latency.then(|| Percentiles::of(&hist::DELIVERY.take())),
+    }
+}
+
+/// Once publishing is over: wait up to `within` for every event to arrive,
+/// audit, close the fleet. The fields every delivering scenario reports.
+async fn settle(
+    fleet: Fleet,
+    publisher: &mut Publisher,
+    within: Duration,
+) -> anyhow::Result<Value> {
+    let failed = publisher.finish_all().await?;
+    let complete = fleet.wait_delivered(&publisher.sent, within).await;
+    let (lost, dups) = fleet.audit(&publisher.sent);
+    let subscribed = fleet.subscribed.load(Ordering::Relaxed);
+    let h = health(&fleet);
+    fleet.close().await;
+    Ok(json!({
+        "connections_subscribed": subscribed, "events_sent": publisher.total,
+        "publish_failed": failed, "delivered_all": complete, "lost": lost, "duplicated": dups,
+        "clients": h,
+    }))
+}
+
+/// `a` with the fields of `b` added.
+fn merge(mut a: Value, b: Value) -> Value {
+    if let (Some(a), Value::Object(b)) = (a.as_object_mut(), b) {
+        a.extend(b);
+    }
+    a
+}
+
 async fn idle(common: &Common, args: &PeersArgs, running: &Running) -> anyhow::Result<Value> {
-    let connections = connections_for(args, running.system);
-    let accounts = connections.div_ceil(args.per_stream).max(1);
+    let (connections, accounts) = sizes(args, running.system, PeerScenario::Idle);
     tokio::time::sleep(Duration::from_secs(2)).await;
     let before = running.rss();
     let (fleet, took) = open(common, running, connections, accounts).await?;
@@ -1012,126 +1125,105 @@ async fn idle(common: &Common, args: &PeersArgs, running: &Running) -> anyhow::R
     let cpu = running.cpu();
     tokio::time::sleep(Duration::from_secs(10)).await;
     let idle_cpu = cpu.read();
+    let live = fleet.live();
+    let subscribed = fleet.subscribed.load(Ordering::Relaxed);
     let mut publisher = running.publisher(common, accounts, 0).await?;
     for a in 0..accounts {
         publisher.send(a).await?;
     }
-    let failed = publisher.finish_all().await?;
-    let complete = fleet
-        .wait_delivered(&publisher.sent, Duration::from_secs(30))
-        .await;
-    let (lost, dups) = fleet.audit(&publisher.sent);
-    let subscribed = fleet.subscribed.load(Ordering::Relaxed);
-    let live = fleet.live();
-    let h = health(&fleet);
-    fleet.close().await;
+    let delivery = settle(fleet, &mut publisher, Duration::from_secs(30)).await?;
     let per = after.saturating_sub(before) as f64 / subscribed.max(1) as f64;
-    Ok(json!({
-        "connections": connections, "connections_subscribed": subscribed, "live_after_idle": live,
-        "connect_seconds": took.as_secs_f64(),
-        "rss_before_bytes": before, "rss_after_bytes": after, "rss_per_connection_bytes": per,
-        "idle_cpu": idle_cpu, "events_sent": publisher.total, "publish_failed": failed,
-        "delivered_all": complete, "lost": lost, "duplicated": dups, "clients": h,
-    }))
+    Ok(merge(
+        json!({
+            "connections": connections, "live_after_idle": live,
+            "connect_seconds": took.as_secs_f64(),
+            "rss_before_bytes": before, "rss_after_bytes": after, "rss_per_connection_bytes": per,
+            "idle_cpu": idle_cpu,
+        }),
+        delivery,
+    ))
+}
+
+/// How `fanout` and `latency` publish.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Load {
+    /// At most `--window` undelivered events per stream.
+    ClosedLoop,
+    /// `--rate` events/s.
+    Rate,
+}
+
+/// Subscribe the fleet, publish with `load` through the warm-up and the
+/// window, settle. `(connections, window, server RSS, delivery)`.
+async fn measured(
+    common: &Common,
+    args: &PeersArgs,
+    running: &Running,
+    sc: PeerScenario,
+    load: Load,
+) -> anyhow::Result<(usize, Window, u64, Value)> {
+    let (connections, accounts) = sizes(args, running.system, sc);
+    let (fleet, _) = open(common, running, connections, accounts).await?;
+    let closed = load == Load::ClosedLoop;
+    let mut publisher = running
+        .publisher(common, accounts, if closed { 1 } else { 5 })
+        .await?;
+    let stop = AtomicStop::default();
+    let total = Duration::from_secs(args.warmup_secs + args.duration_secs);
+    let publish = async {
+        match load {
+            Load::ClosedLoop => publisher.windowed(&fleet, args.window, total, &stop).await,
+            Load::Rate => publisher.at_rate(args.rate, total).await,
+        }
+    };
+    let (published, w) = tokio::join!(publish, window(args, &fleet, running, closed));
+    published?;
+    let rss = running.rss();
+    let within = Duration::from_secs(if closed { 30 } else { 20 });
+    let delivery = settle(fleet, &mut publisher, within).await?;
+    Ok((connections, w, rss, delivery))
 }
 
 async fn fanout(common: &Common, args: &PeersArgs, running: &Running) -> anyhow::Result<Value> {
-    let connections = connections_for(args, running.system);
-    let accounts = connections.div_ceil(args.per_stream).max(1);
-    let (fleet, _) = open(common, running, connections, accounts).await?;
-    let mut publisher = running.publisher(common, accounts, 1).await?;
-    let stop = AtomicStop::default();
-    let total = Duration::from_secs(args.warmup_secs + args.duration_secs);
-    let measure = async {
-        tokio::time::sleep(Duration::from_secs(args.warmup_secs)).await;
-        let r0 = fleet.received();
-        let t0 = Instant::now();
-        let cpu = running.cpu();
-        hist::DELIVERY.take();
-        tokio::time::sleep(Duration::from_secs(args.duration_secs)).await;
-        let frames = fleet.received() - r0;
-        (
-            frames,
-            t0.elapsed().as_secs_f64(),
-            cpu.read(),
-            Percentiles::of(&hist::DELIVERY.take()),
-        )
-    };
-    let (published, (frames, secs, cpu, latency)) = tokio::join!(
-        publisher.windowed(&fleet, args.window, total, &stop),
-        measure
-    );
-    published?;
-    let failed = publisher.finish_all().await?;
-    let complete = fleet
-        .wait_delivered(&publisher.sent, Duration::from_secs(30))
-        .await;
-    let (lost, dups) = fleet.audit(&publisher.sent);
-    let subscribed = fleet.subscribed.load(Ordering::Relaxed);
-    let h = health(&fleet);
-    let rss = running.rss();
-    fleet.close().await;
-    Ok(json!({
-        "connections": connections, "connections_subscribed": subscribed,
-        "frames_per_second": frames as f64 / secs, "window_seconds": secs,
-        "latency_closed_loop": latency, "cpu": cpu, "server_rss_bytes": rss,
-        "events_sent": publisher.total, "publish_failed": failed,
-        "delivered_all": complete, "lost": lost, "duplicated": dups, "clients": h,
-    }))
+    let (connections, w, rss, delivery) = measured(
+        common,
+        args,
+        running,
+        PeerScenario::Fanout,
+        Load::ClosedLoop,
+    )
+    .await?;
+    Ok(merge(
+        json!({
+            "connections": connections, "frames_per_second": w.frames as f64 / w.secs,
+            "window_seconds": w.secs, "latency_closed_loop": w.latency, "cpu": w.cpu,
+            "server_rss_bytes": rss,
+        }),
+        delivery,
+    ))
 }
 
 async fn latency(common: &Common, args: &PeersArgs, running: &Running) -> anyhow::Result<Value> {
-    let connections = connections_for(args, running.system);
-    let accounts = connections.div_ceil(args.per_stream).max(1);
-    let (fleet, _) = open(common, running, connections, accounts).await?;
-    let mut publisher = running.publisher(common, accounts, 5).await?;
-    let total = Duration::from_secs(args.warmup_secs + args.duration_secs);
-    let measure = async {
-        tokio::time::sleep(Duration::from_secs(args.warmup_secs)).await;
-        let r0 = fleet.received();
-        let t0 = Instant::now();
-        let cpu = running.cpu();
-        hist::DELIVERY.take();
-        tokio::time::sleep(Duration::from_secs(args.duration_secs)).await;
-        (
-            fleet.received() - r0,
-            t0.elapsed().as_secs_f64(),
-            cpu.read(),
-        )
-    };
-    let (published, (frames, secs, cpu)) =
-        tokio::join!(publisher.at_rate(args.rate, total), measure);
-    published?;
-    let failed = publisher.finish_all().await?;
-    let complete = fleet
-        .wait_delivered(&publisher.sent, Duration::from_secs(20))
-        .await;
+    let (connections, w, _, delivery) =
+        measured(common, args, running, PeerScenario::Latency, Load::Rate).await?;
+    // From the window's start to the last delivery: the events still in
+    // flight when the window closed count too.
     let latency = Percentiles::of(&hist::DELIVERY.take());
-    let (lost, dups) = fleet.audit(&publisher.sent);
-    let subscribed = fleet.subscribed.load(Ordering::Relaxed);
-    let h = health(&fleet);
-    fleet.close().await;
-    Ok(json!({
-        "connections": connections, "connections_subscribed": subscribed,
-        "rate_events_per_second": args.rate, "frames_per_second": frames as f64 / secs,
-        "latency": latency, "cpu": cpu, "events_sent": publisher.total, "publish_failed": failed,
-        "delivered_all": complete, "lost": lost, "duplicated": dups, "clients": h,
-    }))
+    Ok(merge(
+        json!({
+            "connections": connections, "rate_events_per_second": args.rate,
+            "frames_per_second": w.frames as f64 / w.secs, "latency": latency, "cpu": w.cpu,
+        }),
+        delivery,
+    ))
 }
 
 async fn storm(common: &Common, args: &PeersArgs, running: &Running) -> anyhow::Result<Value> {
-    let connections = connections_for(args, running.system);
-    let accounts = connections.div_ceil(args.per_stream).max(1);
-    let creds = credentials(running.system, connections, accounts, &common.jwt_secret)?;
+    let (connections, accounts) = sizes(args, running.system, PeerScenario::Storm);
     tokio::time::sleep(Duration::from_millis(500)).await;
     hist::CONNECT.take();
     let cpu = running.cpu();
-    let fleet = Fleet::open(
-        &running.target(common, connections),
-        creds,
-        common.concurrency,
-    );
-    let took = fleet.wait_open(Duration::from_secs(180)).await;
+    let (fleet, took) = open(common, running, connections, accounts).await?;
     let cpu = cpu.read();
     let ok = fleet.subscribed.load(Ordering::Relaxed);
     let connect = Percentiles::of(&hist::CONNECT.take());
@@ -1142,6 +1234,76 @@ async fn storm(common: &Common, args: &PeersArgs, running: &Running) -> anyhow::
         "connections": connections, "connections_subscribed": ok, "seconds": took.as_secs_f64(),
         "connections_per_second": ok as f64 / took.as_secs_f64(), "connect_latency": connect,
         "cpu": cpu, "server_rss_bytes": rss, "clients": h,
+    }))
+}
+
+/// The jitter scenario of `herald-loadgen jitter` (issue 16's methodology)
+/// on Herald, AnyCable and Centrifugo: resuming clients, each socket reset
+/// about every `--jitter-period-secs`, offline about
+/// `--jitter-offline-secs`, then reconnecting and resuming from the last
+/// position, while each stream gets `--jitter-events` at `--jitter-rate`.
+async fn jitter(common: &Common, args: &PeersArgs, running: &Running) -> anyhow::Result<Value> {
+    let (clients, accounts) = sizes(args, running.system, PeerScenario::Jitter);
+    let mut publisher = running.publisher(common, accounts, 5).await?;
+    let published = publisher.share_counts();
+    let (source_ips, first_source_ip) = scenario::source_ips(common, clients);
+    let target = resuming::Target {
+        addr: running.ws_addr,
+        protocol: Protocol::Room,
+        source_ips,
+        first_source_ip,
+        peer: (running.system != System::Herald).then_some(running.system),
+    };
+    let until = CancellationToken::new();
+    let behaviour = reconnect::jitter_behaviour(
+        &reconnect::JitterArgs {
+            clients,
+            clients_per_account: args.per_stream,
+            events: args.jitter_events,
+            rate_per_stream: args.jitter_rate,
+            period_secs: args.jitter_period_secs,
+            spread: 0.2,
+            offline_secs: args.jitter_offline_secs,
+            settle_secs: args.jitter_settle_secs,
+            cable_since: true,
+        },
+        until.clone(),
+    );
+    let creds = credentials(running.system, clients, accounts, &common.jwt_secret)?;
+    reconnect::reset_histograms();
+    let fleet = ResumingFleet::open(&target, creds, &behaviour, published, common.concurrency)?;
+    let opened = fleet.wait_subscribed(Duration::from_secs(180)).await;
+    let connect = Percentiles::of(&hist::CONNECT.take());
+    let cpu = running.cpu();
+    let started = Instant::now();
+    publisher
+        .at_rate_count(
+            args.jitter_rate * accounts as f64,
+            args.jitter_events * accounts as u64,
+        )
+        .await?;
+    let publish_secs = started.elapsed().as_secs_f64();
+    until.cancel();
+    let failed = publisher.finish_all().await?;
+    let complete = fleet
+        .wait_delivered(
+            &publisher.sent,
+            Duration::from_secs(args.jitter_settle_secs),
+        )
+        .await;
+    let cpu = cpu.read();
+    let report = reconnect::fleet_report(&fleet, &publisher.sent);
+    let latency = reconnect::latencies();
+    let rss = running.rss();
+    fleet.close().await;
+    Ok(json!({
+        "connections": clients, "connections_subscribed": opened, "streams": accounts,
+        "events_per_stream": args.jitter_events, "rate_per_stream": args.jitter_rate,
+        "period_secs": args.jitter_period_secs, "offline_secs": args.jitter_offline_secs,
+        "connect_latency": connect, "events_sent": publisher.total, "publish_failed": failed,
+        "publish_seconds": publish_secs, "delivered_all": complete,
+        "lost": report["lost"], "duplicated": report["duplicated"],
+        "fleet": report, "latency": latency, "cpu": cpu, "server_rss_bytes": rss,
     }))
 }
 
@@ -1161,6 +1323,7 @@ pub fn table(sc: PeerScenario, results: &[(System, Value)]) -> String {
             PeerScenario::Fanout => f(&r["frames_per_second"]),
             PeerScenario::Latency => f(&r["latency"]["p99_ms"]),
             PeerScenario::Storm => f(&r["connections_per_second"]),
+            PeerScenario::Jitter => f(&r["latency"]["replay_resubscribe_to_delivery"]["p99_ms"]),
         }
     };
     let higher_better = matches!(sc, PeerScenario::Fanout | PeerScenario::Storm);
@@ -1173,6 +1336,7 @@ pub fn table(sc: PeerScenario, results: &[(System, Value)]) -> String {
         PeerScenario::Fanout => "| system | subscribed | frames/s | p50 / p99 ms (closed loop) | CPU server | CPU broker | CPU loadgen | lost / dup / closed by server | Herald's lead (>1: Herald better) |\n|---|---:|---:|---:|---:|---:|---:|---|---|\n".to_owned(),
         PeerScenario::Latency => "| system | subscribed | events/s → frames/s | p50 / p90 / p99 / p99.9 / max ms | CPU server | CPU broker | CPU loadgen | lost / dup / closed by server | Herald's lead (>1: Herald better) |\n|---|---:|---:|---:|---:|---:|---:|---|---|\n".to_owned(),
         PeerScenario::Storm => "| system | subscribed | connections/s | connect p50 / p99 ms | CPU server | CPU loadgen | failed | Herald's lead (>1: Herald better) |\n|---|---:|---:|---:|---:|---:|---|---|\n".to_owned(),
+        PeerScenario::Jitter => "| system | subscribed | delivery mean / min % | resets → resubscribed | replayed | replay p50 / p95 / p99 / max ms (publish → delivery) | resubscribe → replay p50 / p99 ms | live p99 ms | CPU server | CPU broker | CPU loadgen | lost / dup / late / gap signals | Herald's lead (resubscribe → replay p99; >1: Herald better) |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|\n".to_owned(),
     };
     for (s, r) in results {
         if let Some(e) = r.get("error") {
@@ -1197,6 +1361,7 @@ pub fn table(sc: PeerScenario, results: &[(System, Value)]) -> String {
             "{} / {} / {}",
             r["lost"], r["duplicated"], r["clients"]["closed_by_server"]
         );
+        let lat = |k: &str, p: &str| f(&r["latency"][k][p]);
         let row = match sc {
             PeerScenario::Idle => format!(
                 "| {} | {sub} | {:.1} KiB | {:.1} MiB | {:.3} | {} / {} | {ratio} |\n",
@@ -1240,6 +1405,29 @@ pub fn table(sc: PeerScenario, results: &[(System, Value)]) -> String {
                 cpu("server", "cpu"),
                 cpu("loadgen", "cpu"),
                 r["clients"]["failed"]
+            ),
+            PeerScenario::Jitter => format!(
+                "| {} | {sub} | {:.3} / {:.3} | {} → {} | {} | {:.0} / {:.0} / {:.0} / {:.0} | {:.1} / {:.1} | {:.1} | {} | {} | {} | {} / {} / {} / {} | {ratio} |\n",
+                s.name(),
+                f(&r["fleet"]["delivery_rate"]["mean_percent"]),
+                f(&r["fleet"]["delivery_rate"]["min_percent"]),
+                r["fleet"]["jitter_drops"],
+                f(&r["fleet"]["subscriptions"]) - f(&r["fleet"]["clients"]),
+                r["fleet"]["events_replayed"],
+                lat("replay_publish_to_delivery", "p50_ms"),
+                lat("replay_publish_to_delivery", "p95_ms"),
+                lat("replay_publish_to_delivery", "p99_ms"),
+                lat("replay_publish_to_delivery", "max_ms"),
+                lat("replay_resubscribe_to_delivery", "p50_ms"),
+                lat("replay_resubscribe_to_delivery", "p99_ms"),
+                lat("live", "p99_ms"),
+                cpu("server", "cpu"),
+                cpu("broker", "cpu"),
+                cpu("loadgen", "cpu"),
+                r["lost"],
+                r["duplicated"],
+                r["fleet"]["reordered"],
+                r["fleet"]["gap_signals"]
             ),
         };
         t.push_str(&row);

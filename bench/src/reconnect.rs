@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     client,
-    cluster::{Broker, GatewayLaunch, Server, ServerKind},
+    cluster::{self, GatewayLaunch, Server, ServerKind},
     hist::{self, Percentiles},
     procstat::CpuMark,
     prom::Scrape,
@@ -74,7 +74,7 @@ fn rates_summary(rates: &[f64]) -> Value {
 }
 
 /// What every resuming fleet reports.
-fn fleet_report(fleet: &ResumingFleet, sent: &[u64]) -> Value {
+pub(crate) fn fleet_report(fleet: &ResumingFleet, sent: &[u64]) -> Value {
     let (lost, dups) = fleet.audit(sent);
     json!({
         "clients": fleet.clients.len(),
@@ -96,11 +96,12 @@ fn fleet_report(fleet: &ResumingFleet, sent: &[u64]) -> Value {
         "delivery_rate": rates_summary(&fleet.delivery_rates(sent)),
         "lost": lost,
         "duplicated": dups,
+        "reordered": fleet.sum(|c| &c.reordered),
     })
 }
 
 /// Empty every histogram the resuming clients record into.
-fn reset_histograms() {
+pub(crate) fn reset_histograms() {
     for r in [
         &hist::DELIVERY,
         &hist::CONNECT,
@@ -113,7 +114,7 @@ fn reset_histograms() {
     }
 }
 
-fn latencies() -> Value {
+pub(crate) fn latencies() -> Value {
     json!({
         "live": Percentiles::of(&hist::DELIVERY.take()),
         "replay_publish_to_delivery": Percentiles::of(&hist::REPLAY.take()),
@@ -161,6 +162,23 @@ pub struct JitterArgs {
     pub cable_since: bool,
 }
 
+/// How `jitter`'s clients behave: sockets reset every period ± spread
+/// until `until` is cancelled, reconnecting after the offline time.
+pub(crate) fn jitter_behaviour(args: &JitterArgs, until: CancellationToken) -> Behaviour {
+    Behaviour {
+        jitter: Some(Jitter {
+            period: Duration::from_secs_f64(args.period_secs.max(1.0)),
+            spread: args.spread.clamp(0.0, 0.9),
+            offline: Duration::from_secs_f64(args.offline_secs.max(0.0)),
+            until,
+        }),
+        reconnect_delay: Duration::from_millis(100),
+        attempt_timeout: Duration::from_secs(15),
+        retry_delay: Duration::from_millis(500),
+        cable_since: args.cable_since,
+    }
+}
+
 /// Run `jitter`.
 pub async fn jitter(common: &Common, args: &JitterArgs) -> anyhow::Result<Value> {
     check_protocol(common)?;
@@ -177,20 +195,10 @@ pub async fn jitter(common: &Common, args: &JitterArgs) -> anyhow::Result<Value>
         protocol: common.protocol,
         source_ips: ips,
         first_source_ip: first,
+        peer: None,
     };
     let until = CancellationToken::new();
-    let behaviour = Behaviour {
-        jitter: Some(Jitter {
-            period: Duration::from_secs_f64(args.period_secs.max(1.0)),
-            spread: args.spread.clamp(0.0, 0.9),
-            offline: Duration::from_secs_f64(args.offline_secs.max(0.0)),
-            until: until.clone(),
-        }),
-        reconnect_delay: Duration::from_millis(100),
-        attempt_timeout: Duration::from_secs(15),
-        retry_delay: Duration::from_millis(500),
-        cable_since: args.cable_since,
-    };
+    let behaviour = jitter_behaviour(args, until.clone());
     let creds = client::credentials(args.clients, accounts, &common.jwt_secret)?;
     reset_histograms();
     let fleet = ResumingFleet::open(&target, creds, &behaviour, published, common.concurrency)?;
@@ -326,12 +334,12 @@ pub async fn avalanche(common: &Common, args: &AvalancheArgs) -> anyhow::Result<
         .clients
         .div_ceil(args.clients_per_account.max(1))
         .max(1);
-    let broker = Broker::start(common.kafka.as_deref(), common.broker).await?;
+    let broker = cluster::start_broker(common.kafka.as_deref(), common.broker).await?;
     let prefix = common
         .topic_prefix
         .clone()
         .unwrap_or_else(|| format!("bench{}.", &uuid::Uuid::new_v4().simple().to_string()[..8]));
-    broker.create_topics(&prefix, common.partitions).await?;
+    cluster::create_topics(&broker, &prefix, common.partitions).await?;
     let mut extra_args = vec![
         "--drain-delay-secs".to_owned(),
         args.drain_delay_secs.to_string(),
@@ -356,7 +364,7 @@ pub async fn avalanche(common: &Common, args: &AvalancheArgs) -> anyhow::Result<
         &[a_ws, pod_b.ws_addr],
     )
     .await?;
-    let kafka = broker.kafka_args(&prefix);
+    let kafka = cluster::kafka_args(&broker, &prefix);
     let mut publisher = Publisher::new(
         EventSink::kafka(&kafka, common.protocol, 5)?,
         common.protocol,
@@ -370,6 +378,7 @@ pub async fn avalanche(common: &Common, args: &AvalancheArgs) -> anyhow::Result<
         protocol: common.protocol,
         source_ips: ips,
         first_source_ip: first,
+        peer: None,
     };
     let behaviour = Behaviour {
         jitter: None,
@@ -392,7 +401,7 @@ pub async fn avalanche(common: &Common, args: &AvalancheArgs) -> anyhow::Result<
     );
     let b0 = Scrape::fetch(b_ops).await.ok();
     let cpu_b = pod_b.pid.map(CpuMark::start);
-    let cpu_broker = broker.pid().map(CpuMark::start);
+    let cpu_broker = cluster::broker_pid(&broker).map(CpuMark::start);
     let cpu_loadgen = CpuMark::start(std::process::id());
 
     // Events flow throughout; the restart happens in the middle.

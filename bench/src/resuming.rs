@@ -11,6 +11,12 @@
 //!   `@anycable/web` sends it (`since`: the last `ping`'s second, at first
 //!   the client's creation).
 //!
+//! The same clients resume against the peers that offer recovery
+//! ([`crate::peers`]): AnyCable (the same extended ActionCable protocol, a
+//! `$pubsub` stream subscription, JWT in `?jid=`) and Centrifugo (its JSON
+//! protocol: `subscribe` with `recover: true` and the last `offset` and
+//! `epoch`; the missed publications come in the subscribe reply).
+//!
 //! A client loses its connection either on purpose ([`Jitter`]: the TCP
 //! socket is reset, no close frame, every period ± a spread, then it stays
 //! offline a while) or because the server or the network closed it (a drain
@@ -49,12 +55,17 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     client::Credential,
     hist,
+    peers::{self, System},
     stamp::{self, Protocol},
     ws,
 };
 
 /// Largest frame a client accepts.
 const MAX_FRAME: usize = 16 << 20;
+
+/// Skipped sequence numbers a client remembers (to tell a late event from
+/// a duplicate); more are counted as lost without being remembered.
+const MAX_MISSING: u64 = 4096;
 
 /// Client states.
 pub mod state {
@@ -75,8 +86,11 @@ pub struct ResumeStats {
     pub next_seq: AtomicU64,
     /// Events whose sequence number was already seen.
     pub duplicates: AtomicU64,
-    /// Sequence numbers skipped (lost).
+    /// Sequence numbers skipped and not received since (lost).
     pub gaps: AtomicU64,
+    /// Events that arrived after a later one of their stream (out of
+    /// order, counted once: neither lost nor duplicated).
+    pub reordered: AtomicU64,
     /// One of [`state`].
     pub state: AtomicU8,
     /// Subscriptions confirmed, the first one included.
@@ -149,6 +163,15 @@ pub struct Target {
     pub source_ips: u8,
     /// First source address is 127.0.0.`first_source_ip`.
     pub first_source_ip: u8,
+    /// A peer instead of Herald ([`crate::peers::System::Anycable`] or
+    /// [`crate::peers::System::Centrifugo`], with [`Protocol::Room`]).
+    pub peer: Option<System>,
+}
+
+impl Target {
+    fn centrifugo(&self) -> bool {
+        self.peer == Some(System::Centrifugo)
+    }
 }
 
 /// A fleet of resuming clients.
@@ -185,6 +208,13 @@ impl ResumingFleet {
         anyhow::ensure!(
             matches!(target.protocol, Protocol::Stomp | Protocol::Room),
             "resuming clients speak stomp or room"
+        );
+        anyhow::ensure!(
+            matches!(
+                target.peer,
+                None | Some(System::Anycable | System::Centrifugo)
+            ) && (target.peer.is_none() || target.protocol == Protocol::Room),
+            "of the peers, AnyCable and Centrifugo offer recovery"
         );
         let stop = CancellationToken::new();
         let slots = Arc::new(Semaphore::new(concurrency.max(1)));
@@ -359,7 +389,11 @@ struct Progress {
     next: u64,
     received: u64,
     dups: u64,
-    gaps: u64,
+    /// Skipped sequence numbers not received since (at most
+    /// [`MAX_MISSING`]; beyond, only counted in `missing_overflow`).
+    missing: std::collections::BTreeSet<u64>,
+    missing_overflow: u64,
+    reordered: u64,
     positions: Vec<Position>,
     /// `@anycable/web`'s `since`: its creation, then each `ping`'s second.
     since_s: u64,
@@ -378,12 +412,34 @@ impl Progress {
             next: 0,
             received: 0,
             dups: 0,
-            gaps: 0,
+            missing: std::collections::BTreeSet::new(),
+            missing_overflow: 0,
+            reordered: 0,
             positions: Vec::new(),
             since_s: stamp::now_us() / 1_000_000,
             first_subscribe_ms: None,
             lost_at_us: None,
             catch_up_to: 0,
+        }
+    }
+
+    /// Account for event `seq` of the stream: in order, a jump (the skipped
+    /// ones are missing until they come), a late one, or a duplicate.
+    fn audit(&mut self, seq: u64) {
+        if seq == self.next {
+            self.next += 1;
+        } else if seq > self.next {
+            let skipped = seq - self.next;
+            if self.missing.len() as u64 + skipped <= MAX_MISSING {
+                self.missing.extend(self.next..seq);
+            } else {
+                self.missing_overflow += skipped;
+            }
+            self.next = seq + 1;
+        } else if self.missing.remove(&seq) {
+            self.reordered += 1;
+        } else {
+            self.dups += 1;
         }
     }
 
@@ -434,6 +490,8 @@ enum Control {
     HistoryConfirmed,
     /// ActionCable `ping`.
     Ping,
+    /// Centrifugo's ping (`{}`), answered with `{}`.
+    AppPing,
     /// Anything else (welcome, heart-beats).
     Other,
 }
@@ -561,8 +619,9 @@ impl Client {
             Err(_) => return End::Failed("timed out opening".into()),
         };
         conn.resumed = resumed;
-        // STOMP subscribes once CONNECTED arrives; ActionCable at once.
+        // STOMP and Centrifugo subscribe once connected; ActionCable at once.
         if self.target.protocol == Protocol::Room
+            && !self.target.centrifugo()
             && let Err(e) = self.subscribe(&mut conn).await
         {
             return End::Failed(format!("{e:#}"));
@@ -606,6 +665,7 @@ impl Client {
             let now = stamp::now_us();
             let mut control = Vec::new();
             let mut pong = None;
+            let mut app_pong = false;
             let mut close_frame = false;
             loop {
                 let head = match ws::parse_head(&conn.buf, MAX_FRAME) {
@@ -621,7 +681,15 @@ impl Client {
                 let payload = &conn.buf[head.payload_start..len];
                 match head.opcode {
                     ws::opcode::TEXT | ws::opcode::BINARY | ws::opcode::CONTINUATION => {
-                        if let Some(c) = self.on_frame(payload, now, &conn, &mut latencies) {
+                        if self.target.centrifugo() {
+                            self.on_centrifugo_frame(
+                                payload,
+                                now,
+                                &conn,
+                                &mut latencies,
+                                &mut control,
+                            );
+                        } else if let Some(c) = self.on_frame(payload, now, &conn, &mut latencies) {
                             control.push(c);
                         }
                     }
@@ -667,6 +735,7 @@ impl Client {
                         self.stats.history_confirmed.fetch_add(1, Ordering::Relaxed);
                     }
                     Control::Ping => self.progress.since_s = now / 1_000_000,
+                    Control::AppPing => app_pong = true,
                     _ => {}
                 }
             }
@@ -676,6 +745,9 @@ impl Client {
                 if conn.stream.write_all(&frame).await.is_err() {
                     return self.ended(&conn, "write failed".into(), false);
                 }
+            }
+            if app_pong && conn.stream.write_all(&ws::client_text("{}")).await.is_err() {
+                return self.ended(&conn, "write failed".into(), false);
             }
             if closed || close_frame {
                 return self.ended(&conn, "connection closed".into(), false);
@@ -696,7 +768,11 @@ impl Client {
         let p = &self.progress;
         self.stats.received.store(p.received, Ordering::Relaxed);
         self.stats.duplicates.store(p.dups, Ordering::Relaxed);
-        self.stats.gaps.store(p.gaps, Ordering::Relaxed);
+        self.stats.gaps.store(
+            p.missing.len() as u64 + p.missing_overflow,
+            Ordering::Relaxed,
+        );
+        self.stats.reordered.store(p.reordered, Ordering::Relaxed);
         self.stats.next_seq.store(p.next, Ordering::Release);
     }
 
@@ -722,24 +798,8 @@ impl Client {
     ) -> Option<Control> {
         let protocol = self.target.protocol;
         if let Some((seq, sent)) = stamp::parse(payload) {
+            self.on_event(seq, sent, now, conn, latencies);
             let p = &mut self.progress;
-            p.received += 1;
-            if seq == p.next {
-                p.next += 1;
-            } else if seq > p.next {
-                p.gaps += seq - p.next;
-                p.next = seq + 1;
-            } else {
-                p.dups += 1;
-            }
-            match conn.resubscribed_us {
-                Some(resub) if conn.resumed && sent < resub => {
-                    self.stats.replayed.fetch_add(1, Ordering::Relaxed);
-                    latencies.replay.push(now.saturating_sub(sent));
-                    latencies.after_resubscribe.push(now.saturating_sub(resub));
-                }
-                _ => latencies.live.push(now.saturating_sub(sent)),
-            }
             let position = match protocol {
                 Protocol::Stomp => stomp_position(payload),
                 _ => cable_position(payload),
@@ -753,6 +813,104 @@ impl Client {
             Protocol::Stomp => stomp_control(payload, conn.confirmed),
             _ => cable_control(payload),
         })
+    }
+
+    /// Audit and time one stamped event.
+    fn on_event(&mut self, seq: u64, sent: u64, now: u64, conn: &Conn, latencies: &mut Latencies) {
+        let p = &mut self.progress;
+        p.received += 1;
+        p.audit(seq);
+        match conn.resubscribed_us {
+            Some(resub) if conn.resumed && sent < resub => {
+                self.stats.replayed.fetch_add(1, Ordering::Relaxed);
+                latencies.replay.push(now.saturating_sub(sent));
+                latencies.after_resubscribe.push(now.saturating_sub(resub));
+            }
+            _ => latencies.live.push(now.saturating_sub(sent)),
+        }
+    }
+
+    /// One Centrifugo frame: one or more newline-separated replies and
+    /// pushes. Events (live publications and those the subscribe reply
+    /// recovered) are audited here, the rest become controls.
+    fn on_centrifugo_frame(
+        &mut self,
+        payload: &[u8],
+        now: u64,
+        conn: &Conn,
+        latencies: &mut Latencies,
+        control: &mut Vec<Control>,
+    ) {
+        for line in payload.split(|b| *b == b'\n') {
+            if line.is_empty() {
+                continue;
+            }
+            if line == b"{}" {
+                control.push(Control::AppPing);
+                continue;
+            }
+            let Ok(v) = serde_json::from_slice::<serde_json::Value>(line) else {
+                control.push(Control::Refused("not JSON".into()));
+                continue;
+            };
+            match centrifugo_message(&v) {
+                // After the subscription an error reply ends the connection.
+                Centrifugo::Error(_) if conn.confirmed => {
+                    control.push(Control::Closing { notice: false })
+                }
+                Centrifugo::Error(e) => control.push(Control::Refused(e)),
+                Centrifugo::Connected => control.push(Control::Connected),
+                Centrifugo::Subscribed {
+                    epoch,
+                    offset,
+                    publications,
+                    recovered,
+                    ..
+                } => {
+                    let channel = peers::stream_of(&self.cred.account);
+                    let epoch = epoch.unwrap_or_default();
+                    let mut top = offset;
+                    for (data, off) in publications {
+                        if let Some((seq, sent)) = stamp::parse(data.as_bytes()) {
+                            self.on_event(seq, sent, now, conn, latencies);
+                        }
+                        top = top.max(off);
+                    }
+                    if !epoch.is_empty() {
+                        self.progress.track(&channel, &epoch, top);
+                    }
+                    match recovered {
+                        Some(false) => control.push(Control::Gap),
+                        Some(true) => control.push(Control::HistoryConfirmed),
+                        None => {}
+                    }
+                    control.push(Control::Confirmed);
+                }
+                Centrifugo::Publication {
+                    channel,
+                    data,
+                    offset,
+                } => {
+                    if let Some((seq, sent)) = stamp::parse(data.as_bytes()) {
+                        self.on_event(seq, sent, now, conn, latencies);
+                    }
+                    if let Some(off) = offset {
+                        let epoch = self
+                            .progress
+                            .positions
+                            .iter()
+                            .find(|p| p.stream == channel)
+                            .map(|p| p.epoch.clone())
+                            .unwrap_or_default();
+                        self.progress.track(&channel, &epoch, off);
+                    }
+                }
+                Centrifugo::Disconnect { reconnect } => {
+                    control.push(Control::Closing { notice: reconnect })
+                }
+                Centrifugo::Other => {}
+            }
+        }
     }
 
     async fn open(&self) -> anyhow::Result<Conn> {
@@ -770,11 +928,16 @@ impl Client {
             confirmed: false,
         };
         let host = self.target.addr.to_string();
-        let (path, protocol) = match self.target.protocol {
-            Protocol::Stomp => ("/ws.communication", "v12.stomp"),
-            _ => ("/cable", "actioncable-v1-ext-json"),
+        let (path, protocol) = match (self.target.protocol, self.target.peer) {
+            (Protocol::Stomp, _) => ("/ws.communication".to_owned(), Some("v12.stomp")),
+            (_, Some(System::Centrifugo)) => ("/connection/websocket".to_owned(), None),
+            (_, Some(_)) => (
+                format!("/cable?jid={}", self.cred.token),
+                Some("actioncable-v1-ext-json"),
+            ),
+            _ => ("/cable".to_owned(), Some("actioncable-v1-ext-json")),
         };
-        let request = ws::upgrade_request(&host, path, Some(protocol), None);
+        let request = ws::upgrade_request(&host, &path, protocol, None);
         conn.stream.write_all(request.as_bytes()).await?;
         let head_len = loop {
             if let Some(n) = ws::http_head_len(&conn.buf) {
@@ -791,7 +954,9 @@ impl Client {
                 head.lines().next().unwrap_or_default()
             );
         }
-        if ws::http_header(&head, "sec-websocket-protocol") != Some(protocol) {
+        if let Some(protocol) = protocol
+            && ws::http_header(&head, "sec-websocket-protocol") != Some(protocol)
+        {
             bail!("the server did not choose {protocol}");
         }
         conn.buf.advance(head_len);
@@ -802,6 +967,10 @@ impl Client {
             );
             conn.stream.write_all(&ws::client_text(&connect)).await?;
         }
+        if self.target.centrifugo() {
+            let connect = peers::centrifugo_connect(1, &self.cred.token);
+            conn.stream.write_all(&ws::client_text(&connect)).await?;
+        }
         Ok(conn)
     }
 
@@ -809,12 +978,24 @@ impl Client {
     async fn subscribe(&mut self, conn: &mut Conn) -> anyhow::Result<()> {
         let now = stamp::now_us();
         let first_ms = *self.progress.first_subscribe_ms.get_or_insert(now / 1000);
-        let text = match self.target.protocol {
-            Protocol::Stomp => stomp_subscribe(&self.progress.positions, conn.resumed, first_ms),
-            _ => cable_subscribe(
-                &self.cred,
+        let since = self.behaviour.cable_since.then_some(self.progress.since_s);
+        let text = match (self.target.protocol, self.target.peer) {
+            (Protocol::Stomp, _) => {
+                stomp_subscribe(&self.progress.positions, conn.resumed, first_ms)
+            }
+            (_, Some(System::Centrifugo)) => centrifugo_subscribe(
+                &peers::stream_of(&self.cred.account),
                 &self.progress.positions,
-                self.behaviour.cable_since.then_some(self.progress.since_s),
+            ),
+            (_, Some(_)) => cable_subscribe(
+                anycable_identifier(&self.cred),
+                &self.progress.positions,
+                since,
+            ),
+            _ => cable_subscribe(
+                herald_identifier(&self.cred),
+                &self.progress.positions,
+                since,
             ),
         };
         if conn.resumed && self.progress.positions.is_empty() {
@@ -875,20 +1056,31 @@ fn stomp_subscribe(positions: &[Position], resumed: bool, first_ms: u64) -> Stri
     format!("SUBSCRIBE\nid:sub-0\ndestination:/events\n{resume}receipt:r-0\n\n\0")
 }
 
-/// The ActionCable `subscribe` with `history`, as `@anycable/web` builds it
-/// (with `since_s`), or with only the known positions.
-fn cable_subscribe(cred: &Credential, positions: &[Position], since_s: Option<u64>) -> String {
+/// Herald's RoomChannel identifier of a client.
+fn herald_identifier(cred: &Credential) -> String {
     let number = |s: &str| {
         s.parse::<u64>()
             .map_or_else(|_| serde_json::json!(s), |n| serde_json::json!(n))
     };
-    let identifier = serde_json::json!({
+    serde_json::json!({
         "channel": "RoomChannel",
         "pubsub_token": cred.token,
         "account_id": number(&cred.account),
         "user_id": number(&cred.user),
     })
-    .to_string();
+    .to_string()
+}
+
+/// AnyCable's public-stream identifier of a client's account stream.
+fn anycable_identifier(cred: &Credential) -> String {
+    serde_json::json!({"channel": "$pubsub", "stream_name": peers::stream_of(&cred.account)})
+        .to_string()
+}
+
+/// The ActionCable `subscribe` of `identifier` with `history`, as
+/// `@anycable/web` builds it (with `since_s`), or with only the known
+/// positions.
+fn cable_subscribe(identifier: String, positions: &[Position], since_s: Option<u64>) -> String {
     let streams: serde_json::Map<String, serde_json::Value> = positions
         .iter()
         .map(|p| {
@@ -905,6 +1097,95 @@ fn cable_subscribe(cred: &Credential, positions: &[Position], since_s: Option<u6
         None => {}
     }
     command.to_string()
+}
+
+/// Centrifugo's `subscribe` (command 2) to `channel`: asking for a
+/// recoverable subscription (as `centrifuge-js` does with `recoverable:
+/// true`: the reply then carries the stream's epoch and offset), and
+/// recovering from the last known offset and epoch when there is one.
+fn centrifugo_subscribe(channel: &str, positions: &[Position]) -> String {
+    let mut sub = serde_json::json!({"channel": channel, "recoverable": true});
+    if let Some(p) = positions.iter().find(|p| p.stream == channel) {
+        sub["recover"] = true.into();
+        sub["offset"] = p.offset.into();
+        sub["epoch"] = p.epoch.clone().into();
+    }
+    serde_json::json!({"id": 2, "subscribe": sub}).to_string()
+}
+
+/// One Centrifugo reply or push, as far as a resuming client cares.
+#[derive(Debug, PartialEq)]
+enum Centrifugo {
+    /// A reply with an error.
+    Error(String),
+    /// The connect reply (command 1).
+    Connected,
+    /// The subscribe reply (command 2): the stream's epoch and top offset,
+    /// the recovered publications (data, offset) and, when recovery was
+    /// asked for, whether it succeeded.
+    Subscribed {
+        epoch: Option<String>,
+        offset: i64,
+        publications: Vec<(String, i64)>,
+        recovered: Option<bool>,
+    },
+    /// A publication push.
+    Publication {
+        channel: String,
+        data: String,
+        offset: Option<i64>,
+    },
+    /// A disconnect push.
+    Disconnect { reconnect: bool },
+    /// Anything else.
+    Other,
+}
+
+fn centrifugo_message(v: &serde_json::Value) -> Centrifugo {
+    if let Some(e) = v.get("error") {
+        return Centrifugo::Error(format!("refused: {e}"));
+    }
+    match v.get("id").and_then(serde_json::Value::as_u64) {
+        Some(1) => return Centrifugo::Connected,
+        Some(2) => {
+            let r = &v["subscribe"];
+            let publications = r["publications"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .map(|p| (p["data"].to_string(), p["offset"].as_i64().unwrap_or(0)))
+                        .collect()
+                })
+                .unwrap_or_default();
+            // The reply does not name the channel: each client has one
+            // subscription, to its account's stream.
+            return Centrifugo::Subscribed {
+                epoch: r["epoch"].as_str().map(str::to_owned),
+                offset: r["offset"].as_i64().unwrap_or(0),
+                publications,
+                recovered: r["was_recovering"]
+                    .as_bool()
+                    .unwrap_or(false)
+                    .then(|| r["recovered"].as_bool().unwrap_or(false)),
+            };
+        }
+        Some(_) => return Centrifugo::Other,
+        None => {}
+    }
+    let push = &v["push"];
+    if let Some(p) = push.get("pub") {
+        return Centrifugo::Publication {
+            channel: push["channel"].as_str().unwrap_or_default().to_owned(),
+            data: p["data"].to_string(),
+            offset: p["offset"].as_i64(),
+        };
+    }
+    if let Some(d) = push.get("disconnect") {
+        return Centrifugo::Disconnect {
+            reconnect: d["reconnect"].as_bool().unwrap_or(false),
+        };
+    }
+    Centrifugo::Other
 }
 
 /// STOMP 1.2 header value escaping.
@@ -1110,8 +1391,12 @@ mod tests {
             epoch: "herald.AbC".into(),
             offset: 17,
         }];
-        let sub: serde_json::Value =
-            serde_json::from_str(&cable_subscribe(&cred, &positions, Some(1_700_000_000))).unwrap();
+        let sub: serde_json::Value = serde_json::from_str(&cable_subscribe(
+            herald_identifier(&cred),
+            &positions,
+            Some(1_700_000_000),
+        ))
+        .unwrap();
         assert_eq!(sub["history"]["since"], 1_700_000_000);
         assert_eq!(
             sub["history"]["streams"]["bench.message:1"],
@@ -1121,12 +1406,138 @@ mod tests {
             serde_json::from_str(sub["identifier"].as_str().unwrap()).unwrap();
         assert_eq!(ident["account_id"], 1000);
         let bare: serde_json::Value =
-            serde_json::from_str(&cable_subscribe(&cred, &positions, None)).unwrap();
+            serde_json::from_str(&cable_subscribe(herald_identifier(&cred), &positions, None))
+                .unwrap();
         assert!(bare["history"].get("since").is_none());
         assert_eq!(bare["history"]["streams"]["bench.message:1"]["offset"], 17);
         let first: serde_json::Value =
-            serde_json::from_str(&cable_subscribe(&cred, &[], None)).unwrap();
+            serde_json::from_str(&cable_subscribe(herald_identifier(&cred), &[], None)).unwrap();
         assert!(first.get("history").is_none());
+    }
+
+    #[test]
+    fn centrifugo_recovery_frames() {
+        let first: serde_json::Value =
+            serde_json::from_str(&centrifugo_subscribe("account-1", &[])).unwrap();
+        assert_eq!(first["id"], 2);
+        assert_eq!(first["subscribe"]["channel"], "account-1");
+        assert!(first["subscribe"].get("recover").is_none());
+        assert_eq!(first["subscribe"]["recoverable"], true);
+        let positions = [Position {
+            stream: "account-1".into(),
+            epoch: "XyZ".into(),
+            offset: 41,
+        }];
+        let again: serde_json::Value =
+            serde_json::from_str(&centrifugo_subscribe("account-1", &positions)).unwrap();
+        assert_eq!(
+            again["subscribe"],
+            serde_json::json!({"channel": "account-1", "recoverable": true, "recover": true, "offset": 41, "epoch": "XyZ"})
+        );
+        let v = |s: &str| serde_json::from_str::<serde_json::Value>(s).unwrap();
+        assert_eq!(
+            centrifugo_message(&v(r#"{"id":1,"connect":{"client":"c"}}"#)),
+            Centrifugo::Connected
+        );
+        let Centrifugo::Subscribed {
+            epoch,
+            offset,
+            publications,
+            recovered,
+        } = centrifugo_message(&v(
+            r#"{"id":2,"subscribe":{"recoverable":true,"epoch":"XyZ","offset":44,"was_recovering":true,"recovered":true,
+                "publications":[{"data":{"seq":3,"sent_us":9},"offset":42},{"data":{"seq":4,"sent_us":10},"offset":43}]}}"#,
+        ))
+        else {
+            panic!("not a subscribe reply");
+        };
+        assert_eq!(
+            (epoch.as_deref(), offset, recovered),
+            (Some("XyZ"), 44, Some(true))
+        );
+        let replayed: Vec<_> = publications
+            .iter()
+            .map(|(d, o)| (stamp::parse(d.as_bytes()), *o))
+            .collect();
+        assert_eq!(replayed, [(Some((3, 9)), 42), (Some((4, 10)), 43)]);
+        assert!(matches!(
+            centrifugo_message(&v(
+                r#"{"id":2,"subscribe":{"epoch":"e","offset":1,"was_recovering":true}}"#
+            )),
+            Centrifugo::Subscribed {
+                recovered: Some(false),
+                ..
+            }
+        ));
+        assert!(matches!(
+            centrifugo_message(&v(r#"{"id":2,"subscribe":{"epoch":"e","offset":1}}"#)),
+            Centrifugo::Subscribed {
+                recovered: None,
+                ..
+            }
+        ));
+        let Centrifugo::Publication {
+            channel,
+            data,
+            offset,
+        } = centrifugo_message(&v(
+            r#"{"push":{"channel":"account-1","pub":{"data":{"seq":5,"sent_us":11},"offset":45}}}"#,
+        ))
+        else {
+            panic!("not a publication");
+        };
+        assert_eq!(
+            (channel.as_str(), stamp::parse(data.as_bytes()), offset),
+            ("account-1", Some((5, 11)), Some(45))
+        );
+        assert_eq!(
+            centrifugo_message(&v(
+                r#"{"push":{"disconnect":{"code":3001,"reason":"shutdown","reconnect":true}}}"#
+            )),
+            Centrifugo::Disconnect { reconnect: true }
+        );
+        assert!(matches!(
+            centrifugo_message(&v(
+                r#"{"id":2,"error":{"code":103,"message":"permission denied"}}"#
+            )),
+            Centrifugo::Error(_)
+        ));
+    }
+
+    #[test]
+    fn anycable_subscribes_to_its_public_stream() {
+        let cred = Credential {
+            account: "1000".into(),
+            account_index: 0,
+            user: "7".into(),
+            token: "t".into(),
+        };
+        let sub: serde_json::Value =
+            serde_json::from_str(&cable_subscribe(anycable_identifier(&cred), &[], Some(5)))
+                .unwrap();
+        let ident: serde_json::Value =
+            serde_json::from_str(sub["identifier"].as_str().unwrap()).unwrap();
+        assert_eq!(
+            ident,
+            serde_json::json!({"channel": "$pubsub", "stream_name": "account-1000"})
+        );
+        assert_eq!(sub["history"]["since"], 5);
+    }
+
+    #[test]
+    fn late_events_are_neither_lost_nor_duplicated() {
+        let mut p = Progress::new();
+        for seq in [0, 1, 3, 2, 4, 4, 7] {
+            p.audit(seq);
+        }
+        assert_eq!(p.next, 8);
+        assert_eq!(p.reordered, 1, "2 came after 3");
+        assert_eq!(p.dups, 1, "4 twice");
+        assert_eq!(p.missing.iter().copied().collect::<Vec<_>>(), [5, 6]);
+        // A wild jump is counted, not remembered.
+        p.audit(8 + MAX_MISSING + 10);
+        assert_eq!(p.missing.len(), 2);
+        assert_eq!(p.missing_overflow, MAX_MISSING + 10);
     }
 
     #[test]

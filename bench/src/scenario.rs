@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 
 use crate::{
     client::{self, Fleet, Target},
-    cluster::{Broker, GatewayLaunch, ManagedBroker, Server, ServerKind},
+    cluster::{self, Broker, GatewayLaunch, ManagedBroker, Server, ServerKind},
     hist::{self, Percentiles},
     procstat::{self, CpuMark},
     prom::{HistogramSummary, Scrape},
@@ -123,11 +123,11 @@ impl Setup {
                 kafka: None,
             }),
             ServerKind::Gateway => {
-                let broker = Broker::start(common.kafka.as_deref(), common.broker).await?;
+                let broker = cluster::start_broker(common.kafka.as_deref(), common.broker).await?;
                 let prefix = common.topic_prefix.clone().unwrap_or_else(|| {
                     format!("bench{}.", &uuid::Uuid::new_v4().simple().to_string()[..8])
                 });
-                broker.create_topics(&prefix, common.partitions).await?;
+                cluster::create_topics(&broker, &prefix, common.partitions).await?;
                 let server = match common.gateway_addr {
                     Some(addr) => Server::external(addr, common.gateway_ops, common.gateway_pid),
                     None => {
@@ -149,7 +149,7 @@ impl Setup {
                         .context("--gateway-realtime needs the gateway's pid")?;
                     realtime(pid)?;
                 }
-                let kafka = broker.kafka_args(&prefix);
+                let kafka = cluster::kafka_args(&broker, &prefix);
                 Ok(Setup {
                     broker: Some(broker),
                     server,
@@ -233,7 +233,7 @@ impl Setup {
             broker: self
                 .broker
                 .as_ref()
-                .and_then(Broker::pid)
+                .and_then(cluster::broker_pid)
                 .map(CpuMark::start),
             loadgen: CpuMark::start(std::process::id()),
         }

@@ -1,7 +1,13 @@
 //! The gateway's Prometheus metrics, in one place. Label sets are bounded:
-//! protocol, topic, and fixed reason names — never ids or tokens.
+//! protocol, topic, and fixed reason names — never ids or tokens. One
+//! exception, by design: [`SlowestDelivery`] names one trace id at a time.
 
-use prometheus::{Histogram, HistogramOpts, IntCounterVec, IntGaugeVec, Opts, Registry};
+use std::sync::{
+    Arc, Mutex,
+    atomic::{AtomicU64, Ordering},
+};
+
+use prometheus::{GaugeVec, Histogram, HistogramOpts, IntCounterVec, IntGaugeVec, Opts, Registry};
 
 /// Every gateway metric.
 #[derive(Clone)]
@@ -22,6 +28,8 @@ pub struct Metrics {
     pub frames_sent: IntCounterVec,
     /// Frames dropped because the recipient was too slow, by protocol.
     pub frames_dropped: IntCounterVec,
+    /// Undelivered frames replaced by a newer one about the same subject, by protocol.
+    pub frames_conflated: IntCounterVec,
     /// Clients disconnected for falling behind, by protocol.
     pub slow_disconnects: IntCounterVec,
     /// Clients cut off by their outbound side, by protocol and reason
@@ -74,6 +82,48 @@ pub struct Metrics {
     /// Seconds from a record's arrival in the gateway to a frame carrying it
     /// written to the socket: the gateway's own share of delivery latency.
     pub gateway_latency: Histogram,
+    /// The slowest traced delivery of the last window, with its trace id.
+    pub slowest_delivery: Arc<SlowestDelivery>,
+}
+
+/// The exemplar of `herald_delivery_latency_seconds`: the slowest delivery
+/// of the last window whose record carried a `traceparent`, published as
+/// `herald_delivery_latency_slowest_seconds{trace_id}` — one series at a
+/// time, so a latency spike on a dashboard leads to the trace that caused
+/// it (the `prometheus` crate writes no OpenMetrics exemplars).
+pub struct SlowestDelivery {
+    gauge: GaugeVec,
+    /// Latency (f64 bits) a delivery must beat to be looked at, so writers
+    /// take the lock only for a new maximum.
+    floor: AtomicU64,
+    worst: Mutex<Option<(f64, [u8; 16])>>,
+}
+
+impl SlowestDelivery {
+    /// Offer a delivery of `seconds` for trace `trace_id`.
+    pub fn offer(&self, seconds: f64, trace_id: [u8; 16]) {
+        if seconds <= f64::from_bits(self.floor.load(Ordering::Relaxed)) {
+            return;
+        }
+        if let Ok(mut worst) = self.worst.lock()
+            && worst.is_none_or(|(s, _)| seconds > s)
+        {
+            *worst = Some((seconds, trace_id));
+            self.floor.store(seconds.to_bits(), Ordering::Relaxed);
+        }
+    }
+
+    /// End the window: publish its slowest delivery (replacing the last
+    /// window's series; none if nothing traced was delivered) and start anew.
+    pub fn publish(&self) {
+        let worst = self.worst.lock().ok().and_then(|mut w| w.take());
+        self.floor.store(0f64.to_bits(), Ordering::Relaxed);
+        self.gauge.reset();
+        if let Some((seconds, trace_id)) = worst {
+            let hex: String = trace_id.iter().map(|b| format!("{b:02x}")).collect();
+            self.gauge.with_label_values(&[&hex]).set(seconds);
+        }
+    }
 }
 
 impl Metrics {
@@ -108,7 +158,21 @@ impl Metrics {
         let dispatch_buckets = vec![
             0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.05,
         ];
+        let slowest = GaugeVec::new(
+            Opts::new(
+                "herald_delivery_latency_slowest_seconds",
+                "The slowest delivery (Kafka record timestamp to frame written) of the last 10 s among records with a traceparent, labelled with its trace id",
+            ),
+            &["trace_id"],
+        )
+        .expect("valid metric");
+        catalogue.register(&slowest);
         Metrics {
+            slowest_delivery: Arc::new(SlowestDelivery {
+                gauge: slowest,
+                floor: AtomicU64::new(0f64.to_bits()),
+                worst: Mutex::new(None),
+            }),
             connections: gauge(
                 "herald_connections",
                 "Open client connections",
@@ -137,6 +201,11 @@ impl Metrics {
             frames_dropped: counter(
                 "herald_frames_dropped_total",
                 "Frames dropped because the client was too slow",
+                &["protocol"],
+            ),
+            frames_conflated: counter(
+                "herald_frames_conflated_total",
+                "Undelivered event frames replaced in a connection's queue by a newer one about the same subject (conflation)",
                 &["protocol"],
             ),
             slow_disconnects: counter(
@@ -259,5 +328,52 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use prometheus::Encoder as _;
+
+    use super::*;
+
+    #[test]
+    fn the_slowest_traced_delivery_of_a_window_is_published_alone() {
+        let metrics = Metrics::new();
+        let slowest = &metrics.slowest_delivery;
+        let text = || {
+            let mut out = Vec::new();
+            prometheus::TextEncoder::new()
+                .encode(&metrics.registry.gather(), &mut out)
+                .expect("encode");
+            String::from_utf8(out).expect("utf-8")
+        };
+        slowest.offer(0.2, [1; 16]);
+        slowest.offer(0.5, [2; 16]);
+        slowest.offer(0.3, [3; 16]);
+        slowest.publish();
+        let first = text();
+        let two = "02".repeat(16);
+        assert!(
+            first.contains(&format!(
+                "herald_delivery_latency_slowest_seconds{{trace_id=\"{two}\"}} 0.5"
+            )),
+            "{first}"
+        );
+        assert_eq!(
+            first
+                .matches("herald_delivery_latency_slowest_seconds{")
+                .count(),
+            1
+        );
+        // The next window starts from nothing: a faster delivery is its worst.
+        slowest.offer(0.1, [4; 16]);
+        slowest.publish();
+        let second = text();
+        assert!(second.contains(&"04".repeat(16)), "{second}");
+        assert!(!second.contains(&two), "{second}");
+        // A window without traced deliveries leaves no series.
+        slowest.publish();
+        assert!(!text().contains("herald_delivery_latency_slowest_seconds{"));
     }
 }

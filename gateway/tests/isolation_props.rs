@@ -400,6 +400,7 @@ fn check(principals: &[PrincipalSpec], steps: &[Step]) -> Result<(), TestCaseErr
                     conn: tx,
                     ext_epochs: None,
                     gate: ResumeGate::open(),
+                    lane: conn_id,
                 });
                 // A second id: the router indexes connections, not identities.
                 router.insert(conn_id + 1_000_000, recipient.clone());

@@ -14,9 +14,10 @@ use axum::{
     Json,
     body::Bytes,
     extract::{State, rejection::BytesRejection},
-    http::StatusCode,
+    http::{HeaderMap, HeaderValue, StatusCode},
     response::{IntoResponse, Response},
 };
+use herald_runtime::trace;
 use herald_schemas::{Envelope, Family};
 use serde::Serialize;
 use serde_json::{json, value::RawValue};
@@ -25,7 +26,7 @@ use utoipa::ToSchema;
 use crate::{
     idempotency::{Claim, EventKey},
     openapi::{ErrorBody, EventsRequest},
-    publish::Produced,
+    publish::{Produced, Trace},
     server::AppState,
 };
 
@@ -150,13 +151,18 @@ pub(crate) fn body_or_error(
 )]
 pub async fn post_events(
     State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
+    // The request's trace continues in every record it publishes (or a new
+    // trace starts); the response names the publishing span.
+    let header = |name| headers.get(name).and_then(|v| v.to_str().ok());
+    let trace = Trace::continue_from(header(trace::TRACEPARENT), header(trace::TRACESTATE));
     let result = match body_or_error(body, state.max_body_bytes) {
-        Ok(body) => ingest(&state, &body).await,
+        Ok(body) => ingest(&state, &body, &trace).await,
         Err(e) => Err(e),
     };
-    match result {
+    let mut response = match result {
         Ok(results) => (StatusCode::OK, Json(EventsResponse { results })).into_response(),
         Err(e) => {
             if let ApiError::Invalid(errors) = &e {
@@ -168,7 +174,11 @@ pub async fn post_events(
             }
             e.into_response()
         }
+    };
+    if let Ok(value) = HeaderValue::from_str(&trace.parent.to_string()) {
+        response.headers_mut().insert(trace::TRACEPARENT, value);
     }
+    response
 }
 
 /// Split a body into its events: one JSON object, or an array of them.
@@ -262,7 +272,7 @@ fn raw_string(s: &str) -> Box<RawValue> {
     serde_json::value::to_raw_value(s).unwrap_or_else(|_| Box::<RawValue>::default())
 }
 
-async fn ingest(state: &AppState, body: &[u8]) -> Result<Vec<Produced>, ApiError> {
+async fn ingest(state: &AppState, body: &[u8], trace: &Trace) -> Result<Vec<Produced>, ApiError> {
     let items = split_events(body, state.max_batch)?;
     let mut events = Vec::with_capacity(items.len());
     let mut errors = Vec::new();
@@ -276,7 +286,7 @@ async fn ingest(state: &AppState, body: &[u8]) -> Result<Vec<Produced>, ApiError
     if !errors.is_empty() {
         return Err(ApiError::Invalid(errors));
     }
-    let sends = events.iter().map(|p| produce_once(state, p));
+    let sends = events.iter().map(|p| produce_once(state, p, trace));
     // Polled together, so every record is handed to the client (in order)
     // before the first acknowledgement is awaited.
     let outcomes = futures_util::future::join_all(sends).await;
@@ -301,7 +311,7 @@ async fn ingest(state: &AppState, body: &[u8]) -> Result<Vec<Produced>, ApiError
 
 /// Produce an event unless its (account, id) was produced inside the
 /// idempotency window.
-async fn produce_once(state: &AppState, p: &Prepared) -> Result<Produced, String> {
+async fn produce_once(state: &AppState, p: &Prepared, trace: &Trace) -> Result<Produced, String> {
     let guard = if p.id_supplied {
         let key = EventKey::new(&p.envelope.account_id, &p.envelope.id);
         match state.idempotency.claim(&key).await {
@@ -315,7 +325,11 @@ async fn produce_once(state: &AppState, p: &Prepared) -> Result<Produced, String
     } else {
         None
     };
-    match state.publisher.send_envelope(&p.envelope, p.family).await {
+    match state
+        .publisher
+        .send_envelope(&p.envelope, p.family, trace)
+        .await
+    {
         Ok(produced) => {
             if let Some(guard) = guard {
                 guard.complete(&produced);

@@ -9,7 +9,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use herald_runtime::KafkaArgs;
+use herald_runtime::{
+    KafkaArgs,
+    trace::{self, TraceParent},
+};
 use herald_schemas::{Envelope, Family};
 use rdkafka::{
     error::KafkaError,
@@ -21,6 +24,38 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::metrics::Metrics;
+
+/// The trace context a publish continues (W3C Trace Context).
+#[derive(Debug, Clone)]
+pub struct Trace {
+    /// The publishing span: the caller's trace with a new span id, or a
+    /// new trace.
+    pub parent: TraceParent,
+    /// The caller's `tracestate`, carried on unchanged.
+    pub state: Option<String>,
+}
+
+impl Trace {
+    /// Continue the caller's `traceparent` (and `tracestate`) if valid,
+    /// else start a new, unsampled trace.
+    pub fn continue_from(traceparent: Option<&str>, tracestate: Option<&str>) -> Self {
+        match traceparent.and_then(TraceParent::parse) {
+            Some(parent) => Trace {
+                parent: parent.child(),
+                state: tracestate.and_then(trace::tracestate).map(str::to_owned),
+            },
+            None => Trace::start(),
+        }
+    }
+
+    /// A new, unsampled trace (a publish nobody traced).
+    pub fn start() -> Self {
+        Trace {
+            parent: TraceParent::root(false),
+            state: None,
+        }
+    }
+}
 
 /// Where an event landed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
@@ -174,14 +209,20 @@ impl Publisher {
     /// Produce one envelope to its family's topic; resolves once Kafka
     /// acknowledged it. The record is handed to the client on the first
     /// poll, so futures polled together keep their order.
+    ///
+    /// `trace` is the publishing span's context, carried in the record's
+    /// `traceparent` header (and `tracestate`, when the caller had one) so
+    /// the gateway can tie the delivery to the request that caused it.
     pub async fn send_envelope(
         &self,
         envelope: &Envelope,
         family: Family,
+        trace: &Trace,
     ) -> Result<Produced, PublishError> {
         let topic = family.topic(self.topic_prefix());
         let value = serde_json::to_vec(envelope)?;
-        let headers = OwnedHeaders::new()
+        let traceparent = trace.parent.to_string();
+        let mut headers = OwnedHeaders::new()
             .insert(Header {
                 key: "type",
                 value: Some(envelope.event_type.as_bytes()),
@@ -193,7 +234,17 @@ impl Publisher {
             .insert(Header {
                 key: "event_id",
                 value: Some(envelope.id.as_bytes()),
+            })
+            .insert(Header {
+                key: trace::TRACEPARENT,
+                value: Some(traceparent.as_bytes()),
             });
+        if let Some(state) = &trace.state {
+            headers = headers.insert(Header {
+                key: trace::TRACESTATE,
+                value: Some(state.as_bytes()),
+            });
+        }
         let record = FutureRecord::to(&topic)
             .key(envelope.account_id.as_str())
             .payload(value.as_slice())

@@ -738,3 +738,78 @@ async fn the_openapi_document_is_served_without_credentials() -> anyhow::Result<
     api.shutdown.cancel();
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_request_trace_continues_in_every_record_it_publishes() -> anyhow::Result<()> {
+    let api = Api::new().await?;
+    let p = api.secured(&[]).await?;
+    let url = format!("http://{}/v1/events", p.addr);
+    let caller = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let post = |traceparent: Option<&'static str>, n: u64| {
+        let mut request = api
+            .http
+            .post(url.clone())
+            .bearer_auth(API_KEY)
+            .json(&json!([tag_event("1", n), tag_event("2", n)]));
+        if let Some(t) = traceparent {
+            request = request
+                .header("traceparent", t)
+                .header("tracestate", "congo=t61rcWkgMzE");
+        }
+        request.send()
+    };
+    // Traced: same trace, the producer's own span, the caller's flags and state.
+    let traced = post(Some(caller), 1).await?;
+    assert_eq!(traced.status(), StatusCode::OK);
+    let span = traced.headers()["traceparent"].to_str()?.to_owned();
+    assert!(
+        span.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"),
+        "{span}"
+    );
+    assert!(span.ends_with("-01") && span != caller, "{span}");
+    // Untraced, and an invalid header: a new trace each.
+    let fresh = post(None, 2).await?;
+    let fresh_span = fresh.headers()["traceparent"].to_str()?.to_owned();
+    let invalid = post(Some("00-not-a-trace-01"), 3).await?;
+    let invalid_span = invalid.headers()["traceparent"].to_str()?.to_owned();
+    for s in [&fresh_span, &invalid_span] {
+        assert!(
+            herald_runtime::trace::TraceParent::parse(s).is_some() && !s.contains("4bf92f35"),
+            "{s}"
+        );
+    }
+    assert_ne!(fresh_span, invalid_span);
+
+    let topic = Family::Tag.topic(&api.prefix);
+    let records = read_topic(&api.broker.bootstrap, &topic).await?;
+    let by_n = |n: u64| -> Vec<&support::Record> {
+        records
+            .iter()
+            .filter(|r| {
+                r.value
+                    .as_ref()
+                    .is_some_and(|v| v["payload"]["name"] == json!(format!("n{n}")))
+            })
+            .collect()
+    };
+    let (one, two, three) = (by_n(1), by_n(2), by_n(3));
+    assert_eq!(
+        (one.len(), two.len(), three.len()),
+        (2, 2, 2),
+        "{records:#?}"
+    );
+    for r in &one {
+        assert_eq!(r.headers.get("traceparent"), Some(&span), "{r:?}");
+        assert_eq!(
+            r.headers.get("tracestate").map(String::as_str),
+            Some("congo=t61rcWkgMzE")
+        );
+    }
+    for (recs, span) in [(&two, &fresh_span), (&three, &invalid_span)] {
+        for r in recs {
+            assert_eq!(r.headers.get("traceparent"), Some(span), "{r:?}");
+            assert!(!r.headers.contains_key("tracestate"), "{r:?}");
+        }
+    }
+    Ok(())
+}

@@ -496,7 +496,18 @@ async fn migrations_are_idempotent_and_inserts_wake_the_relay() -> anyhow::Resul
     tokio::time::sleep(Duration::from_millis(500)).await;
     s.db.insert(&[tag_event("acct", 0)]).await?;
     s.wait_drained(Duration::from_secs(20)).await?;
-    check_deliveries(&s.records().await?, &[("acct".to_owned(), 1)].into())?;
+    let records = s.records().await?;
+    check_deliveries(&records, &[("acct".to_owned(), 1)].into())?;
+    // An outbox row has no trace context: its publish starts a trace.
+    for r in &records {
+        let traceparent = r.headers.get("traceparent").map(String::as_str);
+        assert!(
+            traceparent
+                .and_then(herald_runtime::trace::TraceParent::parse)
+                .is_some(),
+            "{r:?}"
+        );
+    }
     Ok(())
 }
 

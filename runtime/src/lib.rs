@@ -15,6 +15,7 @@ pub mod tansu;
 pub mod telemetry;
 pub mod tls;
 pub mod topic_ids;
+pub mod trace;
 
 pub use kafka::KafkaArgs;
 pub use ops::{OpsServer, Readiness};

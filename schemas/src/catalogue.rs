@@ -226,6 +226,27 @@ pub(crate) static EVENTS: &[EventSpec] = &[
     ),
 ];
 
+/// Events that carry the whole current state of one subject, so a newer
+/// one supersedes an older one about the same subject (docs/events.md,
+/// "Conflation"): for each, the payload fields that name the subject within
+/// the account (none: the account itself is the subject).
+const SUPERSEDING: &[(&str, &[&str])] = &[
+    ("unread_count.updated", &["conversation_id"]),
+    ("metadata.updated", &["subject", "identifier"]),
+    ("presence.update", &[]),
+];
+
+/// The payload fields naming what an event of `event_type` is about, when
+/// a newer event of that type about the same subject makes an older one
+/// obsolete; `None` for events that must each be delivered.
+#[must_use]
+pub fn subject_fields(event_type: &str) -> Option<&'static [&'static str]> {
+    SUPERSEDING
+        .iter()
+        .find(|(name, _)| *name == event_type)
+        .map(|(_, fields)| *fields)
+}
+
 /// The catalogue row of `event_type`.
 fn spec(event_type: &str) -> Option<&'static EventSpec> {
     static INDEX: OnceLock<HashMap<&'static str, &'static EventSpec>> = OnceLock::new();
@@ -372,6 +393,35 @@ mod tests {
         names.sort_unstable();
         names.dedup();
         assert_eq!(names.len(), EVENTS.len());
+    }
+
+    #[test]
+    fn superseding_events_are_catalogued_and_name_required_payload_fields() {
+        for (name, fields) in SUPERSEDING {
+            let spec = spec(name).unwrap_or_else(|| panic!("{name} is not catalogued"));
+            let mut generator = SchemaGenerator::default();
+            let schema = serde_json::to_value((spec.schema)(&mut generator)).expect("schema");
+            let defs = serde_json::to_value(generator.definitions()).expect("definitions");
+            // The payload type's definition: its required fields must
+            // include every subject field, so no event lacks its subject.
+            let name_of = schema["$ref"].as_str().and_then(|r| r.rsplit('/').next());
+            let required = name_of
+                .map(|n| defs[n]["required"].clone())
+                .unwrap_or_default();
+            for field in *fields {
+                assert!(
+                    required
+                        .as_array()
+                        .is_some_and(|r| r.iter().any(|f| f == field)),
+                    "{name}: subject field {field} is not a required payload field ({required})"
+                );
+            }
+        }
+        assert_eq!(
+            subject_fields("unread_count.updated"),
+            Some(&["conversation_id"][..])
+        );
+        assert_eq!(subject_fields("message.created"), None);
     }
 
     #[test]

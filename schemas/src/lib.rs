@@ -33,7 +33,7 @@ mod scalar;
 mod schema;
 pub mod typeid;
 
-pub use catalogue::{event_types, family_of, validate, validate_payload};
+pub use catalogue::{event_types, family_of, subject_fields, validate, validate_payload};
 pub use envelope::{Audience, Envelope};
 pub use error::SchemaError;
 pub use family::Family;

@@ -647,7 +647,7 @@ impl Cluster {
 }
 
 /// Broker ids in a metadata response from `bootstrap`.
-fn registered_brokers(bootstrap: &str) -> anyhow::Result<Vec<i32>> {
+pub(crate) fn registered_brokers(bootstrap: &str) -> anyhow::Result<Vec<i32>> {
     use rdkafka::consumer::{BaseConsumer, Consumer as _};
     let consumer: BaseConsumer = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", bootstrap)

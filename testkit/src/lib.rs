@@ -19,11 +19,13 @@ pub mod process;
 
 use std::time::{Duration, Instant};
 
-/// The Kafka cluster one test runs on: the run's shared Apache Kafka broker
-/// ([`KAFKA_ENV`], started by `scripts/test.sh`), or one of the test's own
-/// (a fresh single broker when the variable is unset, or a cluster the test
-/// asked for to kill and restart). Used by `tests/`, `producer/tests` and
-/// the benchmarks alike.
+/// The Kafka cluster one test or benchmark runs on: the run's shared Apache
+/// Kafka broker ([`KAFKA_ENV`], started by `scripts/test.sh`), or one of its
+/// own (a fresh single broker when the variable is unset, or a cluster the
+/// test asked for to kill and restart), or one the caller names
+/// ([`Broker::external`]) or runs as a child process ([`Broker::process`]:
+/// tansu). The one broker start-up type of `tests/`, `producer/tests` and
+/// the load generator (`herald-loadgen --kafka`, `--broker`).
 pub struct Broker {
     /// `host:port,...` bootstrap servers.
     pub bootstrap: String,
@@ -58,6 +60,76 @@ impl Broker {
         })
     }
 
+    /// A running cluster at `bootstrap` (`host:port,...`), never stopped here.
+    pub fn external(bootstrap: &str) -> Broker {
+        Broker {
+            bootstrap: bootstrap.to_owned(),
+            kafka: Kafka::External(bootstrap.to_owned()),
+        }
+    }
+
+    /// A Kafka-protocol broker run as a child process, `program args`, that
+    /// listens on `127.0.0.1:port` (tansu: the caller finds the binary and
+    /// its arguments). It runs under the same watchdog as every test
+    /// service ([`process::Supervised`]), its output in a log file of its
+    /// own; this waits until it accepts connections, and it is stopped on
+    /// drop.
+    pub async fn process(
+        name: &str,
+        program: &std::path::Path,
+        args: &[String],
+        port: u16,
+    ) -> anyhow::Result<Broker> {
+        let dir = tempfile::Builder::new()
+            .prefix("herald-broker-")
+            .tempdir()?;
+        let mut argv = vec![program.display().to_string()];
+        argv.extend(args.iter().cloned());
+        let spec = process::Spec {
+            argv,
+            cwd: dir.path().to_path_buf(),
+            env: vec![],
+            log: dir.path().join(format!("{name}.log")),
+            stop_signal: "KILL",
+        };
+        let service = process::Supervised::spawn(&spec).await?;
+        let bootstrap = format!("127.0.0.1:{port}");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while tokio::net::TcpStream::connect(&bootstrap).await.is_err() {
+            if !service.alive() {
+                anyhow::bail!(
+                    "{name} exited before listening on {bootstrap}: {}",
+                    service.log_tail(20)
+                );
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "{name} is not listening on {bootstrap} after 20 s: {}",
+                service.log_tail(20)
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(Broker {
+            bootstrap: bootstrap.clone(),
+            kafka: Kafka::Process(Box::new(BrokerProcess {
+                name: name.to_owned(),
+                bootstrap,
+                service,
+                _dir: dir,
+            })),
+        })
+    }
+
+    /// What runs the broker, for reports: `Apache Kafka <version>`, the
+    /// child process's name, or `external <bootstrap>`.
+    pub fn describe(&self) -> String {
+        match &self.kafka {
+            Kafka::External(a) => format!("external {a}"),
+            Kafka::Own(_) => format!("Apache Kafka {}", kafka::version()),
+            Kafka::Process(p) => p.name.clone(),
+        }
+    }
+
     /// The cluster, when this test owns it.
     pub fn cluster(&mut self) -> anyhow::Result<&mut kafka::Cluster> {
         self.kafka.own().ok_or_else(|| {
@@ -72,10 +144,12 @@ impl Broker {
         matches!(self.kafka, Kafka::External(_))
     }
 
-    /// Process id of node `id` of the test's own cluster, while it runs.
+    /// Process id of node `id` of the test's own cluster (of the child
+    /// process for [`Broker::process`]), while it runs.
     pub fn pid(&self, id: u32) -> Option<u32> {
         match &self.kafka {
             Kafka::Own(c) => c.pid(id),
+            Kafka::Process(p) => Some(p.service.pid()),
             Kafka::External(_) => None,
         }
     }
@@ -114,6 +188,20 @@ pub enum Kafka {
     External(String),
     /// Started for this test (stopped on drop).
     Own(Box<kafka::Cluster>),
+    /// A Kafka-protocol broker process started by [`Broker::process`]
+    /// (stopped on drop).
+    Process(Box<BrokerProcess>),
+}
+
+/// A broker process of [`Broker::process`].
+#[derive(Debug)]
+pub struct BrokerProcess {
+    /// What it is (`tansu`).
+    name: String,
+    /// `127.0.0.1:<port>`.
+    bootstrap: String,
+    service: process::Supervised,
+    _dir: tempfile::TempDir,
 }
 
 impl Kafka {
@@ -130,13 +218,14 @@ impl Kafka {
         match self {
             Kafka::External(a) => a.clone(),
             Kafka::Own(c) => c.bootstrap(),
+            Kafka::Process(p) => p.bootstrap.clone(),
         }
     }
 
     /// The cluster, when this test started it.
     pub fn own(&mut self) -> Option<&mut kafka::Cluster> {
         match self {
-            Kafka::External(_) => None,
+            Kafka::External(_) | Kafka::Process(_) => None,
             Kafka::Own(c) => Some(c),
         }
     }
@@ -243,5 +332,69 @@ where
             anyhow::bail!("timed out after {within:?} waiting for {what}");
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_external_cluster_is_only_named() {
+        let b = Broker::external("127.0.0.1:9092,127.0.0.1:9093");
+        assert_eq!(b.bootstrap, "127.0.0.1:9092,127.0.0.1:9093");
+        assert_eq!(b.describe(), "external 127.0.0.1:9092,127.0.0.1:9093");
+        assert_eq!(b.pid(1), None);
+        assert!(b.is_shared());
+    }
+
+    #[tokio::test]
+    async fn a_broker_process_serves_kafka_and_stops_on_drop() -> anyhow::Result<()> {
+        let bin = herald_runtime::tansu::require("set HERALD_TANSU_BIN")?;
+        let port = free_port()?;
+        let mut broker = Broker::process(
+            "tansu",
+            &bin,
+            &herald_runtime::tansu::broker_args(port),
+            port,
+        )
+        .await?;
+        assert_eq!(broker.bootstrap, format!("127.0.0.1:{port}"));
+        assert_eq!(broker.describe(), "tansu");
+        assert!(!broker.is_shared());
+        assert!(
+            broker.cluster().is_err(),
+            "not a cluster to kill and restart"
+        );
+        let pid = broker.pid(1).expect("the process's pid");
+        assert!(process::process_running(pid));
+        // It speaks Kafka: a metadata request is answered.
+        let b = broker.bootstrap.clone();
+        let brokers = tokio::task::spawn_blocking(move || kafka::registered_brokers(&b)).await??;
+        assert!(!brokers.is_empty());
+        drop(broker);
+        wait_until(
+            Duration::from_secs(10),
+            "the broker process to stop",
+            || async move { !process::process_running(pid) },
+        )
+        .await
+    }
+
+    #[tokio::test]
+    async fn a_broker_process_that_exits_is_an_error() {
+        let err = Broker::process(
+            "false",
+            std::path::Path::new("/bin/false"),
+            &[],
+            free_port().unwrap(),
+        )
+        .await
+        .err()
+        .expect("an error");
+        assert!(
+            format!("{err:#}").contains("false exited before listening"),
+            "{err:#}"
+        );
     }
 }

@@ -200,6 +200,21 @@ impl Stack {
         Ok((status, body))
     }
 
+    /// POST events as part of the trace `traceparent` and require a 200.
+    pub async fn publish_traced(&self, body: &Value, traceparent: &str) -> anyhow::Result<()> {
+        let r = self
+            .http
+            .post(self.events_url())
+            .header("traceparent", traceparent)
+            .json(body)
+            .send()
+            .await?;
+        if r.status() != 200 {
+            bail!("publish failed with {}", r.status());
+        }
+        Ok(())
+    }
+
     /// POST events and require a 200.
     pub async fn publish(&self, body: &Value) -> anyhow::Result<Value> {
         let (status, body) = self.post_events(body).await?;

@@ -481,6 +481,165 @@ async fn slow_client_is_cut_off_while_healthy_client_gets_everything() -> anyhow
     Ok(())
 }
 
+/// An `unread_count.updated` for conversation `conversation` of account 1,
+/// padded with `filler` (the payload passes through as published).
+fn unread_count(conversation: usize, count: usize, filler: &str) -> Value {
+    json!({
+        "id": format!("u-{conversation}-{count}"),
+        "type": "unread_count.updated",
+        "account_id": "1",
+        "payload": {
+            "conversation_id": format!("c{conversation}"),
+            "unread_message_count": count,
+            "timestamp": count,
+            "filler": filler,
+        },
+    })
+}
+
+/// Read MESSAGE frames until `done` says every conversation reached its
+/// final count; returns every (conversation, count) received, in order.
+async fn read_counts(
+    client: &mut RawStomp,
+    done: impl Fn(&std::collections::HashMap<String, u64>) -> bool,
+) -> anyhow::Result<Vec<(String, u64)>> {
+    let mut got = Vec::new();
+    let mut latest = std::collections::HashMap::new();
+    while !done(&latest) {
+        let f = client.next_frame_within(Duration::from_secs(30)).await?;
+        anyhow::ensure!(
+            f.command == "MESSAGE",
+            "got {} after {} frames",
+            f.raw,
+            got.len()
+        );
+        let v: Value = serde_json::from_str(&f.body)?;
+        let conversation = v["conversation_id"].as_str().unwrap_or_default().to_owned();
+        let count = v["unread_message_count"].as_u64().unwrap_or_default();
+        latest.insert(conversation.clone(), count);
+        got.push((conversation, count));
+    }
+    Ok(got)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_client_on_a_flood_of_unread_counts_stays_connected_with_the_latest_counts()
+-> anyhow::Result<()> {
+    // A long write timeout: the slow client reads nothing during the flood,
+    // and what is tested is the queue bound, not the write deadline.
+    let stack = Stack::start_with(StackOptions {
+        gateway_args: vec!["--write-timeout-secs".into(), "120".into()],
+        ..Default::default()
+    })
+    .await?;
+    let url = stack.ws_url("/ws.communication");
+    let mut healthy = RawStomp::connect(&url, &token("1", "1", "agent")).await?;
+    // The kernel absorbs almost nothing for this one: the gateway's queue does.
+    let mut slow = RawStomp::connect_small_buffer(&url, &token("1", "2", "agent"), 4096).await?;
+    healthy.subscribe("s", "/queue/unread-count").await?;
+    slow.subscribe("s", "/queue/unread-count").await?;
+
+    // 1,500 updates of 10 conversations, 4 KiB each: six times the 1 MiB
+    // outbound bound, which without conflation cuts the slow client off.
+    let (conversations, total) = (10usize, 1500usize);
+    let filler = "z".repeat(4 * 1024);
+    let last = move |c: usize| (total - conversations + c) as u64;
+    let finished = move |latest: &std::collections::HashMap<String, u64>| {
+        (0..conversations).all(|c| latest.get(&format!("c{c}")) == Some(&last(c)))
+    };
+    let reader = tokio::spawn(async move {
+        let got = read_counts(&mut healthy, finished).await;
+        (healthy, got)
+    });
+    for chunk in 0..total / 100 {
+        let batch: Vec<Value> = (chunk * 100..(chunk + 1) * 100)
+            .map(|n| unread_count(n % conversations, n, &filler))
+            .collect();
+        stack.publish(&Value::Array(batch)).await?;
+    }
+    // The healthy client saw every conversation's last count: the gateway
+    // has dispatched the whole flood.
+    let (_healthy, healthy_got) = reader.await?;
+    healthy_got?;
+    let metrics = stack.gateway_metrics().await?;
+    let conflated = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("herald_frames_conflated_total{protocol=\"stomp\"} "))
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .unwrap_or(0);
+    assert!(
+        conflated > 0,
+        "the slow client's queue conflated: {metrics}"
+    );
+
+    // The slow client now reads: it ends with every conversation's latest
+    // count, each conversation's counts only ever rising, and was never cut off.
+    let got = read_counts(&mut slow, finished).await?;
+    assert!(
+        got.len() < total,
+        "older counts were superseded ({} of {total} delivered)",
+        got.len()
+    );
+    let mut previous = std::collections::HashMap::new();
+    for (conversation, count) in &got {
+        if let Some(before) = previous.insert(conversation.clone(), *count) {
+            assert!(before < *count, "{conversation}: {count} after {before}");
+        }
+    }
+    // Still connected and served: a later event arrives.
+    stack
+        .publish(&json!([unread_count(0, total + 1, "end")]))
+        .await?;
+    let f = slow.next_frame_within(Duration::from_secs(30)).await?;
+    assert!(
+        f.body
+            .contains(&format!("\"unread_message_count\":{}", total + 1)),
+        "{}",
+        f.raw
+    );
+    let metrics = stack.gateway_metrics().await?;
+    assert!(
+        metrics.contains("herald_slow_client_disconnects_total{protocol=\"stomp\"} 0")
+            || !metrics.contains("herald_slow_client_disconnects_total{protocol=\"stomp\"}"),
+        "{metrics}"
+    );
+    stack.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_traced_publish_is_named_by_the_slowest_delivery_exemplar() -> anyhow::Result<()> {
+    let stack = Stack::start().await?;
+    let url = stack.ws_url("/ws.communication");
+    let mut client = RawStomp::connect(&url, &token("1", "1", "agent")).await?;
+    client.subscribe("s", "/queue/message").await?;
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    stack
+        .publish_traced(
+            &json!([airy_message("1", 1)]),
+            &format!("00-{trace}-00f067aa0ba902b7-01"),
+        )
+        .await?;
+    let f = client.next_frame_within(Duration::from_secs(30)).await?;
+    assert_eq!(f.command, "MESSAGE", "{}", f.raw);
+    // Within a window (10 s) the delivery is published with its trace id.
+    let series = format!("herald_delivery_latency_slowest_seconds{{trace_id=\"{trace}\"}}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let metrics = stack.gateway_metrics().await?;
+        if metrics.contains(&series) {
+            break;
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "no exemplar for {trace}: {metrics}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    stack.stop().await;
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn producer_refuses_invalid_batches_whole() -> anyhow::Result<()> {
     let stack = Stack::start().await?;

@@ -95,6 +95,18 @@ pub struct GatewayConfig {
     /// Event frames queued per connection before the client counts as too slow and is disconnected.
     #[arg(long, env = "HERALD_OUTBOUND_QUEUE", default_value_t = 1024)]
     pub outbound_queue: usize,
+    /// Families whose superseding events conflate, comma-separated (empty:
+    /// none): a client that falls behind keeps only the latest undelivered
+    /// unread count per conversation, metadata per subject and presence per
+    /// account, instead of being disconnected. Other events are never
+    /// dropped: past the queue bound their client is disconnected.
+    #[arg(
+        long,
+        env = "HERALD_CONFLATE_FAMILIES",
+        default_value = "unread-count,metadata,presence",
+        value_delimiter = ','
+    )]
+    pub conflate_families: Vec<String>,
     /// Bytes queued per connection and not yet written, of every kind (events,
     /// replies, pongs), at most: live events past it cut the client off,
     /// replies to its own commands wait (the client is not read meanwhile).
@@ -309,6 +321,9 @@ pub enum ConfigError {
     /// Unknown event family.
     #[error("unknown event family `{0}` in --families (known: {known})", known = DEFAULT_FAMILIES)]
     UnknownFamily(String),
+    /// Unknown event family to conflate.
+    #[error("unknown event family `{0}` in --conflate-families (known: {known})", known = DEFAULT_FAMILIES)]
+    UnknownConflateFamily(String),
     /// No families.
     #[error("--families must name at least one event family")]
     NoFamilies,
@@ -348,6 +363,24 @@ impl GatewayConfig {
         args: I,
     ) -> Result<Self, herald_runtime::config_file::ParseError> {
         herald_runtime::config_file::parse(args.into_iter().map(Into::into).collect())
+    }
+
+    /// Which families conflate (`--conflate-families`), checked.
+    pub fn conflation(&self) -> Result<crate::core::conflation::Conflation, ConfigError> {
+        let mut families = Vec::new();
+        for f in self
+            .conflate_families
+            .iter()
+            .map(|f| f.trim())
+            .filter(|f| !f.is_empty())
+        {
+            let family = Family::from_suffix(f)
+                .ok_or_else(|| ConfigError::UnknownConflateFamily(f.to_owned()))?;
+            if !families.contains(&family) {
+                families.push(family);
+            }
+        }
+        Ok(crate::core::conflation::Conflation::new(families))
     }
 
     /// The topics to read, checked.
@@ -614,6 +647,7 @@ impl GatewayConfig {
         self.kafka.client_config()?;
         self.console()?;
         self.partition_groups()?;
+        self.conflation()?;
         if self.jwt_secret.is_none()
             && self.jwt_public_key_file.is_empty()
             && self.jwt_jwks_file.is_none()
@@ -633,6 +667,30 @@ mod tests {
         let mut args = vec!["herald-gateway", "--jwt-secret", "0123456789abcdef0123"];
         args.extend_from_slice(extra);
         GatewayConfig::from_args(args).unwrap()
+    }
+
+    #[test]
+    fn conflation_defaults_to_the_superseding_families_and_refuses_unknown_ones() {
+        use herald_schemas::Family;
+        let default = parse(&[]).conflation().expect("default");
+        assert_eq!(
+            default.families(),
+            [Family::UnreadCount, Family::Metadata, Family::Presence]
+        );
+        assert!(
+            parse(&["--conflate-families", ""])
+                .conflation()
+                .expect("none")
+                .families()
+                .is_empty()
+        );
+        let err = parse(&["--conflate-families", "unread-count,bogus"])
+            .validate()
+            .expect_err("unknown family");
+        assert!(
+            err.to_string().contains("`bogus` in --conflate-families"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -149,14 +149,17 @@ pub async fn start(
     let metrics = Metrics::new();
     // One for the pod: its Kafka read bounds are shared by every resume.
     let resume_config = Arc::new(config.resume()?);
-    let router = Arc::new(Router::with_history(
-        HistoryBuffer::with_budget(
-            resume_config.buffer_events,
-            resume_config.max_age,
-            resume_config.buffer_bytes,
-        ),
-        Epochs::new(&resume_config.epoch),
-    ));
+    let router = Arc::new(
+        Router::with_history(
+            HistoryBuffer::with_budget(
+                resume_config.buffer_events,
+                resume_config.max_age,
+                resume_config.buffer_bytes,
+            ),
+            Epochs::new(&resume_config.epoch),
+        )
+        .with_conflation(config.conflation()?),
+    );
     let readiness = Readiness::default();
     let kafka_ready = readiness.condition("kafka");
     // "not ready: draining" from SIGTERM on.
@@ -315,6 +318,20 @@ pub async fn start(
         Duration::from_secs(config.metadata_refresh_secs.max(1)),
         consumer_stop.clone(),
     ));
+    {
+        // Each 10 s window's slowest traced delivery becomes the exemplar.
+        let (slowest, stop) = (metrics.slowest_delivery.clone(), consumer_stop.clone());
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_secs(10));
+            every.tick().await;
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = every.tick() => slowest.publish(),
+                }
+            }
+        });
+    }
     {
         let (readiness, gauge, stop) = (
             readiness_view.clone(),

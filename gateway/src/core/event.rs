@@ -24,6 +24,13 @@ pub struct RoutedEvent {
     pub received: Instant,
     /// The payload parsed once, on first use, for recipients that look inside it.
     pub parsed: std::sync::OnceLock<Option<serde_json::Value>>,
+    /// What the event is about when a newer event about the same subject
+    /// makes it obsolete for a client that has not been sent it yet
+    /// ([`crate::core::conflation`]); `None`: always delivered.
+    pub subject: Option<Arc<str>>,
+    /// The trace id of the record's `traceparent` header (the publish that
+    /// produced it), if it had a valid one.
+    pub trace_id: Option<[u8; 16]>,
 }
 
 impl RoutedEvent {
@@ -43,6 +50,8 @@ impl RoutedEvent {
             kafka_timestamp_ms,
             received: Instant::now(),
             parsed: std::sync::OnceLock::new(),
+            subject: None,
+            trace_id: None,
         }
     }
 
@@ -58,6 +67,7 @@ impl RoutedEvent {
         Stamp {
             kafka_ts_ms: self.kafka_timestamp_ms,
             received: self.received,
+            trace_id: self.trace_id,
         }
     }
 
@@ -89,4 +99,6 @@ pub struct Stamp {
     pub kafka_ts_ms: Option<i64>,
     /// When the gateway received the record.
     pub received: Instant,
+    /// The publish's trace id, for the slowest-delivery exemplar.
+    pub trace_id: Option<[u8; 16]>,
 }

@@ -3,6 +3,7 @@
 //! clock. No I/O and no tokio here.
 
 pub mod clock;
+pub mod conflation;
 pub mod event;
 pub mod identity;
 pub mod position;

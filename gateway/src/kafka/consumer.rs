@@ -799,6 +799,10 @@ fn route(record: Read<'_>, view: &RouterView<'_>, topics: &Topics, batch: &mut V
     }
     let mut event = RoutedEvent::new(topic, partition, offset, envelope, timestamp);
     event.received = received;
+    view.mark_subject(&mut event);
+    event.trace_id = header(&msg, herald_runtime::trace::TRACEPARENT)
+        .and_then(herald_runtime::trace::TraceParent::parse)
+        .map(|t| t.trace_id);
     let event = Arc::new(event);
     view.record(&event);
     batch.push(Slot::new(event));

@@ -16,6 +16,7 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::{
     core::{
+        conflation::Conflation,
         event::RoutedEvent,
         identity::Identity,
         position::{Epochs, TopicPartition},
@@ -161,6 +162,8 @@ pub struct Router {
     resets: Mutex<std::collections::HashSet<TopicPartition>>,
     /// Per partition, the high watermark last read by the lag reporter.
     watermarks: Mutex<HashMap<TopicPartition, i64>>,
+    /// Which events supersede older undelivered ones.
+    conflation: Conflation,
 }
 
 impl Default for Router {
@@ -172,6 +175,7 @@ impl Default for Router {
             epochs: Arc::new(Epochs::new("herald")),
             resets: Mutex::default(),
             watermarks: Mutex::default(),
+            conflation: Conflation::default(),
         }
     }
 }
@@ -189,6 +193,12 @@ impl Router {
             epochs: Arc::new(epochs),
             ..Self::default()
         }
+    }
+
+    /// Conflate the superseding events of `conflation`'s families.
+    pub fn with_conflation(mut self, conflation: Conflation) -> Self {
+        self.conflation = conflation;
+        self
     }
 
     /// The resume epoch of each topic's streams.
@@ -417,6 +427,16 @@ impl RouterView<'_> {
     /// skip decoding records nobody here can receive).
     pub fn has_account(&self, account: &str) -> bool {
         self.map.contains_key(account)
+    }
+
+    /// Set what `event` is about, if it supersedes older events for
+    /// clients not yet sent them ([`Conflation::subject`]).
+    pub fn mark_subject(&self, event: &mut RoutedEvent) {
+        let conflation = &self.router.conflation;
+        if conflation.families().is_empty() {
+            return;
+        }
+        event.subject = conflation.subject(&event.envelope, event.payload_json());
     }
 
     fn advance(&self, stream: TopicPartition, offset: i64) {

@@ -52,6 +52,16 @@ pub enum Outbound {
         /// When the event it carries was produced and received.
         stamp: Option<Stamp>,
     },
+    /// An event frame that a newer frame about the same subject, in the
+    /// same lane, replaces while both are still queued (conflation).
+    Superseding {
+        /// The encoded frame.
+        frame: WsFrame,
+        /// As for [`Outbound::Frame`].
+        stamp: Option<Stamp>,
+        /// What the frame is about, and for which subscription.
+        about: Supersede,
+    },
     /// Whole frames the WebSocket library wrote itself (pongs, close replies).
     Raw(Bytes),
     /// Start (or change) the connection's heart-beat.
@@ -74,7 +84,9 @@ impl Outbound {
     /// Bytes this item will put on the wire.
     pub fn len(&self) -> usize {
         match self {
-            Outbound::Frame { frame, .. } => frame.bytes().len(),
+            Outbound::Frame { frame, .. } | Outbound::Superseding { frame, .. } => {
+                frame.bytes().len()
+            }
             Outbound::Raw(bytes) => bytes.len(),
             Outbound::HeartBeat { .. } | Outbound::Close { .. } => 0,
         }
@@ -93,6 +105,32 @@ impl Outbound {
         }
     }
 }
+
+/// What a superseding event frame is about (see [`crate::core::conflation`]):
+/// its subject, and the subscription (`lane`, unique in the process) it was
+/// made for, since one connection's subscriptions each get their own frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Supersede {
+    /// The subscription (or channel) the frame belongs to.
+    pub lane: u64,
+    /// The event's subject.
+    pub subject: Arc<str>,
+}
+
+impl Supersede {
+    /// What `event`'s frame for subscription `lane` is about, if a newer
+    /// event can supersede it.
+    pub fn of(event: &crate::core::event::RoutedEvent, lane: u64) -> Option<Self> {
+        event.subject.as_ref().map(|subject| Supersede {
+            lane,
+            subject: subject.clone(),
+        })
+    }
+}
+
+/// One event frame to queue: the frame, its latency stamp, and what it is
+/// about when a newer one supersedes it.
+pub type Delivery = (WsFrame, Option<Stamp>, Option<Supersede>);
 
 /// What a connection's heart-beat sends.
 #[derive(Debug, Clone)]
@@ -147,6 +185,8 @@ struct Shared {
     /// Wakes senders waiting for room (after a write, and when stopped).
     room: Notify,
     dropped: IntCounter,
+    /// Frames replaced in the queue by a newer one about the same subject.
+    conflated: IntCounter,
     slow_disconnects: IntCounter,
     disconnects: prometheus::IntCounterVec,
     protocol: &'static str,
@@ -245,6 +285,44 @@ impl Shared {
             waker.wake();
         }
         Ok(Queued::Yes)
+    }
+
+    /// Admit one live event frame into `q` (its lock held): a superseding
+    /// frame first takes the place of the older undelivered frame about the
+    /// same subject in the same lane, so a client that falls behind on such
+    /// events keeps only the latest of each instead of being cut off. False
+    /// when the frame does not fit (frames or bytes).
+    fn admit_event(
+        &self,
+        q: &mut Queue,
+        frame: WsFrame,
+        stamp: Option<Stamp>,
+        about: Option<Supersede>,
+    ) -> bool {
+        let item = match about {
+            None => Outbound::Frame { frame, stamp },
+            Some(about) => {
+                let older = q.items.iter().rposition(
+                    |item| matches!(item, Outbound::Superseding { about: a, .. } if *a == about),
+                );
+                if let Some(old) = older.and_then(|at| q.items.remove(at)) {
+                    q.bytes = q.bytes.saturating_sub(old.len());
+                    self.conflated.inc();
+                }
+                Outbound::Superseding {
+                    frame,
+                    stamp,
+                    about,
+                }
+            }
+        };
+        let len = item.len();
+        if q.items.len() >= self.capacity || (q.bytes > 0 && q.bytes + len > self.max_bytes) {
+            return false;
+        }
+        q.bytes += len;
+        q.items.push_back(item);
+        true
     }
 
     /// `written` bytes left the queue: make room for waiting senders.
@@ -403,21 +481,28 @@ impl ConnTx {
     /// Queue an event frame without waiting. A full queue marks the client
     /// slow (its writer then disconnects it); returns false when the frame
     /// was not queued.
-    pub fn push(&self, frame: WsFrame, stamp: Option<Stamp>) -> bool {
+    pub fn push(&self, frame: WsFrame, stamp: Option<Stamp>, about: Option<Supersede>) -> bool {
         if self.shared.is_slow.load(Ordering::Relaxed) {
             return false;
         }
-        match self
-            .shared
-            .enqueue(Outbound::Frame { frame, stamp }, Admit::Event)
-        {
-            Ok(Queued::Yes) => true,
-            Ok(Queued::Full) | Err(_) => {
-                self.shared.cut_off(Cutoff::Slow);
-                false
+        let (queued, waker) = {
+            let Ok(mut q) = self.shared.queue.lock() else {
+                return false;
+            };
+            if q.stopped || q.closed {
+                return false;
             }
-            Ok(Queued::Stopped) => false,
+            let queued = self.shared.admit_event(&mut q, frame, stamp, about);
+            (queued, if queued { q.waker.take() } else { None })
+        };
+        if !queued {
+            self.shared.cut_off(Cutoff::Slow);
         }
+        // Woken outside the lock, and only on the empty -> non-empty edge.
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+        queued
     }
 
     /// Queue an event frame of a resume replay, waiting while the queue is
@@ -433,7 +518,7 @@ impl ConnTx {
     /// wake-up; like [`push`](Self::push) for each, stopping at the first
     /// that does not fit. Returns whether all were queued. `frames` is left
     /// empty (callers reuse it).
-    pub fn push_all(&self, frames: &mut Vec<(WsFrame, Option<Stamp>)>) -> bool {
+    pub fn push_all(&self, frames: &mut Vec<Delivery>) -> bool {
         if self.shared.is_slow.load(Ordering::Relaxed) {
             frames.clear();
             return false;
@@ -447,20 +532,14 @@ impl ConnTx {
                 frames.clear();
                 return false;
             }
-            let room = self.shared.capacity.saturating_sub(q.items.len());
-            let mut all = frames.len() <= room;
-            let mut bytes = q.bytes;
-            for (frame, stamp) in frames.drain(..).take(room) {
-                let len = frame.bytes().len();
-                if bytes > 0 && bytes + len > self.shared.max_bytes {
+            let mut all = true;
+            for (frame, stamp, about) in frames.drain(..) {
+                if !self.shared.admit_event(&mut q, frame, stamp, about) {
                     all = false;
                     break;
                 }
-                bytes += len;
-                q.items.push_back(Outbound::Frame { frame, stamp });
             }
             frames.clear();
-            q.bytes = bytes;
             (all, q.waker.take())
         };
         if !all {
@@ -497,13 +576,13 @@ impl ConnTx {
 thread_local! {
     /// The consumer's buffer for one recipient's frames of a dispatch batch
     /// (reused, so a batch costs no allocation per recipient).
-    static SCRATCH: std::cell::RefCell<Vec<(WsFrame, Option<Stamp>)>> =
+    static SCRATCH: std::cell::RefCell<Vec<Delivery>> =
         const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// Collect a recipient's frames with `fill` into a reused buffer and queue
 /// them on `conn` with [`ConnTx::push_all`].
-pub fn push_batch(conn: &ConnTx, fill: impl FnOnce(&mut Vec<(WsFrame, Option<Stamp>)>)) {
+pub fn push_batch(conn: &ConnTx, fill: impl FnOnce(&mut Vec<Delivery>)) {
     SCRATCH.with(|scratch| match scratch.try_borrow_mut() {
         Ok(mut frames) => {
             fill(&mut frames);
@@ -532,6 +611,7 @@ pub fn channel(limits: &ConnLimits, protocol: &'static str, metrics: &Metrics) -
         cutoff: Mutex::new(None),
         room: Notify::new(),
         dropped: metrics.frames_dropped.with_label_values(&[protocol]),
+        conflated: metrics.frames_conflated.with_label_values(&[protocol]),
         slow_disconnects: metrics.slow_disconnects.with_label_values(&[protocol]),
         disconnects: metrics.outbound_disconnects.clone(),
         protocol,
@@ -546,6 +626,7 @@ pub fn channel(limits: &ConnLimits, protocol: &'static str, metrics: &Metrics) -
             sent: metrics.frames_sent.with_label_values(&[protocol]),
             delivery_latency: metrics.delivery_latency.clone(),
             gateway_latency: metrics.gateway_latency.clone(),
+            slowest: metrics.slowest_delivery.clone(),
         },
     )
 }
@@ -632,6 +713,7 @@ pub struct Writer {
     sent: IntCounter,
     delivery_latency: Histogram,
     gateway_latency: Histogram,
+    slowest: Arc<crate::metrics::SlowestDelivery>,
 }
 
 impl Writer {
@@ -752,7 +834,7 @@ impl Writer {
                     upto = i;
                     break;
                 }
-                Outbound::Frame { .. } | Outbound::Raw(_) => {}
+                Outbound::Frame { .. } | Outbound::Superseding { .. } | Outbound::Raw(_) => {}
             }
         }
         // The queued buffers are written in place: no copy, no extra
@@ -761,7 +843,9 @@ impl Writer {
             let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(upto + 1);
             for item in batch.iter().take(upto) {
                 match item {
-                    Outbound::Frame { frame, .. } => slices.push(IoSlice::new(frame.bytes())),
+                    Outbound::Frame { frame, .. } | Outbound::Superseding { frame, .. } => {
+                        slices.push(IoSlice::new(frame.bytes()))
+                    }
                     Outbound::Raw(bytes) => slices.push(IoSlice::new(bytes)),
                     Outbound::HeartBeat { .. } | Outbound::Close { .. } => {}
                 }
@@ -810,7 +894,7 @@ impl Writer {
     /// frame from every writer.
     fn record<'a>(&self, written: impl Iterator<Item = &'a Outbound> + Clone) {
         let stamps = written.filter_map(|item| match item {
-            Outbound::Frame { stamp, .. } => Some(*stamp),
+            Outbound::Frame { stamp, .. } | Outbound::Superseding { stamp, .. } => Some(*stamp),
             _ => None,
         });
         self.sent.inc_by(stamps.clone().count() as u64);
@@ -819,7 +903,7 @@ impl Writer {
         let gateway = |s: &Stamp| now.saturating_duration_since(s.received).as_secs_f64();
         let delivery = |s: &Stamp| s.kafka_ts_ms.map(|ts| (now_ms - ts).max(0) as f64 / 1000.0);
         if stamps.clone().nth(3).is_none() {
-            for s in stamps {
+            for s in stamps.clone() {
                 self.gateway_latency.observe(gateway(&s));
                 if let Some(d) = delivery(&s) {
                     self.delivery_latency.observe(d);
@@ -827,7 +911,7 @@ impl Writer {
             }
         } else {
             let (g, d) = (self.gateway_latency.local(), self.delivery_latency.local());
-            for s in stamps {
+            for s in stamps.clone() {
                 g.observe(gateway(&s));
                 if let Some(v) = delivery(&s) {
                     d.observe(v);
@@ -835,6 +919,13 @@ impl Writer {
             }
             g.flush();
             d.flush();
+        }
+        // The batch's slowest traced delivery, for the exemplar.
+        let slowest = stamps
+            .filter_map(|s| Some((delivery(&s)?, s.trace_id?)))
+            .max_by(|a, b| a.0.total_cmp(&b.0));
+        if let Some((seconds, trace_id)) = slowest {
+            self.slowest.offer(seconds, trace_id);
         }
     }
 }
@@ -960,5 +1051,85 @@ mod tests {
         done.cancel();
         drop(tx);
         let _ = task.await;
+    }
+
+    fn about(lane: u64, subject: &str) -> Option<Supersede> {
+        Some(Supersede {
+            lane,
+            subject: Arc::from(subject),
+        })
+    }
+
+    /// The texts queued and not yet taken by a writer.
+    fn queued(tx: &ConnTx) -> Vec<String> {
+        let q = tx.shared.queue.lock().expect("queue");
+        q.items
+            .iter()
+            .map(|item| match item {
+                Outbound::Frame { frame, .. } | Outbound::Superseding { frame, .. } => {
+                    String::from_utf8_lossy(&frame.bytes()[2..]).into_owned()
+                }
+                other => format!("{other:?}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_superseding_frame_replaces_the_older_one_about_the_same_subject_and_lane() {
+        let metrics = Metrics::new();
+        let (tx, _writer) = channel(&ConnLimits::default(), "stomp", &metrics);
+        let f = |t: &str| WsFrame::text(t);
+        assert!(tx.push(f("a1"), None, about(1, "a")));
+        assert!(tx.push(f("m1"), None, None));
+        assert!(tx.push(f("b1"), None, about(1, "b")));
+        assert!(tx.push(f("a1 lane 2"), None, about(2, "a")));
+        assert!(tx.push(f("a2"), None, about(1, "a")));
+        let mut batch = vec![
+            (f("m2"), None, None),
+            (f("b2"), None, about(1, "b")),
+            (f("a3"), None, about(1, "a")),
+        ];
+        assert!(tx.push_all(&mut batch));
+        // The latest per (lane, subject), each at its latest place; plain
+        // frames all kept, in order.
+        assert_eq!(queued(&tx), ["m1", "a1 lane 2", "m2", "b2", "a3"]);
+        let conflated = metrics.frames_conflated.with_label_values(&["stomp"]).get();
+        assert_eq!(conflated, 3);
+        // The byte count follows: only what is queued is counted.
+        let bytes = tx.shared.queue.lock().expect("queue").bytes;
+        let expected: usize = ["m1", "a1 lane 2", "m2", "b2", "a3"]
+            .iter()
+            .map(|t| f(t).bytes().len())
+            .sum();
+        assert_eq!(bytes, expected);
+    }
+
+    #[test]
+    fn a_flood_of_superseding_frames_never_fills_the_queue_but_plain_ones_do() {
+        let metrics = Metrics::new();
+        let limits = ConnLimits {
+            frames: 16,
+            ..ConnLimits::default()
+        };
+        let (tx, _writer) = channel(&limits, "stomp", &metrics);
+        // 10 subjects, 1,000 updates each, nobody writing: still connected,
+        // and the queue holds the latest count of each subject.
+        for n in 0..1000 {
+            for s in 0..10 {
+                let frame = WsFrame::text(&format!("{s}={n}"));
+                assert!(tx.push(frame, None, about(7, &s.to_string())), "{s}={n}");
+            }
+        }
+        let expected: Vec<String> = (0..10).map(|s| format!("{s}=999")).collect();
+        assert_eq!(queued(&tx), expected);
+        assert!(!tx.shared.is_slow.load(Ordering::Relaxed));
+        // Plain frames past the capacity cut the client off as before.
+        let mut pushed = 0;
+        while tx.push(WsFrame::text("m"), None, None) {
+            pushed += 1;
+            assert!(pushed <= 16, "the frame bound holds");
+        }
+        assert_eq!(pushed, 6);
+        assert!(tx.shared.is_slow.load(Ordering::Relaxed));
     }
 }

@@ -48,7 +48,7 @@ use super::{OutboxError, RelaySettings, connect};
 use crate::{
     ingest::prepare_with,
     metrics::Metrics,
-    publish::{PublishError, Publisher},
+    publish::{PublishError, Publisher, Trace},
 };
 
 /// Doubling delays from `min` up to `max`, with jitter so relays that failed
@@ -373,10 +373,13 @@ impl OutboxRelay {
             published: Vec::with_capacity(batch.valid.len()),
             poison: batch.poison,
         };
+        // An outbox row carries no trace context: each publish starts one.
+        let traces: Vec<Trace> = batch.valid.iter().map(|_| Trace::start()).collect();
         let sends = batch
             .valid
             .iter()
-            .map(|(_, p)| publisher.send_envelope(&p.envelope, p.family));
+            .zip(&traces)
+            .map(|((_, p), trace)| publisher.send_envelope(&p.envelope, p.family, trace));
         // Polled together: every record is handed to the producer in seq
         // order before any acknowledgement is awaited.
         let results = futures_util::future::join_all(sends).await;

@@ -22,7 +22,7 @@ use crate::{
         router::{FrameCache, Recipient, Slot},
     },
     transport::{
-        connection::{self, ConnTx},
+        connection::{self, ConnTx, Supersede},
         ws::WsFrame,
     },
 };
@@ -54,6 +54,9 @@ pub struct CableRecipient {
     pub ext_epochs: Option<Arc<Epochs>>,
     /// Holds live events while the subscription replays history.
     pub gate: ResumeGate,
+    /// Unique in the process ([`connection::next_conn_id`]): a superseding
+    /// event's frame replaces only an older one queued for this subscription.
+    pub lane: u64,
 }
 
 /// Whether the payload marks a private note (`private`/`is_private`).
@@ -152,7 +155,11 @@ impl Recipient for CableRecipient {
                     if self.gate.already_seen(event) || self.gate.hold(event) {
                         return None;
                     }
-                    Some((self.frame(event, cache)?, Some(event.stamp())))
+                    Some((
+                        self.frame(event, cache)?,
+                        Some(event.stamp()),
+                        Supersede::of(event, self.lane),
+                    ))
                 })
             }));
         });
@@ -182,7 +189,10 @@ impl CableRecipient {
     /// Queue `event` if this subscription takes it; true when queued.
     pub fn deliver(&self, event: &RoutedEvent, cache: &mut FrameCache) -> bool {
         match self.frame(event, cache) {
-            Some(frame) => self.conn.push(frame, Some(event.stamp())),
+            Some(frame) => {
+                self.conn
+                    .push(frame, Some(event.stamp()), Supersede::of(event, self.lane))
+            }
             None => false,
         }
     }

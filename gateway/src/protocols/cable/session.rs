@@ -588,6 +588,7 @@ impl CableSession {
             shared_key,
             conn: self.conn.tx.clone(),
             ext_epochs,
+            lane: connection::next_conn_id(),
             gate: match &resume {
                 Some((request, _)) => {
                     ResumeGate::holding(&request.positions, self.shared.outbound.frames)

@@ -29,7 +29,7 @@ use crate::{
         router::{FrameCache, Recipient, Slot},
     },
     transport::{
-        connection::{self, ConnTx, HeartBeatKind, Outbound},
+        connection::{self, ConnTx, HeartBeatKind, Outbound, Supersede},
         session::{Conn, Interrupt, cold},
         ws::{Message, WsFrame, WsSocket, WsStream},
     },
@@ -92,6 +92,9 @@ struct Subscription {
     cache_key: String,
     /// Holds live events while this subscription replays what it missed.
     gate: Arc<ResumeGate>,
+    /// Unique in the process: a superseding event's frame replaces only an
+    /// older one queued for the same subscription.
+    lane: u64,
 }
 
 /// A connected STOMP client as the router sees it.
@@ -139,7 +142,11 @@ impl Recipient for StompRecipient {
                         .filter(|s| s.destination.accepts(&event.envelope.event_type))
                     {
                         if !sub.gate.already_seen(event) && !sub.gate.hold(event) {
-                            frames.push((self.frame(sub, event, cache), Some(event.stamp())));
+                            frames.push((
+                                self.frame(sub, event, cache),
+                                Some(event.stamp()),
+                                Supersede::of(event, sub.lane),
+                            ));
                         }
                     }
                 });
@@ -168,7 +175,8 @@ impl StompRecipient {
     /// Queue `event`'s MESSAGE for `sub`; false when the connection is gone or slow.
     fn deliver(&self, sub: &Subscription, event: &RoutedEvent, cache: &mut FrameCache) -> bool {
         let frame = self.frame(sub, event, cache);
-        self.conn.push(frame, Some(event.stamp()))
+        self.conn
+            .push(frame, Some(event.stamp()), Supersede::of(event, sub.lane))
     }
 
     /// `event`'s MESSAGE frame for `sub` (encoded once per event for every
@@ -769,6 +777,7 @@ impl Session {
                 ack,
                 cache_key,
                 gate: gate.clone(),
+                lane: connection::next_conn_id(),
             });
             Ok(())
         };

@@ -28,7 +28,7 @@ use crate::{
         router::{FrameCache, Recipient},
     },
     transport::{
-        connection::{ConnTx, Outbound},
+        connection::{ConnTx, Outbound, Supersede},
         session::{Conn, Interrupt, cold},
         ws::{Message, WsSocket, WsStream},
     },
@@ -128,7 +128,9 @@ impl Recipient for TypeIdRecipient {
         let frame = cache.frame_or_insert_with(event.envelope.event_type.as_str(), || {
             protocol::frame_raw(type_id, event.envelope.payload.get())
         });
-        self.conn.push(frame, Some(event.stamp()));
+        // One stream per connection: lane 0 is unique in its queue.
+        self.conn
+            .push(frame, Some(event.stamp()), Supersede::of(event, 0));
     }
 
     fn connection(&self) -> Option<&ConnTx> {
