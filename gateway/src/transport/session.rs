@@ -110,6 +110,17 @@ impl Conn {
         self.emit(Outbound::text(text)).await
     }
 
+    /// Say `last` to the client, then close with `code` and `reason`: how
+    /// every protocol ends a session it refuses, redirects or drains.
+    pub async fn close_after(&self, last: WsFrame, code: u16, reason: &'static str) {
+        self.emit(Outbound::Frame {
+            frame: last,
+            stamp: None,
+        })
+        .await;
+        self.emit(Outbound::Close { code, reason }).await;
+    }
+
     /// Resolves with the first interrupt: the writer gone, the drain moment,
     /// `revoked` (if any) cancelled, or `expires_at` (unix seconds) passed. Revoked
     /// and expired credentials are counted in `herald_auth_failures_total`.

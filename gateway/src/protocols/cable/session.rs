@@ -119,6 +119,11 @@ pub enum Endpoint {
     },
 }
 
+/// What a client cut off as slow is sent last: the same bytes for every
+/// connection, so encoded once per process.
+static SLOW_FRAME: std::sync::LazyLock<WsFrame> =
+    std::sync::LazyLock::new(|| WsFrame::text(&protocol::disconnect(DisconnectReason::Remote)));
+
 /// Serve one upgraded WebSocket.
 pub async fn serve(
     socket: WsSocket,
@@ -127,7 +132,6 @@ pub async fn serve(
     endpoint: Endpoint,
 ) {
     let ext = socket.protocol == Some(protocol::EXT_PROTOCOL);
-    let slow = WsFrame::text(&protocol::disconnect(DisconnectReason::Remote));
     let drain = |id| shared.drain.notice(id);
     let rates = shared.limits.config();
     crate::transport::session::serve(
@@ -135,7 +139,7 @@ pub async fn serve(
         &shared.outbound,
         PROTOCOL,
         &shared.metrics,
-        Some(slow),
+        Some(SLOW_FRAME.clone()),
         drain,
         |conn| CableSession {
             conn,
@@ -742,29 +746,19 @@ impl CableSession {
     /// partition group's `url`, then close.
     async fn redirect(&mut self, url: &'static str) {
         self.redirected = true;
+        let last = WsFrame::text(&protocol::disconnect_redirect(url));
         self.conn
-            .emit_text(&protocol::disconnect_redirect(url))
-            .await;
-        self.conn
-            .emit(Outbound::Close {
-                code: REDIRECT_CLOSE_CODE,
-                reason: "redirect",
-            })
+            .close_after(last, REDIRECT_CLOSE_CODE, "redirect")
             .await;
     }
 
     async fn disconnect(&self, reason: DisconnectReason) {
-        self.conn.emit_text(&protocol::disconnect(reason)).await;
         let code = match reason {
             DisconnectReason::ServerRestart => 1012,
             DisconnectReason::Unauthorized => 1008,
             _ => 1000,
         };
-        self.conn
-            .emit(Outbound::Close {
-                code,
-                reason: reason.as_str(),
-            })
-            .await;
+        let last = WsFrame::text(&protocol::disconnect(reason));
+        self.conn.close_after(last, code, reason.as_str()).await;
     }
 }

@@ -560,16 +560,7 @@ impl Session {
                 None,
             );
             self.conn
-                .emit(Outbound::Frame {
-                    frame: text,
-                    stamp: None,
-                })
-                .await;
-            self.conn
-                .emit(Outbound::Close {
-                    code: 1002,
-                    reason: "unsupported version",
-                })
+                .close_after(text, 1002, "unsupported version")
                 .await;
             self.shared
                 .metrics
@@ -620,16 +611,7 @@ impl Session {
                 None,
             );
             self.conn
-                .emit(Outbound::Frame {
-                    frame: text,
-                    stamp: None,
-                })
-                .await;
-            self.conn
-                .emit(Outbound::Close {
-                    code: REDIRECT_CLOSE_CODE,
-                    reason: "redirect",
-                })
+                .close_after(text, REDIRECT_CLOSE_CODE, "redirect")
                 .await;
             return ControlFlow::Break(());
         }
@@ -854,13 +836,7 @@ impl Session {
         receipt: Option<&str>,
     ) {
         let text = error_frame(message, receipt, detail, self.version);
-        self.conn
-            .emit(Outbound::Frame {
-                frame: text,
-                stamp: None,
-            })
-            .await;
-        self.conn.emit(Outbound::Close { code, reason }).await;
+        self.conn.close_after(text, code, reason).await;
     }
 }
 
