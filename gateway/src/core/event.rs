@@ -29,8 +29,8 @@ pub struct RoutedEvent {
     /// ([`crate::core::conflation`]); `None`: always delivered.
     pub subject: Option<Arc<str>>,
     /// The trace id of the record's `traceparent` header (the publish that
-    /// produced it), if it had a valid one.
-    pub trace_id: Option<[u8; 16]>,
+    /// produced it); all zero (never a valid trace id) when it had none.
+    pub trace_id: [u8; 16],
 }
 
 impl RoutedEvent {
@@ -51,7 +51,7 @@ impl RoutedEvent {
             received: Instant::now(),
             parsed: std::sync::OnceLock::new(),
             subject: None,
-            trace_id: None,
+            trace_id: [0; 16],
         }
     }
 
@@ -99,6 +99,7 @@ pub struct Stamp {
     pub kafka_ts_ms: Option<i64>,
     /// When the gateway received the record.
     pub received: Instant,
-    /// The publish's trace id, for the slowest-delivery exemplar.
-    pub trace_id: Option<[u8; 16]>,
+    /// The publish's trace id, for the slowest-delivery exemplar (all zero:
+    /// none; kept without an `Option` so every queued frame stays small).
+    pub trace_id: [u8; 16],
 }

@@ -802,7 +802,7 @@ fn route(record: Read<'_>, view: &RouterView<'_>, topics: &Topics, batch: &mut V
     view.mark_subject(&mut event);
     event.trace_id = header(&msg, herald_runtime::trace::TRACEPARENT)
         .and_then(herald_runtime::trace::TraceParent::parse)
-        .map(|t| t.trace_id);
+        .map_or([0; 16], |t| t.trace_id);
     let event = Arc::new(event);
     view.record(&event);
     batch.push(Slot::new(event));

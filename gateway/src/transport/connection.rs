@@ -902,29 +902,35 @@ impl Writer {
         let (now, now_ms) = (Instant::now(), now_ms());
         let gateway = |s: &Stamp| now.saturating_duration_since(s.received).as_secs_f64();
         let delivery = |s: &Stamp| s.kafka_ts_ms.map(|ts| (now_ms - ts).max(0) as f64 / 1000.0);
+        // The batch's slowest traced delivery, for the exemplar.
+        let mut slowest = (-1f64, [0u8; 16]);
+        let mut observe = |s: &Stamp, d: f64| {
+            if d > slowest.0 && s.trace_id != [0; 16] {
+                slowest = (d, s.trace_id);
+            }
+        };
         if stamps.clone().nth(3).is_none() {
-            for s in stamps.clone() {
+            for s in stamps {
                 self.gateway_latency.observe(gateway(&s));
                 if let Some(d) = delivery(&s) {
                     self.delivery_latency.observe(d);
+                    observe(&s, d);
                 }
             }
         } else {
             let (g, d) = (self.gateway_latency.local(), self.delivery_latency.local());
-            for s in stamps.clone() {
+            for s in stamps {
                 g.observe(gateway(&s));
                 if let Some(v) = delivery(&s) {
                     d.observe(v);
+                    observe(&s, v);
                 }
             }
             g.flush();
             d.flush();
         }
-        // The batch's slowest traced delivery, for the exemplar.
-        let slowest = stamps
-            .filter_map(|s| Some((delivery(&s)?, s.trace_id?)))
-            .max_by(|a, b| a.0.total_cmp(&b.0));
-        if let Some((seconds, trace_id)) = slowest {
+        if slowest.1 != [0; 16] {
+            let (seconds, trace_id) = slowest;
             self.slowest.offer(seconds, trace_id);
         }
     }
