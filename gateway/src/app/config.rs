@@ -315,6 +315,22 @@ pub struct GatewayConfig {
     pub console_publish_url: Option<String>,
 }
 
+/// A comma-separated flag's family names (blanks ignored, repeats once, in
+/// order); `unknown` names the flag in the error for a name that is none.
+fn parse_families(
+    names: &[String],
+    unknown: fn(String) -> ConfigError,
+) -> Result<Vec<Family>, ConfigError> {
+    let mut families = Vec::new();
+    for name in names.iter().map(|f| f.trim()).filter(|f| !f.is_empty()) {
+        let family = Family::from_suffix(name).ok_or_else(|| unknown(name.to_owned()))?;
+        if !families.contains(&family) {
+            families.push(family);
+        }
+    }
+    Ok(families)
+}
+
 /// A setting that makes no sense.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -367,42 +383,20 @@ impl GatewayConfig {
 
     /// Which families conflate (`--conflate-families`), checked.
     pub fn conflation(&self) -> Result<crate::core::conflation::Conflation, ConfigError> {
-        let mut families = Vec::new();
-        for f in self
-            .conflate_families
-            .iter()
-            .map(|f| f.trim())
-            .filter(|f| !f.is_empty())
-        {
-            let family = Family::from_suffix(f)
-                .ok_or_else(|| ConfigError::UnknownConflateFamily(f.to_owned()))?;
-            if !families.contains(&family) {
-                families.push(family);
-            }
-        }
+        let families = parse_families(&self.conflate_families, ConfigError::UnknownConflateFamily)?;
         Ok(crate::core::conflation::Conflation::new(families))
     }
 
     /// The topics to read, checked.
     pub fn topics(&self) -> Result<Vec<String>, ConfigError> {
-        let mut topics = Vec::new();
-        for f in self
-            .families
-            .iter()
-            .map(|f| f.trim())
-            .filter(|f| !f.is_empty())
-        {
-            let family =
-                Family::from_suffix(f).ok_or_else(|| ConfigError::UnknownFamily(f.to_owned()))?;
-            let topic = family.topic(&self.kafka.topic_prefix);
-            if !topics.contains(&topic) {
-                topics.push(topic);
-            }
-        }
-        if topics.is_empty() {
+        let families = parse_families(&self.families, ConfigError::UnknownFamily)?;
+        if families.is_empty() {
             return Err(ConfigError::NoFamilies);
         }
-        Ok(topics)
+        Ok(families
+            .iter()
+            .map(|f| f.topic(&self.kafka.topic_prefix))
+            .collect())
     }
 
     /// The per-connection outbound bounds, shared by every protocol.
