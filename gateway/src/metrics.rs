@@ -7,7 +7,9 @@ use std::sync::{
     atomic::{AtomicU64, Ordering},
 };
 
-use prometheus::{GaugeVec, Histogram, HistogramOpts, IntCounterVec, IntGaugeVec, Opts, Registry};
+use prometheus::{
+    GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
+};
 
 /// Every gateway metric.
 #[derive(Clone)]
@@ -30,6 +32,12 @@ pub struct Metrics {
     pub frames_dropped: IntCounterVec,
     /// Undelivered frames replaced by a newer one about the same subject, by protocol.
     pub frames_conflated: IntCounterVec,
+    /// Connections that negotiated permessage-deflate, by protocol.
+    pub deflate_connections: IntCounterVec,
+    /// Distinct frames compressed (once each, however many recipients).
+    pub deflated_frames: IntCounter,
+    /// Payload bytes into (`in`) and out of (`out`) the compressor.
+    pub deflate_bytes: IntCounterVec,
     /// Clients disconnected for falling behind, by protocol.
     pub slow_disconnects: IntCounterVec,
     /// Clients cut off by their outbound side, by protocol and reason
@@ -146,6 +154,11 @@ impl Metrics {
             catalogue.register(&c);
             c
         };
+        let plain_counter = |name: &str, help: &str| {
+            let c = IntCounter::new(name, help).expect("valid metric");
+            catalogue.register(&c);
+            c
+        };
         let histogram = |name: &str, help: &str, buckets: Vec<f64>| {
             let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))
                 .expect("valid metric");
@@ -207,6 +220,20 @@ impl Metrics {
                 "herald_frames_conflated_total",
                 "Undelivered event frames replaced in a connection's queue by a newer one about the same subject (conflation)",
                 &["protocol"],
+            ),
+            deflate_connections: counter(
+                "herald_deflate_connections_total",
+                "Connections that negotiated permessage-deflate",
+                &["protocol"],
+            ),
+            deflated_frames: plain_counter(
+                "herald_deflated_frames_total",
+                "Distinct frames compressed for permessage-deflate connections (each once, shared by all its recipients)",
+            ),
+            deflate_bytes: counter(
+                "herald_deflate_bytes_total",
+                "Payload bytes into (stage=in) and out of (stage=out) the permessage-deflate compressor",
+                &["stage"],
             ),
             slow_disconnects: counter(
                 "herald_slow_client_disconnects_total",

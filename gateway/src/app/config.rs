@@ -112,6 +112,19 @@ pub struct GatewayConfig {
     /// replies to its own commands wait (the client is not read meanwhile).
     #[arg(long, env = "HERALD_MAX_OUTBOUND_BYTES", default_value_t = 1024 * 1024)]
     pub max_outbound_bytes: usize,
+    /// Offer permessage-deflate (RFC 7692) to clients that ask for it. Each
+    /// distinct frame is compressed once and shared by all its recipients;
+    /// no compression state is kept per connection (both directions use no
+    /// context takeover). Off by default: it trades gateway CPU for bytes.
+    #[arg(long, env = "HERALD_WS_DEFLATE", default_value_t = false)]
+    pub ws_deflate: bool,
+    /// With --ws-deflate: frames with a payload shorter than this many bytes
+    /// go out uncompressed (for small frames the saving is not worth it).
+    #[arg(long, env = "HERALD_WS_DEFLATE_MIN_BYTES", default_value_t = 256)]
+    pub ws_deflate_min_bytes: usize,
+    /// With --ws-deflate: the zlib level, 1 (fastest) to 9 (smallest).
+    #[arg(long, env = "HERALD_WS_DEFLATE_LEVEL", default_value_t = 1)]
+    pub ws_deflate_level: u32,
     /// Seconds a client has for its TLS handshake, and again for its HTTP
     /// upgrade request; a connection that has not finished is closed.
     #[arg(long, env = "HERALD_HANDSHAKE_TIMEOUT_SECS", default_value_t = 10)]
@@ -436,6 +449,22 @@ impl GatewayConfig {
             max_message_bytes: self.max_frame_bytes,
             presence_topic: Family::Presence.topic(&self.kafka.topic_prefix),
         })
+    }
+
+    /// The permessage-deflate settings, when enabled.
+    pub fn deflate(&self) -> Result<Option<crate::transport::deflate::DeflateConfig>, ConfigError> {
+        if !(1..=9).contains(&self.ws_deflate_level) {
+            return Err(ConfigError::OutOfRange(format!(
+                "--ws-deflate-level must be 1 to 9, not {}",
+                self.ws_deflate_level
+            )));
+        }
+        Ok(self
+            .ws_deflate
+            .then_some(crate::transport::deflate::DeflateConfig {
+                min_bytes: self.ws_deflate_min_bytes,
+                level: self.ws_deflate_level,
+            }))
     }
 
     /// The TLS configuration, when both files are given.

@@ -37,8 +37,9 @@ use crate::{
     },
     routing::{history::HistoryBuffer, presence::PresenceTable, router::Router},
     transport::{
+        deflate::DeflateConfig,
         proxy::{ProxyProtocolListener, TrustedProxies},
-        ws::{self, Upgrade, WsSocket},
+        ws::{self, Upgrade, WsOptions, WsSocket},
     },
 };
 
@@ -396,6 +397,7 @@ pub async fn start(
             typeid: typeid_deps,
             proxies: proxies.clone(),
             tracker: tracker.clone(),
+            deflate: config.deflate()?,
         });
     let drain = Duration::from_secs(config.drain_secs);
     let stop = shutdown.clone();
@@ -458,6 +460,8 @@ struct AppState {
     typeid: Arc<TypeIdDeps>,
     proxies: Arc<TrustedProxies>,
     tracker: TaskTracker,
+    /// permessage-deflate settings, when compression is enabled.
+    deflate: Option<DeflateConfig>,
 }
 
 impl AppState {
@@ -510,7 +514,11 @@ impl AppState {
             Err(refusal) => return axum::response::IntoResponse::into_response(refusal),
         };
         let token = self.tracker.token();
-        ws.on_upgrade(subprotocols, max_message, move |socket| async move {
+        let options = WsOptions {
+            max_message,
+            deflate: self.deflate,
+        };
+        ws.on_upgrade(subprotocols, options, move |socket| async move {
             session(socket).await;
             drop((slot, token));
         })

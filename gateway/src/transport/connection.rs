@@ -30,7 +30,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use prometheus::{Histogram, IntCounter, IntGauge};
+use prometheus::{Histogram, IntCounter, IntCounterVec, IntGauge};
 use tokio::{
     io::{AsyncWrite, AsyncWriteExt},
     sync::Notify,
@@ -40,7 +40,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::core::{clock::now_ms, event::Stamp};
 use crate::metrics::Metrics;
-use crate::transport::ws::{WsFrame, WsSocket, WsStream};
+use crate::transport::{
+    deflate::DeflateConfig,
+    ws::{WsFrame, WsSocket, WsStream},
+};
 
 /// One item of a connection's outbound queue.
 #[derive(Debug)]
@@ -627,6 +630,9 @@ pub fn channel(limits: &ConnLimits, protocol: &'static str, metrics: &Metrics) -
             delivery_latency: metrics.delivery_latency.clone(),
             gateway_latency: metrics.gateway_latency.clone(),
             slowest: metrics.slowest_delivery.clone(),
+            deflate: None,
+            deflated: metrics.deflated_frames.clone(),
+            deflate_bytes: metrics.deflate_bytes.clone(),
         },
     )
 }
@@ -658,10 +664,15 @@ pub async fn open(
 ) -> Opened {
     let open = metrics.connections.with_label_values(&[protocol]);
     open.inc();
-    let (tx, writer) = channel(limits, protocol, metrics);
-    let (stream, write) = socket
-        .into_parts(tx.replies(), limits.client_frames_per_second)
-        .await;
+    let (tx, mut writer) = channel(limits, protocol, metrics);
+    writer.deflate = socket.deflate;
+    if socket.deflate.is_some() {
+        metrics
+            .deflate_connections
+            .with_label_values(&[protocol])
+            .inc();
+    }
+    let (stream, write) = socket.into_parts(tx.replies(), limits.client_frames_per_second);
     let done = CancellationToken::new();
     let task = tokio::spawn(writer.run(write, slow_frame, done.clone()));
     Opened {
@@ -671,13 +682,6 @@ pub async fn open(
         done,
         writer: WriterTask { task, open },
     }
-}
-
-/// Let the WebSocket library hand over what it still owes the client (the
-/// answer to a client's close frame is queued when the close is read, and
-/// written on the next read or flush). Call before the session's senders go.
-pub async fn answer_close(stream: &mut WsStream) {
-    stream.flush().await;
 }
 
 /// A running writer task; its connection counts as open until this is
@@ -714,6 +718,10 @@ pub struct Writer {
     delivery_latency: Histogram,
     gateway_latency: Histogram,
     slowest: Arc<crate::metrics::SlowestDelivery>,
+    /// permessage-deflate, when the connection negotiated it.
+    deflate: Option<DeflateConfig>,
+    deflated: IntCounter,
+    deflate_bytes: IntCounterVec,
 }
 
 impl Writer {
@@ -843,9 +851,19 @@ impl Writer {
             let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(upto + 1);
             for item in batch.iter().take(upto) {
                 match item {
-                    Outbound::Frame { frame, .. } | Outbound::Superseding { frame, .. } => {
-                        slices.push(IoSlice::new(frame.bytes()))
-                    }
+                    Outbound::Frame { frame, .. } | Outbound::Superseding { frame, .. } => slices
+                        .push(IoSlice::new(frame.wire(
+                            self.deflate.as_ref(),
+                            |plain, packed| {
+                                self.deflated.inc();
+                                self.deflate_bytes
+                                    .with_label_values(&["in"])
+                                    .inc_by(plain as u64);
+                                self.deflate_bytes
+                                    .with_label_values(&["out"])
+                                    .inc_by(packed as u64);
+                            },
+                        ))),
                     Outbound::Raw(bytes) => slices.push(IoSlice::new(bytes)),
                     Outbound::HeartBeat { .. } | Outbound::Close { .. } => {}
                 }

@@ -200,7 +200,6 @@ pub async fn serve<P, D>(
     };
     let mut session = Released(build(conn));
     session.0.run(&mut stream).await;
-    connection::answer_close(&mut stream).await;
     // Release, and drop the session's senders: the writer then writes what
     // is queued and ends.
     drop(session);

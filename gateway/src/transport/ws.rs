@@ -10,12 +10,14 @@
 //!   sniffing server, which wraps the socket in a type an upgrade cannot be
 //!   unwrapped from), so an upgraded connection hands back its `TcpStream`;
 //! - [`Upgrade`] is the handshake (RFC 6455 §4.2) as an axum extractor;
-//! - [`WsSocket`] splits the stream: the read half goes to tungstenite, which
-//!   parses, unmasks, reassembles and validates client frames; the write half
-//!   goes to the connection's writer task, which writes frames that were
-//!   encoded once per event ([`WsFrame`]) with vectored writes, and nothing else
-//!   ever writes to the socket. tungstenite's own replies (pongs, the answer
-//!   to a client's close) are handed to that writer through
+//! - [`WsSocket`] splits the stream: the read half goes to [`WsStream`],
+//!   which decodes client frames with [`crate::transport::inbound`] (unmask,
+//!   reassemble, validate, inflate); the write half goes to the connection's
+//!   writer task, which writes frames that were encoded once per event
+//!   ([`WsFrame`], compressed once too when permessage-deflate is on) with
+//!   vectored writes, and nothing else ever writes to the socket. The
+//!   reader's own replies (pongs, the answer to a client's close, a close
+//!   for a protocol error) are handed to that writer through
 //!   [`crate::transport::connection::ConnTx`], so frames never interleave.
 
 use std::{
@@ -24,6 +26,7 @@ use std::{
     io,
     net::SocketAddr,
     pin::Pin,
+    sync::{Arc, OnceLock},
     task::{Context, Poll},
     time::Duration,
 };
@@ -43,34 +46,58 @@ use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf},
     net::TcpStream,
 };
-use tokio_tungstenite::{
-    WebSocketStream,
-    tungstenite::{
-        handshake::derive_accept_key,
-        protocol::{Role, WebSocketConfig},
-    },
-};
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tower_service::Service;
 
+use crate::transport::{
+    deflate::{self, DeflateConfig},
+    inbound::{Decoder, ReadError},
+};
+
 pub use tokio_tungstenite::tungstenite::Message;
 
-/// Per-connection read buffer for client frames, and the most read from the
-/// socket at once. tungstenite's default (128 KiB, zero-filled on the first
-/// read) dominated the memory of idle connections, and 4 KiB was still 40 %
-/// of an idle connection's memory. Client frames are small (a STOMP CONNECT
-/// with a JWT is under 1 KiB); the buffer grows for a larger frame, which
-/// simply takes a few reads.
-const READ_BUFFER: usize = 1024;
+/// The most read from a socket at once, into a buffer of the thread's (a
+/// connection keeps only what it has not decoded yet, usually nothing: a
+/// per-connection read buffer was 40 % of an idle connection's memory).
+/// Client frames are small (a STOMP CONNECT with a JWT is under 1 KiB); a
+/// larger one simply takes a few reads.
+const READ_CHUNK: usize = 8 * 1024;
+
+thread_local! {
+    static READ_SCRATCH: std::cell::RefCell<Box<[u8]>> =
+        std::cell::RefCell::new(vec![0; READ_CHUNK].into_boxed_slice());
+}
 
 /// One complete server-to-client WebSocket frame (header and payload).
 /// Server frames are not masked, so the bytes are the same for every
-/// recipient: an event's frame is encoded once and the buffer shared.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct WsFrame(Bytes);
+/// recipient: an event's frame is encoded once and the buffer shared; so
+/// is its permessage-deflate form, made the first time a connection that
+/// negotiated compression writes it.
+#[derive(Clone, Debug)]
+pub struct WsFrame(Arc<FrameBytes>);
+
+#[derive(Debug)]
+struct FrameBytes {
+    plain: Vec<u8>,
+    /// The compressed frame, or `None` when it is below the size threshold
+    /// or compressing did not make it smaller.
+    deflated: OnceLock<Option<Box<[u8]>>>,
+}
+
+impl PartialEq for WsFrame {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.plain == other.0.plain
+    }
+}
+
+impl Eq for WsFrame {}
 
 const OP_TEXT: u8 = 0x1;
 const OP_CLOSE: u8 = 0x8;
+const OP_PONG: u8 = 0xA;
+/// The header's first byte for a frame whose payload is compressed (RSV1).
+const RSV1: u8 = 0x40;
 
 impl WsFrame {
     /// A final text frame carrying `text`.
@@ -86,7 +113,14 @@ impl WsFrame {
         for part in parts {
             out.extend_from_slice(part.as_bytes());
         }
-        WsFrame(Bytes::from(out))
+        Self::from_vec(out)
+    }
+
+    fn from_vec(plain: Vec<u8>) -> Self {
+        WsFrame(Arc::new(FrameBytes {
+            plain,
+            deflated: OnceLock::new(),
+        }))
     }
 
     /// A close frame with `code` and `reason` (cut to the 123 bytes a
@@ -105,13 +139,22 @@ impl WsFrame {
         let mut out = Self::header(opcode, a.len() + b.len());
         out.extend_from_slice(a);
         out.extend_from_slice(b);
-        WsFrame(Bytes::from(out))
+        Self::from_vec(out)
+    }
+
+    /// A pong answering a ping's `payload`.
+    pub fn pong(payload: &[u8]) -> Self {
+        Self::encode(OP_PONG, payload, &[])
     }
 
     /// A buffer holding the header of a `len`-byte frame, with room for the payload.
     fn header(opcode: u8, len: usize) -> Vec<u8> {
+        Self::header_with(0x80 | opcode, len)
+    }
+
+    fn header_with(first: u8, len: usize) -> Vec<u8> {
         let mut out = Vec::with_capacity(len + 10);
-        out.push(0x80 | opcode);
+        out.push(first);
         if len < 126 {
             out.push(len as u8);
         } else if let Ok(short) = u16::try_from(len) {
@@ -125,23 +168,52 @@ impl WsFrame {
     }
 
     /// The encoded frame.
-    pub fn bytes(&self) -> &Bytes {
-        &self.0
+    pub fn bytes(&self) -> &[u8] {
+        &self.0.plain
+    }
+
+    /// The bytes to write to a connection: with `deflate` (the connection
+    /// negotiated permessage-deflate), the frame compressed — made once,
+    /// by the first writer that needs it, which calls `compressed(plain,
+    /// packed)` with the payload sizes — when the payload is at least
+    /// `deflate.min_bytes` long and compresses smaller. Control frames are
+    /// never compressed (RFC 7692 §6.1).
+    pub fn wire(
+        &self,
+        deflate: Option<&DeflateConfig>,
+        compressed: impl FnOnce(usize, usize),
+    ) -> &[u8] {
+        let Some(cfg) = deflate else {
+            return &self.0.plain;
+        };
+        let first = self.0.plain.first().copied().unwrap_or(0);
+        if first & 0x08 != 0 || self.payload().len() < cfg.min_bytes {
+            return &self.0.plain;
+        }
+        let packed = self.0.deflated.get_or_init(|| {
+            let payload = self.payload();
+            let packed = deflate::compress(payload, cfg.level)?;
+            compressed(payload.len(), packed.len());
+            let mut out = Self::header_with(first | RSV1, packed.len());
+            out.extend_from_slice(&packed);
+            Some(out.into_boxed_slice())
+        });
+        packed.as_deref().unwrap_or(&self.0.plain)
     }
 
     /// The payload (the frame without its header).
     pub fn payload(&self) -> &[u8] {
-        let header = match self.0.get(1).map(|b| b & 0x7f) {
+        let header = match self.0.plain.get(1).map(|b| b & 0x7f) {
             Some(126) => 4,
             Some(127) => 10,
             _ => 2,
         };
-        self.0.get(header..).unwrap_or_default()
+        self.0.plain.get(header..).unwrap_or_default()
     }
 
     /// The payload as text, when this is a text frame.
     pub fn as_text(&self) -> Option<&str> {
-        (self.0.first() == Some(&(0x80 | OP_TEXT)))
+        (self.0.plain.first() == Some(&(0x80 | OP_TEXT)))
             .then(|| std::str::from_utf8(self.payload()).ok())
             .flatten()
     }
@@ -170,7 +242,18 @@ impl IntoResponse for UpgradeRejection {
 pub struct Upgrade {
     key: HeaderValue,
     requested: Vec<String>,
+    /// The client's `Sec-WebSocket-Extensions` offers, if any.
+    extensions: Vec<String>,
     on_upgrade: hyper::upgrade::OnUpgrade,
+}
+
+/// How an endpoint accepts its upgrades.
+#[derive(Debug, Clone, Copy)]
+pub struct WsOptions {
+    /// Client messages (and frames) larger than this are refused.
+    pub max_message: usize,
+    /// permessage-deflate, when enabled: offered clients get it.
+    pub deflate: Option<DeflateConfig>,
 }
 
 fn has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
@@ -230,9 +313,17 @@ impl<S: Send + Sync> FromRequestParts<S> for Upgrade {
             .map(|p| p.trim().to_owned())
             .filter(|p| !p.is_empty())
             .collect();
+        let extensions = parts
+            .headers
+            .get_all(header::SEC_WEBSOCKET_EXTENSIONS)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .map(str::to_owned)
+            .collect();
         Ok(Upgrade {
             key,
             requested,
+            extensions,
             on_upgrade,
         })
     }
@@ -241,13 +332,13 @@ impl<S: Send + Sync> FromRequestParts<S> for Upgrade {
 impl Upgrade {
     /// Accept the upgrade: answer 101 (choosing the first subprotocol of
     /// `supported`, in the server's order of preference, that the client
-    /// offered), then run `callback` with
-    /// the socket once the connection has switched. `max_message` bounds
-    /// client messages and frames.
+    /// offered, and permessage-deflate when `options` enable it and the
+    /// client offers it acceptably), then run `callback` with the socket
+    /// once the connection has switched.
     pub fn on_upgrade<F, Fut>(
         self,
         supported: &[&'static str],
-        max_message: usize,
+        options: WsOptions,
         callback: F,
     ) -> Response
     where
@@ -258,6 +349,11 @@ impl Upgrade {
             .iter()
             .copied()
             .find(|s| self.requested.iter().any(|p| p == s));
+        let accepted = options
+            .deflate
+            .and_then(|_| deflate::negotiate(self.extensions.iter().map(String::as_str)));
+        let deflate = options.deflate.filter(|_| accepted.is_some());
+        let max_message = options.max_message;
         let on_upgrade = self.on_upgrade;
         tokio::spawn(async move {
             let Ok(upgraded) = on_upgrade.await else {
@@ -266,11 +362,9 @@ impl Upgrade {
             // The connection's life runs in a task of its own: awaited here,
             // this task's state (the callback, the upgrade) would stay
             // beside the session's for as long as the connection lasts.
-            tokio::spawn(callback(WsSocket::from_upgraded(
-                upgraded,
-                protocol,
-                max_message,
-            )));
+            let mut socket = WsSocket::from_upgraded(upgraded, protocol, max_message);
+            socket.deflate = deflate;
+            tokio::spawn(callback(socket));
         });
         let mut response = Response::new(Body::empty());
         *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
@@ -283,15 +377,20 @@ impl Upgrade {
         if let Some(p) = protocol {
             headers.insert(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(p));
         }
+        if let Some(ext) = accepted.and_then(|a| HeaderValue::from_str(&a).ok()) {
+            headers.insert(header::SEC_WEBSOCKET_EXTENSIONS, ext);
+        }
         response
     }
 }
 
-/// An upgraded connection, split: the read half (for [`WsSocket::into_stream`])
+/// An upgraded connection, split: the read half (for [`WsSocket::into_parts`])
 /// and the write half (for the connection's writer task).
 pub struct WsSocket {
     /// The negotiated subprotocol.
     pub protocol: Option<&'static str>,
+    /// The compression settings, when permessage-deflate was negotiated.
+    pub deflate: Option<DeflateConfig>,
     read: Box<dyn AsyncRead + Send + Unpin>,
     write: Box<dyn AsyncWrite + Send + Unpin>,
     max_message: usize,
@@ -315,6 +414,7 @@ impl WsSocket {
                 };
                 WsSocket {
                     protocol,
+                    deflate: None,
                     read,
                     write: Box::new(write),
                     max_message,
@@ -333,6 +433,7 @@ impl WsSocket {
         let (read, write) = tokio::io::split(io);
         WsSocket {
             protocol,
+            deflate: None,
             read: Box::new(read),
             write: Box::new(write),
             max_message,
@@ -341,24 +442,19 @@ impl WsSocket {
 
     /// Split into the inbound message stream (read no faster than
     /// `frames_per_second` messages, pings included; 0: no limit) and the
-    /// write half. Whatever tungstenite itself must send is given to `replies`.
-    pub async fn into_parts(
+    /// write half. What the reader itself must send (pongs, close replies)
+    /// is given to `replies`.
+    pub fn into_parts(
         self,
         replies: impl Fn(Bytes) + Send + Sync + 'static,
         frames_per_second: u32,
     ) -> (WsStream, Box<dyn AsyncWrite + Send + Unpin>) {
-        let config = WebSocketConfig::default()
-            .read_buffer_size(READ_BUFFER)
-            .write_buffer_size(0)
-            .max_message_size(Some(self.max_message))
-            .max_frame_size(Some(self.max_message));
-        let side = ReadSide {
+        let stream = WsStream {
             read: self.read,
             replies: Box::new(replies),
-        };
-        let inner = WebSocketStream::from_raw_socket(side, Role::Server, Some(config)).await;
-        let stream = WsStream {
-            inner,
+            decoder: Decoder::new(self.max_message, self.deflate.is_some()),
+            pending: Vec::new(),
+            ended: false,
             rate: crate::limits::CommandRate::new(frames_per_second),
             wait: None,
         };
@@ -368,34 +464,92 @@ impl WsSocket {
 
 /// Whether a read failed because the client's message is over the size
 /// limit (the session then answers with its protocol's reason and closes).
-pub fn is_oversize(e: &tokio_tungstenite::tungstenite::Error) -> bool {
-    matches!(e, tokio_tungstenite::tungstenite::Error::Capacity(_))
+pub fn is_oversize(e: &ReadError) -> bool {
+    matches!(e, ReadError::Oversize { .. })
 }
 
 /// Client messages of one connection, read no faster than its frame rate:
 /// past it, the socket is not read (the client's own TCP window then
 /// pushes back), so a client looping messages, pings included, costs a
-/// bounded amount of CPU.
+/// bounded amount of CPU. A ping is answered with a pong and a close with a
+/// close; a protocol error is answered with a close (1002, or 1007 for
+/// invalid payloads), and then the stream ends.
 pub struct WsStream {
-    inner: WebSocketStream<ReadSide>,
+    read: Box<dyn AsyncRead + Send + Unpin>,
+    replies: Box<dyn Fn(Bytes) + Send + Sync>,
+    decoder: Decoder,
+    /// Read and not yet decoded: at most one read's worth plus one frame.
+    pending: Vec<u8>,
+    ended: bool,
     rate: crate::limits::CommandRate,
     wait: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl WsStream {
-    /// Let the library hand over what it still owes the client (see
-    /// [`answer_close`](crate::transport::connection::answer_close)).
-    pub async fn flush(&mut self) {
-        use futures_util::SinkExt;
-        let _ = self.inner.flush().await;
+    /// The next message already read, if `pending` holds a whole one.
+    fn decoded(&mut self) -> Option<Result<Message, ReadError>> {
+        if self.pending.is_empty() {
+            return None;
+        }
+        match self.decoder.decode(&self.pending) {
+            Ok((message, used)) => {
+                if used == self.pending.len() {
+                    // Nothing kept between messages.
+                    self.pending = Vec::new();
+                } else {
+                    self.pending.drain(..used);
+                }
+                message.map(Ok)
+            }
+            Err(e) => Some(Err(e)),
+        }
+    }
+
+    /// Answer what the protocol requires for `item`, and note the end.
+    fn answer(&mut self, item: &Result<Message, ReadError>) {
+        let reply = match item {
+            Ok(Message::Ping(payload)) => Some(WsFrame::pong(payload)),
+            Ok(Message::Close(frame)) => {
+                self.ended = true;
+                Some(match frame {
+                    Some(f) => WsFrame::close(u16::from(f.code), ""),
+                    None => WsFrame::encode(OP_CLOSE, &[], &[]),
+                })
+            }
+            Ok(_) => None,
+            Err(e) => {
+                self.ended = true;
+                e.close_code()
+                    .map(|code| WsFrame::close(code, &e.to_string()))
+            }
+        };
+        if let Some(frame) = reply {
+            (self.replies)(Bytes::copy_from_slice(frame.bytes()));
+        }
+    }
+
+    /// Read once into the thread's buffer and keep what came.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        let read = &mut self.read;
+        let pending = &mut self.pending;
+        READ_SCRATCH.with(|scratch| {
+            let mut scratch = scratch.borrow_mut();
+            let mut buf = ReadBuf::new(&mut scratch[..]);
+            std::task::ready!(Pin::new(read).poll_read(cx, &mut buf))?;
+            pending.extend_from_slice(buf.filled());
+            Poll::Ready(Ok(buf.filled().len()))
+        })
     }
 }
 
 impl futures_util::Stream for WsStream {
-    type Item = Result<Message, tokio_tungstenite::tungstenite::Error>;
+    type Item = Result<Message, ReadError>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
+        if this.ended {
+            return Poll::Ready(None);
+        }
         loop {
             if let Some(wait) = this.wait.as_mut() {
                 std::task::ready!(wait.as_mut().poll(cx));
@@ -406,48 +560,26 @@ impl futures_util::Stream for WsStream {
             }
             this.wait = Some(Box::pin(tokio::time::sleep(this.rate.until_next())));
         }
-        let next = Pin::new(&mut this.inner).poll_next(cx);
-        if matches!(next, Poll::Ready(Some(_))) {
-            this.rate.spend();
+        loop {
+            if let Some(item) = this.decoded() {
+                this.rate.spend();
+                this.answer(&item);
+                return Poll::Ready(Some(item));
+            }
+            match std::task::ready!(this.poll_fill(cx)) {
+                Ok(0) => {
+                    // The peer is gone (with or without a closing handshake).
+                    this.ended = true;
+                    this.pending = Vec::new();
+                    return Poll::Ready(None);
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    this.ended = true;
+                    return Poll::Ready(Some(Err(ReadError::Io(e.kind()))));
+                }
+            }
         }
-        next
-    }
-}
-
-/// What tungstenite reads from: the socket's read half. What it writes
-/// (whole frames: pongs and close replies, serialised before each write) is
-/// passed on to the connection's writer instead of the socket.
-pub struct ReadSide {
-    read: Box<dyn AsyncRead + Send + Unpin>,
-    replies: Box<dyn Fn(Bytes) + Send + Sync>,
-}
-
-impl AsyncRead for ReadSide {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.read).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for ReadSide {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        _: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        (self.replies)(Bytes::copy_from_slice(buf));
-        Poll::Ready(Ok(buf.len()))
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
     }
 }
 
@@ -506,7 +638,7 @@ mod tests {
     #[test]
     fn frames_are_encoded_per_rfc6455() {
         let short = WsFrame::text("hi");
-        assert_eq!(&short.bytes()[..], b"\x81\x02hi");
+        assert_eq!(short.bytes(), b"\x81\x02hi");
         assert_eq!(short.as_text(), Some("hi"));
 
         let medium = "x".repeat(300);
@@ -552,7 +684,7 @@ mod tests {
         use futures_util::StreamExt;
         let (server, mut client) = tokio::io::duplex(64 * 1024);
         let socket = WsSocket::from_io(server, None, 1 << 20);
-        let (mut stream, _write) = socket.into_parts(|_| {}, 4).await;
+        let (mut stream, _write) = socket.into_parts(|_| {}, 4);
         // Ten messages are there at once; the bucket holds four.
         let mut all = Vec::new();
         for i in 0..10 {
@@ -585,5 +717,162 @@ mod tests {
         // Six messages past the burst at four per second: 1.5 s of the (virtual) clock.
         let waited = tokio::time::Instant::now() - start;
         assert!(waited >= Duration::from_millis(1_490), "waited {waited:?}");
+    }
+
+    /// A masked client frame with first byte `b0` (short payloads only).
+    fn client_frame(b0: u8, payload: &[u8]) -> Vec<u8> {
+        let mask = [9u8, 8, 7, 6];
+        let mut out = vec![b0, 0x80 | payload.len() as u8];
+        out.extend_from_slice(&mask);
+        out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        out
+    }
+
+    /// A stream over an in-memory pipe, and what it asked to be sent.
+    fn stream_over(
+        deflate: bool,
+    ) -> (
+        WsStream,
+        tokio::io::DuplexStream,
+        std::sync::Arc<std::sync::Mutex<Vec<Bytes>>>,
+    ) {
+        let (server, client) = tokio::io::duplex(64 * 1024);
+        let mut socket = WsSocket::from_io(server, None, 1024);
+        socket.deflate = deflate.then(DeflateConfig::default);
+        let sent = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let replies = sent.clone();
+        let (stream, _write) = socket.into_parts(move |b| replies.lock().unwrap().push(b), 0);
+        (stream, client, sent)
+    }
+
+    #[tokio::test]
+    async fn pings_are_answered_and_a_close_is_echoed_then_the_stream_ends() {
+        use futures_util::StreamExt;
+        let (mut stream, mut client, sent) = stream_over(false);
+        let mut input = client_frame(0x89, b"are you there");
+        input.extend(client_text("after"));
+        let mut close = 4000u16.to_be_bytes().to_vec();
+        close.extend_from_slice(b"done");
+        input.extend(client_frame(0x88, &close));
+        input.extend(client_text("never read"));
+        tokio::io::AsyncWriteExt::write_all(&mut client, &input)
+            .await
+            .unwrap();
+        assert!(matches!(stream.next().await, Some(Ok(Message::Ping(_)))));
+        assert_eq!(
+            stream.next().await.unwrap().unwrap(),
+            Message::Text("after".into())
+        );
+        assert!(matches!(
+            stream.next().await,
+            Some(Ok(Message::Close(Some(_))))
+        ));
+        assert!(
+            stream.next().await.is_none(),
+            "nothing is read after a close"
+        );
+        let sent = sent.lock().unwrap();
+        assert_eq!(&sent[0][..], WsFrame::pong(b"are you there").bytes());
+        assert_eq!(&sent[1][..], WsFrame::close(4000, "").bytes());
+        assert_eq!(sent.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_protocol_error_is_answered_with_a_close_naming_it() {
+        use futures_util::StreamExt;
+        let (mut stream, mut client, sent) = stream_over(false);
+        // Unmasked, as a server would send it.
+        tokio::io::AsyncWriteExt::write_all(&mut client, b"\x81\x02hi")
+            .await
+            .unwrap();
+        assert_eq!(
+            stream.next().await.unwrap(),
+            Err(ReadError::Protocol("client frames must be masked"))
+        );
+        assert!(stream.next().await.is_none());
+        let close = WsFrame::close(
+            1002,
+            "WebSocket protocol error: client frames must be masked",
+        );
+        assert_eq!(&sent.lock().unwrap()[0][..], close.bytes());
+        // Invalid UTF-8 is a 1007; an oversize message is left to the session.
+        let (mut stream, mut client, sent) = stream_over(false);
+        tokio::io::AsyncWriteExt::write_all(&mut client, &client_frame(0x81, &[0xc3]))
+            .await
+            .unwrap();
+        assert!(matches!(
+            stream.next().await,
+            Some(Err(ReadError::Payload(_)))
+        ));
+        assert_eq!(&sent.lock().unwrap()[0][2..4], &1007u16.to_be_bytes());
+        let (mut stream, mut client, sent) = stream_over(false);
+        let mut header = vec![0x81, 0xFE];
+        header.extend_from_slice(&5000u16.to_be_bytes());
+        tokio::io::AsyncWriteExt::write_all(&mut client, &header)
+            .await
+            .unwrap();
+        assert!(is_oversize(&stream.next().await.unwrap().unwrap_err()));
+        assert!(sent.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_message_split_across_reads_is_assembled_and_nothing_is_kept_after_it() {
+        use futures_util::StreamExt;
+        let (mut stream, mut client, _) = stream_over(true);
+        let body = "SEND\ndestination:/x\n\n".repeat(20);
+        let packed = deflate::compress(body.as_bytes(), 1).unwrap();
+        let frame = client_frame(0xC1, &packed);
+        let (a, b) = frame.split_at(frame.len() / 2);
+        tokio::io::AsyncWriteExt::write_all(&mut client, a)
+            .await
+            .unwrap();
+        let mut next = Box::pin(stream.next());
+        assert!(futures_util::poll!(next.as_mut()).is_pending());
+        tokio::io::AsyncWriteExt::write_all(&mut client, b)
+            .await
+            .unwrap();
+        assert_eq!(next.await.unwrap().unwrap(), Message::Text(body.into()));
+        assert_eq!(stream.pending.capacity(), 0, "no buffer kept while idle");
+        drop(client);
+        assert!(
+            stream.next().await.is_none(),
+            "end of input ends the stream"
+        );
+    }
+
+    #[test]
+    fn a_frame_is_compressed_once_and_only_when_worth_it() {
+        let cfg = DeflateConfig {
+            min_bytes: 64,
+            level: 1,
+        };
+        let text = r#"{"type":"message.created","body":"hello hello hello hello"}"#.repeat(10);
+        let frame = WsFrame::text(&text);
+        let shared = frame.clone();
+        let mut calls = 0;
+        let packed = frame.wire(Some(&cfg), |plain, out| {
+            calls += 1;
+            assert_eq!(plain, text.len());
+            assert!(out < plain / 4);
+        });
+        assert_eq!(packed[0], 0xC1, "FIN, RSV1, text");
+        let again = shared.wire(Some(&cfg), |_, _| calls += 1).to_vec();
+        assert_eq!(calls, 1, "compressed once for every recipient");
+        let inflated = deflate::inflate(
+            WsFrame(Arc::new(FrameBytes {
+                plain: again,
+                deflated: OnceLock::new(),
+            }))
+            .payload(),
+            1 << 20,
+        )
+        .unwrap();
+        assert_eq!(inflated, text.as_bytes());
+        // Without deflate, small, or a control frame: the plain bytes.
+        assert_eq!(frame.wire(None, |_, _| panic!()), frame.bytes());
+        let small = WsFrame::text("tiny");
+        assert_eq!(small.wire(Some(&cfg), |_, _| panic!()), small.bytes());
+        let close = WsFrame::close(1000, &"x".repeat(100));
+        assert_eq!(close.wire(Some(&cfg), |_, _| panic!()), close.bytes());
     }
 }

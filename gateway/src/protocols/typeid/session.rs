@@ -4,13 +4,13 @@
 
 use std::{net::IpAddr, sync::Arc, time::Duration};
 
+use crate::transport::inbound::ReadError as WsError;
 use futures_util::{Stream, StreamExt};
 use rdkafka::{
     message::{Header, OwnedHeaders},
     producer::{FutureProducer, FutureRecord},
 };
 use serde_json::{Value, json};
-use tokio_tungstenite::tungstenite::Error as WsError;
 use tokio_util::sync::CancellationToken;
 
 use super::protocol::{
