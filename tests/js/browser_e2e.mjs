@@ -6,8 +6,8 @@
 //   {"ev":"stomp-connected"} {"ev":"stomp-message","body":..}
 //   {"ev":"rails-connected"} {"ev":"rails-message","data":..}
 //   {"ev":"anycable-connected"} {"ev":"anycable-message","data":..}
-//   {"ev":"stream-confirmed"} {"ev":"stream-message","data":..}
-//   {"ev":"typeid-joined","status":N}
+//   {"ev":"stream-confirmed","extensions":E} {"ev":"stream-message","data":..}
+//   {"ev":"typeid-joined","status":N,"extensions":E}   (E: the negotiated WebSocket extensions)
 //   {"ev":"other-origin","opened":B,"code":N}   (page of a second origin)
 // Environment: GW (ws://host:port), TOKEN, ACCOUNT, USER, PAGE_PORT,
 // OTHER_PORT, CHROMIUM (default /usr/bin/chromium).
@@ -80,7 +80,7 @@ stream.onmessage = (e) => {
   if (m.type === 'welcome') {
     stream.send(JSON.stringify({command: 'subscribe', identifier: JSON.stringify({channel: 'NotificationsChannel'})}));
   } else if (m.type === 'confirm_subscription') {
-    report({ev: 'stream-confirmed'});
+    report({ev: 'stream-confirmed', extensions: stream.extensions});
   } else if (m.type === undefined && m.message !== undefined) {
     report({ev: 'stream-message', data: m.message});
   }
@@ -91,7 +91,7 @@ const typeid = new WebSocket(GW + '/notifications');
 typeid.onopen = () => typeid.send(JSON.stringify({TypeID: -2101997347, Body: {CipherAlgorithm: 0, CipherStrength: 0, ClientVersion: '7.0.30', MachineKey: 'mk', PublicKey: null, SessionID: TOKEN, Status: 1, UserID: Number(USER)}}));
 typeid.onmessage = (e) => {
   const m = JSON.parse(e.data);
-  if (m.TypeID === -815187584) report({ev: 'typeid-joined', status: m.Body.Status});
+  if (m.TypeID === -815187584) report({ev: 'typeid-joined', status: m.Body.Status, extensions: typeid.extensions});
 };
 </script></body></html>`;
 

@@ -5,13 +5,22 @@
 // Commands: {"op":"connect","url":U}  {"op":"subscribe","key":K,"params":{...}}
 //           {"op":"unsubscribe","key":K}  {"op":"perform","key":K,"action":A,"data":{...}}
 //           {"op":"seturl","url":U} (where the next reconnect goes)  {"op":"exit"}
+//           {"op":"extensions"} (rails: the socket's negotiated extensions)
 // Events:   {"ev":"connected","key":K} {"ev":"rejected","key":K} {"ev":"received","key":K,"data":..}
 //           {"ev":"disconnected","key":K,"willAttemptReconnect":B} {"ev":"error","message":..}
+//           {"ev":"extensions","value":E}
 import WebSocket from 'ws';
 import readline from 'node:readline';
 
-// Browser globals the clients touch.
-globalThis.WebSocket = WebSocket;
+// Browser globals the clients touch. WS_DEFLATE_THRESHOLD=N: offer
+// permessage-deflate and compress every sent message of N bytes or more.
+const threshold = process.env.WS_DEFLATE_THRESHOLD;
+class CompressingWebSocket extends WebSocket {
+  constructor(url, protocols) {
+    super(url, protocols, { perMessageDeflate: { threshold: Number(threshold) } });
+  }
+}
+globalThis.WebSocket = threshold === undefined ? WebSocket : CompressingWebSocket;
 globalThis.addEventListener ??= () => {};
 globalThis.removeEventListener ??= () => {};
 globalThis.document ??= {
@@ -35,7 +44,7 @@ function connect(url) {
   if (AnyCable) {
     cable = AnyCable.createCable(url, {
       protocol: 'actioncable-v1-ext-json',
-      websocketImplementation: WebSocket,
+      websocketImplementation: globalThis.WebSocket,
       logLevel: 'error',
     });
     return;
@@ -77,6 +86,7 @@ for await (const line of rl) {
     switch (cmd.op) {
       case 'connect': connect(cmd.url); emit({ ev: 'ok', op: 'connect' }); break;
       case 'subscribe': subscribe(cmd.key, cmd.params); break;
+      case 'extensions': emit({ ev: 'extensions', value: consumer?.connection?.webSocket?.extensions ?? null }); break;
       case 'unsubscribe': subs.get(cmd.key)?.unsubscribe(); subs.delete(cmd.key); emit({ ev: 'ok', op: 'unsubscribe', key: cmd.key }); break;
       case 'perform': subs.get(cmd.key)?.perform(cmd.action, cmd.data || {}); emit({ ev: 'ok', op: 'perform', key: cmd.key }); break;
       case 'seturl':

@@ -4,7 +4,15 @@
 import { Client } from '@stomp/stompjs';
 import WebSocket from 'ws';
 
-Object.assign(globalThis, { WebSocket });
+// WS_DEFLATE=1: offer permessage-deflate and compress every message this
+// client sends (ws's default threshold skips messages under 1 KiB).
+class CompressingWebSocket extends WebSocket {
+  constructor(url, protocols) {
+    super(url, protocols, { perMessageDeflate: { threshold: 0 } });
+  }
+}
+const deflate = process.env.WS_DEFLATE === '1';
+Object.assign(globalThis, { WebSocket: deflate ? CompressingWebSocket : WebSocket });
 
 const [wsUrl, eventsUrl, goodToken, badToken, account] = process.argv.slice(2);
 const fail = (msg) => { console.error(`FAIL ${msg}`); process.exit(1); };
@@ -40,6 +48,7 @@ async function receivesPublishedEvent() {
   c.activate();
   const frame = await connected;
   console.log(`OK connected version=${frame.headers.version} server=${frame.headers.server}`);
+  if (deflate) console.log(`OK extensions=${c.webSocket.extensions}`);
 
   const received = new Promise((resolve) => {
     c.subscribe('/events', (message) => resolve(message), { receipt: 'sub-events' });

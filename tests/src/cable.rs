@@ -137,6 +137,11 @@ pub struct CableDriver {
 impl CableDriver {
     /// Start the driver for `client` (`rails` or `anycable`).
     pub async fn start(client: &str) -> anyhow::Result<CableDriver> {
+        Self::start_with_env(client, &[]).await
+    }
+
+    /// Start the driver with extra environment (e.g. `WS_DEFLATE_THRESHOLD`).
+    pub async fn start_with_env(client: &str, env: &[(&str, &str)]) -> anyhow::Result<CableDriver> {
         let js = concat!(env!("CARGO_MANIFEST_DIR"), "/js");
         anyhow::ensure!(
             std::path::Path::new(js)
@@ -148,6 +153,7 @@ impl CableDriver {
             .current_dir(js)
             .arg("cable_driver.mjs")
             .arg(client)
+            .envs(env.iter().copied())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

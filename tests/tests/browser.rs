@@ -32,16 +32,39 @@ async fn next_event(lines: &mut Lines<BufReader<ChildStdout>>) -> anyhow::Result
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chromium_pages_connect_with_every_client_library_and_receive_events() -> anyhow::Result<()>
 {
+    every_client_library_in_chromium(false).await
+}
+
+/// The same page with permessage-deflate on, and no size threshold: every
+/// event frame reaches the page compressed, and Chromium compresses what
+/// it sends (the gateway inflates it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_pages_negotiate_permessage_deflate_and_receive_compressed_events()
+-> anyhow::Result<()> {
+    every_client_library_in_chromium(true).await
+}
+
+async fn every_client_library_in_chromium(deflate: bool) -> anyhow::Result<()> {
     let js = herald_tests::browser_drivers()?;
     let (page_port, other_port) = (free_port()?, free_port()?);
+    let mut gateway_args = vec![
+        "--allowed-origins".into(),
+        format!("http://127.0.0.1:{page_port}"),
+    ];
+    if deflate {
+        gateway_args.extend(["--ws-deflate", "--ws-deflate-min-bytes", "0"].map(String::from));
+    }
     let stack = Stack::start_with(StackOptions {
-        gateway_args: vec![
-            "--allowed-origins".into(),
-            format!("http://127.0.0.1:{page_port}"),
-        ],
+        gateway_args,
         ..Default::default()
     })
     .await?;
+    // What Chromium answers for the extensions the gateway accepted.
+    let extensions = if deflate {
+        "permessage-deflate; server_no_context_takeover; client_no_context_takeover"
+    } else {
+        ""
+    };
     let t = token("42", "7", "agent");
     let gw = stack.ws_url("");
     let mut child = Command::new("node")
@@ -81,7 +104,11 @@ async fn chromium_pages_connect_with_every_client_library_and_receive_events() -
             "the page failed: {ev}"
         );
         match name.as_str() {
-            "typeid-joined" => assert_eq!(ev["status"], 1, "{ev}"),
+            "typeid-joined" => {
+                assert_eq!(ev["status"], 1, "{ev}");
+                assert_eq!(ev["extensions"], extensions, "{ev}");
+            }
+            "stream-confirmed" => assert_eq!(ev["extensions"], extensions, "{ev}"),
             "other-origin" => assert_eq!(ev["opened"], false, "another origin was let in: {ev}"),
             _ => {}
         }
@@ -130,10 +157,32 @@ async fn chromium_pages_connect_with_every_client_library_and_receive_events() -
         }
         got.insert(name);
     }
+    if deflate {
+        // Every protocol's connections negotiated it, and the event frames
+        // were compressed (once each).
+        let metrics = stack.gateway_metrics().await?;
+        for protocol in ["stomp", "actioncable", "typeid"] {
+            let line = format!("herald_deflate_connections_total{{protocol=\"{protocol}\"}}");
+            assert!(
+                metric_value(&metrics, &line) >= 1.0,
+                "{line} missing in:\n{metrics}"
+            );
+        }
+        assert!(metric_value(&metrics, "herald_deflated_frames_total") >= 3.0);
+    }
     drop(child.stdin.take());
     let _ = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
     stack.stop().await;
     Ok(())
+}
+
+/// The value of the sample named exactly `name` (with its labels), or 0.
+fn metric_value(metrics: &str, name: &str) -> f64 {
+    metrics
+        .lines()
+        .filter_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+        .next()
+        .unwrap_or(0.0)
 }
 
 /// The content of a `message.created` as each client library hands it over

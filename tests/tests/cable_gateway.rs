@@ -114,6 +114,57 @@ async fn rails_client_on_room_channel_receives_unsubscribes_and_is_revoked() -> 
     Ok(())
 }
 
+/// @rails/actioncable on Node's `ws` with permessage-deflate: it offers the
+/// extension, compresses every command it sends (threshold 0), and reads
+/// the gateway's compressed frames.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rails_client_over_permessage_deflate() -> anyhow::Result<()> {
+    let stack = Stack::start_with(StackOptions {
+        gateway_args: ["--ws-deflate", "--ws-deflate-min-bytes", "0"]
+            .map(String::from)
+            .to_vec(),
+        ..Default::default()
+    })
+    .await?;
+    let url = format!(
+        "{}?account_id=42&token={}",
+        stack.ws_url("/stream"),
+        token("42", "7", "agent")
+    );
+    let mut d = CableDriver::start_with_env("rails", &[("WS_DEFLATE_THRESHOLD", "0")]).await?;
+    d.cmd(json!({"op": "connect", "url": url})).await?;
+    d.cmd(json!({"op": "subscribe", "key": "n", "params": {"channel": "NotificationsChannel"}}))
+        .await?;
+    d.wait_for(LONG, |e| e["key"] == "n" && e["ev"] == "connected")
+        .await?;
+    d.cmd(json!({"op": "extensions"})).await?;
+    let (ev, _) = d.wait_for(LONG, |e| e["ev"] == "extensions").await?;
+    // Node's `ws` names the extension only (it checked the parameters).
+    assert_eq!(ev["value"], "permessage-deflate");
+    // A large, compressible event and a small one, in order and intact.
+    let data = "aXY=-:-".to_owned() + &"Y2lwaGVy".repeat(2000);
+    for (id, data) in [(1, data.as_str()), (2, "aXY=-:-Y2lwaGVy")] {
+        stack
+            .publish(
+                &json!({"type": "added_message", "account_id": "42", "payload": {
+            "id": id, "conversation_id": 5, "type": 1, "timestamp": 1795600000000u64, "read": false,
+            "seen": false, "data": data, "mime_type": "dGV4dA=="}}),
+            )
+            .await?;
+        let (ev, _) = d.wait_for(LONG, |e| e["ev"] == "received").await?;
+        assert_eq!(ev["data"]["content"]["id"], id);
+        assert_eq!(ev["data"]["content"]["data"], data);
+    }
+    let metrics = stack.gateway_metrics().await?;
+    assert!(
+        metrics.contains("herald_deflate_connections_total{protocol=\"actioncable\"} 1"),
+        "{metrics}"
+    );
+    d.stop().await;
+    stack.stop().await;
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rails_client_on_stream_reconnects_after_server_restart() -> anyhow::Result<()> {
     let stack = Stack::start().await?;

@@ -39,13 +39,19 @@ struct RawWs {
 }
 
 impl RawWs {
-    /// Send the upgrade request followed, in the same write, by `pipelined`.
-    async fn open(addr: &str, path: &str, pipelined: &[u8]) -> anyhow::Result<(RawWs, String)> {
+    /// Send the upgrade request, with `extra` header lines (each ending in
+    /// CRLF), followed in the same write by `pipelined`.
+    async fn open_with(
+        addr: &str,
+        path: &str,
+        extra: &str,
+        pipelined: &[u8],
+    ) -> anyhow::Result<(RawWs, String)> {
         let mut tcp = TcpStream::connect(addr).await?;
         let mut request = format!(
             "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
-             Sec-WebSocket-Protocol: v12.stomp\r\n\r\n"
+             Sec-WebSocket-Protocol: v12.stomp\r\n{extra}\r\n"
         )
         .into_bytes();
         request.extend_from_slice(pipelined);
@@ -165,8 +171,21 @@ async fn pipelined_fragmented_ping_and_close() -> anyhow::Result<()> {
     let (a, b) = connect.as_bytes().split_at(20);
     let mut pipelined = client_frame(false, TEXT, a);
     pipelined.extend(client_frame(true, 0x0, b));
-    let (mut ws, head) = RawWs::open(&addr, "/ws.communication", &pipelined).await?;
+    // permessage-deflate is off unless enabled: the offer is not taken up.
+    let (mut ws, head) = RawWs::open_with(
+        &addr,
+        "/ws.communication",
+        "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n",
+        &pipelined,
+    )
+    .await?;
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    assert!(
+        !head
+            .to_ascii_lowercase()
+            .contains("sec-websocket-extensions"),
+        "{head}"
+    );
     assert!(
         head.to_ascii_lowercase()
             .contains("sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo="),
@@ -222,6 +241,159 @@ async fn pipelined_fragmented_ping_and_close() -> anyhow::Result<()> {
     let mut rest = Vec::new();
     let read = tokio::time::timeout(Duration::from_secs(10), ws.tcp.read_to_end(&mut rest)).await;
     assert!(matches!(read, Ok(Ok(_))), "the server closes the socket");
+    stack.stop().await;
+    Ok(())
+}
+
+/// `payload` as one permessage-deflate message (RFC 7692 §7.2.1): raw
+/// deflate, sync flush, the `00 00 FF FF` tail removed.
+fn deflate(payload: &[u8]) -> Vec<u8> {
+    let mut c = flate2::Compress::new(flate2::Compression::default(), false);
+    let mut out = Vec::with_capacity(payload.len() + 64);
+    c.compress_vec(payload, &mut out, flate2::FlushCompress::Sync)
+        .expect("compressible");
+    assert!(out.ends_with(&[0, 0, 0xff, 0xff]));
+    out.truncate(out.len() - 4);
+    out
+}
+
+/// Inflate one permessage-deflate message.
+fn inflate(payload: &[u8]) -> Vec<u8> {
+    let mut d = flate2::Decompress::new(false);
+    let mut input = payload.to_vec();
+    input.extend_from_slice(&[0, 0, 0xff, 0xff]);
+    let mut out = Vec::with_capacity(payload.len() * 20 + 1024);
+    d.decompress_vec(&input, &mut out, flate2::FlushDecompress::Sync)
+        .expect("valid deflate");
+    assert_eq!(d.total_in() as usize, input.len(), "all input inflated");
+    out
+}
+
+/// A server text message: inflated when its frame has RSV1 set.
+async fn message(ws: &mut RawWs) -> anyhow::Result<(bool, String)> {
+    let (first, payload) = ws.frame().await?;
+    assert_eq!(first & 0x8f, 0x80 | TEXT, "a final text frame: {first:#x}");
+    let compressed = first & 0x40 != 0;
+    let payload = if compressed {
+        inflate(&payload)
+    } else {
+        payload
+    };
+    Ok((compressed, String::from_utf8(payload)?))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn permessage_deflate_both_ways_and_bad_offers_declined() -> anyhow::Result<()> {
+    let stack = herald_tests::Stack::start_with(herald_tests::StackOptions {
+        gateway_args: ["--ws-deflate", "--ws-deflate-min-bytes", "64"]
+            .map(String::from)
+            .to_vec(),
+        ..Default::default()
+    })
+    .await?;
+    let addr = stack.ws_url("").trim_start_matches("ws://").to_owned();
+    let connect = format!(
+        "CONNECT\naccept-version:1.2\nheart-beat:0,0\nAuthorization:Bearer {}\n\n\0",
+        token("1", "7", "agent")
+    );
+
+    // An offer Herald cannot honour, then one it can: the second is taken,
+    // answered with no context takeover both ways.
+    let (mut ws, head) = RawWs::open_with(
+        &addr,
+        "/ws.communication",
+        "Sec-WebSocket-Extensions: permessage-deflate; server_max_window_bits=10, \
+         permessage-deflate; client_max_window_bits\r\n",
+        &[],
+    )
+    .await?;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    assert!(
+        head.to_ascii_lowercase().contains(
+            "sec-websocket-extensions: permessage-deflate; server_no_context_takeover; client_no_context_takeover"
+        ),
+        "{head}"
+    );
+    // The client compresses its CONNECT (RSV1 on the first frame) in two fragments.
+    let packed = deflate(connect.as_bytes());
+    let (a, b) = packed.split_at(packed.len() / 2);
+    let mut first = client_frame(false, TEXT, a);
+    first[0] |= 0x40;
+    ws.send(&first).await?;
+    ws.send(&client_frame(true, 0x0, b)).await?;
+    let (_, connected) = message(&mut ws).await?;
+    assert!(connected.starts_with("CONNECTED\n"), "{connected}");
+    let mut subscribe = client_frame(
+        true,
+        TEXT,
+        &deflate(b"SUBSCRIBE\nid:s\ndestination:/events\nreceipt:r1\n\n\0"),
+    );
+    subscribe[0] |= 0x40;
+    ws.send(&subscribe).await?;
+    let (_, receipt) = message(&mut ws).await?;
+    assert!(receipt.starts_with("RECEIPT\nreceipt-id:r1\n"), "{receipt}");
+
+    // Events come compressed; each is whole and the one that was sent.
+    let events: Vec<_> = (0..20).map(|n| airy_message("1", n)).collect();
+    stack.produce(&events).await?;
+    for n in 0..20 {
+        let (compressed, text) = message(&mut ws).await?;
+        assert!(compressed, "an event frame over 64 bytes is compressed");
+        assert!(text.starts_with("MESSAGE\n"), "{text}");
+        assert!(text.contains(&format!("\"m-1-{n}\"")), "in order: {text}");
+    }
+    // Control frames stay uncompressed.
+    ws.send(&client_frame(true, PING, b"still there")).await?;
+    let (first, payload) = ws.frame().await?;
+    assert_eq!(
+        (first, payload.as_slice()),
+        (0x80 | PONG, &b"still there"[..])
+    );
+
+    // Only unsupported offers: declined, and the connection works uncompressed.
+    let (mut plain, head) = RawWs::open_with(
+        &addr,
+        "/ws.communication",
+        "Sec-WebSocket-Extensions: permessage-deflate; mystery=1\r\n\
+         Sec-WebSocket-Extensions: x-webkit-deflate-frame\r\n",
+        &client_frame(true, TEXT, connect.as_bytes()),
+    )
+    .await?;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    assert!(
+        !head
+            .to_ascii_lowercase()
+            .contains("sec-websocket-extensions"),
+        "{head}"
+    );
+    assert!(plain.text().await?.starts_with("CONNECTED\n"));
+    // A compressed frame on a connection that did not negotiate it: 1002.
+    let mut bad = client_frame(true, TEXT, &deflate(b"SUBSCRIBE\nid:x\n\n\0"));
+    bad[0] |= 0x40;
+    plain.send(&bad).await?;
+    let (first, payload) = plain.frame().await?;
+    assert_eq!(first, 0x80 | CLOSE);
+    assert_eq!(&payload[..2], &1002u16.to_be_bytes());
+
+    // A message that inflates past the frame limit is refused as too large
+    // (the STOMP session's ERROR, then close 1009) without inflating it all.
+    let bomb = deflate(&vec![b'a'; 16 * 1024 * 1024]);
+    let mut frame = client_frame(true, TEXT, &bomb);
+    frame[0] |= 0x40;
+    ws.send(&frame).await?;
+    let mut closed = None;
+    while closed.is_none() {
+        let (first, payload) = ws.frame().await?;
+        if first & 0x0f == CLOSE {
+            closed = Some(u16::from_be_bytes([payload[0], payload[1]]));
+        }
+    }
+    assert_eq!(closed, Some(1009));
+    let metrics = stack.gateway_metrics().await?;
+    assert!(
+        metrics.contains("herald_deflate_connections_total{protocol=\"stomp\"} 1"),
+        "{metrics}"
+    );
     stack.stop().await;
     Ok(())
 }
