@@ -63,6 +63,8 @@ pub struct ConnStats {
     pub gaps: AtomicU64,
     /// One of [`state`].
     pub state: AtomicU8,
+    /// Bytes read from the socket after the upgrade (frames as sent on the wire).
+    pub wire_bytes: AtomicU64,
 }
 
 /// Who a connection is.
@@ -94,6 +96,8 @@ pub struct Target {
     /// Speak a peer's protocol instead of Herald's (`protocol` then only
     /// names the payload shape).
     pub peer: Option<crate::peers::PeerTarget>,
+    /// Offer permessage-deflate (and require it).
+    pub deflate: bool,
 }
 
 /// A fleet of connections being opened or running.
@@ -206,7 +210,15 @@ impl Fleet {
             .count()
     }
 
-    /// Total stamped frames received.
+    /// Bytes all connections read from their sockets after the upgrade.
+    pub fn wire_bytes(&self) -> u64 {
+        self.conns
+            .iter()
+            .map(|c| c.wire_bytes.load(Ordering::Relaxed))
+            .sum()
+    }
+
+    /// Stamped frames received by all connections.
     pub fn received(&self) -> u64 {
         self.conns
             .iter()
@@ -312,6 +324,8 @@ pub(crate) struct Conn {
     /// Text frame to answer a text frame `{}` with (Centrifugo's
     /// application-level ping wants a pong).
     app_pong: bool,
+    /// permessage-deflate was offered, so must be accepted.
+    deflate: bool,
 }
 
 async fn open_one(target: &Target, source: Ipv4Addr, cred: &Credential) -> anyhow::Result<Conn> {
@@ -326,19 +340,26 @@ async fn open_one(target: &Target, source: Ipv4Addr, cred: &Credential) -> anyho
         stream,
         buf: BytesMut::with_capacity(2048),
         app_pong: false,
+        deflate: false,
     };
     if let Some(peer) = &target.peer {
         conn.app_pong = peer.app_pong();
         crate::peers::handshake(peer, &mut conn, &host, cred).await?;
         return Ok(conn);
     }
+    let request = |path: &str, protocols: Option<&str>| {
+        let mut req = ws::upgrade_request(&host, path, protocols, None);
+        if target.deflate {
+            req.insert_str(req.len() - 2, ws::DEFLATE_OFFER);
+        }
+        req
+    };
+    conn.deflate = target.deflate;
     match target.protocol {
         Protocol::Stomp => {
-            conn.upgrade(&ws::upgrade_request(
-                &host,
+            conn.upgrade(&request(
                 &format!("/ws.communication?bench_account={}", cred.account_index),
                 Some("v12.stomp"),
-                None,
             ))
             .await?;
             let hb = target.stomp_heartbeat_ms;
@@ -355,11 +376,9 @@ async fn open_one(target: &Target, source: Ipv4Addr, cred: &Credential) -> anyho
                 .await?;
         }
         Protocol::Room => {
-            conn.upgrade(&ws::upgrade_request(
-                &host,
+            conn.upgrade(&request(
                 &format!("/cable?bench_account={}", cred.account_index),
                 Some("actioncable-v1-json, actioncable-unsupported"),
-                None,
             ))
             .await?;
             let identifier = serde_json::json!({
@@ -372,13 +391,11 @@ async fn open_one(target: &Target, source: Ipv4Addr, cred: &Credential) -> anyho
             conn.cable_subscribe(&identifier).await?;
         }
         Protocol::Notifications => {
-            conn.upgrade(&ws::upgrade_request(
-                &host,
+            conn.upgrade(&request(
                 &format!(
                     "/stream?account_id={}&token={}&bench_account={}",
                     cred.account, cred.token, cred.account_index
                 ),
-                None,
                 None,
             ))
             .await?;
@@ -406,6 +423,14 @@ impl Conn {
                 "upgrade refused: {}",
                 head.lines().next().unwrap_or_default()
             );
+        }
+        if self.deflate {
+            let head = String::from_utf8_lossy(&self.buf[..head_len]);
+            if !ws::http_header(&head, "sec-websocket-extensions")
+                .is_some_and(|v| v.starts_with("permessage-deflate"))
+            {
+                bail!("permessage-deflate was offered and not accepted (is --ws-deflate on?)");
+            }
         }
         self.buf.advance(head_len);
         Ok(())
@@ -447,7 +472,11 @@ impl Conn {
                 if self.buf.len() < head.frame_len() {
                     break;
                 }
-                let payload = self.buf[head.payload_start..head.frame_len()].to_vec();
+                let mut payload = self.buf[head.payload_start..head.frame_len()].to_vec();
+                if head.rsv1 {
+                    let packed = std::mem::take(&mut payload);
+                    ws::inflate_into(&packed, &mut payload)?;
+                }
                 self.buf.advance(head.frame_len());
                 match head.opcode {
                     ws::opcode::CLOSE => bail!("closed while waiting for {what}"),
@@ -475,6 +504,8 @@ impl Conn {
         let mut next = 0u64;
         let mut dups = 0u64;
         let mut gaps = 0u64;
+        let mut wire = 0u64;
+        let mut inflated = Vec::new();
         loop {
             // Room for a whole coalesced batch in one read; untouched
             // capacity costs no resident memory while the socket is idle.
@@ -489,6 +520,7 @@ impl Conn {
             if n == 0 {
                 break;
             }
+            wire += n as u64;
             let now = stamp::now_us();
             let mut closed = false;
             let mut pong = None;
@@ -500,7 +532,14 @@ impl Conn {
                     self.buf.reserve(len - self.buf.len());
                     break;
                 }
-                let payload = &self.buf[head.payload_start..len];
+                let mut payload = &self.buf[head.payload_start..len];
+                if head.rsv1 {
+                    if ws::inflate_into(payload, &mut inflated).is_err() {
+                        closed = true;
+                        break;
+                    }
+                    payload = &inflated;
+                }
                 match head.opcode {
                     ws::opcode::TEXT | ws::opcode::BINARY | ws::opcode::CONTINUATION => {
                         // Centrifugo's ping, possibly batched with publications.
@@ -535,6 +574,7 @@ impl Conn {
                 stats.gaps.store(gaps, Ordering::Relaxed);
                 stats.next_seq.store(next, Ordering::Release);
             }
+            stats.wire_bytes.store(wire, Ordering::Relaxed);
             if app_pong && self.stream.write_all(&ws::client_text("{}")).await.is_err() {
                 break;
             }

@@ -805,6 +805,7 @@ impl Running {
             peer: (self.system != System::Herald).then_some(PeerTarget {
                 system: self.system,
             }),
+            deflate: false,
         }
     }
 
@@ -829,7 +830,7 @@ impl Running {
             EventSink::Peer(sink),
             Protocol::Room,
             accounts,
-            common.pad,
+            common.pad_spec(),
         ))
     }
 

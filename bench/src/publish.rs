@@ -137,7 +137,7 @@ pub struct Publisher {
     sink: EventSink,
     protocol: Protocol,
     accounts: Vec<String>,
-    pad: usize,
+    pad: stamp::Pad,
     /// Events sent per account.
     pub sent: Vec<u64>,
     /// Events sent in total (the next global number).
@@ -149,7 +149,7 @@ pub struct Publisher {
 
 impl Publisher {
     /// A publisher for `accounts` accounts.
-    pub fn new(sink: EventSink, protocol: Protocol, accounts: usize, pad: usize) -> Self {
+    pub fn new(sink: EventSink, protocol: Protocol, accounts: usize, pad: stamp::Pad) -> Self {
         Publisher {
             sink,
             protocol,

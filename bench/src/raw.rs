@@ -95,7 +95,7 @@ async fn control_loop(
         else {
             bail!("bad control line {line:?}");
         };
-        let payload = stamp::payload(protocol, g, seq, sent, 0);
+        let payload = stamp::payload(protocol, g, seq, sent, stamp::Pad::default());
         let Ok(accounts) = registry.accounts.read() else {
             bail!("registry poisoned");
         };

@@ -346,7 +346,7 @@ pub async fn avalanche(common: &Common, args: &AvalancheArgs) -> anyhow::Result<
         "--drain-secs".to_owned(),
         args.drain_secs.to_string(),
     ];
-    extra_args.extend(common.gateway_args.iter().cloned());
+    extra_args.extend(common.gateway_flags());
     let launch = GatewayLaunch {
         binary: common.gateway_bin.clone(),
         extra_args,
@@ -369,7 +369,7 @@ pub async fn avalanche(common: &Common, args: &AvalancheArgs) -> anyhow::Result<
         EventSink::kafka(&kafka, common.protocol, 5)?,
         common.protocol,
         accounts,
-        common.pad,
+        common.pad_spec(),
     );
     let published = publisher.share_counts();
     let (ips, first) = source_ips(common, args.clients);

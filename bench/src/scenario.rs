@@ -86,9 +86,36 @@ pub struct Common {
     /// Bytes of padding added to each event payload.
     #[arg(long, default_value_t = 0)]
     pub pad: usize,
+    /// What the padding is made of (`text` and `random` differ per event,
+    /// so compression sees realistic content).
+    #[arg(long, value_enum, default_value = "repeat")]
+    pub pad_kind: crate::stamp::PadKind,
+    /// Clients offer permessage-deflate (and a gateway started here gets
+    /// `--ws-deflate`); compressed frames are inflated before they count.
+    #[arg(long)]
+    pub deflate: bool,
     /// Result file (default: bench-results/<scenario>-<protocol>.json).
     #[arg(long)]
     pub out: Option<std::path::PathBuf>,
+}
+
+impl Common {
+    /// The padding each event payload gets.
+    pub fn pad_spec(&self) -> crate::stamp::Pad {
+        crate::stamp::Pad {
+            len: self.pad,
+            kind: self.pad_kind,
+        }
+    }
+
+    /// Extra flags for a gateway started here.
+    pub fn gateway_flags(&self) -> Vec<String> {
+        let mut flags = self.gateway_args.clone();
+        if self.deflate {
+            flags.push("--ws-deflate".into());
+        }
+        flags
+    }
 }
 
 /// The broker (when Kafka is involved) and the server of one measurement.
@@ -136,7 +163,7 @@ impl Setup {
                             &prefix,
                             &GatewayLaunch {
                                 binary: common.gateway_bin.clone(),
-                                extra_args: common.gateway_args.clone(),
+                                extra_args: common.gateway_flags(),
                                 jwt_secret: common.jwt_secret.clone(),
                             },
                         )
@@ -168,6 +195,7 @@ impl Setup {
             first_source_ip,
             stomp_heartbeat_ms: 0,
             peer: None,
+            deflate: common.deflate,
         }
     }
 
@@ -182,7 +210,12 @@ impl Setup {
             (None, Some(control)) => EventSink::raw(control).await?,
             (None, None) => anyhow::bail!("nowhere to publish"),
         };
-        Ok(Publisher::new(sink, common.protocol, accounts, common.pad))
+        Ok(Publisher::new(
+            sink,
+            common.protocol,
+            accounts,
+            common.pad_spec(),
+        ))
     }
 
     /// Open `connections` subscribed clients over `accounts` and wait until
@@ -508,8 +541,11 @@ pub async fn fanout(common: &Common, args: &FanoutArgs) -> anyhow::Result<Value>
             .await;
         let (lost, dups) = fleet.audit(&publisher.sent);
         let rate = frames as f64 / secs;
+        // Everything read over the run (frames, heart-beats, replies) per
+        // event frame received: what one delivery costs on the wire.
+        let wire_per_frame = fleet.wire_bytes() as f64 / fleet.received().max(1) as f64;
         eprintln!(
-            "fanout[{kind:?}]: {rate:.0} frames/s ({:.0} events/s), p99 {:.2} ms, lost {lost}, duplicated {dups}",
+            "fanout[{kind:?}]: {rate:.0} frames/s ({:.0} events/s), p99 {:.2} ms, {wire_per_frame:.0} wire bytes/frame, lost {lost}, duplicated {dups}",
             rate / (args.connections as f64 / args.accounts as f64),
             latency.p99_ms
         );
@@ -520,6 +556,7 @@ pub async fn fanout(common: &Common, args: &FanoutArgs) -> anyhow::Result<Value>
                 "connections_subscribed": fleet.subscribed.load(std::sync::atomic::Ordering::Relaxed),
                 "recipients_per_account_min": fanout.iter().min(),
                 "frames_per_second": rate,
+                "wire_bytes_per_frame": wire_per_frame,
                 "events_per_second": rate / (fleet.subscribed.load(std::sync::atomic::Ordering::Relaxed).max(1) as f64 / args.accounts as f64),
                 "window_seconds": secs,
                 "latency_closed_loop": latency,
@@ -545,6 +582,7 @@ pub async fn fanout(common: &Common, args: &FanoutArgs) -> anyhow::Result<Value>
     }
     Ok(json!({
         "params": {"connections": args.connections, "accounts": args.accounts, "fanout": args.connections / args.accounts.max(1),
+                   "deflate": common.deflate, "pad": common.pad, "pad_kind": common.pad_kind,
                    "window": args.window, "warmup_secs": args.warmup_secs, "duration_secs": args.duration_secs},
         "runs": runs,
         "gateway_to_raw_ratio": ratio,

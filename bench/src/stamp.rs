@@ -52,11 +52,119 @@ pub fn now_us() -> u64 {
         .unwrap_or(0)
 }
 
+/// What an event's padding is made of.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PadKind {
+    /// One repeated byte (compresses to almost nothing).
+    #[default]
+    Repeat,
+    /// Words of a chat message, different for every event (compresses like
+    /// real text and JSON).
+    Text,
+    /// Base64 of random bytes, like an end-to-end encrypted body
+    /// (compresses barely).
+    Random,
+}
+
+/// Padding added to each event payload: `len` bytes of `kind`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pad {
+    /// Bytes of padding (0: none).
+    pub len: usize,
+    /// What they are.
+    pub kind: PadKind,
+}
+
+const WORDS: &[&str] = &[
+    "hello",
+    "thanks",
+    "order",
+    "shipping",
+    "delivered",
+    "tomorrow",
+    "refund",
+    "please",
+    "could",
+    "you",
+    "check",
+    "the",
+    "status",
+    "of",
+    "my",
+    "account",
+    "invoice",
+    "payment",
+    "received",
+    "support",
+    "agent",
+    "will",
+    "reply",
+    "soon",
+    "conversation",
+    "ticket",
+    "priority",
+    "customer",
+    "address",
+    "changed",
+    "password",
+    "reset",
+    "link",
+    "works",
+    "great",
+    "issue",
+    "resolved",
+    "waiting",
+    "for",
+    "update",
+    "on",
+    "package",
+    "tracking",
+    "number",
+    "is",
+    "and",
+    "a",
+    "to",
+];
+
+const BASE64: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+impl Pad {
+    /// The padding of event `g`: the same for the same `g`, different
+    /// between events (for `Text` and `Random`).
+    pub fn make(&self, g: u64) -> String {
+        let mut seed = g.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let mut out = String::with_capacity(self.len + 16);
+        match self.kind {
+            PadKind::Repeat => out.extend(std::iter::repeat_n('x', self.len)),
+            PadKind::Text => {
+                while out.len() < self.len {
+                    if !out.is_empty() {
+                        out.push(' ');
+                    }
+                    out.push_str(WORDS[(next() % WORDS.len() as u64) as usize]);
+                }
+                out.truncate(self.len);
+            }
+            PadKind::Random => {
+                out.extend((0..self.len).map(|_| BASE64[(next() % 64) as usize] as char))
+            }
+        }
+        out
+    }
+}
+
 /// The payload of event `g` (global number), `seq` (per-account number),
-/// sent at `sent_us`, padded with a `pad` string of `pad` bytes.
-pub fn payload(protocol: Protocol, g: u64, seq: u64, sent_us: u64, pad: usize) -> String {
-    let pad = if pad > 0 {
-        format!(",\"pad\":\"{}\"", "x".repeat(pad))
+/// sent at `sent_us`, with a `pad` field of `pad.len` bytes when asked.
+pub fn payload(protocol: Protocol, g: u64, seq: u64, sent_us: u64, pad: Pad) -> String {
+    let pad = if pad.len > 0 {
+        format!(",\"pad\":\"{}\"", pad.make(g))
     } else {
         String::new()
     };
@@ -177,7 +285,16 @@ mod tests {
     #[test]
     fn stamps_survive_every_frame_shape() {
         for p in [Protocol::Stomp, Protocol::Room, Protocol::Notifications] {
-            let body = payload(p, 7, 42, 1_700_000_000_123_456, 10);
+            let body = payload(
+                p,
+                7,
+                42,
+                1_700_000_000_123_456,
+                Pad {
+                    len: 10,
+                    kind: PadKind::Repeat,
+                },
+            );
             assert!(serde_json::from_str::<serde_json::Value>(&body).is_ok());
             let env = envelope(p, 7, "3", "2026-01-01T00:00:00.000Z", &body);
             let decoded = herald_schemas::Envelope::decode(env.as_bytes()).unwrap();
@@ -200,5 +317,25 @@ mod tests {
             vec![(3, 4)]
         );
         assert_eq!(parse(br#""seq":x"#), None);
+    }
+
+    #[test]
+    fn pads_have_their_length_and_differ_per_event_unless_repeated() {
+        for kind in [PadKind::Repeat, PadKind::Text, PadKind::Random] {
+            let pad = Pad { len: 300, kind };
+            let (a, b) = (pad.make(1), pad.make(2));
+            assert_eq!(a.len(), 300);
+            assert_eq!(a, pad.make(1), "deterministic");
+            assert_eq!(a == b, kind == PadKind::Repeat, "{kind:?}");
+            assert!(!a.contains('"') && !a.contains('\\'), "JSON-safe");
+        }
+        assert!(
+            Pad {
+                len: 50,
+                kind: PadKind::Text
+            }
+            .make(3)
+            .contains(' ')
+        );
     }
 }

@@ -138,6 +138,8 @@ pub fn server_text(text: &str) -> Bytes {
 pub struct FrameHead {
     /// Final fragment.
     pub fin: bool,
+    /// RSV1: the message is compressed (permessage-deflate).
+    pub rsv1: bool,
     /// Opcode.
     pub opcode: u8,
     /// Masking key, for client frames.
@@ -200,11 +202,51 @@ pub fn parse_head(buf: &[u8], max_payload: usize) -> Result<Option<FrameHead>, F
     };
     Ok(Some(FrameHead {
         fin: b0 & 0x80 != 0,
+        rsv1: b0 & 0x40 != 0,
         opcode: b0 & 0x0f,
         mask,
         payload_start: at,
         payload_len: len as usize,
     }))
+}
+
+/// The offer a browser makes (RFC 7692), added to an upgrade request.
+pub const DEFLATE_OFFER: &str =
+    "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n";
+
+thread_local! {
+    static INFLATER: std::cell::RefCell<flate2::Decompress> =
+        std::cell::RefCell::new(flate2::Decompress::new(false));
+}
+
+/// Inflate one permessage-deflate message sent without context takeover
+/// (what Herald negotiates) into `out` (cleared first).
+pub fn inflate_into(payload: &[u8], out: &mut Vec<u8>) -> anyhow::Result<()> {
+    out.clear();
+    INFLATER.with(|d| {
+        let mut d = d.borrow_mut();
+        d.reset(false);
+        for input in [payload, &[0, 0, 0xff, 0xff][..]] {
+            let start = d.total_in();
+            loop {
+                let used = (d.total_in() - start) as usize;
+                if used == input.len() && out.len() < out.capacity() {
+                    break;
+                }
+                out.reserve(out.capacity().max(256));
+                let before = (d.total_in(), d.total_out());
+                let status =
+                    d.decompress_vec(&input[used..], out, flate2::FlushDecompress::Sync)?;
+                if status == flate2::Status::StreamEnd {
+                    return Ok(());
+                }
+                if (d.total_in(), d.total_out()) == before {
+                    anyhow::bail!("the compressed message does not inflate");
+                }
+            }
+        }
+        Ok(())
+    })
 }
 
 /// Unmask a client payload in place.
@@ -253,5 +295,16 @@ mod tests {
         assert_eq!(n, req.len());
         assert_eq!(http_header(&req, "authorization"), Some("Bearer t"));
         assert_eq!(http_header(&req, "sec-websocket-key"), Some(CLIENT_KEY));
+    }
+
+    #[test]
+    fn a_compressed_message_inflates_and_garbage_is_an_error() {
+        // RFC 7692 §7.2.3.1: "Hello".
+        let mut out = Vec::new();
+        inflate_into(&[0xf2, 0x48, 0xcd, 0xc9, 0xc9, 0x07, 0x00], &mut out).unwrap();
+        assert_eq!(out, b"Hello");
+        assert!(inflate_into(&[0xff, 0xff, 0xff], &mut out).is_err());
+        let head = parse_head(&[0xC1, 0x07], 100).unwrap().unwrap();
+        assert!(head.rsv1 && head.fin);
     }
 }
