@@ -233,7 +233,9 @@ pub fn inflate_into(payload: &[u8], out: &mut Vec<u8>) -> anyhow::Result<()> {
                 if used == input.len() && out.len() < out.capacity() {
                     break;
                 }
-                out.reserve(out.capacity().max(256));
+                if out.capacity() - out.len() < 256 {
+                    out.reserve(out.capacity().max(256));
+                }
                 let before = (d.total_in(), d.total_out());
                 let status =
                     d.decompress_vec(&input[used..], out, flate2::FlushDecompress::Sync)?;
@@ -304,6 +306,20 @@ mod tests {
         inflate_into(&[0xf2, 0x48, 0xcd, 0xc9, 0xc9, 0x07, 0x00], &mut out).unwrap();
         assert_eq!(out, b"Hello");
         assert!(inflate_into(&[0xff, 0xff, 0xff], &mut out).is_err());
+        // A reused buffer does not grow from one message to the next.
+        let mut c = flate2::Compress::new(flate2::Compression::fast(), false);
+        let mut packed = Vec::with_capacity(4096);
+        let text = "hello world ".repeat(200);
+        c.compress_vec(text.as_bytes(), &mut packed, flate2::FlushCompress::Sync)
+            .unwrap();
+        packed.truncate(packed.len() - 4);
+        inflate_into(&packed, &mut out).unwrap();
+        let cap = out.capacity();
+        for _ in 0..100 {
+            inflate_into(&packed, &mut out).unwrap();
+            assert_eq!(out, text.as_bytes());
+        }
+        assert_eq!(out.capacity(), cap);
         let head = parse_head(&[0xC1, 0x07], 100).unwrap().unwrap();
         assert!(head.rsv1 && head.fin);
     }
