@@ -371,6 +371,7 @@ pub async fn start(
             consumer_stop.clone(),
         ));
     }
+    let otlp = herald_runtime::otlp::Otlp::start(&config.otlp, "herald-gateway")?;
     tokio::spawn(consumer::consume(
         kafka,
         router,
@@ -378,6 +379,7 @@ pub async fn start(
         presence.clone(),
         groups,
         link,
+        otlp.clone(),
         consumer_stop.clone(),
     ));
 
@@ -434,6 +436,8 @@ pub async fn start(
             );
         }
         consumer_stop.cancel();
+        // The last spans go to the collector too.
+        otlp.shutdown().await;
         ops_stop.cancel();
         tracing::info!("gateway stopped");
     });
