@@ -44,6 +44,7 @@ pub struct OtlpArgs {
     #[arg(
         long = "otlp-endpoint",
         env = "HERALD_OTLP_ENDPOINT",
+        value_name = "URL",
         default_value = ""
     )]
     pub endpoint: String,
@@ -53,12 +54,17 @@ pub struct OtlpArgs {
     #[arg(
         long = "otlp-sample-ratio",
         env = "HERALD_OTLP_SAMPLE_RATIO",
+        value_name = "RATIO",
         default_value_t = 0.01
     )]
     pub sample_ratio: f64,
     /// `service.name` of the exported spans (default: the program's name,
     /// `herald-gateway` or `herald-producer`).
-    #[arg(long = "otlp-service-name", env = "HERALD_OTLP_SERVICE_NAME")]
+    #[arg(
+        long = "otlp-service-name",
+        env = "HERALD_OTLP_SERVICE_NAME",
+        value_name = "NAME"
+    )]
     pub service_name: Option<String>,
 }
 
