@@ -375,11 +375,13 @@ pub async fn start(
     tokio::spawn(consumer::consume(
         kafka,
         router,
-        metrics,
-        presence.clone(),
-        groups,
+        consumer::Sinks {
+            metrics,
+            presence: presence.clone(),
+            groups,
+            otlp: otlp.clone(),
+        },
         link,
-        otlp.clone(),
         consumer_stop.clone(),
     ));
 

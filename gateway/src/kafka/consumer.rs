@@ -438,6 +438,18 @@ enum DiscoverError {
     Kafka(#[from] rdkafka::error::KafkaError),
 }
 
+/// What the record loop ([`consume`]) delivers to and reports through.
+pub struct Sinks {
+    /// The gateway's metrics.
+    pub metrics: Metrics,
+    /// Who is online (presence heartbeats are applied here).
+    pub presence: Arc<PresenceTable>,
+    /// Which partitions this pod owns.
+    pub groups: PartitionGroups,
+    /// Where the "deliver" spans of sampled records go.
+    pub otlp: Otlp,
+}
+
 /// Read records until `shutdown`, routing each to the router. A record
 /// below the partition's next expected offset means the log went backwards
 /// (the topic was recreated, or a broker truncated it): the partition's
@@ -446,13 +458,16 @@ enum DiscoverError {
 pub async fn consume(
     consumer: Arc<StreamConsumer>,
     router: Arc<Router>,
-    metrics: Metrics,
-    presence: Arc<PresenceTable>,
-    groups: PartitionGroups,
+    sinks: Sinks,
     link: Arc<Link>,
-    otlp: Otlp,
     shutdown: CancellationToken,
 ) {
+    let Sinks {
+        metrics,
+        presence,
+        groups,
+        otlp,
+    } = sinks;
     let mut batch: Vec<Slot> = Vec::with_capacity(MAX_BATCH);
     // The sampled records of the batch, when spans are exported (empty,
     // never allocated, otherwise).
