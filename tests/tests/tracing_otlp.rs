@@ -363,3 +363,86 @@ async fn ratio_zero_exports_only_traces_sampled_by_their_sender() -> anyhow::Res
     stack.stop().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outbox_row_gets_a_publish_span_and_its_delivery_a_child() -> anyhow::Result<()> {
+    let collector = Collector::start().await?;
+    let db = herald_testkit::Database::shared().await?;
+    let (pg, connection) = tokio_postgres::connect(db.url(), tokio_postgres::NoTls).await?;
+    tokio::spawn(connection);
+    let schema = herald_testkit::unique("herald_otlp_");
+    pg.batch_execute(&format!("CREATE SCHEMA \"{schema}\""))
+        .await?;
+    let mut producer_args = otlp_flags(&collector, "1");
+    producer_args.extend(
+        [
+            "--outbox-database-url",
+            db.url(),
+            "--outbox-schema",
+            &schema,
+            "--outbox-migrate",
+            "--outbox-poll-ms",
+            "200",
+        ]
+        .map(String::from),
+    );
+    let stack = Stack::start_with(StackOptions {
+        gateway_args: otlp_flags(&collector, "1"),
+        producer_args,
+        ..StackOptions::default()
+    })
+    .await?;
+    let mut client = RawStomp::connect(
+        &stack.ws_url("/ws.communication"),
+        &token("1", "1", "agent"),
+    )
+    .await?;
+    client.subscribe("s", "/queue/message").await?;
+    let event = airy_message("1", 7).to_string();
+    let row = pg
+        .query_one(
+            &format!("INSERT INTO \"{schema}\".herald_outbox (event) VALUES ($1::text::jsonb) RETURNING seq"),
+            &[&event],
+        )
+        .await?;
+    let seq: i64 = row.try_get(0)?;
+    let f = client.next_frame_within(Duration::from_secs(30)).await?;
+    assert_eq!(f.command, "MESSAGE", "{}", f.raw);
+
+    // The row's trace is Herald's own (sampled at ratio 1): find it by its
+    // publish span.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let publish = loop {
+        let found = collector
+            .spans
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|r| r.service == "herald-producer" && r.span.name == "outbox publish")
+            .map(|r| r.span.clone());
+        if let Some(span) = found {
+            break span;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "no outbox publish span");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        publish.parent_span_id.is_empty(),
+        "a root span: {publish:?}"
+    );
+    assert_eq!(int(&publish.attributes, "herald.outbox.seq"), Some(seq));
+    assert_eq!(
+        string(&publish.attributes, "herald.event.type").as_deref(),
+        Some("message.created")
+    );
+    assert!(int(&publish.attributes, "messaging.kafka.offset").is_some());
+    let (producer, gateway) = collector.both_spans(&publish.trace_id).await?;
+    assert_eq!(producer.span_id, publish.span_id);
+    assert_eq!(gateway.name, "deliver");
+    assert_eq!(gateway.parent_span_id, publish.span_id);
+    stack.stop().await;
+    let _ = pg
+        .batch_execute(&format!("DROP SCHEMA \"{schema}\" CASCADE"))
+        .await;
+    Ok(())
+}
