@@ -52,6 +52,9 @@ pub struct ProducerConfig {
     /// Log format.
     #[arg(long, env = "HERALD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    /// OpenTelemetry span export (off unless `--otlp-endpoint` is set).
+    #[command(flatten)]
+    pub otlp: herald_runtime::otlp::OtlpArgs,
 
     /// Static API keys (`Authorization: Bearer <key>` or `X-Api-Key: <key>`);
     /// each grants every scope. Repeatable; comma-separated in the environment.
@@ -159,6 +162,9 @@ pub enum ConfigError {
     /// Bad Kafka settings.
     #[error(transparent)]
     Kafka(#[from] herald_runtime::kafka::KafkaConfigError),
+    /// Bad OTLP export settings.
+    #[error(transparent)]
+    Otlp(#[from] herald_runtime::otlp::OtlpConfigError),
 }
 
 impl ProducerConfig {
@@ -236,6 +242,7 @@ impl ProducerConfig {
                 .map_err(|e| ConfigError::Invalid(format!("--outbox-database-url: {e}")))?;
         }
         self.kafka.client_config()?;
+        self.otlp.validate()?;
         Ok(())
     }
 
@@ -282,7 +289,24 @@ mod tests {
                 .validate()
                 .is_err()
         );
+        assert!(
+            parse(&["--otlp-endpoint", "localhost:4318"])
+                .validate()
+                .is_err()
+        );
+        assert!(parse(&["--otlp-sample-ratio", "2"]).validate().is_err());
+        assert!(
+            parse(&[
+                "--otlp-endpoint",
+                "http://localhost:4318",
+                "--otlp-sample-ratio",
+                "1"
+            ])
+            .validate()
+            .is_ok()
+        );
         assert!(parse(&[]).validate().is_ok());
+        assert!(!parse(&[]).otlp.enabled());
         assert!(!parse(&[]).has_api_credentials());
     }
 }

@@ -26,7 +26,7 @@ use utoipa::ToSchema;
 use crate::{
     idempotency::{Claim, EventKey},
     openapi::{ErrorBody, EventsRequest},
-    publish::{Produced, Trace},
+    publish::{Produced, Trace, describe_span},
     server::AppState,
 };
 
@@ -155,13 +155,32 @@ pub async fn post_events(
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     // The request's trace continues in every record it publishes (or a new
-    // trace starts); the response names the publishing span.
+    // trace starts); the response names the publishing span, which ends
+    // once Kafka acknowledged every event (or failed to).
     let header = |name| headers.get(name).and_then(|v| v.to_str().ok());
-    let trace = Trace::continue_from(header(trace::TRACEPARENT), header(trace::TRACESTATE));
+    let (trace, mut span) = Trace::begin(
+        state.publisher.otlp(),
+        "publish",
+        header(trace::TRACEPARENT),
+        header(trace::TRACESTATE),
+    );
     let result = match body_or_error(body, state.max_body_bytes) {
         Ok(body) => ingest(&state, &body, &trace).await,
         Err(e) => Err(e),
     };
+    if span.is_recording() {
+        match &result {
+            Ok(results) => describe_span(&mut span, results),
+            Err(ApiError::Unavailable { produced, failed }) => {
+                describe_span(&mut span, produced);
+                span.fail(format!("Kafka did not acknowledge {} events", failed.len()));
+            }
+            Err(ApiError::Invalid(errors)) => span.fail(format!("{} invalid events", errors.len())),
+            Err(ApiError::BadRequest(reason)) => span.fail(reason.clone()),
+            Err(ApiError::TooLarge(limit)) => span.fail(format!("body over {limit} bytes")),
+        }
+    }
+    span.end();
     let mut response = match result {
         Ok(results) => (StatusCode::OK, Json(EventsResponse { results })).into_response(),
         Err(e) => {

@@ -11,6 +11,7 @@ use std::{
 
 use herald_runtime::{
     KafkaArgs,
+    otlp::{Array, Otlp, Span, SpanKind, StringValue, Value},
     trace::{self, TraceParent},
 };
 use herald_schemas::{Envelope, Family};
@@ -53,6 +54,66 @@ impl Trace {
         Trace {
             parent: TraceParent::root(false),
             state: None,
+        }
+    }
+
+    /// Begin the publishing span `name`: a child of the caller's
+    /// `traceparent` if valid, else the root of a new trace. The context
+    /// carried on names this span (its id is the exported span's), and the
+    /// span is inert unless `otlp` exports and the trace is sampled.
+    pub fn begin(
+        otlp: &Otlp,
+        name: &'static str,
+        traceparent: Option<&str>,
+        tracestate: Option<&str>,
+    ) -> (Self, Span) {
+        let caller = traceparent.and_then(TraceParent::parse);
+        let (parent, mut span) = otlp.start_span(name, SpanKind::Producer, caller.as_ref(), None);
+        span.set("messaging.system", "kafka");
+        let state = caller
+            .and(tracestate)
+            .and_then(trace::tracestate)
+            .map(str::to_owned);
+        (Trace { parent, state }, span)
+    }
+}
+
+/// Describe on a publishing span where its events landed: topic,
+/// partition, offset and event type, scalar for one event, arrays (in
+/// request order) for a batch. Nothing of the payload.
+pub fn describe_span(span: &mut Span, produced: &[Produced]) {
+    if !span.is_recording() {
+        return;
+    }
+    span.set("messaging.batch.message_count", produced.len() as i64);
+    match produced {
+        [one] => {
+            span.set("messaging.destination.name", one.topic.clone());
+            span.set(
+                "messaging.destination.partition.id",
+                one.partition.to_string(),
+            );
+            span.set("messaging.kafka.offset", one.offset);
+            span.set("herald.event.type", one.event_type.clone());
+            span.set("herald.event.id", one.id.clone());
+        }
+        many => {
+            let strings = |f: fn(&Produced) -> String| {
+                Value::Array(Array::String(
+                    many.iter().map(|p| StringValue::from(f(p))).collect(),
+                ))
+            };
+            span.set("messaging.destination.name", strings(|p| p.topic.clone()));
+            span.set(
+                "messaging.destination.partition.id",
+                strings(|p| p.partition.to_string()),
+            );
+            span.set(
+                "messaging.kafka.offset",
+                Value::Array(Array::I64(many.iter().map(|p| p.offset).collect())),
+            );
+            span.set("herald.event.type", strings(|p| p.event_type.clone()));
+            span.set("herald.event.id", strings(|p| p.id.clone()));
         }
     }
 }
@@ -142,6 +203,7 @@ pub struct Publisher {
     client_id: String,
     timeout: Duration,
     metrics: Metrics,
+    otlp: Otlp,
 }
 
 impl Publisher {
@@ -158,7 +220,19 @@ impl Publisher {
             client_id: client_id.to_owned(),
             timeout,
             metrics,
+            otlp: Otlp::disabled(),
         })
+    }
+
+    /// Export the publishing spans through `otlp`.
+    pub fn with_otlp(mut self, otlp: Otlp) -> Self {
+        self.otlp = otlp;
+        self
+    }
+
+    /// The span exporter (disabled unless set with [`Publisher::with_otlp`]).
+    pub fn otlp(&self) -> &Otlp {
+        &self.otlp
     }
 
     /// The current Kafka producer.

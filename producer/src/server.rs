@@ -67,12 +67,14 @@ pub async fn start(
 ) -> anyhow::Result<ProducerHandle> {
     config.validate()?;
     let metrics = Metrics::new();
+    let otlp = herald_runtime::otlp::Otlp::start(&config.otlp, "herald-producer")?;
     let publisher = Publisher::create(
         &config.kafka,
         config.produce_timeout(),
         "herald-producer",
         metrics.clone(),
-    )?;
+    )?
+    .with_otlp(otlp.clone());
     let readiness = Readiness::default();
     let kafka_ready = readiness.condition("kafka");
     tokio::spawn(watch_kafka(
@@ -88,8 +90,9 @@ pub async fn start(
                 let applied = outbox::migrate::run(url.expose(), &table).await?;
                 tracing::info!(table = %table, applied, "outbox migrations applied");
             }
-            let settings = outbox::RelaySettings::from_config(&config, table)
+            let mut settings = outbox::RelaySettings::from_config(&config, table)
                 .ok_or_else(|| anyhow::anyhow!("--outbox-database-url is not a valid URL"))?;
+            settings.otlp = otlp.clone();
             let relay = OutboxRelay::new(settings, metrics.clone(), readiness.condition("outbox"));
             Some(tokio::spawn(relay.run(shutdown.child_token())))
         }
@@ -166,6 +169,8 @@ pub async fn start(
         if let Some(relay) = relay {
             let _ = relay.await;
         }
+        // The last spans go to the collector too.
+        otlp.shutdown().await;
         tracing::info!("producer stopped");
     });
     tracing::info!(%addr, %ops_addr, "producer listening");

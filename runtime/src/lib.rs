@@ -10,6 +10,7 @@ pub mod jwt;
 pub mod kafka;
 pub mod metrics;
 pub mod ops;
+pub mod otlp;
 pub mod shutdown;
 pub mod tansu;
 pub mod telemetry;

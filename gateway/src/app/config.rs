@@ -312,6 +312,9 @@ pub struct GatewayConfig {
     /// Log format.
     #[arg(long, env = "HERALD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    /// OpenTelemetry span export (off unless `--otlp-endpoint` is set).
+    #[command(flatten)]
+    pub otlp: herald_runtime::otlp::OtlpArgs,
     /// Serve the web console at `/console/` on the ops listener (needs
     /// `--console-token`): it shows every account's connections, presence
     /// and events to whoever holds the admin credential.
@@ -379,6 +382,9 @@ pub enum ConfigError {
          (at least 16 characters); the console shows every account's data"
     )]
     ConsoleToken,
+    /// Bad OTLP export settings.
+    #[error(transparent)]
+    Otlp(#[from] herald_runtime::otlp::OtlpConfigError),
 }
 
 impl GatewayConfig {
@@ -668,6 +674,7 @@ impl GatewayConfig {
         self.resume()?;
         self.tls()?;
         self.kafka.client_config()?;
+        self.otlp.validate()?;
         self.console()?;
         self.partition_groups()?;
         self.conflation()?;

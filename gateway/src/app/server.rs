@@ -372,12 +372,16 @@ pub async fn start(
             consumer_stop.clone(),
         ));
     }
+    let otlp = herald_runtime::otlp::Otlp::start(&config.otlp, "herald-gateway")?;
     tokio::spawn(consumer::consume(
         kafka,
         router,
-        metrics,
-        presence.clone(),
-        groups,
+        consumer::Sinks {
+            metrics,
+            presence: presence.clone(),
+            groups,
+            otlp: otlp.clone(),
+        },
         link,
         consumer_stop.clone(),
     ));
@@ -436,6 +440,8 @@ pub async fn start(
             );
         }
         consumer_stop.cancel();
+        // The last spans go to the collector too.
+        otlp.shutdown().await;
         ops_stop.cancel();
         tracing::info!("gateway stopped");
     });

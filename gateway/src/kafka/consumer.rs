@@ -18,7 +18,9 @@ use std::{
 use futures_util::FutureExt;
 use herald_runtime::{
     KafkaArgs,
+    otlp::{Otlp, SpanKind},
     topic_ids::{self, TopicId},
+    trace::{self, TraceParent},
 };
 use herald_schemas::Envelope;
 use prometheus::IntCounter;
@@ -436,6 +438,18 @@ enum DiscoverError {
     Kafka(#[from] rdkafka::error::KafkaError),
 }
 
+/// What the record loop ([`consume`]) delivers to and reports through.
+pub struct Sinks {
+    /// The gateway's metrics.
+    pub metrics: Metrics,
+    /// Who is online (presence heartbeats are applied here).
+    pub presence: Arc<PresenceTable>,
+    /// Which partitions this pod owns.
+    pub groups: PartitionGroups,
+    /// Where the "deliver" spans of sampled records go.
+    pub otlp: Otlp,
+}
+
 /// Read records until `shutdown`, routing each to the router. A record
 /// below the partition's next expected offset means the log went backwards
 /// (the topic was recreated, or a broker truncated it): the partition's
@@ -444,13 +458,21 @@ enum DiscoverError {
 pub async fn consume(
     consumer: Arc<StreamConsumer>,
     router: Arc<Router>,
-    metrics: Metrics,
-    presence: Arc<PresenceTable>,
-    groups: PartitionGroups,
+    sinks: Sinks,
     link: Arc<Link>,
     shutdown: CancellationToken,
 ) {
+    let Sinks {
+        metrics,
+        presence,
+        groups,
+        otlp,
+    } = sinks;
     let mut batch: Vec<Slot> = Vec::with_capacity(MAX_BATCH);
+    // The sampled records of the batch, when spans are exported (empty,
+    // never allocated, otherwise).
+    let export = otlp.enabled();
+    let mut traced: Vec<Traced> = Vec::new();
     let mut topics = Topics {
         metrics: metrics.clone(),
         by_name: HashMap::new(),
@@ -501,11 +523,17 @@ pub async fn consume(
                     }
                     let Some(view) = router.view() else { break };
                     for record in read {
-                        route(record, &view, &topics, &mut batch);
+                        route(record, &view, &topics, &mut batch, export, &mut traced);
                     }
                     if !batch.is_empty() {
                         view.dispatch_batch(&batch);
+                        for t in &mut traced {
+                            t.recipients = view.recipients(&batch[t.index].event);
+                        }
                         drop(view);
+                        if !traced.is_empty() {
+                            deliver_spans(&otlp, &batch, &mut traced);
+                        }
                         for slot in batch.drain(..) {
                             metrics
                                 .dispatch_latency
@@ -751,9 +779,62 @@ fn decode(msg: &BorrowedMessage<'_>) -> Parsed {
     Parsed::Decoded(envelope)
 }
 
+/// A sampled record in the batch being dispatched: its span is exported.
+struct Traced {
+    /// Its slot in the batch.
+    index: usize,
+    /// The record's `traceparent` (the producer's publishing span).
+    parent: TraceParent,
+    /// Connections it was offered to.
+    recipients: usize,
+}
+
+/// One "deliver" span per sampled record of a dispatched batch, a child of
+/// the publishing span: from the record's receipt to its frames handed to
+/// every recipient's queue. Runs after the router's lock is released.
+fn deliver_spans(otlp: &Otlp, batch: &[Slot], traced: &mut Vec<Traced>) {
+    let (now, now_instant) = (std::time::SystemTime::now(), Instant::now());
+    for t in traced.drain(..) {
+        let event = &batch[t.index].event;
+        let waited = now_instant.saturating_duration_since(event.received);
+        let received = now.checked_sub(waited).unwrap_or(now);
+        let (_, mut span) = otlp.start_span(
+            "deliver",
+            SpanKind::Consumer,
+            Some(&t.parent),
+            Some(received),
+        );
+        span.set("messaging.system", "kafka");
+        span.set("messaging.destination.name", event.topic.to_string());
+        span.set(
+            "messaging.destination.partition.id",
+            event.partition.to_string(),
+        );
+        span.set("messaging.kafka.offset", event.offset);
+        span.set("herald.event.type", event.envelope.event_type.clone());
+        span.set("herald.event.id", event.envelope.id.clone());
+        span.set("herald.recipients", t.recipients as i64);
+        if let Some(produced) = event.kafka_timestamp_ms {
+            let received_ms = received
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as i64);
+            span.set("herald.kafka_lag_ms", (received_ms - produced).max(0));
+        }
+        span.end_at(now);
+    }
+}
+
 /// Route one record under the router's read lock: pass it (not
-/// delivered here) or record it and add it to `batch`.
-fn route(record: Read<'_>, view: &RouterView<'_>, topics: &Topics, batch: &mut Vec<Slot>) {
+/// delivered here) or record it and add it to `batch`; a sampled record
+/// (when `export`) is noted in `traced` too.
+fn route(
+    record: Read<'_>,
+    view: &RouterView<'_>,
+    topics: &Topics,
+    batch: &mut Vec<Slot>,
+    export: bool,
+    traced: &mut Vec<Traced>,
+) {
     let Read {
         msg,
         topic,
@@ -800,9 +881,15 @@ fn route(record: Read<'_>, view: &RouterView<'_>, topics: &Topics, batch: &mut V
     let mut event = RoutedEvent::new(topic, partition, offset, envelope, timestamp);
     event.received = received;
     view.mark_subject(&mut event);
-    event.trace_id = header(&msg, herald_runtime::trace::TRACEPARENT)
-        .and_then(herald_runtime::trace::TraceParent::parse)
-        .map_or([0; 16], |t| t.trace_id);
+    let parent = header(&msg, trace::TRACEPARENT).and_then(TraceParent::parse);
+    event.trace_id = parent.map_or([0; 16], |t| t.trace_id);
+    if export && let Some(parent) = parent.filter(TraceParent::sampled) {
+        traced.push(Traced {
+            index: batch.len(),
+            parent,
+            recipients: 0,
+        });
+    }
     let event = Arc::new(event);
     view.record(&event);
     batch.push(Slot::new(event));

@@ -526,6 +526,22 @@ impl RouterView<'_> {
         offered
     }
 
+    /// How many connections [`RouterView::dispatch_batch`] offers `event`
+    /// to (the same checks; for a traced event's span, under the same view).
+    pub fn recipients(&self, event: &RoutedEvent) -> usize {
+        let Some(conns) = self.map.get(event.envelope.account_id.as_str()) else {
+            return 0;
+        };
+        let audience = event.envelope.audience.as_ref();
+        conns
+            .values()
+            .filter(|recipient| {
+                let identity = recipient.identity();
+                *identity.account_id == *event.envelope.account_id && identity.entitled(audience)
+            })
+            .count()
+    }
+
     fn offer_all(&self, event: &Arc<RoutedEvent>, cache: &mut FrameCache) -> usize {
         let Some(conns) = self.map.get(event.envelope.account_id.as_str()) else {
             return 0;

@@ -199,6 +199,9 @@ pub struct RelaySettings {
     pub max_backoff: Duration,
     /// Kafka acknowledgement deadline per batch.
     pub produce_timeout: Duration,
+    /// Where the per-row publishing spans go (set by the caller; disabled
+    /// by default).
+    pub otlp: herald_runtime::otlp::Otlp,
 }
 
 impl RelaySettings {
@@ -218,6 +221,7 @@ impl RelaySettings {
             poll: Duration::from_millis(config.outbox_poll_ms),
             max_backoff: Duration::from_millis(config.outbox_max_backoff_ms),
             produce_timeout: config.produce_timeout(),
+            otlp: herald_runtime::otlp::Otlp::disabled(),
         })
     }
 }

@@ -39,6 +39,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use herald_runtime::otlp::Span;
 use rdkafka::producer::Producer as _;
 use serde_json::value::RawValue;
 use tokio::sync::mpsc;
@@ -48,7 +49,7 @@ use super::{OutboxError, RelaySettings, connect};
 use crate::{
     ingest::prepare_with,
     metrics::Metrics,
-    publish::{PublishError, Publisher, Trace},
+    publish::{PublishError, Publisher, Trace, describe_span},
 };
 
 /// Doubling delays from `min` up to `max`, with jitter so relays that failed
@@ -347,7 +348,8 @@ impl OutboxRelay {
         )
         .map_err(|e| {
             PublishError::Kafka(rdkafka::error::KafkaError::ClientCreation(e.to_string()))
-        })?;
+        })?
+        .with_otlp(self.settings.otlp.clone());
         self.publisher = Some(p.clone());
         Ok(p)
     }
@@ -373,8 +375,13 @@ impl OutboxRelay {
             published: Vec::with_capacity(batch.valid.len()),
             poison: batch.poison,
         };
-        // An outbox row carries no trace context: each publish starts one.
-        let traces: Vec<Trace> = batch.valid.iter().map(|_| Trace::start()).collect();
+        // An outbox row carries no trace context: each publish starts one
+        // (a span per row, exported when the sample ratio picks it).
+        let (traces, mut spans): (Vec<Trace>, Vec<Span>) = batch
+            .valid
+            .iter()
+            .map(|_| Trace::begin(publisher.otlp(), "outbox publish", None, None))
+            .unzip();
         let sends = batch
             .valid
             .iter()
@@ -384,7 +391,14 @@ impl OutboxRelay {
         // order before any acknowledgement is awaited.
         let results = futures_util::future::join_all(sends).await;
         let mut retry = None;
-        for ((seq, _), result) in batch.valid.iter().zip(results) {
+        for (((seq, _), result), span) in batch.valid.iter().zip(results).zip(spans.iter_mut()) {
+            if span.is_recording() {
+                span.set("herald.outbox.seq", *seq);
+                match &result {
+                    Ok(produced) => describe_span(span, std::slice::from_ref(produced)),
+                    Err(e) => span.fail(e.to_string()),
+                }
+            }
             match result {
                 Ok(_) => outcome.published.push(*seq),
                 Err(e) if e.is_permanent() => {
@@ -397,6 +411,7 @@ impl OutboxRelay {
                 }
             }
         }
+        spans.into_iter().for_each(Span::end);
         match retry {
             Some(e) => Err(e),
             None => Ok(outcome),
