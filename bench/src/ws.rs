@@ -243,6 +243,10 @@ pub fn inflate_into(payload: &[u8], out: &mut Vec<u8>) -> anyhow::Result<()> {
                     return Ok(());
                 }
                 if (d.total_in(), d.total_out()) == before {
+                    // The output had filled exactly, or the data is bad.
+                    if (d.total_in() - start) as usize == input.len() {
+                        break;
+                    }
                     anyhow::bail!("the compressed message does not inflate");
                 }
             }

@@ -12,8 +12,6 @@ use std::{
     sync::{Arc, Mutex, RwLock, RwLockReadGuard},
 };
 
-use tokio_tungstenite::tungstenite::Utf8Bytes;
-
 use crate::{
     core::{
         conflation::Conflation,
@@ -22,7 +20,7 @@ use crate::{
         position::{Epochs, TopicPartition},
     },
     routing::history::HistoryBuffer,
-    transport::ws::WsFrame,
+    transport::ws::{WsFrame, WsPart},
 };
 
 /// Frames and bodies encoded for one event, shared between its recipients.
@@ -30,7 +28,7 @@ use crate::{
 /// that gets the same bytes writes the same buffer.
 #[derive(Default)]
 pub struct FrameCache {
-    bodies: Vec<(String, Utf8Bytes)>,
+    bodies: Vec<(String, WsPart)>,
     frames: Vec<(String, WsFrame)>,
 }
 
@@ -55,11 +53,11 @@ impl FrameCache {
 
     /// The cached body text for `key` (a part several frames embed),
     /// made with `make` the first time.
-    pub fn body_or_insert_with(&mut self, key: &str, make: impl FnOnce() -> String) -> Utf8Bytes {
+    pub fn body_or_insert_with(&mut self, key: &str, make: impl FnOnce() -> String) -> WsPart {
         if let Some((_, v)) = self.bodies.iter().find(|(k, _)| k == key) {
             return v.clone();
         }
-        let v = Utf8Bytes::from(make());
+        let v = WsPart::new(make());
         self.bodies.push((key.to_owned(), v.clone()));
         v
     }

@@ -122,6 +122,43 @@ thread_local! {
 /// `payload` compressed as one permessage-deflate message (without the
 /// tail), or `None` when compressing would not make it smaller.
 pub fn compress(payload: &[u8], level: u32) -> Option<Vec<u8>> {
+    let mut out = compress_flushed(payload, level)?;
+    out.truncate(out.len() - TAIL.len());
+    (out.len() < payload.len()).then_some(out)
+}
+
+/// Append `data` to a deflate stream being assembled as stored
+/// (uncompressed) blocks, at a byte boundary (RFC 1951 §3.2.4).
+pub fn stored(out: &mut Vec<u8>, data: &[u8]) {
+    for chunk in data.chunks(usize::from(u16::MAX)) {
+        let len = chunk.len() as u16;
+        out.push(0x00);
+        out.extend_from_slice(&len.to_le_bytes());
+        out.extend_from_slice(&(!len).to_le_bytes());
+        out.extend_from_slice(chunk);
+    }
+}
+
+/// The permessage-deflate payload of `before ++ shared ++ after`, where
+/// `shared` was compressed once on its own with [`compress_flushed`]:
+/// `before` and `after` go in stored blocks around it. A deflate stream
+/// is a sequence of blocks, and one that starts fresh at a byte boundary
+/// never refers back past its start, so the pieces concatenate; the final
+/// `0x00` opens the empty stored block whose length the receiver's
+/// appended `00 00 FF FF` supplies (RFC 7692 §7.2.2). Per recipient this
+/// is a copy, no compression.
+pub fn assemble(before: &[u8], shared: &[u8], after: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(before.len() + shared.len() + after.len() + 16);
+    stored(&mut out, before);
+    out.extend_from_slice(shared);
+    stored(&mut out, after);
+    out.push(0x00);
+    out
+}
+
+/// `payload` as raw deflate ending in a sync flush (the tail kept), for
+/// [`assemble`]; `None` if compression failed.
+pub fn compress_flushed(payload: &[u8], level: u32) -> Option<Vec<u8>> {
     COMPRESSOR.with(|cell| {
         let mut slot = cell.borrow_mut();
         let compressor = match &mut *slot {
@@ -156,11 +193,7 @@ pub fn compress(payload: &[u8], level: u32) -> Option<Vec<u8>> {
                 return None;
             }
         }
-        if !out.ends_with(&TAIL) {
-            return None;
-        }
-        out.truncate(out.len() - TAIL.len());
-        (out.len() < payload.len()).then_some(out)
+        out.ends_with(&TAIL).then_some(out)
     })
 }
 
@@ -209,13 +242,14 @@ pub fn inflate(compressed: &[u8], max: usize) -> Result<Vec<u8>, InflateError> {
                     return Err(InflateError::TooLarge);
                 }
                 let progressed = (d.total_in(), d.total_out()) != before;
+                let all_in = (d.total_in() - start) as usize == input.len();
                 match status {
                     // The sender ended the stream (BFINAL): allowed, and
                     // anything after it is not part of the message.
                     Status::StreamEnd => return Ok(out),
-                    _ if !progressed && out.len() < out.capacity() => {
-                        return Err(InflateError::Invalid);
-                    }
+                    // The output had filled exactly: nothing was pending.
+                    _ if !progressed && all_in => break,
+                    _ if !progressed => return Err(InflateError::Invalid),
                     _ => {}
                 }
             }
@@ -356,5 +390,39 @@ mod tests {
             .unwrap(),
             b"Hello"
         );
+    }
+
+    #[test]
+    fn an_output_that_fills_the_buffer_exactly_is_not_an_error() {
+        // inflate's first buffer is three times the input: a message
+        // inflating to exactly that once looked stuck.
+        for n in 1..400usize {
+            let text: String = (0..n)
+                .map(|i| (b'a' + (i * 7 % 26) as u8) as char)
+                .collect();
+            let Some(packed) = compress(text.as_bytes(), 1) else {
+                continue;
+            };
+            assert_eq!(inflate(&packed, 1 << 20).unwrap(), text.as_bytes(), "{n}");
+        }
+    }
+
+    #[test]
+    fn pieces_compressed_apart_and_stored_around_inflate_as_one_message() {
+        let body =
+            r#"{"event":"message.created","data":{"content":"hello hello hello hello"}}"#.repeat(5);
+        let shared = compress_flushed(body.as_bytes(), 1).unwrap();
+        let before = br#"{"identifier":"{\"channel\":\"RoomChannel\"}","message":"#;
+        let packed = assemble(before, &shared, b"}");
+        let mut want = before.to_vec();
+        want.extend_from_slice(body.as_bytes());
+        want.push(b'}');
+        assert_eq!(inflate(&packed, 1 << 20).unwrap(), want);
+        // Empty pieces, and a piece over a stored block's 65,535 bytes.
+        let big = vec![b'i'; 70_000];
+        let packed = assemble(&big, &shared, b"");
+        let mut want = big.clone();
+        want.extend_from_slice(body.as_bytes());
+        assert_eq!(inflate(&packed, 1 << 20).unwrap(), want);
     }
 }

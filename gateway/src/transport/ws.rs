@@ -80,9 +80,50 @@ pub struct WsFrame(Arc<FrameBytes>);
 #[derive(Debug)]
 struct FrameBytes {
     plain: Vec<u8>,
+    /// For a frame made of per-recipient text around a shared part: the
+    /// part and where it starts in the payload (its compressed form is
+    /// shared too, see [`WsFrame::around`]).
+    around: Option<(WsPart, usize)>,
     /// The compressed frame, or `None` when it is below the size threshold
     /// or compressing did not make it smaller.
     deflated: OnceLock<Option<Box<[u8]>>>,
+}
+
+/// Text several frames embed (an event's body), with its compressed form
+/// made once when a compressing connection first needs it.
+#[derive(Clone, Debug)]
+pub struct WsPart(Arc<PartBytes>);
+
+#[derive(Debug)]
+struct PartBytes {
+    text: String,
+    deflated: OnceLock<Option<Box<[u8]>>>,
+}
+
+impl WsPart {
+    /// A shared part holding `text`.
+    pub fn new(text: String) -> Self {
+        WsPart(Arc::new(PartBytes {
+            text,
+            deflated: OnceLock::new(),
+        }))
+    }
+
+    /// The text.
+    pub fn as_str(&self) -> &str {
+        &self.0.text
+    }
+
+    /// The text as raw deflate ending in a sync flush (see
+    /// [`deflate::assemble`]), made at `level` the first time.
+    fn deflated(&self, level: u32) -> Option<&[u8]> {
+        self.0
+            .deflated
+            .get_or_init(|| {
+                deflate::compress_flushed(self.0.text.as_bytes(), level).map(Vec::into_boxed_slice)
+            })
+            .as_deref()
+    }
 }
 
 impl PartialEq for WsFrame {
@@ -119,8 +160,26 @@ impl WsFrame {
     fn from_vec(plain: Vec<u8>) -> Self {
         WsFrame(Arc::new(FrameBytes {
             plain,
+            around: None,
             deflated: OnceLock::new(),
         }))
+    }
+
+    /// A final text frame `before ++ shared ++ after`, made per recipient
+    /// around a part shared by many frames (an ActionCable broadcast embeds
+    /// each subscription's identifier around the event's body). Compressed,
+    /// only the shared part is deflated — once, for every frame around it —
+    /// and the pieces around it are copied in stored blocks.
+    pub fn around(before: &[&str], shared: &WsPart, after: &str) -> Self {
+        let head: usize = before.iter().map(|p| p.len()).sum();
+        let mut parts: Vec<&str> = before.to_vec();
+        parts.push(shared.as_str());
+        parts.push(after);
+        let mut frame = Self::text_parts(&parts);
+        if let Some(bytes) = Arc::get_mut(&mut frame.0) {
+            bytes.around = Some((shared.clone(), head));
+        }
+        frame
     }
 
     /// A close frame with `code` and `reason` (cut to the 123 bytes a
@@ -192,7 +251,15 @@ impl WsFrame {
         }
         let packed = self.0.deflated.get_or_init(|| {
             let payload = self.payload();
-            let packed = deflate::compress(payload, cfg.level)?;
+            let packed = match &self.0.around {
+                Some((shared, at)) => {
+                    let end = at + shared.as_str().len();
+                    let body = shared.deflated(cfg.level)?;
+                    Some(deflate::assemble(&payload[..*at], body, &payload[end..]))
+                        .filter(|p| p.len() < payload.len())
+                }
+                None => deflate::compress(payload, cfg.level),
+            }?;
             compressed(payload.len(), packed.len());
             let mut out = Self::header_with(first | RSV1, packed.len());
             out.extend_from_slice(&packed);
@@ -861,6 +928,7 @@ mod tests {
         let inflated = deflate::inflate(
             WsFrame(Arc::new(FrameBytes {
                 plain: again,
+                around: None,
                 deflated: OnceLock::new(),
             }))
             .payload(),
@@ -874,5 +942,36 @@ mod tests {
         assert_eq!(small.wire(Some(&cfg), |_, _| panic!()), small.bytes());
         let close = WsFrame::close(1000, &"x".repeat(100));
         assert_eq!(close.wire(Some(&cfg), |_, _| panic!()), close.bytes());
+    }
+
+    #[test]
+    fn a_frame_around_a_shared_part_compresses_the_part_once() {
+        let cfg = DeflateConfig {
+            min_bytes: 16,
+            level: 1,
+        };
+        let body = WsPart::new(
+            r#"{"event":"message.created","data":{"content":"hi hi hi hi hi hi hi"}}"#.repeat(4),
+        );
+        let frames: Vec<WsFrame> = ["a", "bb"]
+            .iter()
+            .map(|id| WsFrame::around(&[r#"{"identifier":""#, id, r#"","message":"#], &body, "}"))
+            .collect();
+        for (frame, id) in frames.iter().zip(["a", "bb"]) {
+            let want = format!(r#"{{"identifier":"{id}","message":{}}}"#, body.as_str());
+            assert_eq!(frame.as_text(), Some(want.as_str()));
+            let wire = frame.wire(Some(&cfg), |_, _| {}).to_vec();
+            assert_eq!(wire[0], 0xC1);
+            let packed = WsFrame(Arc::new(FrameBytes {
+                plain: wire,
+                around: None,
+                deflated: OnceLock::new(),
+            }));
+            assert_eq!(
+                deflate::inflate(packed.payload(), 1 << 20).unwrap(),
+                want.as_bytes()
+            );
+        }
+        assert!(body.0.deflated.get().is_some(), "the body was compressed");
     }
 }

@@ -23,7 +23,7 @@ use crate::{
     },
     transport::{
         connection::{self, ConnTx, Supersede},
-        ws::WsFrame,
+        ws::{WsFrame, WsPart},
     },
 };
 
@@ -107,11 +107,7 @@ pub fn room_accepts(identity: &Identity, event: &RoutedEvent) -> bool {
 }
 
 /// The RoomChannel message body of `event` for `identity`.
-fn room_body(
-    identity: &Identity,
-    event: &RoutedEvent,
-    cache: &mut FrameCache,
-) -> tokio_tungstenite::tungstenite::Utf8Bytes {
+fn room_body(identity: &Identity, event: &RoutedEvent, cache: &mut FrameCache) -> WsPart {
     let ty = event.envelope.event_type.as_str();
     if ty == "presence.update" && identity.kind == PrincipalKind::Contact {
         // Contacts never see other contacts' presence.
@@ -219,13 +215,11 @@ impl CableRecipient {
                 // subscription, only the body is shared, and the frame is
                 // assembled from the pieces in one buffer.
                 match &self.ext_epochs {
-                    None => WsFrame::text_parts(&[
-                        r#"{"identifier":"#,
-                        &self.identifier_json,
-                        r#","message":"#,
-                        body.as_str(),
+                    None => WsFrame::around(
+                        &[r#"{"identifier":"#, &self.identifier_json, r#","message":"#],
+                        &body,
                         "}",
-                    ]),
+                    ),
                     Some(_) => WsFrame::text(&wrap(body.as_str())),
                 }
             }
