@@ -10,12 +10,11 @@
 //! fragmented message in a box only while it arrives.
 
 use bytes::Bytes;
-use tokio_tungstenite::tungstenite::{
-    Message, Utf8Bytes,
-    protocol::{CloseFrame, frame::coding::CloseCode},
-};
 
-use crate::transport::deflate::{self, InflateError};
+use crate::transport::{
+    deflate::{self, InflateError},
+    ws::{CloseCode, CloseFrame, Message, Utf8Bytes},
+};
 
 /// Why the client's input cannot be read on.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]

@@ -55,7 +55,12 @@ use crate::transport::{
     inbound::{Decoder, ReadError},
 };
 
-pub use tokio_tungstenite::tungstenite::Message;
+/// The message types of client frames (the WebSocket crate's, re-exported
+/// so the sans-I/O decoder names no I/O crate).
+pub use tokio_tungstenite::tungstenite::{
+    Message, Utf8Bytes,
+    protocol::{CloseFrame, frame::coding::CloseCode},
+};
 
 /// The most read from a socket at once, into a buffer of the thread's (a
 /// connection keeps only what it has not decoded yet, usually nothing: a
