@@ -492,8 +492,26 @@ async fn migrations_are_idempotent_and_inserts_wake_the_relay() -> anyhow::Resul
         Ok(relay.metric("herald_producer_outbox_leader", "").await? == 1.0)
     })
     .await?;
-    // Let the relay finish its first (empty) read and go to sleep.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Wait for the relay's first (empty) read to be over: after it, the
+    // relay refreshes the backlog gauge and waits, so its session is idle
+    // with the backlog count (on this test's table) as its last statement.
+    wait_until(
+        Duration::from_secs(30),
+        "the relay's first read",
+        || async {
+            let idle: i64 =
+                s.db.client
+                    .query_one(
+                        "SELECT count(*) FROM pg_stat_activity WHERE state = 'idle' \
+                 AND query LIKE 'SELECT count(*)::bigint%' AND position($1 in query) > 0",
+                        &[&s.db.schema],
+                    )
+                    .await?
+                    .get(0);
+            Ok(idle == 1)
+        },
+    )
+    .await?;
     s.db.insert(&[tag_event("acct", 0)]).await?;
     s.wait_drained(Duration::from_secs(20)).await?;
     let records = s.records().await?;
