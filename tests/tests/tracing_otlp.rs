@@ -170,6 +170,20 @@ async fn stack_exporting_to(collector: &Collector, ratio: &str) -> anyhow::Resul
     .await
 }
 
+/// A collector, a stack exporting to it at `ratio`, and a STOMP client of
+/// account 1 subscribed to `/queue/message`.
+async fn subscribed_stack(ratio: &str) -> anyhow::Result<(Collector, Stack, RawStomp)> {
+    let collector = Collector::start().await?;
+    let stack = stack_exporting_to(&collector, ratio).await?;
+    let mut client = RawStomp::connect(
+        &stack.ws_url("/ws.communication"),
+        &token("1", "1", "agent"),
+    )
+    .await?;
+    client.subscribe("s", "/queue/message").await?;
+    Ok((collector, stack, client))
+}
+
 /// Publish `event` with `traceparent` (none when `None`); returns the
 /// producer's answer and the `traceparent` it answered with.
 async fn publish(
@@ -194,14 +208,7 @@ async fn publish(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sampled_publish_exports_linked_producer_and_gateway_spans() -> anyhow::Result<()> {
-    let collector = Collector::start().await?;
-    let stack = stack_exporting_to(&collector, "1").await?;
-    let mut client = RawStomp::connect(
-        &stack.ws_url("/ws.communication"),
-        &token("1", "1", "agent"),
-    )
-    .await?;
-    client.subscribe("s", "/queue/message").await?;
+    let (collector, stack, mut client) = subscribed_stack("1").await?;
 
     // An incoming trace the caller did not sample stays unexported, even
     // at ratio 1: the sender's flag is honoured.
@@ -291,14 +298,7 @@ async fn a_sampled_publish_exports_linked_producer_and_gateway_spans() -> anyhow
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ratio_zero_exports_only_traces_sampled_by_their_sender() -> anyhow::Result<()> {
-    let collector = Collector::start().await?;
-    let stack = stack_exporting_to(&collector, "0").await?;
-    let mut client = RawStomp::connect(
-        &stack.ws_url("/ws.communication"),
-        &token("1", "1", "agent"),
-    )
-    .await?;
-    client.subscribe("s", "/queue/message").await?;
+    let (collector, stack, mut client) = subscribed_stack("0").await?;
 
     // A trace Herald starts itself (no traceparent) and an unsampled one.
     let (_, root) = publish(&stack, &airy_message("1", 1), None).await?;
