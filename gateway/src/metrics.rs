@@ -315,7 +315,7 @@ impl Metrics {
             ),
             foreign_partition_records: counter(
                 "herald_foreign_partition_records_total",
-                "Records whose account hashes to another partition group than their partition's (the producer's partitioner is not librdkafka's consistent_random); never delivered by this group",
+                "Records whose account hashes to another partition group than their partition's (a producer uses another partitioner than --partitioner); never delivered by this group",
                 &["topic"],
             ),
             typeid_joins: counter(

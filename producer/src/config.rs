@@ -241,7 +241,7 @@ impl ProducerConfig {
                 .parse::<tokio_postgres::Config>()
                 .map_err(|e| ConfigError::Invalid(format!("--outbox-database-url: {e}")))?;
         }
-        self.kafka.client_config()?;
+        self.kafka.producer_config()?;
         self.otlp.validate()?;
         Ok(())
     }

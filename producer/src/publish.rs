@@ -183,7 +183,7 @@ pub fn create_producer(
     timeout: Duration,
     client_id: &str,
 ) -> anyhow::Result<FutureProducer> {
-    let mut cfg = kafka.client_config()?;
+    let mut cfg = kafka.producer_config()?;
     cfg.set("enable.idempotence", "true")
         .set("acks", "all")
         .set("linger.ms", "2")

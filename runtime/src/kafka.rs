@@ -3,6 +3,8 @@
 
 use rdkafka::ClientConfig;
 
+use crate::partitioner::Partitioner;
+
 /// Kafka connection settings.
 #[derive(Debug, Clone, clap::Args)]
 pub struct KafkaArgs {
@@ -48,6 +50,13 @@ pub struct KafkaArgs {
         value_delimiter = ','
     )]
     pub properties: Vec<String>,
+    /// How producers place a record by its key, the account id:
+    /// `consistent_random` (CRC-32, librdkafka's default) or
+    /// `murmur2_random` (the Java client's default). Herald's producers use
+    /// it, and the gateway's partition groups assume it: set it to what
+    /// every producer of the topics uses.
+    #[arg(long = "partitioner", env = "HERALD_PARTITIONER", value_enum, default_value_t = Partitioner::ConsistentRandom)]
+    pub partitioner: Partitioner,
 }
 
 /// An invalid Kafka setting.
@@ -61,6 +70,11 @@ pub enum KafkaConfigError {
         "security protocol {0} needs --kafka-sasl-mechanism, --kafka-sasl-username and --kafka-sasl-password"
     )]
     IncompleteSasl(String),
+    /// `--kafka-property partitioner=…` disagrees with `--partitioner`.
+    #[error(
+        "kafka property partitioner={0} disagrees with --partitioner {1}: set the partitioner with --partitioner only"
+    )]
+    PartitionerConflict(String, &'static str),
     /// No brokers.
     #[error("--kafka-brokers must name at least one host:port")]
     NoBrokers,
@@ -78,6 +92,7 @@ impl KafkaArgs {
             sasl_password: None,
             ssl_ca_location: None,
             properties: Vec::new(),
+            partitioner: Partitioner::default(),
         }
     }
 
@@ -117,6 +132,27 @@ impl KafkaArgs {
                 .filter(|(k, _)| !k.trim().is_empty())
                 .ok_or_else(|| KafkaConfigError::BadProperty(prop.clone()))?;
             cfg.set(k.trim(), v.trim());
+        }
+        Ok(cfg)
+    }
+
+    /// [`client_config`](Self::client_config) for a producer: its
+    /// `partitioner` is `--partitioner` (a `--kafka-property partitioner=`
+    /// naming another is refused: the gateway computes partitions with
+    /// `--partitioner`).
+    pub fn producer_config(&self) -> Result<ClientConfig, KafkaConfigError> {
+        let mut cfg = self.client_config()?;
+        let wanted = self.partitioner.name();
+        match cfg.get("partitioner") {
+            Some(set) if set != wanted => {
+                return Err(KafkaConfigError::PartitionerConflict(
+                    set.to_owned(),
+                    wanted,
+                ));
+            }
+            _ => {
+                cfg.set("partitioner", wanted);
+            }
         }
         Ok(cfg)
     }
@@ -280,5 +316,27 @@ mod tests {
         k.properties = vec!["nonsense".into()];
         assert!(k.client_config().is_err());
         assert!(KafkaArgs::for_brokers(" ").client_config().is_err());
+    }
+
+    #[test]
+    fn producers_get_the_partitioner() {
+        let mut k = KafkaArgs::for_brokers("a:1");
+        assert_eq!(
+            k.producer_config().unwrap().get("partitioner"),
+            Some("consistent_random")
+        );
+        assert_eq!(k.client_config().unwrap().get("partitioner"), None);
+        k.partitioner = Partitioner::Murmur2Random;
+        assert_eq!(
+            k.producer_config().unwrap().get("partitioner"),
+            Some("murmur2_random")
+        );
+        k.properties = vec!["partitioner=murmur2_random".into()];
+        assert!(k.producer_config().is_ok());
+        k.properties = vec!["partitioner=random".into()];
+        assert!(matches!(
+            k.producer_config(),
+            Err(KafkaConfigError::PartitionerConflict(_, "murmur2_random"))
+        ));
     }
 }

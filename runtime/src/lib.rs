@@ -11,6 +11,7 @@ pub mod kafka;
 pub mod metrics;
 pub mod ops;
 pub mod otlp;
+pub mod partitioner;
 pub mod shutdown;
 pub mod tansu;
 pub mod telemetry;

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use herald_gateway::routing::groups::PartitionGroups;
-use herald_runtime::kafka::TopicLayout;
+use herald_runtime::{kafka::TopicLayout, partitioner::Partitioner};
 use herald_tests::{
     GatewayProcess, Stack, StackOptions, airy_message,
     cable::{CableDriver, RawCable},
@@ -74,8 +74,16 @@ struct Groups {
 }
 
 async fn two_groups() -> anyhow::Result<Groups> {
+    two_groups_with(Partitioner::ConsistentRandom).await
+}
+
+/// [`two_groups`] with the producer and both pods on `partitioner`, each
+/// group's account one whose group under the other partitioner differs.
+async fn two_groups_with(partitioner: Partitioner) -> anyhow::Result<Groups> {
+    let flag = ["--partitioner".to_owned(), partitioner.name().to_owned()];
     let stack = Stack::start_with(StackOptions {
         topics: Some(TopicLayout::partitions(4)),
+        producer_args: flag.to_vec(),
         ..StackOptions::default()
     })
     .await?;
@@ -94,17 +102,29 @@ async fn two_groups() -> anyhow::Result<Groups> {
             "--group-urls".to_owned(),
             urls.join(","),
         ]);
+        a.extend(flag.iter().cloned());
         a
     };
     let pods = [
         GatewayProcess::start_on(args(0), ports[0]).await?,
         GatewayProcess::start_on(args(1), ports[1]).await?,
     ];
-    let groups = PartitionGroups::new(2, 0, urls.clone()).map_err(anyhow::Error::msg)?;
+    let groups = PartitionGroups::with_partitioner(2, 0, urls.clone(), partitioner)
+        .map_err(anyhow::Error::msg)?;
+    let other = PartitionGroups::with_partitioner(
+        2,
+        0,
+        urls.clone(),
+        match partitioner {
+            Partitioner::ConsistentRandom => Partitioner::Murmur2Random,
+            Partitioner::Murmur2Random => Partitioner::ConsistentRandom,
+        },
+    )
+    .map_err(anyhow::Error::msg)?;
     let account_of = |g: u32| {
         (1..1000)
             .map(|a| a.to_string())
-            .find(|a| groups.group_of(a) == g)
+            .find(|a| groups.group_of(a) == g && other.group_of(a) != g)
             .expect("both groups have accounts")
     };
     let accounts = [account_of(0), account_of(1)];
@@ -315,6 +335,118 @@ async fn two_groups_deliver_only_their_accounts_and_redirect_the_others() -> any
     assert_eq!(
         metric(&m1, "herald_group_redirects_total", "protocol=\"typeid\""),
         1.0
+    );
+    stack.stop().await;
+    Ok(())
+}
+
+/// Producers placing records with the Java client's partitioner
+/// (`--partitioner murmur2_random` on the producer and on both pods): the
+/// groups follow murmur2, for accounts whose CRC-32 group is the other
+/// one, and nothing is read from the wrong group.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_murmur2_partitioner_each_group_delivers_its_accounts() -> anyhow::Result<()> {
+    let Groups {
+        stack,
+        pods,
+        urls,
+        accounts,
+    } = two_groups_with(Partitioner::Murmur2Random).await?;
+    let http = reqwest::Client::new();
+    let message_topic = format!("{}message", stack.prefix);
+    // A pod of group 0 left on the default partitioner (CRC-32): every
+    // record it reads belongs, by its mapping, to the other group.
+    let mut args = stack.gateway_args();
+    args.extend(
+        [
+            "--partition-groups",
+            "2",
+            "--partition-group",
+            "0",
+            "--group-urls",
+            &urls.join(","),
+        ]
+        .map(String::from),
+    );
+    let misconfigured = GatewayProcess::start_on(args, free_port()?).await?;
+    let mut own = Vec::new();
+    for (g, account) in accounts.iter().enumerate() {
+        let r: Value = http
+            .get(format!(
+                "http://{}/v1/route?account={account}",
+                pods[1 - g].ws_addr
+            ))
+            .send()
+            .await?
+            .json()
+            .await?;
+        assert_eq!(r["group"], g, "{r}");
+        assert_eq!(r["url"], urls[g], "{r}");
+        let mut c = RawStomp::connect(
+            &pods[g].ws_url("/ws.communication"),
+            &token(account, "7", "agent"),
+        )
+        .await?;
+        c.subscribe("e", "/events").await?;
+        own.push(c);
+    }
+    for n in 1..=EVENTS {
+        for (g, account) in accounts.iter().enumerate() {
+            let body = stack.publish(&airy_message(account, n)).await?;
+            let partition = body["results"][0]["partition"]
+                .as_i64()
+                .expect("a partition");
+            assert_eq!(
+                partition % 2,
+                g as i64,
+                "account {account} was produced to partition {partition}, outside group {g}"
+            );
+        }
+    }
+    for (g, c) in own.iter_mut().enumerate() {
+        assert_eq!(
+            message_ids(c, EVENTS as usize).await?,
+            expected_ids(&accounts[g])
+        );
+    }
+    let label = format!("topic=\"{message_topic}\"");
+    for pod in &pods {
+        wait_until(
+            Duration::from_secs(20),
+            "the pod read its records",
+            || async {
+                metrics(&http, pod).await.is_ok_and(|t| {
+                    metric(&t, "herald_records_consumed_total", &label) >= EVENTS as f64
+                })
+            },
+        )
+        .await?;
+        let text = metrics(&http, pod).await?;
+        assert_eq!(
+            metric(&text, "herald_records_consumed_total", &label),
+            EVENTS as f64
+        );
+        assert_eq!(
+            metric(&text, "herald_foreign_partition_records_total", &label),
+            0.0
+        );
+    }
+    // The misconfigured pod delivered none of them and counted each.
+    wait_until(
+        Duration::from_secs(20),
+        "the misconfigured pod counted the foreign records",
+        || async {
+            metrics(&http, &misconfigured).await.is_ok_and(|t| {
+                metric(&t, "herald_foreign_partition_records_total", &label) >= EVENTS as f64
+            })
+        },
+    )
+    .await?;
+    let text = metrics(&http, &misconfigured).await?;
+    assert_eq!(
+        metric(&text, "herald_foreign_partition_records_total", &label),
+        EVENTS as f64,
+        "{text}"
     );
     stack.stop().await;
     Ok(())

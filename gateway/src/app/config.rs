@@ -630,10 +630,11 @@ impl GatewayConfig {
                 "--partition-groups must be at most 4096".into(),
             ));
         }
-        crate::routing::groups::PartitionGroups::new(
+        crate::routing::groups::PartitionGroups::with_partitioner(
             self.partition_groups,
             self.partition_group,
             urls,
+            self.kafka.partitioner,
         )
         .map_err(ConfigError::OutOfRange)
     }
@@ -673,7 +674,7 @@ impl GatewayConfig {
         self.typeid()?;
         self.resume()?;
         self.tls()?;
-        self.kafka.client_config()?;
+        self.kafka.producer_config()?;
         self.otlp.validate()?;
         self.console()?;
         self.partition_groups()?;

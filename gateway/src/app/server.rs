@@ -194,7 +194,7 @@ pub async fn start(
         );
     }
     let producer: FutureProducer = {
-        let mut cfg = config.kafka.client_config()?;
+        let mut cfg = config.kafka.producer_config()?;
         cfg.set("acks", "all")
             .set("enable.idempotence", "true")
             .set(

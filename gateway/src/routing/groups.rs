@@ -3,21 +3,15 @@
 //! `p % G == g` of every served event topic and serves only the accounts
 //! whose records land there.
 //!
-//! An account's partition is what Herald's producer (and the gateway's own
-//! presence writes) get from librdkafka's default partitioner,
-//! `consistent_random`: CRC-32 of the record key (the account id) modulo
-//! the topic's partition count. With `G` dividing every topic's partition
-//! count, `(crc32 % P) % G == crc32 % G`: an account's group is the same in
-//! every topic, whatever `P`. The unit tests pin [`partition_of`] to
-//! librdkafka's own partitioner function.
+//! An account's partition is what the producers' partitioner
+//! (`--partitioner`, [`Partitioner`]: Herald's producer and the gateway's
+//! own presence writes use it) gives for the record key, the account id: a
+//! hash of the key modulo the topic's partition count. With `G` dividing
+//! every topic's partition count, `(hash % P) % G == hash % G`: an
+//! account's group is the same in every topic, whatever `P`. The
+//! partitioner's unit tests pin the hashes to librdkafka's own functions.
 
-/// The partition librdkafka's `consistent_random` partitioner picks for a
-/// non-empty `key` among `partitions` partitions (`crc32(key) % partitions`).
-/// `None` for an empty key (librdkafka then picks one at random) or no
-/// partitions.
-pub fn partition_of(key: &str, partitions: u32) -> Option<u32> {
-    (!key.is_empty() && partitions > 0).then(|| crc32fast::hash(key.as_bytes()) % partitions)
-}
+use herald_runtime::partitioner::Partitioner;
 
 /// Which partitions and accounts this pod owns, and where the other
 /// groups are. One group (the default) owns everything: today's design.
@@ -29,6 +23,8 @@ pub struct PartitionGroups {
     /// by group; empty when none was configured. Leaked once at startup
     /// (one string per group) so a close frame can carry one as its reason.
     urls: Vec<&'static str>,
+    /// How the producers place an account's records.
+    partitioner: Partitioner,
 }
 
 /// A group's number and base URL.
@@ -60,6 +56,7 @@ impl PartitionGroups {
             groups: 1,
             group: 0,
             urls: Vec::new(),
+            partitioner: Partitioner::default(),
         }
     }
 
@@ -68,6 +65,17 @@ impl PartitionGroups {
     /// there are several groups, each a `ws://`/`wss://` URL of at most
     /// [`MAX_URL_BYTES`].
     pub fn new(groups: u32, group: u32, urls: Vec<String>) -> Result<Self, String> {
+        Self::with_partitioner(groups, group, urls, Partitioner::default())
+    }
+
+    /// [`PartitionGroups::new`] for producers that place records with
+    /// `partitioner`.
+    pub fn with_partitioner(
+        groups: u32,
+        group: u32,
+        urls: Vec<String>,
+        partitioner: Partitioner,
+    ) -> Result<Self, String> {
         if groups == 0 {
             return Err("--partition-groups must be at least 1".into());
         }
@@ -102,6 +110,7 @@ impl PartitionGroups {
                 .into_iter()
                 .map(|u| &*Box::leak(u.into_boxed_str()))
                 .collect(),
+            partitioner,
         })
     }
 
@@ -125,12 +134,14 @@ impl PartitionGroups {
         u32::try_from(partition).is_ok_and(|p| p % self.groups == self.group)
     }
 
-    /// The group of `account`: `crc32(account) % G`, which equals the
-    /// producer's partition modulo `G` in every topic whose partition count
-    /// `G` divides. An empty account (the producer would spread it at
-    /// random) belongs to group 0.
+    /// The group of `account`: the partitioner's `hash(account) % G`,
+    /// which equals the producer's partition modulo `G` in every topic
+    /// whose partition count `G` divides. An empty account (the producer
+    /// would spread it at random) belongs to group 0.
     pub fn group_of(&self, account: &str) -> u32 {
-        partition_of(account, self.groups).unwrap_or(0)
+        self.partitioner
+            .partition(account.as_bytes(), self.groups)
+            .unwrap_or(0)
     }
 
     /// Whether `account`'s records are in this pod's partitions.
@@ -173,14 +184,24 @@ mod tests {
 
     use super::*;
 
-    /// librdkafka's own `consistent_random` partitioner, the one Herald's
-    /// producer uses (it sets no `partitioner` property).
-    fn librdkafka_partition(key: &str, partitions: i32) -> i32 {
-        // SAFETY: for a non-empty key the function only hashes `key`
-        // (`rd_crc32(key, keylen) % partition_cnt`); it does not touch the
-        // topic handle or the opaques.
+    const BOTH: [Partitioner; 2] = [Partitioner::ConsistentRandom, Partitioner::Murmur2Random];
+
+    /// librdkafka's own partitioner function for `p`, the one Herald's
+    /// producers are configured with.
+    fn librdkafka_partition(p: Partitioner, key: &str, partitions: i32) -> i32 {
+        let f = match p {
+            Partitioner::ConsistentRandom => {
+                rdkafka::bindings::rd_kafka_msg_partitioner_consistent_random
+            }
+            Partitioner::Murmur2Random => {
+                rdkafka::bindings::rd_kafka_msg_partitioner_murmur2_random
+            }
+        };
+        // SAFETY: for a non-empty key both functions only hash `key` and
+        // take the remainder; they touch neither the topic handle nor the
+        // opaques.
         unsafe {
-            rdkafka::bindings::rd_kafka_msg_partitioner_consistent_random(
+            f(
                 std::ptr::null(),
                 key.as_ptr().cast(),
                 key.len(),
@@ -197,49 +218,50 @@ mod tests {
             .chain(["acct-α", "0", "00042", "a b", "9999999999999"].map(String::from))
     }
 
-    #[test]
-    fn the_mapping_is_librdkafkas_partitioner() {
-        for account in accounts() {
-            for partitions in [1u32, 2, 3, 4, 6, 8, 12, 48, 100] {
-                assert_eq!(
-                    partition_of(&account, partitions).map(|p| p as i32),
-                    Some(librdkafka_partition(&account, partitions as i32)),
-                    "account {account:?}, {partitions} partitions"
-                );
-            }
-        }
-        // The standard CRC-32 (check value of "123456789").
-        assert_eq!(partition_of("123456789", u32::MAX), Some(0xCBF4_3926));
-        assert_eq!(partition_of("", 4), None);
+    fn urls(groups: u32) -> Vec<String> {
+        (0..groups).map(|i| format!("ws://g{i}")).collect()
     }
 
     #[test]
     fn an_accounts_group_is_its_partition_modulo_the_groups_in_every_topic() {
-        for groups in [2u32, 3, 4, 8] {
-            let g = PartitionGroups::new(
-                groups,
-                0,
-                (0..groups).map(|i| format!("ws://g{i}")).collect(),
-            )
-            .unwrap();
-            for account in accounts() {
-                for partitions in [groups, groups * 2, groups * 6, 48 / groups * groups] {
-                    let p = librdkafka_partition(&account, partitions as i32);
-                    assert_eq!(
-                        g.group_of(&account),
-                        p as u32 % groups,
-                        "{account:?}, {partitions} partitions"
-                    );
-                    let owner = PartitionGroups::new(
-                        groups,
-                        g.group_of(&account),
-                        (0..groups).map(|i| format!("ws://g{i}")).collect(),
-                    )
+        for partitioner in BOTH {
+            for groups in [2u32, 3, 4, 8] {
+                let g = PartitionGroups::with_partitioner(groups, 0, urls(groups), partitioner)
                     .unwrap();
-                    assert!(owner.owns_account(&account) && owner.owns_partition(p));
+                for account in accounts() {
+                    for partitions in [groups, groups * 2, groups * 6, 48 / groups * groups] {
+                        let p = librdkafka_partition(partitioner, &account, partitions as i32);
+                        assert_eq!(
+                            g.group_of(&account),
+                            p as u32 % groups,
+                            "{partitioner:?}, {account:?}, {partitions} partitions"
+                        );
+                        let owner = PartitionGroups::with_partitioner(
+                            groups,
+                            g.group_of(&account),
+                            urls(groups),
+                            partitioner,
+                        )
+                        .unwrap();
+                        assert!(owner.owns_account(&account) && owner.owns_partition(p));
+                    }
                 }
             }
         }
+    }
+
+    #[test]
+    fn the_partitioners_place_accounts_in_different_groups() {
+        let crc = PartitionGroups::new(4, 0, urls(4)).unwrap();
+        let murmur =
+            PartitionGroups::with_partitioner(4, 0, urls(4), Partitioner::Murmur2Random).unwrap();
+        assert_eq!(crc.group_of(""), 0);
+        assert_eq!(murmur.group_of(""), 0);
+        let differ = accounts()
+            .filter(|a| crc.group_of(a) != murmur.group_of(a))
+            .count();
+        // Independent hashes: about 3 in 4 accounts land elsewhere.
+        assert!(differ > 3000, "{differ} of 5005 accounts differ");
     }
 
     #[test]
