@@ -755,10 +755,14 @@ impl Writer {
                     } else {
                         // A client that stops reading blocks this write; the
                         // cut-off must still win, so race it.
+                        // Boxed: a task is as large as its largest await
+                        // point for its whole life, and an idle writer
+                        // should not carry a write's state (one allocation
+                        // per batch written, next to its system call).
                         tokio::select! {
                             biased;
                             _ = &mut slow => Step::Slow,
-                            step = self.write_batch(&mut out, &mut batch, &mut heartbeat) => step,
+                            step = Box::pin(self.write_batch(&mut out, &mut batch, &mut heartbeat)) => step,
                         }
                     }
                 }
@@ -772,7 +776,7 @@ impl Writer {
                         _ => None,
                     };
                     let step = match frame {
-                        Some(frame) => match write_frames(&mut out, &[&frame], self.write_timeout).await {
+                        Some(frame) => match Box::pin(write_frames(&mut out, &[&frame], self.write_timeout)).await {
                             Ok(()) => Step::Continue,
                             Err(e) => self.failed(&e),
                         },
@@ -795,13 +799,14 @@ impl Writer {
                     };
                     let close = WsFrame::close(1008, reason);
                     let goodbye: Vec<&WsFrame> = slow_frame.iter().chain([&close]).collect();
-                    let _ = write_frames(&mut out, &goodbye, Duration::from_secs(1)).await;
+                    let _ =
+                        Box::pin(write_frames(&mut out, &goodbye, Duration::from_secs(1))).await;
                     break;
                 }
             }
         }
         self.shared.stop();
-        let _ = tokio::time::timeout(Duration::from_secs(1), out.shutdown()).await;
+        let _ = Box::pin(tokio::time::timeout(Duration::from_secs(1), out.shutdown())).await;
         done.cancel();
     }
 
@@ -1030,6 +1035,20 @@ mod tests {
             out.extend_from_slice(&buf[..n]);
         }
         out
+    }
+
+    /// An idle connection's writer task holds only its loop's state: the
+    /// writes are boxed while they run (the state of a write with its
+    /// timeout is several hundred bytes, paid by every idle connection
+    /// otherwise).
+    #[tokio::test]
+    async fn an_idle_writer_task_is_small() {
+        let metrics = Metrics::new();
+        let (_tx, writer) = channel(&ConnLimits::default(), "stomp", &metrics);
+        let (server, _client) = tokio::io::duplex(64);
+        let run = writer.run(server, None, CancellationToken::new());
+        let size = std::mem::size_of_val(&run);
+        assert!(size <= 512, "the writer's future is {size} bytes");
     }
 
     #[tokio::test(start_paused = true)]
