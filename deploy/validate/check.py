@@ -465,6 +465,216 @@ def selects(selector: dict, labels: dict) -> bool:
     return all(labels.get(k) == v for k, v in (selector or {}).items())
 
 
+def selects_expr(selector: dict, labels: dict) -> bool:
+    """A LabelSelector (matchLabels and matchExpressions) against labels."""
+    if not selects(selector.get("matchLabels"), labels):
+        return False
+    for e in selector.get("matchExpressions") or []:
+        key, op, values = e["key"], e["operator"], e.get("values") or []
+        ok = {"In": key in labels and labels[key] in values,
+              "NotIn": labels.get(key) not in values,
+              "Exists": key in labels,
+              "DoesNotExist": key not in labels}.get(op)
+        if not ok:
+            return False
+    return True
+
+
+GROUP_LABEL = "herald.io/partition-group"
+GATEWAY_ENDPOINTS = ("/ws.communication", "/cable", "/stream", "/api/v1/stream", "/notifications", "/v1/route")
+
+
+def pod_labels(d) -> dict:
+    return d["spec"]["template"]["metadata"]["labels"]
+
+
+def ingress_route(ingresses, host: str, path: str):
+    """The Service and the path it receives for a request to host+path, the
+    way ingress-nginx picks it: regex paths (use-regex or rewrite-target on
+    their Ingress) before prefixes, a longer match first. None: unrouted."""
+    best = None
+    for ing in ingresses:
+        ann = ing["metadata"].get("annotations") or {}
+        rewrite = ann.get("nginx.ingress.kubernetes.io/rewrite-target")
+        regex = rewrite is not None or ann.get("nginx.ingress.kubernetes.io/use-regex") == "true"
+        for rule in ing["spec"]["rules"]:
+            if rule.get("host") not in (None, host):
+                continue
+            for pth in rule["http"]["paths"]:
+                svc = pth["backend"]["service"]["name"]
+                if regex and pth["pathType"] == "ImplementationSpecific":
+                    m = re.match(pth["path"], path, re.I)
+                    if not m:
+                        continue
+                    upstream = path
+                    if rewrite is not None:
+                        upstream = re.sub(r"\$(\d)", lambda g: m.group(int(g.group(1))) or "", rewrite)
+                    rank = (1, len(pth["path"]))
+                elif path == pth["path"] or path.startswith(pth["path"].rstrip("/") + "/"):
+                    upstream, rank = path, (0, len(pth["path"]))
+                else:
+                    continue
+                if best is None or rank > best[0]:
+                    best = (rank, svc, upstream)
+    return best and (best[1], best[2])
+
+
+def check_groups(name: str, gateway: list, deployments: dict, services: dict, by_kind: dict,
+                 p: Problems) -> None:
+    """Partition groups: one gateway Deployment without the group label, or
+    G >= 2 of them, group g's pods labelled g with HERALD_PARTITION_GROUP=g;
+    a Service, an HPA (when any) and a PDB per group, each selecting exactly
+    that group; every group's URL reaches its group through the Ingress."""
+    grouped = [d for d in gateway if GROUP_LABEL in pod_labels(d)]
+    if not grouped:
+        p.check(len(gateway) == 1, f"{name}: expected one gateway Deployment, found {len(gateway)}")
+        for d in gateway:
+            env = env_of(d["spec"]["template"]["spec"]["containers"][0])
+            p.check(int(env.get("HERALD_PARTITION_GROUPS", {}).get("value", 1)) == 1,
+                    f"{name}: Deployment/{d['metadata']['name']} sets HERALD_PARTITION_GROUPS without group labels")
+        return
+    p.check(len(grouped) == len(gateway), f"{name}: some gateway Deployments lack the {GROUP_LABEL} label")
+    n = len(grouped)
+    p.check(n >= 2, f"{name}: partition groups need at least 2 gateway Deployments, found {n}")
+    by_group: dict[int, dict] = {}
+    templates = set()
+    for d in grouped:
+        dname = d["metadata"]["name"]
+        label = pod_labels(d)[GROUP_LABEL]
+        env = env_of(d["spec"]["template"]["spec"]["containers"][0])
+        groups = env.get("HERALD_PARTITION_GROUPS", {}).get("value")
+        group = env.get("HERALD_PARTITION_GROUP", {}).get("value")
+        template = env.get("HERALD_GROUP_URL_TEMPLATE", {}).get("value", "")
+        p.check(groups == str(n), f"{name}: Deployment/{dname} has HERALD_PARTITION_GROUPS={groups}, not {n}")
+        p.check(group == label, f"{name}: Deployment/{dname} is labelled group {label} but has HERALD_PARTITION_GROUP={group}")
+        p.check(d["spec"]["selector"]["matchLabels"].get(GROUP_LABEL) == label,
+                f"{name}: Deployment/{dname} selector does not pin its group {label}")
+        p.check("{group}" in template and re.match(r"wss?://[^/]+", template) is not None,
+                f"{name}: Deployment/{dname} needs HERALD_GROUP_URL_TEMPLATE, a ws(s):// URL with {{group}}")
+        templates.add(template)
+        if label.isdigit():
+            p.check(int(label) not in by_group, f"{name}: two gateway Deployments of group {label}")
+            by_group[int(label)] = d
+        else:
+            p.add(f"{name}: Deployment/{dname} group label {label!r} is not a number")
+        tsc = d["spec"]["template"]["spec"].get("topologySpreadConstraints") or []
+        for c in tsc:
+            p.check(c["labelSelector"]["matchLabels"].get(GROUP_LABEL) == label,
+                    f"{name}: Deployment/{dname} spreads over pods of other groups")
+    p.check(sorted(by_group) == list(range(n)), f"{name}: groups {sorted(by_group)} are not 0..{n - 1}")
+    p.check(len(templates) == 1, f"{name}: the gateway Deployments disagree on HERALD_GROUP_URL_TEMPLATE: {templates}")
+    selectors = [tuple(sorted(d["spec"]["selector"]["matchLabels"].items())) for d in grouped]
+    p.check(len(set(selectors)) == len(selectors), f"{name}: gateway Deployments share a selector")
+    for d in grouped:
+        others = [o for o in grouped if o is not d and selects(d["spec"]["selector"]["matchLabels"], pod_labels(o))]
+        p.check(not others, f"{name}: Deployment/{d['metadata']['name']} selects pods of another group")
+
+    def targets_of(selector: dict) -> list:
+        return [g for g, d in by_group.items() if selects(selector, pod_labels(d))]
+
+    group_services: dict[int, str] = {}
+    for s in services.values():
+        sel = s["spec"]["selector"]
+        hit = targets_of(sel)
+        if not hit:
+            continue
+        sname = s["metadata"]["name"]
+        if GROUP_LABEL in sel:
+            p.check(len(hit) == 1, f"{name}: Service/{sname} selects groups {hit}, not exactly one")
+            p.check(s["metadata"]["labels"].get(GROUP_LABEL) == sel[GROUP_LABEL],
+                    f"{name}: Service/{sname} is not labelled with the group it selects")
+            if len(hit) == 1:
+                p.check(hit[0] not in group_services, f"{name}: two Services of group {hit[0]}")
+                group_services[hit[0]] = sname
+        else:
+            p.check(len(hit) == n, f"{name}: Service/{sname} selects some groups but not all: {hit}")
+            p.check(s["metadata"]["labels"].get(GROUP_LABEL) == "all",
+                    f"{name}: Service/{sname} selects every group and must be labelled {GROUP_LABEL}=all")
+    for g in range(n):
+        p.check(g in group_services, f"{name}: group {g} has no Service of its own")
+
+    hpas = by_kind.get("HorizontalPodAutoscaler", [])
+    if any(h["spec"]["scaleTargetRef"]["name"] in {d["metadata"]["name"] for d in grouped} for h in hpas):
+        scaled = [h["spec"]["scaleTargetRef"]["name"] for h in hpas]
+        for g, d in by_group.items():
+            p.check(scaled.count(d["metadata"]["name"]) == 1,
+                    f"{name}: group {g}'s Deployment has {scaled.count(d['metadata']['name'])} HPAs, not one")
+    pdbs = by_kind.get("PodDisruptionBudget", [])
+    covered = []
+    for pdb in pdbs:
+        hit = targets_of(pdb["spec"]["selector"]["matchLabels"])
+        if hit:
+            p.check(len(hit) == 1, f"{name}: PDB/{pdb['metadata']['name']} spans groups {hit}")
+            covered += hit
+    if covered:
+        p.check(sorted(covered) == list(range(n)), f"{name}: PDBs cover groups {sorted(covered)}, not each once")
+
+    # Each group's URL, as the gateway hands it out, reaches that group
+    # through the Ingress, prefix stripped to a gateway endpoint; the
+    # default paths reach the Service of every group.
+    ingresses = by_kind.get("Ingress", [])
+    if not ingresses or len(templates) != 1:
+        return
+    template = next(iter(templates))
+    for g in range(n):
+        m = re.match(r"wss?://([^/:]+)(?::\d+)?(/.*)?$", template.replace("{group}", str(g)))
+        if not m:
+            p.add(f"{name}: group URL template {template} does not parse")
+            return
+        host, base = m.group(1), (m.group(2) or "").rstrip("/")
+        for endpoint in GATEWAY_ENDPOINTS:
+            route = ingress_route(ingresses, host, base + endpoint)
+            p.check(route == (group_services.get(g), endpoint),
+                    f"{name}: {host}{base}{endpoint} (group {g}'s URL) reaches {route}, "
+                    f"not Service {group_services.get(g)} at {endpoint}")
+    every = [sname for sname, s in services.items()
+             if s["metadata"]["labels"].get(GROUP_LABEL) == "all"]
+    for ing in ingresses:
+        for rule in ing["spec"]["rules"]:
+            for endpoint in GATEWAY_ENDPOINTS:
+                route = ingress_route(ingresses, rule["host"], endpoint)
+                p.check(route is not None and route[0] in every and route[1] == endpoint,
+                        f"{name}: {rule['host']}{endpoint} reaches {route}, not the Service of every group")
+
+
+def check_otlp(name: str, deployments: dict, p: Problems) -> None:
+    """OTLP export: on the gateway and the producer together, to the same
+    http(s) collector, with a ratio in 0..1."""
+    seen = {}
+    for d in deployments.values():
+        env = env_of(d["spec"]["template"]["spec"]["containers"][0])
+        comp = pod_labels(d).get("app.kubernetes.io/name")
+        endpoint = env.get("HERALD_OTLP_ENDPOINT", {}).get("value")
+        ratio = env.get("HERALD_OTLP_SAMPLE_RATIO", {}).get("value")
+        seen.setdefault(comp, set()).add((endpoint, ratio))
+        dctx = f"{name}: Deployment/{d['metadata']['name']}"
+        if endpoint is None:
+            p.check(ratio is None and "HERALD_OTLP_SERVICE_NAME" not in env,
+                    f"{dctx}: OTLP settings without HERALD_OTLP_ENDPOINT")
+            continue
+        p.check(re.fullmatch(r"https?://[^/?#\s]+(/[^?#\s]*)?", endpoint) is not None,
+                f"{dctx}: HERALD_OTLP_ENDPOINT {endpoint!r} is no http(s) URL without a query")
+        try:
+            p.check(0.0 <= float(ratio) <= 1.0, f"{dctx}: HERALD_OTLP_SAMPLE_RATIO {ratio} is outside 0..1")
+        except (TypeError, ValueError):
+            p.add(f"{dctx}: HERALD_OTLP_SAMPLE_RATIO {ratio!r} is not a number")
+    settings = set().union(*seen.values()) if seen else set()
+    p.check(len(settings) <= 1, f"{name}: gateway and producer export spans differently: {sorted(map(str, settings))}")
+
+
+def check_partitioner(name: str, deployments: dict, p: Problems) -> None:
+    """One partitioner for the gateway and the producer (partition groups
+    compute an account's group with the producers' partitioner)."""
+    seen = set()
+    for d in deployments.values():
+        env = env_of(d["spec"]["template"]["spec"]["containers"][0])
+        value = env.get("HERALD_PARTITIONER", {}).get("value")
+        p.check(value in ("consistent_random", "murmur2_random"),
+                f"{name}: Deployment/{d['metadata']['name']} has HERALD_PARTITIONER={value!r}")
+        seen.add(value)
+    p.check(len(seen) <= 1, f"{name}: gateway and producer use different partitioners: {sorted(map(str, seen))}")
+
+
 def cmd_manifests(out_json: str, files: list[str]) -> int:
     import kubernetes_validate
 
@@ -504,7 +714,6 @@ def cmd_manifests(out_json: str, files: list[str]) -> int:
         deployments = {d["metadata"]["name"]: d for d in by_kind.get("Deployment", [])}
         gateway = [d for d in deployments.values()
                    if d["spec"]["template"]["metadata"]["labels"].get("app.kubernetes.io/name") == "herald-gateway"]
-        p.check(len(gateway) == 1, f"{name}: expected one gateway Deployment")
         for d in deployments.values():
             comp = d["spec"]["template"]["metadata"]["labels"].get("app.kubernetes.io/name")
             check_workload(d, p, f"{name}: Deployment/{d['metadata']['name']}", secrets, configmaps,
@@ -520,10 +729,16 @@ def cmd_manifests(out_json: str, files: list[str]) -> int:
                 p.check(c.get("securityContext", {}).get("readOnlyRootFilesystem") is True,
                         f"{jctx}: readOnlyRootFilesystem must be true")
         services = {s["metadata"]["name"]: s for s in by_kind.get("Service", [])}
+        check_groups(name, gateway, deployments, services, by_kind, p)
+        check_otlp(name, deployments, p)
+        check_partitioner(name, deployments, p)
         for s in services.values():
             targets = [d for d in deployments.values()
                        if selects(s["spec"]["selector"], d["spec"]["template"]["metadata"]["labels"])]
-            p.check(len(targets) == 1, f"{name}: Service/{s['metadata']['name']} selects {len(targets)} Deployments")
+            # One Deployment, or (the Service of every partition group) every gateway Deployment.
+            expected = len(gateway) if s["metadata"]["labels"].get(GROUP_LABEL) == "all" else 1
+            p.check(len(targets) == expected,
+                    f"{name}: Service/{s['metadata']['name']} selects {len(targets)} Deployments, not {expected}")
             for t in targets:
                 cports = {pt["name"] for c in t["spec"]["template"]["spec"]["containers"] for pt in c.get("ports", [])}
                 for port in s["spec"]["ports"]:
@@ -554,8 +769,13 @@ def cmd_manifests(out_json: str, files: list[str]) -> int:
                 p.check(int(ann.get(a, 60)) >= 60, f"{name}: Ingress {a} below 60 s")
         for sm in by_kind.get("ServiceMonitor", []):
             sel = sm["spec"]["selector"]
-            matched = [s for s in services.values() if selects(sel.get("matchLabels"), s["metadata"]["labels"])]
+            matched = [s for s in services.values() if selects_expr(sel, s["metadata"]["labels"])]
             p.check(len(matched) >= 1, f"{name}: ServiceMonitor selects no Service")
+            # Every pod scraped exactly once (twice would double every sum).
+            for d in deployments.values():
+                via = [s["metadata"]["name"] for s in matched if selects(s["spec"]["selector"], pod_labels(d))]
+                p.check(len(via) == 1,
+                        f"{name}: ServiceMonitor scrapes Deployment/{d['metadata']['name']} through {via}, not one Service")
             for s in matched:
                 p.check(s["metadata"]["labels"].get(sm["spec"].get("jobLabel", "")) in ("herald-gateway", "herald-producer"),
                         f"{name}: ServiceMonitor jobLabel must yield job=herald-gateway/herald-producer")

@@ -73,6 +73,58 @@ app.kubernetes.io/component: gateway
 app.kubernetes.io/component: producer
 {{- end }}
 
+{{/*
+Partition groups (gateway.partitionGroups, docs/scaling.md). The label that
+tells a group's pods, Services and budgets apart; the Service selecting every
+group carries it with the value "all".
+*/}}
+{{- define "herald.groupLabel" -}}herald.io/partition-group{{- end }}
+
+{{/* Whether the gateway runs as several partition groups. */}}
+{{- define "herald.gateway.grouped" -}}
+{{- if gt (int .Values.gateway.partitionGroups) 1 }}true{{ end -}}
+{{- end }}
+
+{{/*
+The gateway's groups as a JSON list, for `range ... | fromJsonArray`: [-1]
+without partition groups (one Deployment, today's names and selectors),
+[0, 1, ..., G-1] with them.
+*/}}
+{{- define "herald.gateway.groups" -}}
+{{- if include "herald.gateway.grouped" . -}}
+{{- until (int .Values.gateway.partitionGroups) | toJson -}}
+{{- else -}}
+[-1]
+{{- end -}}
+{{- end }}
+
+{{/* Name of a group's Deployment, Service, HPA, PDB: (dict "root" $ "group" g); g < 0: the ungrouped name. */}}
+{{- define "herald.gateway.groupName" -}}
+{{- $g := int .group -}}
+{{- if lt $g 0 -}}
+{{- include "herald.gateway.fullname" .root -}}
+{{- else -}}
+{{- $suffix := printf "-g%d" $g -}}
+{{- printf "%s%s" (include "herald.gateway.fullname" .root | trunc (int (sub 63 (len $suffix))) | trimSuffix "-") $suffix -}}
+{{- end -}}
+{{- end }}
+
+{{/* Selector labels of a group's pods: (dict "root" $ "group" g); g < 0: every gateway pod. */}}
+{{- define "herald.gateway.groupSelectorLabels" -}}
+{{ include "herald.gateway.selectorLabels" .root }}
+{{- if ge (int .group) 0 }}
+{{ include "herald.groupLabel" .root }}: {{ .group | toString | quote }}
+{{- end }}
+{{- end }}
+
+{{/* Labels of a group's resources: (dict "root" $ "group" g). */}}
+{{- define "herald.gateway.groupLabels" -}}
+{{ include "herald.gateway.labels" .root }}
+{{- if ge (int .group) 0 }}
+{{ include "herald.groupLabel" .root }}: {{ .group | toString | quote }}
+{{- end }}
+{{- end }}
+
 {{- define "herald.serviceAccountName" -}}
 {{- if .Values.serviceAccount.create }}
 {{- default (include "herald.fullname" .) .Values.serviceAccount.name }}
@@ -153,6 +205,58 @@ true
 {{- if and $pa.jwtSecret (lt (len $pa.jwtSecret) 32) -}}
 {{- fail "producer.auth.jwtSecret must be at least 32 bytes" -}}
 {{- end -}}
+{{- $groups := int $v.gateway.partitionGroups -}}
+{{- $gatewayEnv := keys $v.gateway.env -}}
+{{- range $v.gateway.extraEnv -}}
+{{- $gatewayEnv = append $gatewayEnv (toString .name) -}}
+{{- end -}}
+{{- range (list "HERALD_PARTITION_GROUPS" "HERALD_PARTITION_GROUP") -}}
+{{- if has . $gatewayEnv -}}
+{{- fail (printf "gateway.env / gateway.extraEnv set %s: use gateway.partitionGroups instead (the chart renders one Deployment per group, each with its group)" .) -}}
+{{- end -}}
+{{- end -}}
+{{- if gt $groups 1 -}}
+{{- range (list "HERALD_GROUP_URL_TEMPLATE" "HERALD_GROUP_URLS") -}}
+{{- if has . $gatewayEnv -}}
+{{- fail (printf "gateway.env / gateway.extraEnv set %s: with gateway.partitionGroups > 1 use gateway.groupUrlTemplate instead" .) -}}
+{{- end -}}
+{{- end -}}
+{{- $t := $v.gateway.groupUrlTemplate -}}
+{{- if not $t -}}
+{{- fail (printf "gateway.groupUrlTemplate is required with gateway.partitionGroups %d: each group's public base URL, {group} standing for its number, e.g. wss://%s%s/{group} (where redirects and /v1/route send clients)" $groups (include "herald.gateway.exampleHost" .) $v.gateway.ingress.groupPathPrefix) -}}
+{{- end -}}
+{{- if not (contains "{group}" $t) -}}
+{{- fail (printf "gateway.groupUrlTemplate %q must contain {group} (each group has its own URL), e.g. wss://%s%s/{group}" $t (include "herald.gateway.exampleHost" .) $v.gateway.ingress.groupPathPrefix) -}}
+{{- end -}}
+{{- if not (or (hasPrefix "ws://" $t) (hasPrefix "wss://" $t)) -}}
+{{- fail (printf "gateway.groupUrlTemplate %q must be a ws:// or wss:// URL" $t) -}}
+{{- end -}}
+{{- $longest := replace "{group}" (toString (sub $groups 1)) $t -}}
+{{- if gt (len $longest) 123 -}}
+{{- fail (printf "gateway.groupUrlTemplate gives URLs of up to %d bytes (%s): at most 123 fit in a WebSocket close reason" (len $longest) $longest) -}}
+{{- end -}}
+{{- if and $v.gateway.ingress.enabled (not (contains (printf "%s/{group}" $v.gateway.ingress.groupPathPrefix) $t)) -}}
+{{- fail (printf "gateway.groupUrlTemplate %q does not contain %s/{group}, the path under which the chart's Ingress routes each group (gateway.ingress.groupPathPrefix): redirected clients would not reach their group" $t $v.gateway.ingress.groupPathPrefix) -}}
+{{- end -}}
+{{- if mod (int $v.topics.partitions) $groups -}}
+{{- fail (printf "topics.partitions (%d) must be a multiple of gateway.partitionGroups (%d): a group owns the partitions p with p %% %d == g, and an account must belong to one group in every topic (the gateways stay unready otherwise). With topics.create=false, set topics.partitions to your topics' partition count" (int $v.topics.partitions) $groups $groups) -}}
+{{- end -}}
+{{- end -}}
+{{- $otlpEnv := list "HERALD_OTLP_ENDPOINT" "HERALD_OTLP_SAMPLE_RATIO" "HERALD_OTLP_SERVICE_NAME" -}}
+{{- if $v.otlp.endpoint -}}
+{{- $producerEnv := keys $v.producer.env -}}
+{{- range $v.producer.extraEnv -}}
+{{- $producerEnv = append $producerEnv (toString .name) -}}
+{{- end -}}
+{{- range $otlpEnv -}}
+{{- if or (has . $gatewayEnv) (has . $producerEnv) -}}
+{{- fail (printf "%s is set both by otlp.* and in gateway/producer env: use otlp.* only" .) -}}
+{{- end -}}
+{{- end -}}
+{{- if not (or (hasPrefix "http://" $v.otlp.endpoint) (hasPrefix "https://" $v.otlp.endpoint)) -}}
+{{- fail (printf "otlp.endpoint %q must be an http:// or https:// URL (the collector's OTLP/HTTP base, e.g. http://otel-collector.observability:4318)" $v.otlp.endpoint) -}}
+{{- end -}}
+{{- end -}}
 {{- $minGrace := add $v.gateway.drainDelaySeconds $v.gateway.drainSeconds -}}
 {{- if and $v.gateway.terminationGracePeriodSeconds (le (int $v.gateway.terminationGracePeriodSeconds) (int $minGrace)) -}}
 {{- fail (printf "gateway.terminationGracePeriodSeconds (%v) must exceed drainDelaySeconds + drainSeconds (%v), or the drain is cut short" $v.gateway.terminationGracePeriodSeconds $minGrace) -}}
@@ -179,6 +283,8 @@ true
   value: {{ .Values.kafka.brokers | quote }}
 - name: HERALD_TOPIC_PREFIX
   value: {{ .Values.kafka.topicPrefix | quote }}
+- name: HERALD_PARTITIONER
+  value: {{ .Values.kafka.partitioner | default "consistent_random" | quote }}
 - name: HERALD_KAFKA_SECURITY_PROTOCOL
   value: {{ .Values.kafka.securityProtocol | quote }}
 {{- if hasPrefix "sasl" .Values.kafka.securityProtocol }}
@@ -246,4 +352,25 @@ true
   labelSelector:
     matchLabels:
       {{- $labels | nindent 6 }}
+{{- end }}
+
+{{/* A host for examples in messages: the first ingress host. */}}
+{{- define "herald.gateway.exampleHost" -}}
+{{- $h := first (.Values.gateway.ingress.hosts | default (list (dict "host" "realtime.example.com"))) -}}
+{{- $h.host | default "realtime.example.com" -}}
+{{- end }}
+
+{{/* OTLP span export (otlp.*): (dict "root" $ "serviceName" name); nothing without otlp.endpoint. */}}
+{{- define "herald.otlp.env" -}}
+{{- $o := .root.Values.otlp -}}
+{{- if $o.endpoint }}
+- name: HERALD_OTLP_ENDPOINT
+  value: {{ $o.endpoint | quote }}
+- name: HERALD_OTLP_SAMPLE_RATIO
+  value: {{ $o.sampleRatio | toString | quote }}
+{{- with .serviceName }}
+- name: HERALD_OTLP_SERVICE_NAME
+  value: {{ . | quote }}
+{{- end }}
+{{- end }}
 {{- end }}
