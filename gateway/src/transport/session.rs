@@ -15,7 +15,7 @@
 //! drain moment, a revoked or expired credential) is one future,
 //! [`Conn::interrupted`]; each protocol only says how it tells its client.
 
-use std::{future::Future, pin::Pin, sync::Mutex};
+use std::{future::Future, pin::Pin, sync::Mutex, time::Duration};
 
 use tokio_util::sync::CancellationToken;
 
@@ -76,6 +76,36 @@ pub enum Interrupt {
     Revoked,
     /// The credential in use expired.
     Expired,
+    /// Nothing arrived from the client within the read timeout given to
+    /// [`Conn::interrupted`].
+    Idle,
+}
+
+/// One timer for the credential's expiry (`expires_at`, unix seconds) and
+/// the read timeout (`idle`), whichever comes first: a timer is over a
+/// hundred bytes of every idle connection's task. Resolves with
+/// [`Interrupt::Expired`] (preferred on a tie) or [`Interrupt::Idle`];
+/// never without either.
+async fn deadline(expires_at: Option<i64>, idle: Option<Duration>) -> Interrupt {
+    let to_expiry = expires_at.map(|exp| {
+        let ms = exp
+            .saturating_mul(1000)
+            .saturating_sub(crate::core::clock::now_ms())
+            .max(0);
+        Duration::from_millis(ms as u64)
+    });
+    let wait = match (to_expiry, idle) {
+        (None, None) => return std::future::pending().await,
+        (Some(e), None) => e,
+        (None, Some(i)) => i,
+        (Some(e), Some(i)) => e.min(i),
+    };
+    tokio::time::sleep(wait).await;
+    if to_expiry.is_some_and(|e| e <= wait) {
+        Interrupt::Expired
+    } else {
+        Interrupt::Idle
+    }
 }
 
 /// A connection as its session sees it: id, outbound queue, and the
@@ -122,13 +152,15 @@ impl Conn {
     }
 
     /// Resolves with the first interrupt: the writer gone, the drain moment,
-    /// `revoked` (if any) cancelled, or `expires_at` (unix seconds) passed. Revoked
+    /// `revoked` (if any) cancelled, `expires_at` (unix seconds) passed, or
+    /// `idle` (the read timeout, counted from this call) elapsed. Revoked
     /// and expired credentials are counted in `herald_auth_failures_total`.
     /// Cancel-safe: select on it beside the client's next message.
     pub async fn interrupted(
         &mut self,
         revoked: Option<&CancellationToken>,
         expires_at: Option<i64>,
+        idle: Option<Duration>,
     ) -> Interrupt {
         let drain = self.drain.get_mut().unwrap_or_else(|e| e.into_inner());
         let interrupt = tokio::select! {
@@ -141,12 +173,12 @@ impl Conn {
                     None => std::future::pending().await,
                 }
             } => Interrupt::Revoked,
-            _ = expired(expires_at) => Interrupt::Expired,
+            interrupt = deadline(expires_at, idle) => interrupt,
         };
         let reason = match interrupt {
             Interrupt::Revoked => "revoked",
             Interrupt::Expired => "expired",
-            Interrupt::Gone | Interrupt::Drain => return interrupt,
+            Interrupt::Gone | Interrupt::Drain | Interrupt::Idle => return interrupt,
         };
         self.auth_failures
             .with_label_values(&[self.protocol, reason])
@@ -225,6 +257,23 @@ mod tests {
     };
 
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn one_timer_serves_the_expiry_and_the_read_timeout() {
+        use futures_util::FutureExt as _;
+        let now = crate::core::clock::now_ms() / 1000;
+        let five = Some(Duration::from_secs(5));
+        assert_eq!(deadline(Some(now + 3600), five).await, Interrupt::Idle);
+        assert_eq!(deadline(Some(now - 1), five).await, Interrupt::Expired);
+        assert_eq!(deadline(Some(i64::MIN), five).await, Interrupt::Expired);
+        assert_eq!(deadline(None, five).await, Interrupt::Idle);
+        assert_eq!(
+            deadline(Some(now + 1), Some(Duration::from_secs(3600))).await,
+            Interrupt::Expired
+        );
+        assert!(deadline(None, None).now_or_never().is_none());
+        assert!(deadline(Some(i64::MAX), None).now_or_never().is_none());
+    }
 
     /// A session that registers on start and, as told, ends, panics or hangs.
     struct Probe {

@@ -458,7 +458,16 @@ impl Upgrade {
 
 /// An upgraded connection, split: the read half (for [`WsSocket::into_parts`])
 /// and the write half (for the connection's writer task).
-pub struct WsSocket {
+///
+/// Boxed: the socket is an argument of every layer of a session's task
+/// (the protocol's `serve`, the transport's), and an async function keeps
+/// its arguments' space for its whole life; 8 bytes instead of 80 in each
+/// layer of every connection, for one allocation freed when the connection
+/// starts.
+pub struct WsSocket(Box<SocketParts>);
+
+/// What a [`WsSocket`] holds.
+pub struct SocketParts {
     /// The negotiated subprotocol.
     pub protocol: Option<&'static str>,
     /// The compression settings, when permessage-deflate was negotiated.
@@ -466,6 +475,19 @@ pub struct WsSocket {
     read: Box<dyn AsyncRead + Send + Unpin>,
     write: Box<dyn AsyncWrite + Send + Unpin>,
     max_message: usize,
+}
+
+impl std::ops::Deref for WsSocket {
+    type Target = SocketParts;
+    fn deref(&self) -> &SocketParts {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for WsSocket {
+    fn deref_mut(&mut self) -> &mut SocketParts {
+        &mut self.0
+    }
 }
 
 impl WsSocket {
@@ -484,13 +506,13 @@ impl WsSocket {
                     // Bytes the client sent right behind its request.
                     Box::new(io::Cursor::new(parts.read_buf).chain(read))
                 };
-                WsSocket {
+                WsSocket(Box::new(SocketParts {
                     protocol,
                     deflate: None,
                     read,
                     write: Box::new(write),
                     max_message,
-                }
+                }))
             }
             // TLS (or anything else): a generic split.
             Err(upgraded) => Self::from_io(TokioIo::new(upgraded), protocol, max_message),
@@ -503,13 +525,13 @@ impl WsSocket {
         T: AsyncRead + AsyncWrite + Send + 'static,
     {
         let (read, write) = tokio::io::split(io);
-        WsSocket {
+        WsSocket(Box::new(SocketParts {
             protocol,
             deflate: None,
             read: Box::new(read),
             write: Box::new(write),
             max_message,
-        }
+        }))
     }
 
     /// Split into the inbound message stream (read no faster than
@@ -521,16 +543,17 @@ impl WsSocket {
         replies: impl Fn(Bytes) + Send + Sync + 'static,
         frames_per_second: u32,
     ) -> (WsStream, Box<dyn AsyncWrite + Send + Unpin>) {
+        let parts = *self.0;
         let stream = WsStream {
-            read: self.read,
+            read: parts.read,
             replies: Box::new(replies),
-            decoder: Decoder::new(self.max_message, self.deflate.is_some()),
+            decoder: Decoder::new(parts.max_message, parts.deflate.is_some()),
             pending: Vec::new(),
             ended: false,
             rate: crate::limits::CommandRate::new(frames_per_second),
             wait: None,
         };
-        (stream, self.write)
+        (stream, parts.write)
     }
 }
 

@@ -424,9 +424,10 @@ impl CableSession {
             };
             let msg = tokio::select! {
                 biased;
-                interrupt = self.conn.interrupted(Some(&self.revoked), self.expires_at) => {
+                interrupt = self.conn.interrupted(Some(&self.revoked), self.expires_at, None) => {
                     match interrupt {
-                        Interrupt::Gone => {}
+                        // (No read timeout given: never idle.)
+                        Interrupt::Gone | Interrupt::Idle => {}
                         Interrupt::Drain => cold(self.disconnect(DisconnectReason::ServerRestart)).await,
                         Interrupt::Revoked | Interrupt::Expired => {
                             cold(self.disconnect(DisconnectReason::Unauthorized)).await;

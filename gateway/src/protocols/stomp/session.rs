@@ -403,22 +403,26 @@ impl Session {
             let expires_at = self.recipient.as_ref().and_then(|r| r.identity.expires_at);
             let next = tokio::select! {
                 biased;
-                interrupt = self.conn.interrupted(self.revoked.as_ref(), expires_at) => {
+                interrupt = self.conn.interrupted(self.revoked.as_ref(), expires_at, Some(self.read_timeout)) => {
                     match interrupt {
-                        Interrupt::Gone => {}
+                        // The read timeout: handled below, beside the reads.
+                        Interrupt::Idle => Err(()),
+                        Interrupt::Gone => return,
                         Interrupt::Drain => {
                             cold(self.fail(1012, "server restart", "server restart: reconnect", "the gateway is shutting down; reconnect", None)).await;
+                            return;
                         }
                         Interrupt::Revoked => {
                             cold(self.fail(1008, "unauthorized", "401 Unauthorized: credential revoked", "", None)).await;
+                            return;
                         }
                         Interrupt::Expired => {
                             cold(self.fail(1008, "unauthorized", "401 Unauthorized: token expired", "", None)).await;
+                            return;
                         }
                     }
-                    return;
                 }
-                r = tokio::time::timeout(self.read_timeout, stream.next()) => r,
+                r = stream.next() => Ok(r),
             };
             let msg = match next {
                 Err(_) if self.version.is_none() => {

@@ -361,16 +361,26 @@ impl Session {
         loop {
             let next = tokio::select! {
                 biased;
-                interrupt = self.conn.interrupted(self.revoked.as_ref(), expires_at) => {
+                interrupt = self.conn.interrupted(self.revoked.as_ref(), expires_at, Some(self.deps.config.idle_timeout)) => {
                     match interrupt {
-                        Interrupt::Gone => {}
-                        Interrupt::Drain => cold(self.close_with(1012, "server restart")).await,
-                        Interrupt::Revoked => cold(self.close_with(1008, "session revoked")).await,
-                        Interrupt::Expired => cold(self.close_with(1008, "session expired")).await,
+                        // The idle timeout: handled below, beside the reads.
+                        Interrupt::Idle => Err(()),
+                        Interrupt::Gone => return,
+                        Interrupt::Drain => {
+                            cold(self.close_with(1012, "server restart")).await;
+                            return;
+                        }
+                        Interrupt::Revoked => {
+                            cold(self.close_with(1008, "session revoked")).await;
+                            return;
+                        }
+                        Interrupt::Expired => {
+                            cold(self.close_with(1008, "session expired")).await;
+                            return;
+                        }
                     }
-                    return;
                 }
-                r = tokio::time::timeout(self.deps.config.idle_timeout, next_text(stream)) => r,
+                r = next_text(stream) => Ok(r),
             };
             let next = match next {
                 Err(_) => {
