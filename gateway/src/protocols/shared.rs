@@ -89,14 +89,10 @@ impl Drain {
     /// Resolves when connection `conn_id` should be told to reconnect
     /// elsewhere: after the drain began, at a point spread evenly over the
     /// drain window, so clients do not all reconnect at once.
-    pub fn notice(&self, conn_id: u64) -> impl std::future::Future<Output = ()> + use<> {
-        let shutdown = self.shutdown.clone();
+    pub fn notice(&self, conn_id: u64) -> crate::transport::session::DrainMoment {
         let window_ms = self.spread.as_millis().max(1) as u64;
         // A multiplicative hash spreads consecutive ids over the window.
         let delay = Duration::from_millis(conn_id.wrapping_mul(0x9E37_79B9_7F4A_7C15) % window_ms);
-        async move {
-            shutdown.cancelled().await;
-            tokio::time::sleep(delay).await;
-        }
+        crate::transport::session::DrainMoment::new(self.shutdown.clone(), delay)
     }
 }

@@ -65,6 +65,39 @@ pub trait Protocol: Send {
     fn release(&mut self);
 }
 
+/// A connection's moment of the drain window: `delay` after the drain
+/// begins (`shutdown` cancelled). Only a token and a delay until then; the
+/// timer is allocated when the drain begins (an idle connection waiting on
+/// a boxed future of both was 160 bytes).
+pub struct DrainMoment {
+    shutdown: CancellationToken,
+    delay: Duration,
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl DrainMoment {
+    /// `delay` after `shutdown` is cancelled.
+    pub fn new(shutdown: CancellationToken, delay: Duration) -> Self {
+        DrainMoment {
+            shutdown,
+            delay,
+            timer: None,
+        }
+    }
+
+    /// Resolves at the moment. Cancel-safe: once the drain began, the
+    /// timer set then is kept, so a later call waits for the same moment.
+    pub async fn reached(&mut self) {
+        if self.timer.is_none() {
+            self.shutdown.cancelled().await;
+            self.timer = Some(Box::pin(tokio::time::sleep(self.delay)));
+        }
+        if let Some(timer) = self.timer.as_mut() {
+            timer.as_mut().await;
+        }
+    }
+}
+
 /// Why a session must stop, whatever its client is doing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Interrupt {
@@ -121,7 +154,7 @@ pub struct Conn {
     auth_failures: prometheus::IntCounterVec,
     /// Only ever polled through `&mut self` (`Mutex::get_mut`, no locking):
     /// the mutex just makes `Conn` shareable while a reply is queued.
-    drain: Mutex<Pin<Box<dyn Future<Output = ()> + Send>>>,
+    drain: Mutex<DrainMoment>,
 }
 
 impl Conn {
@@ -163,10 +196,11 @@ impl Conn {
         idle: Option<Duration>,
     ) -> Interrupt {
         let drain = self.drain.get_mut().unwrap_or_else(|e| e.into_inner());
+        let drain = drain.reached();
         let interrupt = tokio::select! {
             biased;
             _ = self.done.cancelled() => Interrupt::Gone,
-            _ = drain.as_mut() => Interrupt::Drain,
+            _ = drain => Interrupt::Drain,
             _ = async {
                 match revoked {
                     Some(token) => token.cancelled().await,
@@ -200,17 +234,16 @@ impl<P: Protocol> Drop for Released<P> {
 /// around its [`Conn`]; `drain` resolves at the connection's moment of the
 /// drain window (given the connection id); `slow_frame` is what a client
 /// cut off as slow is sent last.
-pub async fn serve<P, D>(
+pub async fn serve<P>(
     socket: WsSocket,
     limits: &ConnLimits,
     protocol: &'static str,
     metrics: &Metrics,
     slow_frame: Option<WsFrame>,
-    drain: impl FnOnce(u64) -> D,
+    drain: impl FnOnce(u64) -> DrainMoment,
     build: impl FnOnce(Conn) -> P,
 ) where
     P: Protocol,
-    D: Future<Output = ()> + Send + 'static,
 {
     let Opened {
         conn_id,
@@ -228,7 +261,7 @@ pub async fn serve<P, D>(
         done,
         protocol,
         auth_failures: metrics.auth_failures.clone(),
-        drain: Mutex::new(Box::pin(drain(conn_id))),
+        drain: Mutex::new(drain(conn_id)),
     };
     let mut session = Released(build(conn));
     session.0.run(&mut stream).await;
@@ -257,6 +290,24 @@ mod tests {
     };
 
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn the_drain_moment_comes_its_delay_after_the_drain_began_however_often_awaited() {
+        use futures_util::FutureExt as _;
+        let shutdown = CancellationToken::new();
+        let mut moment = DrainMoment::new(shutdown.clone(), Duration::from_secs(10));
+        tokio::time::advance(Duration::from_secs(60)).await;
+        assert!(moment.reached().now_or_never().is_none(), "no drain yet");
+        shutdown.cancel();
+        let began = tokio::time::Instant::now();
+        // Awaited and dropped (as a select beside a client message does)...
+        assert!(moment.reached().now_or_never().is_none());
+        tokio::time::advance(Duration::from_secs(6)).await;
+        assert!(moment.reached().now_or_never().is_none());
+        // ...the moment stays 10 s after the drain began.
+        moment.reached().await;
+        assert_eq!(began.elapsed(), Duration::from_secs(10));
+    }
 
     #[tokio::test(start_paused = true)]
     async fn one_timer_serves_the_expiry_and_the_read_timeout() {
@@ -312,7 +363,7 @@ mod tests {
                 "probe",
                 &m,
                 None,
-                |_| std::future::pending(),
+                |_| DrainMoment::new(CancellationToken::new(), Duration::ZERO),
                 |_conn| Probe {
                     registered: r,
                     released: d,
