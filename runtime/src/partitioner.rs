@@ -63,15 +63,18 @@ impl Partitioner {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    #![allow(unsafe_code)]
-
-    use super::*;
-
-    /// librdkafka's own partitioner function for `p`.
-    fn librdkafka(p: Partitioner, key: &str, partitions: i32) -> i32 {
-        let f = match p {
+impl Partitioner {
+    /// The partition librdkafka's own function for this partitioner picks:
+    /// the reference [`Partitioner::partition`] is tested against (here and
+    /// in the gateway's partition groups). `None` where librdkafka would
+    /// pick at random (an empty key) or there are no partitions.
+    #[allow(unsafe_code)]
+    pub fn librdkafka_partition(self, key: &[u8], partitions: u32) -> Option<u32> {
+        let partitions = i32::try_from(partitions).ok().filter(|&n| n > 0)?;
+        if key.is_empty() {
+            return None;
+        }
+        let f = match self {
             Partitioner::ConsistentRandom => {
                 rdkafka::bindings::rd_kafka_msg_partitioner_consistent_random
             }
@@ -79,10 +82,10 @@ mod tests {
                 rdkafka::bindings::rd_kafka_msg_partitioner_murmur2_random
             }
         };
-        // SAFETY: for a non-empty key both functions only hash `key` and
-        // take the remainder; they touch neither the topic handle nor the
-        // opaques.
-        unsafe {
+        // SAFETY: for a non-empty key and a positive count both functions
+        // only hash `key` and take the remainder; they touch neither the
+        // topic handle nor the opaques.
+        let p = unsafe {
             f(
                 std::ptr::null(),
                 key.as_ptr().cast(),
@@ -91,7 +94,18 @@ mod tests {
                 std::ptr::null_mut(),
                 std::ptr::null_mut(),
             )
-        }
+        };
+        u32::try_from(p).ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn librdkafka(p: Partitioner, key: &str, partitions: i32) -> i32 {
+        p.librdkafka_partition(key.as_bytes(), partitions as u32)
+            .map_or(-1, |x| x as i32)
     }
 
     #[test]

@@ -61,6 +61,28 @@ fn expected_ids(account: &str) -> Vec<String> {
     (1..=EVENTS).map(|n| format!("m-{account}-{n}")).collect()
 }
 
+/// Publish `EVENTS` events of each group's account through the producer,
+/// checking that the producer's partition is in the account's group;
+/// returns how many went to each group.
+async fn publish_to_both(stack: &Stack, accounts: &[String; 2]) -> anyhow::Result<[u64; 2]> {
+    let mut published = [0u64; 2];
+    for n in 1..=EVENTS {
+        for (g, account) in accounts.iter().enumerate() {
+            let body = stack.publish(&airy_message(account, n)).await?;
+            let partition = body["results"][0]["partition"]
+                .as_i64()
+                .expect("a partition");
+            assert_eq!(
+                partition % 2,
+                g as i64,
+                "account {account} was produced to partition {partition}, outside group {g}"
+            );
+            published[g] += 1;
+        }
+    }
+    Ok(published)
+}
+
 /// The shared broker with 4 partitions per topic, and two gateway
 /// processes of `--partition-groups 2`: group 0 and group 1.
 struct Groups {
@@ -265,21 +287,7 @@ async fn two_groups_deliver_only_their_accounts_and_redirect_the_others() -> any
 
     // Events of both accounts, through the producer; its partitions agree
     // with the gateway's mapping.
-    let mut published = [0u64; 2];
-    for n in 1..=EVENTS {
-        for (g, account) in accounts.iter().enumerate() {
-            let body = stack.publish(&airy_message(account, n)).await?;
-            let partition = body["results"][0]["partition"]
-                .as_i64()
-                .expect("a partition");
-            assert_eq!(
-                partition % 2,
-                g as i64,
-                "account {account} was produced to partition {partition}, outside group {g}"
-            );
-            published[g] += 1;
-        }
-    }
+    let published = publish_to_both(&stack, &accounts).await?;
 
     // Each client gets exactly its account's events, in order.
     for (g, c) in own.iter_mut().enumerate() {
@@ -390,19 +398,7 @@ async fn with_the_murmur2_partitioner_each_group_delivers_its_accounts() -> anyh
         c.subscribe("e", "/events").await?;
         own.push(c);
     }
-    for n in 1..=EVENTS {
-        for (g, account) in accounts.iter().enumerate() {
-            let body = stack.publish(&airy_message(account, n)).await?;
-            let partition = body["results"][0]["partition"]
-                .as_i64()
-                .expect("a partition");
-            assert_eq!(
-                partition % 2,
-                g as i64,
-                "account {account} was produced to partition {partition}, outside group {g}"
-            );
-        }
-    }
+    publish_to_both(&stack, &accounts).await?;
     for (g, c) in own.iter_mut().enumerate() {
         assert_eq!(
             message_ids(c, EVENTS as usize).await?,

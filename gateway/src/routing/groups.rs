@@ -180,8 +180,6 @@ impl PartitionGroups {
 
 #[cfg(test)]
 mod tests {
-    #![allow(unsafe_code)]
-
     use super::*;
 
     const BOTH: [Partitioner; 2] = [Partitioner::ConsistentRandom, Partitioner::Murmur2Random];
@@ -189,27 +187,8 @@ mod tests {
     /// librdkafka's own partitioner function for `p`, the one Herald's
     /// producers are configured with.
     fn librdkafka_partition(p: Partitioner, key: &str, partitions: i32) -> i32 {
-        let f = match p {
-            Partitioner::ConsistentRandom => {
-                rdkafka::bindings::rd_kafka_msg_partitioner_consistent_random
-            }
-            Partitioner::Murmur2Random => {
-                rdkafka::bindings::rd_kafka_msg_partitioner_murmur2_random
-            }
-        };
-        // SAFETY: for a non-empty key both functions only hash `key` and
-        // take the remainder; they touch neither the topic handle nor the
-        // opaques.
-        unsafe {
-            f(
-                std::ptr::null(),
-                key.as_ptr().cast(),
-                key.len(),
-                partitions,
-                std::ptr::null_mut(),
-                std::ptr::null_mut(),
-            )
-        }
+        p.librdkafka_partition(key.as_bytes(), partitions as u32)
+            .map_or(-1, |x| x as i32)
     }
 
     fn accounts() -> impl Iterator<Item = String> {
