@@ -13,7 +13,8 @@
 #     proxy tests run the shipped deploy/nginx/nginx.conf on loopback);
 #   - chromium: Debian's package, for the browser tests (playwright-core
 #     drives it; no browser download);
-#   - cargo-nextest, mdBook (renders docs/), and the npm clients the
+#   - cargo-nextest, mdBook (renders docs/), tansu (a Kafka-compatible
+#     broker the testkit runs as a child process), and the npm clients the
 #     end-to-end tests drive.
 # Needs Java 17+ and Maven (for Kafka), Node.js 20+ and npm.
 #
@@ -69,6 +70,12 @@ fi
 if ! command -v cargo-nextest >/dev/null 2>&1; then
   echo "==> installing cargo-nextest"
   cargo install cargo-nextest --locked
+fi
+if [ -z "${HERALD_TANSU_BIN:-}" ] && ! command -v tansu >/dev/null 2>&1; then
+  # The testkit's broker-process test and the benchmarks' `--broker tansu`
+  # run it as a child process (a Kafka-compatible broker, in memory).
+  echo "==> installing tansu 0.6.0 (once, several minutes)"
+  cargo install tansu --locked --version 0.6.0 --features dynostore
 fi
 echo "==> installing npm clients (tests/js)"
 (cd tests/js && npm ci --no-audit --no-fund --loglevel=error)
