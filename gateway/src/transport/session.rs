@@ -31,16 +31,8 @@ use crate::{
 /// expired; never without an expiry. Client-supplied values cannot
 /// overflow the arithmetic (a far-future `exp` just never fires).
 pub async fn expired(expires_at: Option<i64>) {
-    match expires_at {
-        Some(exp) => {
-            let wait_ms = exp
-                .saturating_mul(1000)
-                .saturating_sub(crate::core::clock::now_ms())
-                .max(0);
-            tokio::time::sleep(std::time::Duration::from_millis(wait_ms as u64)).await;
-        }
-        None => std::future::pending().await,
-    }
+    // Without a read timeout the deadline is the expiry alone.
+    deadline(expires_at, None).await;
 }
 
 /// Box a rarely taken step of a session (a handshake, an error path, a
