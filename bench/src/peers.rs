@@ -394,6 +394,12 @@ pub struct PeersArgs {
     /// Undelivered events allowed per stream in the fan-out closed loop.
     #[arg(long, default_value_t = 64)]
     pub window: u64,
+    /// Herald's publisher `linger.ms` in the open-loop scenarios (latency,
+    /// jitter). 2 is what Herald's producer service sets; the send time is
+    /// stamped before the linger, so it is part of the measured latency.
+    /// The closed-loop fan-out uses 1.
+    #[arg(long, default_value_t = 2)]
+    pub herald_linger_ms: u64,
     /// Seconds before each measurement.
     #[arg(long, default_value_t = 3)]
     pub warmup_secs: u64,
@@ -997,7 +1003,8 @@ pub async fn run(common: &Common, args: &PeersArgs) -> anyhow::Result<Value> {
                    "warmup_secs": args.warmup_secs, "duration_secs": args.duration_secs,
                    "jitter_connections": args.jitter_connections, "jitter_events": args.jitter_events,
                    "jitter_rate": args.jitter_rate, "jitter_period_secs": args.jitter_period_secs,
-                   "jitter_offline_secs": args.jitter_offline_secs},
+                   "jitter_offline_secs": args.jitter_offline_secs,
+                   "herald_linger_ms": args.herald_linger_ms},
         "versions": versions,
         "scenarios": out,
         "tables_markdown": tables,
@@ -1167,7 +1174,11 @@ async fn measured(
     let (fleet, _) = open(common, running, connections, accounts).await?;
     let closed = load == Load::ClosedLoop;
     let mut publisher = running
-        .publisher(common, accounts, if closed { 1 } else { 5 })
+        .publisher(
+            common,
+            accounts,
+            if closed { 1 } else { args.herald_linger_ms },
+        )
         .await?;
     let stop = AtomicStop::default();
     let total = Duration::from_secs(args.warmup_secs + args.duration_secs);
@@ -1245,7 +1256,9 @@ async fn storm(common: &Common, args: &PeersArgs, running: &Running) -> anyhow::
 /// position, while each stream gets `--jitter-events` at `--jitter-rate`.
 async fn jitter(common: &Common, args: &PeersArgs, running: &Running) -> anyhow::Result<Value> {
     let (clients, accounts) = sizes(args, running.system, PeerScenario::Jitter);
-    let mut publisher = running.publisher(common, accounts, 5).await?;
+    let mut publisher = running
+        .publisher(common, accounts, args.herald_linger_ms)
+        .await?;
     let published = publisher.share_counts();
     let (source_ips, first_source_ip) = scenario::source_ips(common, clients);
     let target = resuming::Target {

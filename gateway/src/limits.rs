@@ -93,6 +93,13 @@ pub struct AccountSlot {
     account: Arc<str>,
 }
 
+impl AccountSlot {
+    /// The account this slot counts against.
+    pub fn account(&self) -> &str {
+        &self.account
+    }
+}
+
 impl Drop for AccountSlot {
     fn drop(&mut self) {
         self.limits.per_account.release(&self.account);

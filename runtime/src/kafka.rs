@@ -104,7 +104,16 @@ impl KafkaArgs {
         let mut cfg = ClientConfig::new();
         cfg.set("bootstrap.servers", &self.brokers)
             .set("security.protocol", &self.security_protocol)
-            .set("client.id", "herald");
+            .set("client.id", "herald")
+            // librdkafka leaves Nagle's algorithm on by default; the Java
+            // client turns it off on every socket, and so does Herald:
+            // its requests are small and latency-bound (a produce of a few
+            // events, the next fetch), and a small write must not wait
+            // for the previous one's ACK. On loopback at 50 events/s the
+            // measured produce -> fetch latency did not change beyond the
+            // run-to-run spread (docs/benchmarks.md); a `--kafka-property`
+            // may set it back.
+            .set("socket.nagle.disable", "true");
         if self.security_protocol.starts_with("sasl") {
             match (
                 &self.sasl_mechanism,
@@ -306,6 +315,16 @@ mod tests {
         k.sasl_password = Some("p".into());
         let cfg = k.client_config().unwrap();
         assert_eq!(cfg.get("sasl.mechanism"), Some("SCRAM-SHA-512"));
+    }
+
+    #[test]
+    fn nagle_is_off_unless_a_property_turns_it_on() {
+        let mut k = KafkaArgs::for_brokers("a:1");
+        let cfg = k.client_config().unwrap();
+        assert_eq!(cfg.get("socket.nagle.disable"), Some("true"));
+        k.properties = vec!["socket.nagle.disable=false".into()];
+        let cfg = k.client_config().unwrap();
+        assert_eq!(cfg.get("socket.nagle.disable"), Some("false"));
     }
 
     #[test]

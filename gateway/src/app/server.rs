@@ -263,11 +263,15 @@ pub async fn start(
         config: config.stomp()?,
         resume: resume_config.clone(),
     });
+    let cable_config = config.cable()?;
+    let pings = crate::protocols::cable::Pings::new();
+    let ping_interval = cable_config.ping_interval;
     let cable_deps = Arc::new(CableDeps {
-        config: config.cable()?,
+        config: cable_config,
         resume: resume_config,
         presence: presence.clone(),
         producer: producer.clone(),
+        pings: pings.clone(),
     });
     let typeid_deps = Arc::new(TypeIdDeps {
         config: config.typeid()?,
@@ -312,6 +316,8 @@ pub async fn start(
         link.clone(),
         consumer_stop.clone(),
     ));
+    // ActionCable's pings, until the drain window is over.
+    tokio::spawn(pings.run(ping_interval, consumer_stop.clone()));
     tokio::spawn(consumer::report_lag(
         kafka.clone(),
         router.clone(),

@@ -17,14 +17,20 @@ use crate::core::{event::RoutedEvent, position::TopicPartition};
 /// in Kafka) and says so ([`Taken::Overflowed`]), and the catch-up reads
 /// them again, so a client that reads slower than its account's live
 /// traffic is paced, never left with an unbounded list.
-#[derive(Default)]
 pub struct ResumeGate {
     /// Fast path: once open, live events never touch the lock.
     open: AtomicBool,
+    has_floors: AtomicBool,
+    /// What a resuming gate holds; `None` for a gate that was open from the
+    /// start (boxed: every subscription has a gate, few ever resume, and
+    /// an idle subscription should not carry the locks).
+    resuming: Option<Box<Resuming>>,
+}
+
+struct Resuming {
     held: Mutex<Held>,
     /// Per stream, the client's last offset; removed once the stream passes it.
     floors: Mutex<Vec<(TopicPartition, i64)>>,
-    has_floors: AtomicBool,
 }
 
 #[derive(Default)]
@@ -49,7 +55,8 @@ impl ResumeGate {
     pub fn open() -> Self {
         ResumeGate {
             open: AtomicBool::new(true),
-            ..Default::default()
+            has_floors: AtomicBool::new(false),
+            resuming: None,
         }
     }
 
@@ -62,13 +69,15 @@ impl ResumeGate {
             .collect();
         ResumeGate {
             open: AtomicBool::new(false),
-            held: Mutex::new(Held {
-                events: Some(Vec::new()),
-                overflowed: false,
-                limit: limit.max(1),
-            }),
             has_floors: AtomicBool::new(!floors.is_empty()),
-            floors: Mutex::new(floors),
+            resuming: Some(Box::new(Resuming {
+                held: Mutex::new(Held {
+                    events: Some(Vec::new()),
+                    overflowed: false,
+                    limit: limit.max(1),
+                }),
+                floors: Mutex::new(floors),
+            })),
         }
     }
 
@@ -77,7 +86,7 @@ impl ResumeGate {
         if !self.has_floors.load(Ordering::Acquire) {
             return false;
         }
-        let Ok(mut floors) = self.floors.lock() else {
+        let Some(Ok(mut floors)) = self.resuming.as_ref().map(|r| r.floors.lock()) else {
             return false;
         };
         let Some(i) = floors
@@ -104,7 +113,7 @@ impl ResumeGate {
         if !self.has_floors.load(Ordering::Acquire) {
             return;
         }
-        if let Ok(mut floors) = self.floors.lock() {
+        if let Some(Ok(mut floors)) = self.resuming.as_ref().map(|r| r.floors.lock()) {
             floors
                 .retain(|((t, p), _)| !(**t == *topic && partition.is_none_or(|want| *p == want)));
             if floors.is_empty() {
@@ -119,7 +128,7 @@ impl ResumeGate {
         if self.open.load(Ordering::Acquire) {
             return false;
         }
-        let Ok(mut held) = self.held.lock() else {
+        let Some(Ok(mut held)) = self.resuming.as_ref().map(|r| r.held.lock()) else {
             return false;
         };
         let Held {
@@ -144,7 +153,7 @@ impl ResumeGate {
 
     /// Take what is held so far (the gate keeps holding).
     pub fn take_held(&self) -> Taken {
-        let Ok(mut held) = self.held.lock() else {
+        let Some(Ok(mut held)) = self.resuming.as_ref().map(|r| r.held.lock()) else {
             return Taken::Events(Vec::new());
         };
         if held.overflowed {
@@ -156,7 +165,11 @@ impl ResumeGate {
     /// Open the gate if nothing is held (live events then pass straight
     /// through); false when events arrived meanwhile or were dropped.
     pub fn try_open(&self) -> bool {
-        let Ok(mut held) = self.held.lock() else {
+        let Some(resuming) = &self.resuming else {
+            self.open.store(true, Ordering::Release);
+            return true;
+        };
+        let Ok(mut held) = resuming.held.lock() else {
             return true;
         };
         if held.overflowed || held.events.as_ref().is_some_and(|e| !e.is_empty()) {
@@ -170,7 +183,7 @@ impl ResumeGate {
     /// Hold again from empty after an overflow (call while no record is
     /// dispatched, see [`Router::exclusive`](crate::routing::router::Router::exclusive)).
     pub fn rearm(&self) {
-        if let Ok(mut held) = self.held.lock() {
+        if let Some(Ok(mut held)) = self.resuming.as_ref().map(|r| r.held.lock()) {
             held.overflowed = false;
             if let Some(list) = held.events.as_mut() {
                 list.clear();
@@ -212,6 +225,20 @@ mod tests {
         );
         assert!(!g.hold(&event(3, 0)));
         assert!(!ResumeGate::open().hold(&event(1, 0)));
+    }
+
+    #[test]
+    fn an_open_gate_is_small_and_passes_everything() {
+        // Every subscription carries one: what only a resume needs is boxed.
+        assert!(std::mem::size_of::<ResumeGate>() <= 16);
+        let g = ResumeGate::open();
+        assert!(!g.already_seen(&event(0, 0)));
+        assert!(!g.hold(&event(1, 0)));
+        assert!(matches!(g.take_held(), Taken::Events(e) if e.is_empty()));
+        assert!(g.try_open());
+        g.rearm();
+        g.forget("t", None);
+        assert!(!g.hold(&event(2, 0)));
     }
 
     #[test]

@@ -135,14 +135,12 @@ impl Supersede {
 /// about when a newer one supersedes it.
 pub type Delivery = (WsFrame, Option<Stamp>, Option<Supersede>);
 
-/// What a connection's heart-beat sends.
+/// What a connection's heart-beat sends. (ActionCable's pings come from
+/// one process-wide timer instead, through a [`Beacon`].)
 #[derive(Debug, Clone)]
 pub enum HeartBeatKind {
     /// This frame, only when nothing else was written in the interval (STOMP EOL).
     WhenIdle(WsFrame),
-    /// An ActionCable `ping` with the current unix time, every interval,
-    /// strictly increasing.
-    CablePing,
 }
 
 /// What the senders and the writer exchange, under one lock.
@@ -562,6 +560,14 @@ impl ConnTx {
         self.shared.enqueue_waiting(item, false).await
     }
 
+    /// A handle for frames the server sends on its own schedule (see
+    /// [`Beacon`]).
+    pub fn beacon(&self) -> Beacon {
+        Beacon {
+            shared: self.shared.clone(),
+        }
+    }
+
     /// A handle for the WebSocket library's own replies that does not keep
     /// the writer alive (the writer ends when the session's senders are gone).
     fn replies(&self) -> impl Fn(Bytes) + Send + Sync + 'static {
@@ -572,6 +578,30 @@ impl ConnTx {
             if shared.enqueue(Outbound::Raw(bytes), Admit::Bytes).is_err() {
                 shared.cut_off(Cutoff::OutboundBytes);
             }
+        }
+    }
+}
+
+/// Queues frames the server sends on its own schedule, not in answer to
+/// anything (ActionCable's pings, from one timer for every connection). It
+/// does not keep the writer alive: once the session's senders are gone,
+/// what it sends is dropped.
+#[derive(Clone)]
+pub struct Beacon {
+    shared: Arc<Shared>,
+}
+
+impl Beacon {
+    /// Queue these whole WebSocket frame bytes (shared with every other
+    /// connection). They cannot wait: a client whose queue is at its byte
+    /// bound is cut off, as for the WebSocket library's replies.
+    pub fn send(&self, frame: Bytes) {
+        if self
+            .shared
+            .enqueue(Outbound::Raw(frame), Admit::Bytes)
+            .is_err()
+        {
+            self.shared.cut_off(Cutoff::OutboundBytes);
         }
     }
 }
@@ -734,7 +764,6 @@ impl Writer {
         W: AsyncWrite + Unpin,
     {
         let mut heartbeat: Option<(tokio::time::Interval, HeartBeatKind)> = None;
-        let mut last_ping = 0i64;
         let mut wrote_since_tick = false;
         // Swapped with the queue's buffer on every take: no allocation
         // while idle, and under load the two buffers keep their capacity.
@@ -769,10 +798,6 @@ impl Writer {
                 _ = tick(&mut heartbeat) => {
                     let frame = match &heartbeat {
                         Some((_, HeartBeatKind::WhenIdle(frame))) if !wrote_since_tick => Some(frame.clone()),
-                        Some((_, HeartBeatKind::CablePing)) => {
-                            last_ping = (now_ms() / 1000).max(last_ping + 1);
-                            Some(WsFrame::text(&format!(r#"{{"type":"ping","message":{last_ping}}}"#)))
-                        }
                         _ => None,
                     };
                     let step = match frame {
@@ -835,7 +860,6 @@ impl Writer {
                     // beat after CONNECTED came at 2x).
                     let period = match kind {
                         HeartBeatKind::WhenIdle(_) => (*every / 2).max(Duration::from_millis(1)),
-                        HeartBeatKind::CablePing => *every,
                     };
                     let mut iv =
                         tokio::time::interval_at(tokio::time::Instant::now() + period, period);

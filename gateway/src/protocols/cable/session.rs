@@ -27,7 +27,7 @@ use crate::{
     protocols::shared::Shared,
     routing::{gate::ResumeGate, groups::REDIRECT_CLOSE_CODE, presence::PresenceTable},
     transport::{
-        connection::{self, HeartBeatKind, Outbound},
+        connection,
         session::{Conn, Interrupt, cold},
         ws::{Message, WsFrame, WsSocket, WsStream},
     },
@@ -61,6 +61,8 @@ pub struct CableDeps {
     pub presence: Arc<PresenceTable>,
     /// Writes presence heartbeats to the presence topic.
     pub producer: FutureProducer,
+    /// The connections that get `ping`s (one timer for all of them).
+    pub pings: Arc<super::Pings>,
 }
 
 impl CableDeps {
@@ -132,6 +134,9 @@ pub async fn serve(
     endpoint: Endpoint,
 ) {
     let ext = socket.protocol == Some(protocol::EXT_PROTOCOL);
+    let room = matches!(endpoint, Endpoint::Room);
+    // Boxed: only `/stream` has anything in it, and it is read once.
+    let endpoint = (!room).then(|| Box::new(endpoint));
     let drain = |id| shared.drain.notice(id);
     let rates = shared.limits.config();
     crate::transport::session::serve(
@@ -146,18 +151,18 @@ pub async fn serve(
             shared: shared.clone(),
             deps: deps.clone(),
             conn_identity: None,
-            room: matches!(endpoint, Endpoint::Room),
+            room,
             endpoint,
             ext,
-            subscriptions: HashMap::new(),
-            revoked: CancellationToken::new(),
-            account_slots: HashMap::new(),
+            subscriptions: Vec::new(),
+            revoked: None,
+            account_slots: Vec::new(),
             rate: CommandRate::new(rates.commands_per_second),
             sub_rate: CommandRate::new(rates.subscribes_per_second),
             expires_at: None,
             anonymous_until: Some(tokio::time::Instant::now() + rates.cable_anonymous_timeout),
             redirected: false,
-            watched: HashMap::new(),
+            watched: Vec::new(),
         },
     )
     .await;
@@ -228,25 +233,40 @@ impl resume::Replayer for CableReplay<'_> {
 
 struct Subscription {
     router_id: u64,
+    /// Its identifier is `recipient.identifier_json` (kept once: with a
+    /// RoomChannel token in it, the identifier is the largest thing an
+    /// idle subscription holds).
     recipient: Arc<CableRecipient>,
+}
+
+impl Subscription {
+    /// Whether this is the subscription whose identifier, as a JSON string
+    /// literal, is `identifier_json`.
+    fn is(&self, identifier_json: &str) -> bool {
+        self.recipient.identifier_json == identifier_json
+    }
 }
 
 struct CableSession {
     conn: Conn,
     shared: Arc<Shared>,
     deps: Arc<CableDeps>,
-    /// Where the client connected.
-    endpoint: Endpoint,
-    /// `/stream`: the connection's identity.
-    conn_identity: Option<Identity>,
+    /// `/stream`: its query and credential, until `open` reads them.
+    endpoint: Option<Box<Endpoint>>,
+    /// `/stream`: the connection's identity (boxed: RoomChannel
+    /// connections have none, and every idle one would carry its space).
+    conn_identity: Option<Box<Identity>>,
     room: bool,
     /// Negotiated `actioncable-v1-ext-json` (stream positions, history).
     ext: bool,
-    subscriptions: HashMap<String, Subscription>,
-    /// Cancelled when a credential in use is revoked or changed.
-    revoked: CancellationToken,
+    /// Few per connection (`max_subscriptions`), so a vector searched in
+    /// order: a one-entry hash map is four buckets of allocation.
+    subscriptions: Vec<Subscription>,
+    /// Cancelled when an opaque token in use is revoked or changed (made
+    /// with the first such token; JWTs are never revoked).
+    revoked: Option<CancellationToken>,
     /// This connection's places in its accounts' connection limits.
-    account_slots: HashMap<Arc<str>, AccountSlot>,
+    account_slots: Vec<AccountSlot>,
     /// `message` commands allowed per second.
     rate: CommandRate,
     /// Subscribe and unsubscribe commands allowed per second.
@@ -257,9 +277,9 @@ struct CableSession {
     anonymous_until: Option<tokio::time::Instant>,
     /// Sent to another partition group: nothing more is accepted.
     redirected: bool,
-    /// Opaque tokens in use, watched once each: (subscriptions using it,
-    /// the watch task's stop).
-    watched: HashMap<String, (usize, CancellationToken)>,
+    /// Opaque tokens in use, watched once each: (the token's key,
+    /// subscriptions using it, the watch task's stop).
+    watched: Vec<(String, usize, CancellationToken)>,
 }
 
 impl crate::transport::session::Protocol for CableSession {
@@ -270,10 +290,11 @@ impl crate::transport::session::Protocol for CableSession {
     }
 
     fn release(&mut self) {
-        for (_, sub) in std::mem::take(&mut self.subscriptions) {
+        self.deps.pings.unregister(self.conn.id);
+        for sub in std::mem::take(&mut self.subscriptions) {
             self.unregister(&sub);
         }
-        for (key, (_, stop)) in std::mem::take(&mut self.watched) {
+        for (key, _, stop) in std::mem::take(&mut self.watched) {
             stop.cancel();
             self.shared.auth.identities.unwatch(&key, self.conn.id);
         }
@@ -291,11 +312,10 @@ impl CableSession {
     /// Authenticate (for `/stream`), then `welcome` and pings. False when the
     /// connection was refused.
     async fn open(&mut self) -> bool {
-        let endpoint = self.endpoint.clone();
-        if let Endpoint::Stream {
+        if let Some(Endpoint::Stream {
             account_id,
             credential,
-        } = &endpoint
+        }) = self.endpoint.take().map(|e| *e)
         {
             match self
                 .authenticate_stream(account_id.as_deref(), credential.as_deref())
@@ -310,9 +330,9 @@ impl CableSession {
                         self.disconnect(DisconnectReason::InvalidRequest).await;
                         return false;
                     };
-                    self.account_slots.insert(identity.account_id.clone(), slot);
+                    self.account_slots.push(slot);
                     self.track_credential(&identity);
-                    self.conn_identity = Some(identity);
+                    self.conn_identity = Some(Box::new(identity));
                 }
                 Err(e) => {
                     self.shared
@@ -331,13 +351,13 @@ impl CableSession {
         } else {
             protocol::welcome().to_owned()
         };
-        self.conn.emit_text(&welcome).await;
-        self.conn
-            .emit(Outbound::HeartBeat {
-                every: self.deps.config.ping_interval,
-                kind: HeartBeatKind::CablePing,
-            })
-            .await
+        if !self.conn.emit_text(&welcome).await {
+            return false;
+        }
+        self.deps
+            .pings
+            .register(self.conn.id, self.conn.tx.beacon());
+        true
     }
 
     async fn authenticate_stream(
@@ -379,12 +399,15 @@ impl CableSession {
         if let Some(key) = &identity.token_key {
             // One watch per token, however many subscriptions use it: a
             // subscribe/unsubscribe loop must not pile them up.
-            if let Some((uses, _)) = self.watched.get_mut(key) {
+            if let Some((_, uses, _)) = self.watched.iter_mut().find(|(k, _, _)| k == key) {
                 *uses += 1;
                 return;
             }
             let watch = self.shared.auth.identities.watch(key, self.conn.id);
-            let revoked = self.revoked.clone();
+            let revoked = self
+                .revoked
+                .get_or_insert_with(CancellationToken::new)
+                .clone();
             let done = self.conn.done.clone();
             let stop = CancellationToken::new();
             let stopped = stop.clone();
@@ -395,7 +418,7 @@ impl CableSession {
                     _ = stopped.cancelled() => {}
                 }
             });
-            self.watched.insert(key.clone(), (1, stop));
+            self.watched.push((key.clone(), 1, stop));
         }
     }
 
@@ -404,11 +427,12 @@ impl CableSession {
         let Some(key) = &identity.token_key else {
             return;
         };
-        if let Some((uses, stop)) = self.watched.get_mut(key) {
+        if let Some(i) = self.watched.iter().position(|(k, _, _)| k == key) {
+            let (_, uses, stop) = &mut self.watched[i];
             *uses = uses.saturating_sub(1);
             if *uses == 0 {
                 stop.cancel();
-                self.watched.remove(key);
+                self.watched.swap_remove(i);
                 self.shared.auth.identities.unwatch(key, self.conn.id);
             }
         }
@@ -416,30 +440,28 @@ impl CableSession {
 
     async fn read_loop(&mut self, stream: &mut WsStream) {
         loop {
-            let anonymous = async {
-                match self.anonymous_until {
-                    Some(at) => tokio::time::sleep_until(at).await,
-                    None => std::future::pending().await,
-                }
-            };
+            // Until a subscription is accepted, the anonymous deadline is
+            // the session's read timeout: one timer with the credential's
+            // expiry rather than a second one in every idle task.
+            let anonymous = self
+                .anonymous_until
+                .map(|at| at.saturating_duration_since(tokio::time::Instant::now()));
             let msg = tokio::select! {
                 biased;
-                interrupt = self.conn.interrupted(Some(&self.revoked), self.expires_at, None) => {
+                interrupt = self.conn.interrupted(self.revoked.as_ref(), self.expires_at, anonymous) => {
                     match interrupt {
-                        // (No read timeout given: never idle.)
-                        Interrupt::Gone | Interrupt::Idle => {}
+                        Interrupt::Gone => {}
+                        Interrupt::Idle => {
+                            // Nothing accepted in time: whatever it is, it
+                            // costs a socket and earns nothing.
+                            self.shared.limits.rejected("cable_anonymous");
+                            cold(self.disconnect(DisconnectReason::Unauthorized)).await;
+                        }
                         Interrupt::Drain => cold(self.disconnect(DisconnectReason::ServerRestart)).await,
                         Interrupt::Revoked | Interrupt::Expired => {
                             cold(self.disconnect(DisconnectReason::Unauthorized)).await;
                         }
                     }
-                    return;
-                }
-                _ = anonymous => {
-                    // Nothing accepted in time: whatever it is, it costs a
-                    // socket and earns nothing.
-                    self.shared.limits.rejected("cable_anonymous");
-                    cold(self.disconnect(DisconnectReason::Unauthorized)).await;
                     return;
                 }
                 m = stream.next() => m,
@@ -502,18 +524,22 @@ impl CableSession {
                 // History is honoured inside `subscribe` (what clients send
                 // after a reconnect); sessions are not restored, so a bare
                 // history request cannot be served without duplicates.
-                if self.subscriptions.contains_key(&identifier) {
+                let identifier_json = protocol::json_string(&identifier);
+                if self.subscription(&identifier_json).is_some() {
                     self.conn
-                        .emit_text(&protocol::history_result(
-                            &protocol::json_string(&identifier),
-                            false,
-                        ))
+                        .emit_text(&protocol::history_result(&identifier_json, false))
                         .await;
                 }
             }
             Command::Pong => {}
             Command::Unsubscribe { identifier } => {
-                if let Some(sub) = self.subscriptions.remove(&identifier) {
+                let identifier_json = protocol::json_string(&identifier);
+                if let Some(i) = self
+                    .subscriptions
+                    .iter()
+                    .position(|s| s.is(&identifier_json))
+                {
+                    let sub = self.subscriptions.swap_remove(i);
                     self.unregister(&sub);
                     if self.room {
                         let identity = sub.recipient.identity.clone();
@@ -538,11 +564,11 @@ impl CableSession {
         if self.redirected {
             return;
         }
-        if self.subscriptions.contains_key(&identifier) {
+        let identifier_json = protocol::json_string(&identifier);
+        if self.subscription(&identifier_json).is_some() {
             tracing::debug!(conn = self.conn.id, "duplicate subscribe ignored");
             return;
         }
-        let identifier_json = protocol::json_string(&identifier);
         let decision = self.admit(&identifier).await;
         let (channel, identity) = match decision {
             Ok(ok) => ok,
@@ -568,14 +594,21 @@ impl CableSession {
             return;
         }
         if self.room {
-            if !self.account_slots.contains_key(&identity.account_id) {
+            if !self
+                .account_slots
+                .iter()
+                .any(|slot| slot.account() == &*identity.account_id)
+            {
                 let Some(slot) = self.shared.limits.admit_account(&identity.account_id) else {
                     self.conn
                         .emit_text(&protocol::reject(&identifier_json))
                         .await;
                     return;
                 };
-                self.account_slots.insert(identity.account_id.clone(), slot);
+                if self.account_slots.is_empty() {
+                    self.account_slots.reserve_exact(1);
+                }
+                self.account_slots.push(slot);
             }
             self.track_credential(&identity);
         }
@@ -589,7 +622,7 @@ impl CableSession {
         let recipient = Arc::new(CableRecipient {
             identity,
             channel,
-            identifier_json: identifier_json.clone(),
+            identifier_json,
             shared_key,
             conn: self.conn.tx.clone(),
             ext_epochs,
@@ -603,7 +636,7 @@ impl CableSession {
         });
         // Confirm before registering so no broadcast can precede the confirmation.
         self.conn
-            .emit_text(&protocol::confirm(&identifier_json))
+            .emit_text(&protocol::confirm(&recipient.identifier_json))
             .await;
         let router_id = connection::next_conn_id();
         match resume {
@@ -629,13 +662,14 @@ impl CableSession {
             .subscriptions
             .with_label_values(&[PROTOCOL])
             .inc();
-        self.subscriptions.insert(
-            identifier,
-            Subscription {
-                router_id,
-                recipient,
-            },
-        );
+        // Most connections hold one: room for exactly that, not four.
+        if self.subscriptions.is_empty() {
+            self.subscriptions.reserve_exact(1);
+        }
+        self.subscriptions.push(Subscription {
+            router_id,
+            recipient,
+        });
         self.anonymous_until = None;
     }
 
@@ -687,7 +721,8 @@ impl CableSession {
             (false, "NotificationsChannel") => {
                 let identity = self
                     .conn_identity
-                    .clone()
+                    .as_deref()
+                    .cloned()
                     .ok_or("connection not authenticated")?;
                 Ok((ChannelKind::Notifications, identity))
             }
@@ -695,8 +730,13 @@ impl CableSession {
         }
     }
 
+    /// The subscription with this identifier (as a JSON string literal).
+    fn subscription(&self, identifier_json: &str) -> Option<&Subscription> {
+        self.subscriptions.iter().find(|s| s.is(identifier_json))
+    }
+
     async fn message(&mut self, identifier: &str, data: &str) {
-        let Some(sub) = self.subscriptions.get(identifier) else {
+        let Some(sub) = self.subscription(&protocol::json_string(identifier)) else {
             tracing::debug!(
                 conn = self.conn.id,
                 "message for unknown identifier ignored"

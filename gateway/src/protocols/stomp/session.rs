@@ -363,8 +363,8 @@ struct Session {
     version: Option<Version>,
     recipient: Option<Arc<StompRecipient>>,
     read_timeout: Duration,
-    /// Cancelled when the opaque token in use is revoked or changed.
-    /// Cancelled when the opaque token in use is revoked (none for a JWT).
+    /// Cancelled when the opaque token in use is revoked or changed (none
+    /// for a JWT).
     revoked: Option<CancellationToken>,
     /// This connection's place in its account's connection limit.
     account_slot: Option<AccountSlot>,
