@@ -113,3 +113,91 @@ impl Pings {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::AsyncReadExt;
+
+    use super::*;
+    use crate::{
+        metrics::Metrics,
+        transport::connection::{ConnLimits, channel},
+    };
+
+    /// The unix seconds of every ping written so far (a ping is a small
+    /// unmasked server text frame: two header bytes, then the JSON).
+    async fn pings(client: &mut tokio::io::DuplexStream) -> Vec<i64> {
+        let mut out = Vec::new();
+        let mut buf = [0u8; 4096];
+        while let Ok(Ok(n)) =
+            tokio::time::timeout(Duration::from_millis(1), client.read(&mut buf)).await
+        {
+            if n == 0 {
+                break;
+            }
+            out.extend_from_slice(&buf[..n]);
+        }
+        let mut seen = Vec::new();
+        let mut rest = &out[..];
+        while rest.len() >= 2 {
+            let len = usize::from(rest[1] & 0x7f);
+            let json: serde_json::Value = serde_json::from_slice(&rest[2..2 + len]).unwrap();
+            assert_eq!(json["type"], "ping", "{json}");
+            seen.push(json["message"].as_i64().unwrap());
+            rest = &rest[2 + len..];
+        }
+        seen
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn every_registered_connection_gets_increasing_pings_until_unregistered() {
+        let metrics = Metrics::new();
+        let pings_of = Pings::new();
+        let stop = CancellationToken::new();
+        let every = Duration::from_millis(800);
+        tokio::spawn(pings_of.clone().run(every, stop.clone()));
+        // Connections in different shards, and two in the same one.
+        let mut clients = Vec::new();
+        let mut senders = Vec::new();
+        for id in [1u64, 2, 17, 40] {
+            let (tx, writer) = channel(&ConnLimits::default(), "actioncable", &metrics);
+            let (server, client) = tokio::io::duplex(1 << 16);
+            tokio::spawn(writer.run(server, None, CancellationToken::new()));
+            pings_of.register(id, tx.beacon());
+            senders.push(tx);
+            clients.push(client);
+        }
+        assert_eq!(pings_of.len(), 4);
+        // Virtual time in steps shorter than the ticker's, until every
+        // connection has three pings (bounded: 20 intervals).
+        let mut seen = vec![Vec::new(); clients.len()];
+        for _ in 0..20 * 64 {
+            if seen.iter().all(|s| s.len() >= 3) {
+                break;
+            }
+            tokio::time::advance(every / 64).await;
+            for (client, seen) in clients.iter_mut().zip(&mut seen) {
+                seen.extend(pings(client).await);
+            }
+        }
+        for s in &seen {
+            assert!(s.len() >= 3, "every connection is pinged: {seen:?}");
+            assert!(s.windows(2).all(|w| w[1] > w[0]), "{s:?}");
+        }
+        pings_of.unregister(2);
+        assert_eq!(pings_of.len(), 3);
+        // The others go on being pinged; the unregistered one gets nothing.
+        let mut later = Vec::new();
+        for _ in 0..20 * 64 {
+            if later.len() >= 2 {
+                break;
+            }
+            tokio::time::advance(every / 64).await;
+            later.extend(pings(&mut clients[0]).await);
+            assert!(pings(&mut clients[1]).await.is_empty(), "unregistered");
+        }
+        assert!(later.len() >= 2, "still pinged: {later:?}");
+        stop.cancel();
+        drop(senders);
+    }
+}
