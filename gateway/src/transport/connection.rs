@@ -1041,13 +1041,13 @@ pub fn next_conn_id() -> u64 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use tokio::io::AsyncReadExt;
 
     use super::*;
 
     /// Read what the writer wrote so far (the duplex end never blocks it).
-    async fn drain(client: &mut tokio::io::DuplexStream) -> Vec<u8> {
+    pub(crate) async fn drain(client: &mut tokio::io::DuplexStream) -> Vec<u8> {
         let mut out = Vec::new();
         let mut buf = [0u8; 4096];
         while let Ok(Ok(n)) =

@@ -116,27 +116,16 @@ impl Pings {
 
 #[cfg(test)]
 mod tests {
-    use tokio::io::AsyncReadExt;
-
     use super::*;
     use crate::{
         metrics::Metrics,
-        transport::connection::{ConnLimits, channel},
+        transport::connection::{ConnLimits, channel, tests::drain},
     };
 
     /// The unix seconds of every ping written so far (a ping is a small
     /// unmasked server text frame: two header bytes, then the JSON).
     async fn pings(client: &mut tokio::io::DuplexStream) -> Vec<i64> {
-        let mut out = Vec::new();
-        let mut buf = [0u8; 4096];
-        while let Ok(Ok(n)) =
-            tokio::time::timeout(Duration::from_millis(1), client.read(&mut buf)).await
-        {
-            if n == 0 {
-                break;
-            }
-            out.extend_from_slice(&buf[..n]);
-        }
+        let out = drain(client).await;
         let mut seen = Vec::new();
         let mut rest = &out[..];
         while rest.len() >= 2 {
