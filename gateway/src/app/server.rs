@@ -530,9 +530,13 @@ impl AppState {
             max_message,
             deflate: self.deflate,
         };
-        ws.on_upgrade(subprotocols, options, move |socket| async move {
-            session(socket).await;
-            drop((slot, token));
+        ws.on_upgrade(subprotocols, options, move |socket| {
+            // Not an async block awaiting the session: that would keep the
+            // `session` closure for the connection's whole life, and
+            // awaiting a captured future moves it, so the task would hold
+            // it twice. `map` holds it once, in place.
+            use futures_util::FutureExt as _;
+            session(socket).map(move |()| drop((slot, token)))
         })
     }
 }
@@ -570,12 +574,12 @@ async fn stomp_upgrade(
         peer,
         &["v12.stomp", "v11.stomp", "v10.stomp"],
         limit,
-        move |socket| async move {
+        move |socket| {
             let max_version = socket
                 .protocol
                 .and_then(Version::from_subprotocol)
                 .unwrap_or(Version::V1_2);
-            stomp::serve(socket, shared, deps, auth, max_version).await;
+            stomp::serve(socket, shared, deps, auth, max_version)
         },
     )
 }

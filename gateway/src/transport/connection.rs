@@ -685,7 +685,7 @@ pub struct Opened {
 /// writer task, and the stream of client messages. `slow_frame` is written
 /// to a client cut off by its outbound side. The connection counts in
 /// `herald_connections` until its [`WriterTask`] is finished or dropped.
-pub async fn open(
+pub fn open(
     socket: WsSocket,
     limits: &ConnLimits,
     protocol: &'static str,
@@ -759,80 +759,92 @@ impl Writer {
     /// socket error, or the slow-client cut-off (then `slow_frame` is written
     /// if the socket still takes it, and the socket closed with 1008).
     /// `done` is cancelled on return.
-    pub async fn run<W>(self, mut out: W, slow_frame: Option<WsFrame>, done: CancellationToken)
+    ///
+    /// A plain function returning the future, not an `async fn`: an `async
+    /// fn` keeps its arguments beside the locals they are moved into, and
+    /// the writer's task state is part of every idle connection.
+    #[allow(clippy::manual_async_fn)]
+    pub fn run<W>(
+        self,
+        mut out: W,
+        slow_frame: Option<WsFrame>,
+        done: CancellationToken,
+    ) -> impl Future<Output = ()>
     where
         W: AsyncWrite + Unpin,
     {
-        let mut heartbeat: Option<(tokio::time::Interval, HeartBeatKind)> = None;
-        let mut wrote_since_tick = false;
-        // Swapped with the queue's buffer on every take: no allocation
-        // while idle, and under load the two buffers keep their capacity.
-        let mut batch: VecDeque<Outbound> = VecDeque::new();
-        // One registration for the connection's life: a fresh
-        // `cancelled()`-style future per loop turn was a measurable share of
-        // the writer's time under fan-out.
-        let shared = self.shared.clone();
-        let slow = shared.slow.notified();
-        tokio::pin!(slow);
-        loop {
-            let step = tokio::select! {
-                biased;
-                _ = &mut slow => Step::Slow,
-                more = std::future::poll_fn(|cx| shared.poll_take(cx, &mut batch)) => {
-                    if !more {
-                        Step::Stop
-                    } else {
-                        // A client that stops reading blocks this write; the
-                        // cut-off must still win, so race it.
-                        // Boxed: a task is as large as its largest await
-                        // point for its whole life, and an idle writer
-                        // should not carry a write's state (one allocation
-                        // per batch written, next to its system call).
-                        tokio::select! {
-                            biased;
-                            _ = &mut slow => Step::Slow,
-                            step = Box::pin(self.write_batch(&mut out, &mut batch, &mut heartbeat)) => step,
+        async move {
+            let mut heartbeat: Option<(tokio::time::Interval, HeartBeatKind)> = None;
+            let mut wrote_since_tick = false;
+            // Swapped with the queue's buffer on every take: no allocation
+            // while idle, and under load the two buffers keep their capacity.
+            let mut batch: VecDeque<Outbound> = VecDeque::new();
+            // One registration for the connection's life: a fresh
+            // `cancelled()`-style future per loop turn was a measurable share of
+            // the writer's time under fan-out.
+            let shared = self.shared.clone();
+            let slow = shared.slow.notified();
+            tokio::pin!(slow);
+            loop {
+                let step = tokio::select! {
+                    biased;
+                    _ = &mut slow => Step::Slow,
+                    more = std::future::poll_fn(|cx| shared.poll_take(cx, &mut batch)) => {
+                        if !more {
+                            Step::Stop
+                        } else {
+                            // A client that stops reading blocks this write; the
+                            // cut-off must still win, so race it.
+                            // Boxed: a task is as large as its largest await
+                            // point for its whole life, and an idle writer
+                            // should not carry a write's state (one allocation
+                            // per batch written, next to its system call).
+                            tokio::select! {
+                                biased;
+                                _ = &mut slow => Step::Slow,
+                                step = Box::pin(self.write_batch(&mut out, &mut batch, &mut heartbeat)) => step,
+                            }
                         }
                     }
-                }
-                _ = tick(&mut heartbeat) => {
-                    let frame = match &heartbeat {
-                        Some((_, HeartBeatKind::WhenIdle(frame))) if !wrote_since_tick => Some(frame.clone()),
-                        _ => None,
-                    };
-                    let step = match frame {
-                        Some(frame) => match Box::pin(write_frames(&mut out, &[&frame], self.write_timeout)).await {
-                            Ok(()) => Step::Continue,
-                            Err(e) => self.failed(&e),
-                        },
-                        None => Step::Continue,
-                    };
-                    wrote_since_tick = false;
-                    step
-                }
-            };
-            match step {
-                Step::Continue => {}
-                Step::Wrote => wrote_since_tick = true,
-                Step::Stop => break,
-                Step::Slow => {
-                    // Best effort: the socket may be full, so do not wait long.
-                    let reason = match self.shared.cutoff_reason() {
-                        Cutoff::Slow => "slow consumer",
-                        Cutoff::OutboundBytes => "outbound limit exceeded",
-                        Cutoff::WriteTimeout => "write timeout",
-                    };
-                    let close = WsFrame::close(1008, reason);
-                    let goodbye: Vec<&WsFrame> = slow_frame.iter().chain([&close]).collect();
-                    let _ =
-                        Box::pin(write_frames(&mut out, &goodbye, Duration::from_secs(1))).await;
-                    break;
+                    _ = tick(&mut heartbeat) => {
+                        let frame = match &heartbeat {
+                            Some((_, HeartBeatKind::WhenIdle(frame))) if !wrote_since_tick => Some(frame.clone()),
+                            _ => None,
+                        };
+                        let step = match frame {
+                            Some(frame) => match Box::pin(write_frames(&mut out, &[&frame], self.write_timeout)).await {
+                                Ok(()) => Step::Continue,
+                                Err(e) => self.failed(&e),
+                            },
+                            None => Step::Continue,
+                        };
+                        wrote_since_tick = false;
+                        step
+                    }
+                };
+                match step {
+                    Step::Continue => {}
+                    Step::Wrote => wrote_since_tick = true,
+                    Step::Stop => break,
+                    Step::Slow => {
+                        // Best effort: the socket may be full, so do not wait long.
+                        let reason = match self.shared.cutoff_reason() {
+                            Cutoff::Slow => "slow consumer",
+                            Cutoff::OutboundBytes => "outbound limit exceeded",
+                            Cutoff::WriteTimeout => "write timeout",
+                        };
+                        let close = WsFrame::close(1008, reason);
+                        let goodbye: Vec<&WsFrame> = slow_frame.iter().chain([&close]).collect();
+                        let _ = Box::pin(write_frames(&mut out, &goodbye, Duration::from_secs(1)))
+                            .await;
+                        break;
+                    }
                 }
             }
+            self.shared.stop();
+            let _ = Box::pin(tokio::time::timeout(Duration::from_secs(1), out.shutdown())).await;
+            done.cancel();
         }
-        self.shared.stop();
-        let _ = Box::pin(tokio::time::timeout(Duration::from_secs(1), out.shutdown())).await;
-        done.cancel();
     }
 
     async fn write_batch<W>(

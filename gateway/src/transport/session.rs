@@ -1,6 +1,6 @@
 //! The session skeleton the three protocols share.
 //!
-//! [`serve`] runs one upgraded WebSocket through the same steps whatever the
+//! [`start`] and [`Serving::run`] take one upgraded WebSocket through the same steps whatever the
 //! protocol: open the connection (its bounded queue, writer task and paced
 //! reader, see [`connection`]), build the protocol's
 //! session around a [`Conn`], run it, answer the client's close, then
@@ -32,7 +32,7 @@ use crate::{
 /// overflow the arithmetic (a far-future `exp` just never fires).
 pub async fn expired(expires_at: Option<i64>) {
     // Without a read timeout the deadline is the expiry alone.
-    deadline(expires_at, None).await;
+    after(deadline(expires_at, None)).await;
 }
 
 /// Box a rarely taken step of a session (a handshake, an error path, a
@@ -47,7 +47,7 @@ pub fn cold<F: Future>(step: F) -> Pin<Box<F>> {
     Box::pin(step)
 }
 
-/// What a protocol supplies to [`serve`].
+/// What a protocol supplies to [`start`].
 pub trait Protocol: Send {
     /// Handshake, then the read loop, until the session ends.
     fn run(&mut self, stream: &mut WsStream) -> impl Future<Output = ()> + Send;
@@ -106,12 +106,11 @@ pub enum Interrupt {
     Idle,
 }
 
-/// One timer for the credential's expiry (`expires_at`, unix seconds) and
-/// the read timeout (`idle`), whichever comes first: a timer is over a
-/// hundred bytes of every idle connection's task. Resolves with
-/// [`Interrupt::Expired`] (preferred on a tie) or [`Interrupt::Idle`];
-/// never without either.
-async fn deadline(expires_at: Option<i64>, idle: Option<Duration>) -> Interrupt {
+/// When the session's one timer fires, for the credential's expiry
+/// (`expires_at`, unix seconds) and the read timeout (`idle`, from now),
+/// whichever comes first, and what it then means: [`Interrupt::Expired`]
+/// (preferred on a tie) or [`Interrupt::Idle`]. `None` without either.
+fn deadline(expires_at: Option<i64>, idle: Option<Duration>) -> Option<(Duration, Interrupt)> {
     let to_expiry = expires_at.map(|exp| {
         let ms = exp
             .saturating_mul(1000)
@@ -120,16 +119,39 @@ async fn deadline(expires_at: Option<i64>, idle: Option<Duration>) -> Interrupt 
         Duration::from_millis(ms as u64)
     });
     let wait = match (to_expiry, idle) {
-        (None, None) => return std::future::pending().await,
+        (None, None) => return None,
         (Some(e), None) => e,
         (None, Some(i)) => i,
         (Some(e), Some(i)) => e.min(i),
     };
-    tokio::time::sleep(wait).await;
-    if to_expiry.is_some_and(|e| e <= wait) {
+    let why = if to_expiry.is_some_and(|e| e <= wait) {
         Interrupt::Expired
     } else {
         Interrupt::Idle
+    };
+    Some((wait, why))
+}
+
+/// Wait for `token`, if any, to be cancelled; never without one. Boxed
+/// while waiting: most sessions have no such token (JWTs are not revoked),
+/// and the wait would otherwise be part of every idle connection's state.
+async fn cancelled(token: Option<&CancellationToken>) {
+    match token {
+        Some(token) => Box::pin(token.cancelled()).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Sleep `wait`, if any, then say `why`; never without a wait. The timer
+/// is boxed, made only when there is a deadline (a timer is over a
+/// hundred bytes).
+async fn after(deadline: Option<(Duration, Interrupt)>) -> Interrupt {
+    match deadline {
+        Some((wait, why)) => {
+            Box::pin(tokio::time::sleep(wait)).await;
+            why
+        }
+        None => std::future::pending().await,
     }
 }
 
@@ -181,35 +203,37 @@ impl Conn {
     /// `idle` (the read timeout, counted from this call) elapsed. Revoked
     /// and expired credentials are counted in `herald_auth_failures_total`.
     /// Cancel-safe: select on it beside the client's next message.
-    pub async fn interrupted(
-        &mut self,
-        revoked: Option<&CancellationToken>,
+    ///
+    /// Part of every idle connection's state, so kept small: a plain
+    /// function (an `async fn` keeps its arguments twice), the deadline
+    /// worked out before waiting, and the timer and the revocation wait
+    /// boxed, made only when there is one.
+    pub fn interrupted<'a>(
+        &'a mut self,
+        revoked: Option<&'a CancellationToken>,
         expires_at: Option<i64>,
         idle: Option<Duration>,
-    ) -> Interrupt {
-        let drain = self.drain.get_mut().unwrap_or_else(|e| e.into_inner());
-        let drain = drain.reached();
-        let interrupt = tokio::select! {
-            biased;
-            _ = self.done.cancelled() => Interrupt::Gone,
-            _ = drain => Interrupt::Drain,
-            _ = async {
-                match revoked {
-                    Some(token) => token.cancelled().await,
-                    None => std::future::pending().await,
-                }
-            } => Interrupt::Revoked,
-            interrupt = deadline(expires_at, idle) => interrupt,
-        };
-        let reason = match interrupt {
-            Interrupt::Revoked => "revoked",
-            Interrupt::Expired => "expired",
-            Interrupt::Gone | Interrupt::Drain | Interrupt::Idle => return interrupt,
-        };
-        self.auth_failures
-            .with_label_values(&[self.protocol, reason])
-            .inc();
-        interrupt
+    ) -> impl Future<Output = Interrupt> + Send + 'a {
+        let deadline = deadline(expires_at, idle);
+        async move {
+            let drain = self.drain.get_mut().unwrap_or_else(|e| e.into_inner());
+            let interrupt = tokio::select! {
+                biased;
+                _ = self.done.cancelled() => Interrupt::Gone,
+                _ = drain.reached() => Interrupt::Drain,
+                _ = cancelled(revoked) => Interrupt::Revoked,
+                interrupt = after(deadline) => interrupt,
+            };
+            let reason = match interrupt {
+                Interrupt::Revoked => "revoked",
+                Interrupt::Expired => "expired",
+                Interrupt::Gone | Interrupt::Drain | Interrupt::Idle => return interrupt,
+            };
+            self.auth_failures
+                .with_label_values(&[self.protocol, reason])
+                .inc();
+            interrupt
+        }
     }
 }
 
@@ -222,11 +246,18 @@ impl<P: Protocol> Drop for Released<P> {
     }
 }
 
-/// Serve one upgraded WebSocket: `build` makes the protocol's session
-/// around its [`Conn`]; `drain` resolves at the connection's moment of the
-/// drain window (given the connection id); `slow_frame` is what a client
-/// cut off as slow is sent last.
-pub async fn serve<P>(
+/// Start serving one upgraded WebSocket: open the connection (its queue
+/// and writer task), and `build` the protocol's session around its
+/// [`Conn`]; `drain` gives the connection's moment of the drain window
+/// (given the connection id); `slow_frame` is what a client cut off as slow
+/// is sent last. [`Serving::run`] then runs the session.
+///
+/// Split in two, and not one `async fn`, for idle memory: an `async fn`
+/// keeps its arguments (the closures, the references) in its state for as
+/// long as it runs, so every idle connection carried them. Done here
+/// before the session runs, only the session, its stream and its writer
+/// stay.
+pub fn start<P: Protocol>(
     socket: WsSocket,
     limits: &ConnLimits,
     protocol: &'static str,
@@ -234,19 +265,14 @@ pub async fn serve<P>(
     slow_frame: Option<WsFrame>,
     drain: impl FnOnce(u64) -> DrainMoment,
     build: impl FnOnce(Conn) -> P,
-) where
-    P: Protocol,
-{
+) -> Serving<P> {
     let Opened {
         conn_id,
         tx,
-        mut stream,
+        stream,
         done,
         writer,
-    } = cold(connection::open(
-        socket, limits, protocol, metrics, slow_frame,
-    ))
-    .await;
+    } = connection::open(socket, limits, protocol, metrics, slow_frame);
     let conn = Conn {
         id: conn_id,
         tx,
@@ -255,13 +281,39 @@ pub async fn serve<P>(
         auth_failures: metrics.auth_failures.clone(),
         drain: Mutex::new(drain(conn_id)),
     };
-    let mut session = Released(build(conn));
-    session.0.run(&mut stream).await;
-    // Release, and drop the session's senders: the writer then writes what
-    // is queued and ends.
-    drop(session);
-    drop(stream);
-    writer.finish().await;
+    Serving {
+        session: Released(build(conn)),
+        stream,
+        writer,
+    }
+}
+
+/// A started session (see [`start`]).
+pub struct Serving<P: Protocol> {
+    session: Released<P>,
+    stream: WsStream,
+    writer: connection::WriterTask,
+}
+
+impl<P: Protocol> Serving<P> {
+    /// Run the session until it ends, release it (also when this future is
+    /// dropped or the session panics), then let the writer write what is
+    /// queued and finish.
+    pub fn run(self) -> impl Future<Output = ()> + Send {
+        let Serving {
+            mut session,
+            mut stream,
+            writer,
+        } = self;
+        async move {
+            session.0.run(&mut stream).await;
+            // Release, and drop the session's senders: the writer then
+            // writes what is queued and ends.
+            drop(session);
+            drop(stream);
+            writer.finish().await;
+        }
+    }
 }
 
 #[cfg(test)]
@@ -306,16 +358,51 @@ mod tests {
         use futures_util::FutureExt as _;
         let now = crate::core::clock::now_ms() / 1000;
         let five = Some(Duration::from_secs(5));
-        assert_eq!(deadline(Some(now + 3600), five).await, Interrupt::Idle);
-        assert_eq!(deadline(Some(now - 1), five).await, Interrupt::Expired);
-        assert_eq!(deadline(Some(i64::MIN), five).await, Interrupt::Expired);
-        assert_eq!(deadline(None, five).await, Interrupt::Idle);
+        let at = |expires_at, idle| after(deadline(expires_at, idle));
+        assert_eq!(at(Some(now + 3600), five).await, Interrupt::Idle);
+        assert_eq!(at(Some(now - 1), five).await, Interrupt::Expired);
+        assert_eq!(at(Some(i64::MIN), five).await, Interrupt::Expired);
+        assert_eq!(at(None, five).await, Interrupt::Idle);
         assert_eq!(
-            deadline(Some(now + 1), Some(Duration::from_secs(3600))).await,
+            at(Some(now + 1), Some(Duration::from_secs(3600))).await,
             Interrupt::Expired
         );
-        assert!(deadline(None, None).now_or_never().is_none());
-        assert!(deadline(Some(i64::MAX), None).now_or_never().is_none());
+        assert!(at(None, None).now_or_never().is_none());
+        assert!(at(Some(i64::MAX), None).now_or_never().is_none());
+    }
+
+    /// Every idle connection carries these two futures' state (the select
+    /// over its interrupts, and its writer), so their size is a budget:
+    /// an `async fn` in place of the plain functions, or an inline timer,
+    /// would grow them past it (they were 528 and 496 bytes; see "Idle
+    /// memory" in docs/benchmarks.md). Measured in the build under test.
+    #[tokio::test]
+    async fn an_idle_connections_waits_stay_small() {
+        let metrics = Metrics::new();
+        let limits = ConnLimits::default();
+        let (tx, writer) = connection::channel(&limits, "probe", &metrics);
+        let mut conn = Conn {
+            id: 1,
+            tx,
+            done: CancellationToken::new(),
+            protocol: "probe",
+            auth_failures: metrics.auth_failures.clone(),
+            drain: Mutex::new(DrainMoment::new(CancellationToken::new(), Duration::ZERO)),
+        };
+        let revoked = CancellationToken::new();
+        let now = crate::core::clock::now_ms() / 1000;
+        let waiting =
+            conn.interrupted(Some(&revoked), Some(now + 60), Some(Duration::from_secs(5)));
+        let interrupts = std::mem::size_of_val(&waiting);
+        drop(waiting);
+        let writing = writer.run(tokio::io::sink(), None, CancellationToken::new());
+        let writer = std::mem::size_of_val(&writing);
+        println!("interrupts {interrupts} B, writer {writer} B");
+        assert!(
+            interrupts <= 400,
+            "the select over interrupts is {interrupts} B"
+        );
+        assert!(writer <= 400, "the writer's future is {writer} B");
     }
 
     /// A session that registers on start and, as told, ends, panics or hangs.
@@ -349,7 +436,7 @@ mod tests {
         let (r, d) = (registered.clone(), released.clone());
         let m = metrics.clone();
         let task = tokio::spawn(async move {
-            serve(
+            start(
                 socket,
                 &ConnLimits::default(),
                 "probe",
@@ -362,6 +449,7 @@ mod tests {
                     end,
                 },
             )
+            .run()
             .await
         });
         // Wait until the session has started, then (for a hanging one)

@@ -127,19 +127,23 @@ static SLOW_FRAME: std::sync::LazyLock<WsFrame> =
     std::sync::LazyLock::new(|| WsFrame::text(&protocol::disconnect(DisconnectReason::Remote)));
 
 /// Serve one upgraded WebSocket.
-pub async fn serve(
+///
+/// A plain function returning the session's future (not an `async fn`): the
+/// future then holds only the running session, not also this function's
+/// arguments (see `transport::session::start`).
+pub fn serve(
     socket: WsSocket,
     shared: Arc<Shared>,
     deps: Arc<CableDeps>,
     endpoint: Endpoint,
-) {
+) -> impl Future<Output = ()> + Send + 'static {
     let ext = socket.protocol == Some(protocol::EXT_PROTOCOL);
     let room = matches!(endpoint, Endpoint::Room);
     // Boxed: only `/stream` has anything in it, and it is read once.
     let endpoint = (!room).then(|| Box::new(endpoint));
     let drain = |id| shared.drain.notice(id);
     let rates = shared.limits.config();
-    crate::transport::session::serve(
+    crate::transport::session::start(
         socket,
         &shared.outbound,
         PROTOCOL,
@@ -165,7 +169,7 @@ pub async fn serve(
             watched: Vec::new(),
         },
     )
-    .await;
+    .run()
 }
 
 /// Replay what a resuming subscription missed, then `confirm_history`

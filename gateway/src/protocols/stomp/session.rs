@@ -319,16 +319,18 @@ static SLOW_FRAME: std::sync::LazyLock<WsFrame> = std::sync::LazyLock::new(|| {
 /// Serve one upgraded WebSocket as a STOMP session. `upgrade_auth` is the
 /// upgrade request's `Authorization` header; `max_version` is bounded by the
 /// negotiated subprotocol.
-pub async fn serve(
+/// A plain function returning the session's future, as in
+/// `transport::session::start`.
+pub fn serve(
     socket: WsSocket,
     shared: Arc<Shared>,
     deps: Arc<StompDeps>,
     upgrade_auth: Option<String>,
     max_version: Version,
-) {
+) -> impl Future<Output = ()> + Send + 'static {
     let drain = |id| shared.drain.notice(id);
     let sub_rate = shared.limits.config().subscribes_per_second;
-    crate::transport::session::serve(
+    crate::transport::session::start(
         socket,
         &shared.outbound,
         PROTOCOL,
@@ -350,7 +352,7 @@ pub async fn serve(
             decoder: codec::Decoder::default(),
         },
     )
-    .await;
+    .run()
 }
 
 struct Session {

@@ -139,9 +139,16 @@ impl Recipient for TypeIdRecipient {
 }
 
 /// Serve one upgraded WebSocket from `peer`.
-pub async fn serve(socket: WsSocket, shared: Arc<Shared>, deps: Arc<TypeIdDeps>, peer: IpAddr) {
+/// A plain function returning the session's future, as in
+/// `transport::session::start`.
+pub fn serve(
+    socket: WsSocket,
+    shared: Arc<Shared>,
+    deps: Arc<TypeIdDeps>,
+    peer: IpAddr,
+) -> impl Future<Output = ()> + Send + 'static {
     let drain = |id| shared.drain.notice(id);
-    crate::transport::session::serve(
+    crate::transport::session::start(
         socket,
         &shared.outbound,
         PROTOCOL,
@@ -159,7 +166,7 @@ pub async fn serve(socket: WsSocket, shared: Arc<Shared>, deps: Arc<TypeIdDeps>,
             bucket: CommandRate::new(deps.config.messages_per_second),
         },
     )
-    .await;
+    .run()
 }
 
 struct Session {
