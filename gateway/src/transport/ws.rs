@@ -459,11 +459,10 @@ impl Upgrade {
 /// An upgraded connection, split: the read half (for [`WsSocket::into_parts`])
 /// and the write half (for the connection's writer task).
 ///
-/// Boxed: the socket is an argument of every layer of a session's task
-/// (the protocol's `serve`, the transport's), and an async function keeps
-/// its arguments' space for its whole life; 8 bytes instead of 80 in each
-/// layer of every connection, for one allocation freed when the connection
-/// starts.
+/// Boxed: the socket is passed through several layers before a session
+/// starts (the upgrade, the protocol's `serve`, the transport's `start`),
+/// and moving one pointer is cheaper than moving 80 bytes; the allocation
+/// is freed when the connection starts.
 pub struct WsSocket(Box<SocketParts>);
 
 /// What a [`WsSocket`] holds.
